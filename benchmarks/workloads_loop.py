@@ -1,0 +1,163 @@
+"""Event-loop workloads: run on the stdlib, uvloop and pyasync_c loops with
+asyncio's own primitives (``prims`` is unused here).
+
+Each ``make(prims, n)`` does its untimed set-up and returns the timed
+coroutine, which returns the number of operations it performed.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from typing import Any, Callable
+
+from harness import Body, Prims, per_unit, run_tasks, workload
+
+SEED = 20240601
+
+
+async def gather_rounds(gather: Callable[..., Any], n: int, width: int = 1000) -> int:
+    """``await gather(*(tiny() for _ in range(width)))`` repeated; returns coroutines run.
+    Shared with the primitives group (gather_coros)."""
+
+    async def tiny() -> None:
+        return None
+
+    rounds = per_unit(n, width)
+    for _ in range(rounds):
+        await gather(*(tiny() for _ in range(width)))
+    return rounds * width
+
+
+async def _count_callbacks(n: int, schedule: Callable[[Callable[[], None]], None],
+                           reschedule: bool) -> int:
+    """Wait until a callback has run n times. ``schedule(cb)`` posts it once;
+    with ``reschedule`` each run posts the next one (a sequential chain),
+    otherwise the caller of ``schedule`` posts all n itself."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    remaining = n
+
+    def callback() -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0:
+            done.set_result(None)
+        elif reschedule:
+            schedule(callback)
+
+    schedule(callback)
+    await done
+    return n
+
+
+@workload("loop", "callbacks", n=300_000)
+def call_soon_chain(prims: Prims, n: int) -> Body:
+    """A callback re-scheduling itself with loop.call_soon, n times in sequence."""
+
+    async def body() -> int:
+        loop = asyncio.get_running_loop()
+        return await _count_callbacks(n, loop.call_soon, reschedule=True)
+
+    return body()
+
+
+@workload("loop", "switches", n=300_000)
+def sleep0_pingpong(prims: Prims, n: int) -> Body:
+    """100 tasks each looping ``await asyncio.sleep(0)``."""
+    tasks = 100
+    per_task = per_unit(n, tasks)
+
+    async def spin(_: int) -> None:
+        for _ in range(per_task):
+            await asyncio.sleep(0)
+
+    async def body() -> int:
+        await run_tasks(tasks, spin)
+        return tasks * per_task
+
+    return body()
+
+
+@workload("loop", "tasks", n=100_000)
+def task_churn(prims: Prims, n: int) -> Body:
+    """``await asyncio.gather(*(tiny() for _ in range(1000)))`` repeated."""
+    return gather_rounds(asyncio.gather, n)
+
+
+@workload("loop", "timers", n=200_000)
+def timers(prims: Prims, n: int) -> Body:
+    """n call_later timers, uniform random delays over 0..50 ms (scaled with n
+    below full size), every other one cancelled; run until the rest fired."""
+    rng = random.Random(SEED)
+    spread = 0.050 * min(1.0, n / 200_000)
+    delays = [rng.uniform(0.0, spread) for _ in range(n)]
+    expected = n - n // 2
+
+    async def body() -> int:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        fired = 0
+
+        def fire() -> None:
+            nonlocal fired
+            fired += 1
+            if fired == expected:
+                done.set_result(None)
+
+        handles = [loop.call_later(d, fire) for d in delays]
+        for h in handles[1::2]:
+            h.cancel()
+        await done
+        return n
+
+    return body()
+
+
+@workload("loop", "sleeps", n=100_000)
+def sleep_concurrent(prims: Prims, n: int) -> Body:
+    """n concurrent ``asyncio.sleep(d)`` (d uniform over 0..10 ms) gathered."""
+    rng = random.Random(SEED)
+    delays = [rng.uniform(0.0, 0.010) for _ in range(n)]
+
+    async def body() -> int:
+        await asyncio.gather(*(asyncio.sleep(d) for d in delays))
+        return n
+
+    return body()
+
+
+@workload("loop", "callbacks", n=150_000)
+def threadsafe(prims: Prims, n: int) -> Body:
+    """Another thread posts n callbacks with call_soon_threadsafe as fast as it can."""
+
+    async def body() -> int:
+        loop = asyncio.get_running_loop()
+        post = loop.call_soon_threadsafe
+
+        def producer(callback: Callable[[], None]) -> None:
+            for _ in range(n):
+                post(callback)
+
+        def start(callback: Callable[[], None]) -> None:
+            threading.Thread(target=producer, args=(callback,), daemon=True).start()
+
+        return await _count_callbacks(n, start, reschedule=False)
+
+    return body()
+
+
+@workload("loop", "round trips", n=10_000)
+def executor(prims: Prims, n: int) -> Body:
+    """Sequential ``await loop.run_in_executor(None, f)`` with a trivial f."""
+
+    def trivial() -> None:
+        return None
+
+    async def body() -> int:
+        loop = asyncio.get_running_loop()
+        for _ in range(n):
+            await loop.run_in_executor(None, trivial)
+        return n
+
+    return body()
