@@ -1,4 +1,925 @@
-/* Placeholder: replaced by the real implementation. */
+/* gather.c: pyasync_c._primitives.gather() and its outer future type
+ * _GatheringFuture, a drop-in for asyncio.gather that works on any loop.
+ *
+ * Semantics follow the running CPython's asyncio.gather (3.11 vs 3.12+ is
+ * chosen at build time through PY_VERSION_HEX).
+ *
+ * Objects and their lifecycle
+ * - _GatherState (one per module instance): caches asyncio's Future/Task
+ *   types, CancelledError, the asyncio.events/tasks modules, Future method
+ *   descriptors and interned names. It is the `self` of the gather builtin
+ *   and every outer future holds a strong reference to it (GC-aware).
+ * - _GatheringFuture (the "outer"): a heap subclass of _asyncio.Future. Its
+ *   own data (GatherData) lives right after the base Future's layout, at an
+ *   offset computed from the base's tp_basicsize (the base layout is opaque).
+ *   gather() allocates it first, before the loop is known, so the children's
+ *   callbacks always have somewhere to point; Future.__init__(loop=...) runs
+ *   once the loop is known and only then is the outer "ready". A callback
+ *   firing on a non-ready outer behaves like stdlib's `outer is None` case.
+ * - child callback: one builtin per gather() call, bound with self=outer
+ *   (PyCFunction_NewEx), added to each distinct child with
+ *   add_done_callback(). outer -> children -> callbacks -> outer is a cycle
+ *   broken when the children complete (futures drop their callbacks) or by
+ *   the GC (traverse/clear below).
+ * - 3.11 only, batch callback: consecutive children that are already-done C
+ *   Futures/Tasks share one loop.call_soon() handle (self = (outer, list))
+ *   scheduled where the first of them would have been, instead of one handle
+ *   each; the order of everything in the ready queue is unchanged.
+ */
 #include "primitives.h"
 
-int prim_gather_init(PyObject *module) { return 0; }
+#include <stddef.h>
+#include <stdalign.h>
+
+#define PY312 (PY_VERSION_HEX >= 0x030C0000)
+
+/* ------------------------------------------------------------------ */
+/* interned names                                                      */
+
+enum {
+    S_cancelled, S_exception, S_result, S_cancel, S_add_done_callback,
+    S_done, S_get_loop, S__loop, S__make_cancelled_error, S__cancel_message,
+    S__log_destroy_pending, S_create_task, S_close, S_create_future,
+    S_set_result, S_call_soon, S_return_exceptions, S__asyncio_future_blocking,
+    S_ensure_future, S_get_event_loop, S_loop, S_msg,
+    S__COUNT
+};
+
+static const char *const name_strs[S__COUNT] = {
+    "cancelled", "exception", "result", "cancel", "add_done_callback",
+    "done", "get_loop", "_loop", "_make_cancelled_error", "_cancel_message",
+    "_log_destroy_pending", "create_task", "close", "create_future",
+    "set_result", "call_soon", "return_exceptions", "_asyncio_future_blocking",
+#if PY312
+    "ensure_future", "get_event_loop",
+#else
+    "_ensure_future", "_get_event_loop",
+#endif
+    "loop", "msg",
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *outer_type;
+    PyTypeObject *future_type;   /* _asyncio.Future */
+    PyTypeObject *task_type;     /* _asyncio.Task */
+    PyObject *cancelled_error;   /* asyncio.CancelledError */
+    PyObject *get_running_loop;  /* _asyncio._get_running_loop */
+    PyObject *events_mod;        /* asyncio.events */
+    PyObject *tasks_mod;         /* asyncio.tasks */
+    PyObject *m_done;            /* Future.done (method descriptor) */
+    PyObject *m_set_result;
+    PyObject *m_set_exception;
+    PyObject *kw_msg;            /* ("msg",) */
+    PyObject *kw_loop;           /* ("loop",) */
+    PyObject *empty_tuple;
+    PyObject *s[S__COUNT];
+} GatherState;
+
+typedef struct {
+    PyObject *state;       /* GatherState, strong */
+    PyObject *children;    /* list, one entry per argument */
+    Py_ssize_t nfuts;      /* distinct children */
+    Py_ssize_t nfinished;
+    char return_exceptions;
+    char cancel_requested;
+    char ready;            /* Future.__init__ done */
+} GatherData;
+
+#define ALIGN_UP(n, a) (((n) + (a) - 1) / (a) * (a))
+
+static inline Py_ssize_t
+data_offset_for_base(PyTypeObject *base)
+{
+    return ALIGN_UP(base->tp_basicsize, (Py_ssize_t)alignof(max_align_t));
+}
+
+static inline Py_ssize_t
+data_offset(PyTypeObject *outer_type)
+{
+    return data_offset_for_base(outer_type->tp_base);
+}
+
+static inline GatherData *
+GD(PyObject *outer)
+{
+    return (GatherData *)((char *)outer + data_offset(Py_TYPE(outer)));
+}
+
+static inline GatherState *
+ST(PyObject *outer)
+{
+    return (GatherState *)GD(outer)->state;
+}
+
+/* ------------------------------------------------------------------ */
+/* small helpers                                                       */
+
+static inline PyObject *
+call0(PyObject *obj, PyObject *name)
+{
+    return PyObject_VectorcallMethod(name, &obj, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static inline PyObject *
+call1(PyObject *obj, PyObject *name, PyObject *arg)
+{
+    PyObject *args[2] = {obj, arg};
+    return PyObject_VectorcallMethod(name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* obj.name() converted to a truth value; -1 on error. */
+static int
+call_truth(PyObject *obj, PyObject *name)
+{
+    PyObject *r = call0(obj, name);
+    if (r == NULL) return -1;
+    int t = (r == Py_True) ? 1 : (r == Py_False) ? 0 : PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t;
+}
+
+static int
+outer_done(GatherState *st, PyObject *outer)
+{
+    PyObject *r = PyObject_Vectorcall(st->m_done, &outer, 1, NULL);
+    if (r == NULL) return -1;
+    int t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t;
+}
+
+static int
+outer_set(PyObject *meth, PyObject *outer, PyObject *value)
+{
+    PyObject *args[2] = {outer, value};
+    PyObject *r = PyObject_Vectorcall(meth, args, 2, NULL);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+fetch_exc(void)
+{
+#if PY312
+    return PyErr_GetRaisedException();
+#else
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (t == NULL) return NULL;
+    PyErr_NormalizeException(&t, &v, &tb);
+    if (tb != NULL && v != NULL) PyException_SetTraceback(v, tb);
+    Py_XDECREF(t);
+    Py_XDECREF(tb);
+    return v;
+#endif
+}
+
+static void
+restore_exc(PyObject *exc)  /* steals exc */
+{
+#if PY312
+    PyErr_SetRaisedException(exc);
+#else
+    PyObject *tb = PyException_GetTraceback(exc);
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, tb);
+#endif
+}
+
+/* ------------------------------------------------------------------ */
+/* the per-child done callback                                         */
+
+static int
+set_cancelled_from(GatherState *st, PyObject *outer, PyObject *fut)
+{
+    PyObject *exc = call0(fut, st->s[S__make_cancelled_error]);
+    if (exc == NULL) return -1;
+    int r = outer_set(st->m_set_exception, outer, exc);
+    Py_DECREF(exc);
+    return r;
+}
+
+static int
+child_done_impl(PyObject *outer, PyObject *fut)
+{
+    GatherData *d = GD(outer);
+    GatherState *st = (GatherState *)d->state;
+    int c;
+
+    d->nfinished++;
+
+    int odone = 1;
+    if (d->ready && d->children != NULL) {
+        odone = outer_done(st, outer);
+        if (odone < 0) return -1;
+    }
+    if (odone) {
+        /* Outer already finished (or never built): mark exceptions retrieved. */
+        c = call_truth(fut, st->s[S_cancelled]);
+        if (c < 0) return -1;
+        if (!c) {
+            PyObject *r = call0(fut, st->s[S_exception]);
+            if (r == NULL) return -1;
+            Py_DECREF(r);
+        }
+        return 0;
+    }
+
+    if (!d->return_exceptions) {
+        c = call_truth(fut, st->s[S_cancelled]);
+        if (c < 0) return -1;
+        if (c) return set_cancelled_from(st, outer, fut);
+        PyObject *exc = call0(fut, st->s[S_exception]);
+        if (exc == NULL) return -1;
+        if (exc != Py_None) {
+            int r = outer_set(st->m_set_exception, outer, exc);
+            Py_DECREF(exc);
+            return r;
+        }
+        Py_DECREF(exc);
+    }
+
+    if (d->nfinished != d->nfuts) return 0;
+
+    /* All children are done: collect the results in argument order. */
+    PyObject *children = Py_NewRef(d->children);
+    Py_ssize_t n = PyList_GET_SIZE(children);
+    PyObject *results = PyList_New(n);
+    PyObject *last = NULL;
+    if (results == NULL) goto error;
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(children); i++) {
+        PyObject *child = Py_NewRef(PyList_GET_ITEM(children, i));
+        Py_XSETREF(last, child);
+        PyObject *res;
+        c = call_truth(child, st->s[S_cancelled]);
+        if (c < 0) goto error;
+        if (c) {
+            PyObject *msg = PyObject_GetAttr(child, st->s[S__cancel_message]);
+            if (msg == NULL) goto error;
+            if (msg == Py_None) {
+                Py_DECREF(msg);
+                msg = PyUnicode_FromStringAndSize("", 0);
+                if (msg == NULL) goto error;
+            }
+            res = PyObject_CallOneArg(st->cancelled_error, msg);
+            Py_DECREF(msg);
+        }
+        else {
+            res = call0(child, st->s[S_exception]);
+            if (res == Py_None) {
+                Py_DECREF(res);
+                res = call0(child, st->s[S_result]);
+            }
+        }
+        if (res == NULL) goto error;
+        PyList_SET_ITEM(results, i, res);
+    }
+    /* If the children list shrank meanwhile (only via misuse), pad with None. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyList_GET_ITEM(results, i) == NULL)
+            PyList_SET_ITEM(results, i, Py_NewRef(Py_None));
+    }
+
+    int r;
+    if (d->cancel_requested && last != NULL) {
+        /* As stdlib: the cancellation error comes from the last child. */
+        r = set_cancelled_from(st, outer, last);
+    }
+    else {
+        r = outer_set(st->m_set_result, outer, results);
+    }
+    Py_DECREF(results);
+    Py_XDECREF(last);
+    Py_DECREF(children);
+    return r;
+
+error:
+    Py_XDECREF(results);
+    Py_XDECREF(last);
+    Py_DECREF(children);
+    return -1;
+}
+
+static PyObject *
+child_done(PyObject *outer, PyObject *fut)
+{
+    if (child_done_impl(outer, fut) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef child_done_def = {
+    "_gather_child_done", (PyCFunction)child_done, METH_O,
+    "Done-callback of a gather() child.",
+};
+
+#if !PY312
+/* self is (outer, [children...]) */
+static PyObject *
+batch_done(PyObject *pair, PyObject *unused)
+{
+    PyObject *outer = PyTuple_GET_ITEM(pair, 0);
+    PyObject *futs = PyTuple_GET_ITEM(pair, 1);
+    PyObject *first_exc = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(futs); i++) {
+        PyObject *fut = Py_NewRef(PyList_GET_ITEM(futs, i));
+        if (child_done_impl(outer, fut) < 0) {
+            PyObject *exc = fetch_exc();
+            if (first_exc == NULL) first_exc = exc;
+            else Py_XDECREF(exc);
+        }
+        Py_DECREF(fut);
+    }
+    PyList_SetSlice(futs, 0, PY_SSIZE_T_MAX, NULL);
+    if (first_exc != NULL) {
+        restore_exc(first_exc);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef batch_done_def = {
+    "_gather_children_done", (PyCFunction)batch_done, METH_NOARGS,
+    "Done-callback of gather() children that were already done.",
+};
+#endif
+
+/* ------------------------------------------------------------------ */
+/* _GatheringFuture                                                    */
+
+static int
+gf_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    GatherData *d = GD(self);
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_VISIT(d->state);
+    Py_VISIT(d->children);
+    /* A heap type is visited by whichever class first is a heap type. */
+    if (!(tp->tp_base->tp_flags & Py_TPFLAGS_HEAPTYPE)) Py_VISIT(tp);
+    return tp->tp_base->tp_traverse(self, visit, arg);
+}
+
+static int
+gf_clear(PyObject *self)
+{
+    GatherData *d = GD(self);
+    Py_CLEAR(d->children);
+    return Py_TYPE(self)->tp_base->tp_clear(self);
+}
+
+static void
+gf_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyTypeObject *base = tp->tp_base;
+    /* The base only runs the finalizer for exact Futures on 3.11: do it here
+     * (it is idempotent), so an unretrieved exception is still logged. */
+    if (PyObject_CallFinalizerFromDealloc(self) < 0) return;  /* resurrected */
+    PyObject_GC_UnTrack(self);
+    GatherData *d = GD(self);
+    Py_CLEAR(d->children);
+    Py_CLEAR(d->state);
+    base->tp_dealloc(self);
+    /* A heap-type base drops the reference to our type itself. */
+    if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE)) Py_DECREF(tp);
+}
+
+static PyObject *
+gf_cancel(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"msg", NULL};
+    PyObject *msg = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:cancel", kwlist, &msg))
+        return NULL;
+    GatherData *d = GD(self);
+    GatherState *st = (GatherState *)d->state;
+    int done = outer_done(st, self);
+    if (done < 0) return NULL;
+    if (done || d->children == NULL) Py_RETURN_FALSE;
+
+    int ret = 0;
+    PyObject *children = Py_NewRef(d->children);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(children); i++) {
+        PyObject *child = Py_NewRef(PyList_GET_ITEM(children, i));
+        PyObject *cargs[2] = {child, msg};
+        PyObject *r = PyObject_VectorcallMethod(st->s[S_cancel], cargs,
+                                                1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                                st->kw_msg);
+        Py_DECREF(child);
+        if (r == NULL) {
+            Py_DECREF(children);
+            return NULL;
+        }
+        int t = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (t < 0) {
+            Py_DECREF(children);
+            return NULL;
+        }
+        if (t) ret = 1;
+    }
+    Py_DECREF(children);
+    if (ret) d->cancel_requested = 1;
+    return PyBool_FromLong(ret);
+}
+
+static PyObject *
+gf_get_children(PyObject *self, void *closure)
+{
+    GatherData *d = GD(self);
+    if (d->children == NULL) return PyList_New(0);
+    return Py_NewRef(d->children);
+}
+
+static PyObject *
+gf_get_cancel_requested(PyObject *self, void *closure)
+{
+    return PyBool_FromLong(GD(self)->cancel_requested);
+}
+
+static int
+gf_set_cancel_requested(PyObject *self, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _cancel_requested");
+        return -1;
+    }
+    int t = PyObject_IsTrue(value);
+    if (t < 0) return -1;
+    GD(self)->cancel_requested = (char)t;
+    return 0;
+}
+
+static PyMethodDef gf_methods[] = {
+    {"cancel", (PyCFunction)(void (*)(void))gf_cancel, METH_VARARGS | METH_KEYWORDS,
+     "Cancel all children; True if any child accepted the cancellation."},
+    {NULL},
+};
+
+static PyGetSetDef gf_getset[] = {
+    {"_children", gf_get_children, NULL, "The children, one per argument.", NULL},
+    {"_cancel_requested", gf_get_cancel_requested, gf_set_cancel_requested,
+     "Whether cancel() cancelled at least one child.", NULL},
+    {NULL},
+};
+
+static PyType_Slot gf_slots[] = {
+    {Py_tp_dealloc, gf_dealloc},
+    {Py_tp_traverse, gf_traverse},
+    {Py_tp_clear, gf_clear},
+    {Py_tp_methods, gf_methods},
+    {Py_tp_getset, gf_getset},
+    {Py_tp_doc, "Outer future of gather(): cancel() cancels the children."},
+    {0, NULL},
+};
+
+/* ------------------------------------------------------------------ */
+/* ensure_future for one argument                                      */
+
+/* The loop the default get_event_loop path gives (running loop first). */
+static PyObject *
+default_loop(GatherState *st)
+{
+    PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
+    if (loop == NULL || loop != Py_None) return loop;
+    Py_DECREF(loop);
+    PyObject *fn = PyObject_GetAttr(st->events_mod, st->s[S_get_event_loop]);
+    if (fn == NULL) return NULL;
+    loop = PyObject_CallNoArgs(fn);
+    Py_DECREF(fn);
+    return loop;
+}
+
+static inline int
+is_c_future(GatherState *st, PyObject *obj)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    return tp == st->future_type || tp == st->task_type;
+}
+
+/* futures._get_loop(fut) */
+static PyObject *
+future_loop(GatherState *st, PyObject *fut)
+{
+    if (is_c_future(st, fut)) return call0(fut, st->s[S_get_loop]);
+    PyObject *meth = PyObject_GetAttr(fut, st->s[S_get_loop]);
+    if (meth == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return NULL;
+        PyErr_Clear();
+    }
+    else {
+        PyObject *r = PyObject_CallNoArgs(meth);
+        Py_DECREF(meth);
+        return r;
+    }
+    return PyObject_GetAttr(fut, st->s[S__loop]);
+}
+
+/* ensure_future(arg, loop=loop) with asyncio's rules; loop may be NULL.
+ * Sets *scheduled when something may have been queued on the loop. */
+static PyObject *
+ensure_child(GatherState *st, PyObject *arg, PyObject *loop, int *scheduled)
+{
+    if (is_c_future(st, arg)) {
+        if (loop != NULL) {
+            PyObject *l = call0(arg, st->s[S_get_loop]);
+            if (l == NULL) return NULL;
+            Py_DECREF(l);
+            if (l != loop) {
+                PyErr_SetString(PyExc_ValueError,
+                                "The future belongs to a different loop than "
+                                "the one specified as the loop argument");
+                return NULL;
+            }
+        }
+        return Py_NewRef(arg);
+    }
+    *scheduled = 1;
+    if (PyCoro_CheckExact(arg)) {
+        PyObject *l = loop != NULL ? Py_NewRef(loop) : default_loop(st);
+        if (l == NULL) return NULL;
+        PyObject *task = call1(l, st->s[S_create_task], arg);
+        Py_DECREF(l);
+        if (task == NULL && PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            PyObject *exc = fetch_exc();
+            PyObject *r = call0(arg, st->s[S_close]);
+            if (r == NULL) {
+                PyObject *exc2 = fetch_exc();
+                PyException_SetContext(exc2, exc);
+                restore_exc(exc2);
+            }
+            else {
+                Py_DECREF(r);
+                restore_exc(exc);
+            }
+        }
+        return task;
+    }
+    /* Anything else (future-likes, other awaitables, wrong types): the
+     * running asyncio's own ensure_future decides and wraps. */
+    PyObject *fn = PyObject_GetAttr(st->tasks_mod, st->s[S_ensure_future]);
+    if (fn == NULL) return NULL;
+    PyObject *args[2] = {arg, loop != NULL ? loop : Py_None};
+    PyObject *r = PyObject_Vectorcall(fn, args, 1, st->kw_loop);
+    Py_DECREF(fn);
+    return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* gather()                                                            */
+
+static PyObject *
+gather_empty(GatherState *st)
+{
+    PyObject *loop = default_loop(st);
+    if (loop == NULL) return NULL;
+    PyObject *outer = call0(loop, st->s[S_create_future]);
+    Py_DECREF(loop);
+    if (outer == NULL) return NULL;
+    PyObject *empty = PyList_New(0);
+    if (empty == NULL) goto error;
+    PyObject *r = call1(outer, st->s[S_set_result], empty);
+    Py_DECREF(empty);
+    if (r == NULL) goto error;
+    Py_DECREF(r);
+    return outer;
+error:
+    Py_DECREF(outer);
+    return NULL;
+}
+
+static PyObject *
+gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    GatherState *st = (GatherState *)self;
+    int return_exceptions = 0;
+
+    if (kwnames != NULL) {
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(kwnames); k++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+            int eq = PyUnicode_Compare(key, st->s[S_return_exceptions]) == 0;
+            if (!eq) {
+                if (PyErr_Occurred()) return NULL;
+                PyErr_Format(PyExc_TypeError,
+                             "gather() got an unexpected keyword argument '%S'", key);
+                return NULL;
+            }
+            return_exceptions = PyObject_IsTrue(args[nargs + k]);
+            if (return_exceptions < 0) return NULL;
+        }
+    }
+    if (nargs == 0) return gather_empty(st);
+
+    PyTypeObject *otype = st->outer_type;
+    PyObject *outer = otype->tp_alloc(otype, 0);
+    if (outer == NULL) return NULL;
+    GatherData *d = GD(outer);
+    d->state = Py_NewRef(self);
+    d->return_exceptions = (char)return_exceptions;
+    d->children = PyList_New(0);
+    PyObject *arg_to_fut = PyDict_New();
+    PyObject *cb = PyCFunction_NewEx(&child_done_def, outer, NULL);
+    PyObject *loop = NULL;
+#if PY312
+    PyObject *done_futs = NULL;
+#else
+    PyObject *batch = NULL;   /* open batch of already-done children */
+#endif
+    if (d->children == NULL || arg_to_fut == NULL || cb == NULL) goto error;
+
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyObject *arg = args[i];
+        PyObject *fut = PyDict_GetItemWithError(arg_to_fut, arg);
+        if (fut != NULL) {
+            Py_INCREF(fut);
+        }
+        else {
+            if (PyErr_Occurred()) goto error;
+            int scheduled = 0;
+            fut = ensure_child(st, arg, loop, &scheduled);
+            if (fut == NULL) goto error;
+#if !PY312
+            if (scheduled) Py_CLEAR(batch);
+#endif
+            if (loop == NULL) {
+                loop = future_loop(st, fut);
+                if (loop == NULL) goto error_fut;
+            }
+            if (fut != arg &&
+                PyObject_SetAttr(fut, st->s[S__log_destroy_pending], Py_False) < 0)
+                goto error_fut;
+            d->nfuts++;
+            if (PyDict_SetItem(arg_to_fut, arg, fut) < 0) goto error_fut;
+#if PY312
+            int done = call_truth(fut, st->s[S_done]);
+            if (done < 0) goto error_fut;
+            if (done) {
+                if (done_futs == NULL && (done_futs = PyList_New(0)) == NULL)
+                    goto error_fut;
+                if (PyList_Append(done_futs, fut) < 0) goto error_fut;
+            }
+            else {
+                PyObject *r = call1(fut, st->s[S_add_done_callback], cb);
+                if (r == NULL) goto error_fut;
+                Py_DECREF(r);
+            }
+#else
+            int done = 0;
+            if (is_c_future(st, fut)) {
+                done = call_truth(fut, st->s[S_done]);
+                if (done < 0) goto error_fut;
+            }
+            if (done) {
+                /* A done C future would schedule the callback right now via
+                 * loop.call_soon: schedule one handle for this run of them. */
+                if (batch == NULL) {
+                    PyObject *futs = PyList_New(0);
+                    if (futs == NULL) goto error_fut;
+                    PyObject *pair = PyTuple_Pack(2, outer, futs);
+                    if (pair == NULL) {
+                        Py_DECREF(futs);
+                        goto error_fut;
+                    }
+                    PyObject *bcb = PyCFunction_NewEx(&batch_done_def, pair, NULL);
+                    Py_DECREF(pair);
+                    if (bcb == NULL) {
+                        Py_DECREF(futs);
+                        goto error_fut;
+                    }
+                    PyObject *r = call1(loop, st->s[S_call_soon], bcb);
+                    Py_DECREF(bcb);
+                    if (r == NULL) {
+                        Py_DECREF(futs);
+                        goto error_fut;
+                    }
+                    Py_DECREF(r);
+                    batch = futs;
+                }
+                if (PyList_Append(batch, fut) < 0) goto error_fut;
+            }
+            else {
+                Py_CLEAR(batch);
+                PyObject *r = call1(fut, st->s[S_add_done_callback], cb);
+                if (r == NULL) goto error_fut;
+                Py_DECREF(r);
+            }
+#endif
+        }
+        int rc = PyList_Append(d->children, fut);
+        Py_DECREF(fut);
+        if (rc < 0) goto error;
+        continue;
+    error_fut:
+        Py_DECREF(fut);
+        goto error;
+    }
+
+    /* Future.__init__(outer, loop=loop) */
+    {
+        PyObject *kw = PyDict_New();
+        if (kw == NULL) goto error;
+        if (PyDict_SetItem(kw, st->s[S_loop], loop) < 0) {
+            Py_DECREF(kw);
+            goto error;
+        }
+        int rc = otype->tp_base->tp_init(outer, st->empty_tuple, kw);
+        Py_DECREF(kw);
+        if (rc < 0) goto error;
+    }
+    d->ready = 1;
+    Py_DECREF(arg_to_fut);
+    Py_DECREF(cb);
+    Py_DECREF(loop);
+#if PY312
+    if (done_futs != NULL) {
+        /* Children done at call time complete the outer right here. */
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(done_futs); i++) {
+            PyObject *fut = Py_NewRef(PyList_GET_ITEM(done_futs, i));
+            int rc = child_done_impl(outer, fut);
+            Py_DECREF(fut);
+            if (rc < 0) {
+                Py_DECREF(done_futs);
+                Py_DECREF(outer);
+                return NULL;
+            }
+        }
+        Py_DECREF(done_futs);
+    }
+#else
+    Py_XDECREF(batch);
+#endif
+    return outer;
+
+error:
+#if PY312
+    Py_XDECREF(done_futs);
+#else
+    Py_XDECREF(batch);
+#endif
+    Py_XDECREF(loop);
+    Py_XDECREF(cb);
+    Py_XDECREF(arg_to_fut);
+    Py_DECREF(outer);
+    return NULL;
+}
+
+static PyMethodDef gather_def = {
+    "gather", (PyCFunction)(void (*)(void))gather, METH_FASTCALL | METH_KEYWORDS,
+    "gather(*coros_or_futures, return_exceptions=False)\n--\n\n"
+    "Return a future aggregating results from the given coroutines/futures\n"
+    "(native drop-in for asyncio.gather; works on any event loop).",
+};
+
+/* ------------------------------------------------------------------ */
+/* _GatherState                                                        */
+
+static int
+state_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    GatherState *st = (GatherState *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(st->outer_type);
+    Py_VISIT(st->future_type);
+    Py_VISIT(st->task_type);
+    Py_VISIT(st->cancelled_error);
+    Py_VISIT(st->get_running_loop);
+    Py_VISIT(st->events_mod);
+    Py_VISIT(st->tasks_mod);
+    Py_VISIT(st->m_done);
+    Py_VISIT(st->m_set_result);
+    Py_VISIT(st->m_set_exception);
+    return 0;
+}
+
+static int
+state_clear(PyObject *self)
+{
+    GatherState *st = (GatherState *)self;
+    Py_CLEAR(st->outer_type);
+    Py_CLEAR(st->future_type);
+    Py_CLEAR(st->task_type);
+    Py_CLEAR(st->cancelled_error);
+    Py_CLEAR(st->get_running_loop);
+    Py_CLEAR(st->events_mod);
+    Py_CLEAR(st->tasks_mod);
+    Py_CLEAR(st->m_done);
+    Py_CLEAR(st->m_set_result);
+    Py_CLEAR(st->m_set_exception);
+    return 0;
+}
+
+static void
+state_dealloc(PyObject *self)
+{
+    GatherState *st = (GatherState *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    (void)state_clear(self);
+    Py_CLEAR(st->kw_msg);
+    Py_CLEAR(st->kw_loop);
+    Py_CLEAR(st->empty_tuple);
+    for (int i = 0; i < S__COUNT; i++) Py_CLEAR(st->s[i]);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot state_slots[] = {
+    {Py_tp_dealloc, state_dealloc},
+    {Py_tp_traverse, state_traverse},
+    {Py_tp_clear, state_clear},
+    {0, NULL},
+};
+
+static PyType_Spec state_spec = {
+    .name = "pyasync_c._primitives._GatherState",
+    .basicsize = sizeof(GatherState),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE
+             | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = state_slots,
+};
+
+static PyObject *
+import_attr(const char *module, const char *name)
+{
+    PyObject *m = PyImport_ImportModule(module);
+    if (m == NULL) return NULL;
+    PyObject *r = PyObject_GetAttrString(m, name);
+    Py_DECREF(m);
+    return r;
+}
+
+static int
+state_fill(GatherState *st, PyObject *module)
+{
+    for (int i = 0; i < S__COUNT; i++) {
+        st->s[i] = PyUnicode_InternFromString(name_strs[i]);
+        if (st->s[i] == NULL) return -1;
+    }
+    if ((st->kw_msg = PyTuple_Pack(1, st->s[S_msg])) == NULL) return -1;
+    if ((st->kw_loop = PyTuple_Pack(1, st->s[S_loop])) == NULL) return -1;
+    if ((st->empty_tuple = PyTuple_New(0)) == NULL) return -1;
+
+    st->future_type = (PyTypeObject *)import_attr("_asyncio", "Future");
+    if (st->future_type == NULL) return -1;
+    st->task_type = (PyTypeObject *)import_attr("_asyncio", "Task");
+    if (st->task_type == NULL) return -1;
+    if (!PyType_Check(st->future_type) || !PyType_Check(st->task_type)) {
+        PyErr_SetString(PyExc_TypeError, "_asyncio.Future/Task are not types");
+        return -1;
+    }
+    if ((st->get_running_loop = import_attr("_asyncio", "_get_running_loop")) == NULL)
+        return -1;
+    if ((st->cancelled_error = import_attr("asyncio.exceptions", "CancelledError")) == NULL)
+        return -1;
+    if ((st->events_mod = PyImport_ImportModule("asyncio.events")) == NULL) return -1;
+    if ((st->tasks_mod = PyImport_ImportModule("asyncio.tasks")) == NULL) return -1;
+    PyObject *ft = (PyObject *)st->future_type;
+    if ((st->m_done = PyObject_GetAttrString(ft, "done")) == NULL) return -1;
+    if ((st->m_set_result = PyObject_GetAttrString(ft, "set_result")) == NULL) return -1;
+    if ((st->m_set_exception = PyObject_GetAttrString(ft, "set_exception")) == NULL)
+        return -1;
+
+    PyTypeObject *base = st->future_type;
+    PyType_Spec gf_spec = {
+        .name = "pyasync_c._primitives._GatheringFuture",
+        .basicsize = (int)(data_offset_for_base(base) + (Py_ssize_t)sizeof(GatherData)),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE
+                 | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+        .slots = gf_slots,
+    };
+    st->outer_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &gf_spec, ft);
+    if (st->outer_type == NULL) return -1;
+    return 0;
+}
+
+int
+prim_gather_init(PyObject *module)
+{
+    PyObject *state_type = PyType_FromModuleAndSpec(module, &state_spec, NULL);
+    if (state_type == NULL) return -1;
+    GatherState *st = PyObject_GC_New(GatherState, (PyTypeObject *)state_type);
+    Py_DECREF(state_type);  /* the instance holds its own reference */
+    if (st == NULL) return -1;
+    st->outer_type = NULL;
+    st->future_type = st->task_type = NULL;
+    st->cancelled_error = st->get_running_loop = st->events_mod = st->tasks_mod = NULL;
+    st->m_done = st->m_set_result = st->m_set_exception = NULL;
+    st->kw_msg = st->kw_loop = st->empty_tuple = NULL;
+    for (int i = 0; i < S__COUNT; i++) st->s[i] = NULL;
+    PyObject_GC_Track(st);
+
+    PyObject *fn = NULL;
+    if (state_fill(st, module) < 0) goto error;
+    fn = PyCMethod_New(&gather_def, (PyObject *)st, module, NULL);
+    if (fn == NULL) goto error;
+    if (PyModule_AddObjectRef(module, "gather", fn) < 0) goto error;
+    if (PyModule_AddObjectRef(module, "_GatheringFuture", (PyObject *)st->outer_type) < 0)
+        goto error;
+    Py_DECREF(fn);
+    Py_DECREF(st);
+    return 0;
+error:
+    Py_XDECREF(fn);
+    Py_DECREF(st);
+    return -1;
+}
