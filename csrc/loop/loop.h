@@ -1,0 +1,202 @@
+/* Shared declarations of pyasync_c._loop: the objects, the module state and
+ * the functions each file exports to the others.  See csrc/README.md for the
+ * map of files and one loop iteration.
+ *
+ * Threading rule: every field below is only touched with the GIL held, except
+ * while the loop thread has released the GIL to block in libuv's poll (see
+ * loop_core.c: `polling` / `released_tstate`).  Other Python threads that call
+ * call_soon_threadsafe hold the GIL, so the ready queue needs no lock.
+ */
+#ifndef PYASYNC_C_LOOP_H
+#define PYASYNC_C_LOOP_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <uv.h>
+
+#ifdef Py_GIL_DISABLED
+#error "pyasync_c relies on the GIL to guard the ready queue; free-threaded builds are not supported"
+#endif
+
+/* Python 3.11 lacks the single-object exception API; these cover both. */
+static inline PyObject *
+compat_fetch_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    if (type == NULL) {
+        return NULL;
+    }
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL && value != NULL) {
+        PyException_SetTraceback(value, traceback);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    return value;
+#endif
+}
+
+static inline void
+compat_restore_exception(PyObject *exc)  /* steals the reference */
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef(Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
+
+typedef struct LoopObject LoopObject;
+typedef struct HandleObject HandleObject;
+
+/* ---- module state (module.c) ---- */
+typedef struct {
+    PyTypeObject *LoopCoreType;
+    PyTypeObject *HandleType;       /* subclass of asyncio.Handle */
+    PyTypeObject *TimerHandleType;  /* subclass of asyncio.TimerHandle */
+    PyTypeObject *WatcherType;      /* one per fd watched by add_reader/add_writer */
+    PyObject *FutureType;           /* _asyncio.Future */
+    PyObject *TaskType;             /* _asyncio.Task */
+    PyObject *base_create_task;     /* asyncio.BaseEventLoop.create_task (task factories, debug) */
+    PyObject *kwnames_loop;         /* ("loop",) */
+    PyObject *kwnames_task;         /* ("loop", "name", "context") */
+    PyObject *str_context;          /* "context" */
+    PyObject *str_report_error;     /* "_report_callback_error" */
+    PyObject *str_slow_callback;    /* "_warn_slow_callback" */
+    PyObject *str_slow_duration;    /* "slow_callback_duration" */
+    PyObject *str_handle_signal;    /* "_handle_signal" */
+    PyObject *str_check_thread;     /* "_check_thread" */
+    PyObject *str_check_callback;   /* "_check_callback" */
+    PyObject *str_extract_stack;    /* "_debug_source_traceback" */
+    double clock_resolution;
+} ModuleState;
+
+extern PyModuleDef loop_module_def;
+
+/* ---- handles (handles.c) ----
+ * Our Handle and TimerHandle are C subclasses of asyncio.Handle and
+ * asyncio.TimerHandle, so isinstance() holds and asyncio's Python __repr__,
+ * comparisons and hashing work.  asyncio's __slots__ storage sits, unused but
+ * for __weakref__, in `asyncio_slot_storage`; our getsets shadow the slot
+ * names (_callback, _args, ...) so everything lives in the C fields.
+ * module.c checks at import that asyncio's layout fits in that space. */
+#define ASYNCIO_HANDLE_RESERVED_SLOTS 10
+
+struct HandleObject {
+    PyObject_HEAD
+    PyObject *asyncio_slot_storage[ASYNCIO_HANDLE_RESERVED_SLOTS];
+    PyObject *callback;          /* NULL once cancelled */
+    PyObject *args;              /* tuple; NULL once cancelled */
+    PyObject *context;           /* contextvars.Context the callback runs in */
+    LoopObject *loop;
+    PyObject *source_traceback;  /* debug mode only */
+    PyObject *repr;              /* debug mode: repr saved at cancel() */
+    double when;                 /* TimerHandle: deadline on loop.time()'s clock */
+    uint64_t sequence;           /* TimerHandle: tie-break so equal deadlines keep call order */
+    Py_ssize_t heap_index;       /* TimerHandle: position in the loop's heap, -1 when not scheduled */
+    char cancelled;
+    char is_timer;
+};
+
+HandleObject *handle_new(LoopObject *loop, PyTypeObject *type, PyObject *callback,
+                         PyObject *const *args, Py_ssize_t nargs, PyObject *context);
+/* Runs the callback in its context.  Exceptions go to the loop's exception
+ * handler; returns -1 only for SystemExit/KeyboardInterrupt, which propagate. */
+int handle_run(HandleObject *handle);
+int handles_init_types(PyObject *module, ModuleState *state);
+
+/* ---- ready queue (ready_queue.c): FIFO ring of owned HandleObject* ---- */
+typedef struct {
+    HandleObject **items;
+    Py_ssize_t head;      /* index of the oldest item */
+    Py_ssize_t count;
+    Py_ssize_t capacity;  /* power of two */
+} ReadyQueue;
+
+int ready_push(ReadyQueue *queue, HandleObject *handle);  /* takes a new reference */
+static inline HandleObject *
+ready_pop(ReadyQueue *queue)  /* returns the owned reference; queue must be non-empty */
+{
+    HandleObject *handle = queue->items[queue->head];
+    queue->head = (queue->head + 1) & (queue->capacity - 1);
+    queue->count--;
+    return handle;
+}
+void ready_clear(ReadyQueue *queue);
+int ready_traverse(ReadyQueue *queue, visitproc visit, void *arg);
+
+/* ---- timer heap (timer_heap.c): binary min-heap on (when, sequence) ---- */
+typedef struct {
+    HandleObject **items;  /* owned references */
+    Py_ssize_t count;
+    Py_ssize_t capacity;
+} TimerHeap;
+
+int timer_heap_push(TimerHeap *heap, HandleObject *timer);       /* takes a new reference */
+HandleObject *timer_heap_pop(TimerHeap *heap);                   /* returns the owned reference */
+void timer_heap_remove(TimerHeap *heap, HandleObject *timer);    /* drops the heap's reference */
+void timer_heap_clear(TimerHeap *heap);
+int timer_heap_traverse(TimerHeap *heap, visitproc visit, void *arg);
+
+/* ---- the loop (loop_core.c) ---- */
+struct LoopObject {
+    PyObject_HEAD
+    ModuleState *state;
+    uv_loop_t uv;
+    uv_prepare_t prepare_handle;  /* releases the GIL just before a blocking poll */
+    uv_timer_t wake_timer;        /* armed to the earliest deadline of `timers` */
+    uv_async_t async_handle;      /* call_soon_threadsafe wakes a blocked poll */
+    uv_poll_t signal_poll;        /* read end of the signal wakeup socket */
+    int signal_fds[2];            /* [0] polled by us, [1] given to signal.set_wakeup_fd */
+    ReadyQueue ready;
+    TimerHeap timers;
+    uint64_t timer_sequence;
+    PyThreadState *released_tstate;  /* non-NULL while the GIL is released in poll */
+    PyObject *pending_error;     /* raised inside a libuv callback, re-raised after uv_run */
+    PyObject *thread_id;         /* None, or the running thread's ident */
+    PyObject *task_factory;      /* NULL means None */
+    PyObject *watchers;          /* dict fd -> WatcherObject (add_reader/add_writer) */
+    long active_io;              /* user I/O sources: while 0, a busy loop may skip the poll */
+    long pid;                    /* process that created the loop (fork detection) */
+    char uv_ready;               /* uv loop and our handles are initialised */
+    char closed;
+    char stopping;
+    char debug;
+    char may_block;              /* this uv_run may block: prepare releases the GIL */
+    char polling;                /* the GIL is released in poll: threadsafe callers must wake us */
+};
+
+static inline void
+loop_take_gil(LoopObject *loop)
+{
+    if (loop->released_tstate != NULL) {
+        PyThreadState *tstate = loop->released_tstate;
+        loop->released_tstate = NULL;
+        PyEval_RestoreThread(tstate);
+        loop->polling = 0;
+    }
+}
+
+/* Stores the current Python exception to be raised when uv_run returns, and
+ * stops libuv.  Must hold the GIL. */
+void loop_defer_error(LoopObject *loop);
+int loop_schedule_handle(LoopObject *loop, HandleObject *handle);  /* ready queue + wake */
+double loop_monotonic(void);
+int loop_core_init_type(PyObject *module, ModuleState *state);
+
+/* ---- fd watchers (io_watchers.c) ---- */
+int watchers_init_type(PyObject *module, ModuleState *state);
+PyObject *loop_add_watcher(LoopObject *loop, PyObject *const *args, Py_ssize_t nargs, int events);
+PyObject *loop_remove_watcher(LoopObject *loop, PyObject *fileobj, int events);
+void loop_close_watchers(LoopObject *loop);
+
+/* ---- signals (signals.c) ---- */
+int signals_open(LoopObject *loop);   /* socketpair + uv_poll on the read end */
+void signals_close(LoopObject *loop);
+
+#endif

@@ -1,0 +1,787 @@
+/* LoopCore: the C half of pyasync_c.Loop (the Python class in
+ * pyasync_c/loop.py adds asyncio.BaseEventLoop's orchestration on top).
+ *
+ * Owns: the libuv loop embedded in the object, the ready queue, the timer
+ * heap, and three internal libuv handles (a prepare handle that releases the
+ * GIL just before a blocking poll, one timer armed to the earliest deadline,
+ * an async handle that call_soon_threadsafe uses to wake a blocked poll) plus
+ * the signal wakeup socket (signals.c) and fd watchers (io_watchers.c).
+ *
+ * Lifecycle: tp_new initialises libuv; _close() (from Loop.close) or tp_dealloc
+ * uv_close()s every handle, runs libuv until their close callbacks ran, then
+ * uv_loop_close()s.  Handles queued or scheduled are owned references.
+ *
+ * One iteration (_run_once), same contract as asyncio's BaseEventLoop:
+ *   1. poll I/O: block until the next deadline if nothing is ready, else a
+ *      non-blocking poll; skipped altogether when callbacks are ready and no
+ *      user I/O source exists (nothing could be reported);
+ *   2. move expired timers to the ready queue;
+ *   3. run exactly the callbacks that were ready at that point.
+ */
+#include "loop.h"
+
+#include <math.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_POLL_MS (86400 * 1000)  /* as asyncio: never block longer than a day */
+
+double
+loop_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    /* Same arithmetic as time.monotonic(), so the two agree exactly. */
+    int64_t ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    return (double)ns / 1e9;
+}
+
+void
+loop_defer_error(LoopObject *loop)
+{
+    PyObject *exc = compat_fetch_exception();
+    if (loop->pending_error == NULL) {
+        loop->pending_error = exc;
+    }
+    else {
+        Py_XDECREF(exc);
+    }
+    uv_stop(&loop->uv);
+}
+
+int
+loop_schedule_handle(LoopObject *loop, HandleObject *handle)
+{
+    if (ready_push(&loop->ready, handle) < 0) {
+        return -1;
+    }
+    if (loop->polling) {
+        /* Another thread holds the GIL while the loop thread blocks in poll. */
+        uv_async_send(&loop->async_handle);
+    }
+    return 0;
+}
+
+/* ---- libuv callbacks ---- */
+
+static void
+on_prepare(uv_prepare_t *prepare)
+{
+    LoopObject *self = prepare->data;
+    if (!self->may_block) {
+        return;
+    }
+    if (self->ready.count > 0) {
+        /* A callback run earlier in this uv_run scheduled work: don't block. */
+        uv_stop(&self->uv);
+        return;
+    }
+    self->polling = 1;
+    self->released_tstate = PyEval_SaveThread();
+}
+
+static void
+on_wake_timer(uv_timer_t *timer)
+{
+    /* The deadline is reached: make sure this uv_run returns promptly. */
+    uv_stop(timer->loop);
+}
+
+static void
+on_async(uv_async_t *async)
+{
+    /* Nothing to do: the handle is already in the ready queue. */
+}
+
+/* ---- construction and teardown ---- */
+
+static int
+loop_init_uv(LoopObject *self)
+{
+    int err = uv_loop_init(&self->uv);
+    if (err < 0) {
+        goto fail;
+    }
+    self->uv.data = self;
+    uv_prepare_init(&self->uv, &self->prepare_handle);
+    self->prepare_handle.data = self;
+    uv_prepare_start(&self->prepare_handle, on_prepare);
+    uv_timer_init(&self->uv, &self->wake_timer);
+    self->wake_timer.data = self;
+    err = uv_async_init(&self->uv, &self->async_handle, on_async);
+    if (err < 0) {
+        uv_close((uv_handle_t *)&self->prepare_handle, NULL);
+        uv_close((uv_handle_t *)&self->wake_timer, NULL);
+        uv_run(&self->uv, UV_RUN_DEFAULT);
+        uv_loop_close(&self->uv);
+        goto fail;
+    }
+    self->async_handle.data = self;
+    self->uv_ready = 1;
+    if (signals_open(self) < 0) {
+        return -1;
+    }
+    return 0;
+fail:
+    PyErr_Format(PyExc_OSError, "cannot initialise libuv loop: %s", uv_strerror(err));
+    return -1;
+}
+
+static void
+loop_close_uv(LoopObject *self)
+{
+    if (!self->uv_ready) {
+        return;
+    }
+    self->uv_ready = 0;
+    loop_close_watchers(self);
+    signals_close(self);
+    uv_close((uv_handle_t *)&self->prepare_handle, NULL);
+    uv_close((uv_handle_t *)&self->wake_timer, NULL);
+    uv_close((uv_handle_t *)&self->async_handle, NULL);
+    self->may_block = 0;
+    uv_run(&self->uv, UV_RUN_DEFAULT);  /* runs the close callbacks */
+    uv_loop_close(&self->uv);
+}
+
+static PyObject *
+loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    LoopObject *self = (LoopObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    /* Works for pyasync_c.Loop too: the lookup walks the MRO to LoopCore. */
+    PyObject *module = PyType_GetModuleByDef(type, &loop_module_def);
+    if (module == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->state = PyModule_GetState(module);
+    self->signal_fds[0] = self->signal_fds[1] = -1;
+    self->thread_id = Py_NewRef(Py_None);
+    self->pid = (long)getpid();
+    self->watchers = PyDict_New();
+    if (self->watchers == NULL || loop_init_uv(self) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+loop_traverse(LoopObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->pending_error);
+    Py_VISIT(self->thread_id);
+    Py_VISIT(self->task_factory);
+    Py_VISIT(self->watchers);
+    ready_traverse(&self->ready, visit, arg);
+    timer_heap_traverse(&self->timers, visit, arg);
+    return 0;
+}
+
+static int
+loop_clear(LoopObject *self)
+{
+    Py_CLEAR(self->pending_error);
+    Py_CLEAR(self->task_factory);
+    ready_clear(&self->ready);
+    timer_heap_clear(&self->timers);
+    return 0;
+}
+
+static void
+loop_dealloc(LoopObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    loop_close_uv(self);
+    loop_clear(self);
+    Py_CLEAR(self->thread_id);
+    Py_CLEAR(self->watchers);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+/* ---- scheduling API ---- */
+
+static int
+check_open(LoopObject *self)
+{
+    if (self->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* Parses (callback, *args, context=None) of the call_* methods. */
+static int
+parse_callback_call(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                    Py_ssize_t leading, const char *name, PyObject **context)
+{
+    *context = NULL;
+    if (nargs < leading + 1) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument 'callback'", name);
+        return -1;
+    }
+    if (kwnames != NULL) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+            if (!PyUnicode_Check(key) || PyUnicode_CompareWithASCIIString(key, "context") != 0) {
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'", name, key);
+                return -1;
+            }
+            *context = args[nargs + i];
+        }
+    }
+    return 0;
+}
+
+/* Debug mode runs asyncio's own checks (thread, coroutine callbacks). */
+static int
+debug_checks(LoopObject *self, PyObject *callback, const char *method, int check_thread)
+{
+    PyObject *result;
+    if (check_thread) {
+        result = PyObject_CallMethodNoArgs((PyObject *)self, self->state->str_check_thread);
+        if (result == NULL) {
+            return -1;
+        }
+        Py_DECREF(result);
+    }
+    PyObject *method_name = PyUnicode_FromString(method);
+    if (method_name == NULL) {
+        return -1;
+    }
+    result = PyObject_CallMethodObjArgs((PyObject *)self, self->state->str_check_callback,
+                                       callback, method_name, NULL);
+    Py_DECREF(method_name);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+static PyObject *
+schedule_soon(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+              const char *name, int threadsafe)
+{
+    PyObject *context;
+    if (parse_callback_call(args, nargs, kwnames, 0, name, &context) < 0 || check_open(self) < 0) {
+        return NULL;
+    }
+    if (self->debug && debug_checks(self, args[0], name, !threadsafe) < 0) {
+        return NULL;
+    }
+    HandleObject *handle = handle_new(self, self->state->HandleType, args[0], args + 1, nargs - 1, context);
+    if (handle == NULL) {
+        return NULL;
+    }
+    int status = threadsafe ? loop_schedule_handle(self, handle) : ready_push(&self->ready, handle);
+    if (status < 0) {
+        Py_DECREF(handle);
+        return NULL;
+    }
+    return (PyObject *)handle;
+}
+
+static PyObject *
+loop_call_soon(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return schedule_soon(self, args, PyVectorcall_NARGS(nargs), kwnames, "call_soon", 0);
+}
+
+static PyObject *
+loop_call_soon_threadsafe(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return schedule_soon(self, args, PyVectorcall_NARGS(nargs), kwnames, "call_soon_threadsafe", 1);
+}
+
+static PyObject *
+schedule_at(LoopObject *self, double when, PyObject *const *args, Py_ssize_t nargs,
+            PyObject *context, const char *name)
+{
+    if (isnan(when)) {
+        PyErr_Format(PyExc_ValueError, "%s(): the time must be a number, not NaN", name);
+        return NULL;
+    }
+    if (check_open(self) < 0 || (self->debug && debug_checks(self, args[0], name, 1) < 0)) {
+        return NULL;
+    }
+    HandleObject *timer = handle_new(self, self->state->TimerHandleType, args[0], args + 1, nargs - 1, context);
+    if (timer == NULL) {
+        return NULL;
+    }
+    timer->when = when;
+    timer->sequence = self->timer_sequence++;
+    if (timer_heap_push(&self->timers, timer) < 0) {
+        Py_DECREF(timer);
+        return NULL;
+    }
+    return (PyObject *)timer;
+}
+
+static int
+parse_time(PyObject *value, const char *name, const char *what, double *out)
+{
+    if (value == Py_None) {
+        PyErr_Format(PyExc_TypeError, "%s must not be None", what);
+        return -1;
+    }
+    *out = PyFloat_AsDouble(value);
+    if (*out == -1.0 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "%s(): %s must be a real number, not %.100s",
+                     name, what, Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+loop_call_later(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    nargs = PyVectorcall_NARGS(nargs);
+    PyObject *context;
+    double delay;
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "call_later() missing required argument 'delay'");
+        return NULL;
+    }
+    if (parse_callback_call(args, nargs, kwnames, 1, "call_later", &context) < 0
+        || parse_time(args[0], "call_later", "delay", &delay) < 0) {
+        return NULL;
+    }
+    return schedule_at(self, loop_monotonic() + delay, args + 1, nargs - 1, context, "call_later");
+}
+
+static PyObject *
+loop_call_at(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    nargs = PyVectorcall_NARGS(nargs);
+    PyObject *context;
+    double when;
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "call_at() missing required argument 'when'");
+        return NULL;
+    }
+    if (parse_callback_call(args, nargs, kwnames, 1, "call_at", &context) < 0
+        || parse_time(args[0], "call_at", "when", &when) < 0) {
+        return NULL;
+    }
+    return schedule_at(self, when, args + 1, nargs - 1, context, "call_at");
+}
+
+static PyObject *
+loop_time(LoopObject *self, PyObject *unused)
+{
+    return PyFloat_FromDouble(loop_monotonic());
+}
+
+/* Puts an existing handle (a signal handler's) on the ready queue. */
+static PyObject *
+loop_schedule_existing(LoopObject *self, PyObject *handle)
+{
+    if (!PyObject_TypeCheck(handle, self->state->HandleType)) {
+        PyErr_SetString(PyExc_TypeError, "expected a pyasync_c Handle");
+        return NULL;
+    }
+    if (loop_schedule_handle(self, (HandleObject *)handle) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_make_handle(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "_make_handle(callback, args_tuple)");
+        return NULL;
+    }
+    return (PyObject *)handle_new(self, self->state->HandleType, args[0], &PyTuple_GET_ITEM(args[1], 0),
+                                  PyTuple_GET_SIZE(args[1]), NULL);
+}
+
+/* ---- futures and tasks ---- */
+
+static PyObject *
+loop_create_future(LoopObject *self, PyObject *unused)
+{
+    PyObject *argv[2] = {NULL, (PyObject *)self};
+    return PyObject_Vectorcall(self->state->FutureType, argv + 1,
+                               0 | PY_VECTORCALL_ARGUMENTS_OFFSET, self->state->kwnames_loop);
+}
+
+static PyObject *
+loop_create_task(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    nargs = PyVectorcall_NARGS(nargs);
+    PyObject *name = Py_None, *context = Py_None;
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "create_task() takes exactly 1 positional argument (%zd given)", nargs);
+        return NULL;
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(key, "name") == 0) {
+            name = args[1 + i];
+        }
+        else if (PyUnicode_CompareWithASCIIString(key, "context") == 0) {
+            context = args[1 + i];
+        }
+        else {
+            /* Unknown keywords (e.g. newer Pythons' eager_start): asyncio's own code decides. */
+            nkw = -1;
+            break;
+        }
+    }
+    if (self->task_factory != NULL || self->debug || nkw < 0) {
+        /* Task factories and debug source tracebacks: asyncio's own orchestration. */
+        PyObject *stack[8];
+        Py_ssize_t total = 1 + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+        if (total + 1 > 8) {
+            PyErr_SetString(PyExc_TypeError, "create_task() got too many keyword arguments");
+            return NULL;
+        }
+        stack[0] = (PyObject *)self;
+        for (Py_ssize_t i = 0; i < total; i++) {
+            stack[1 + i] = args[i];
+        }
+        return PyObject_Vectorcall(self->state->base_create_task, stack, 2, kwnames);
+    }
+    if (check_open(self) < 0) {
+        return NULL;
+    }
+    PyObject *argv[5] = {NULL, args[0], (PyObject *)self, name, context};
+    return PyObject_Vectorcall(self->state->TaskType, argv + 1,
+                               1 | PY_VECTORCALL_ARGUMENTS_OFFSET, self->state->kwnames_task);
+}
+
+/* ---- running ---- */
+
+static void
+arm_wake_timer(LoopObject *self, double delay)
+{
+    double ms = ceil(delay * 1000.0);
+    uv_update_time(&self->uv);
+    uv_timer_start(&self->wake_timer, on_wake_timer, ms > MAX_POLL_MS ? MAX_POLL_MS : (uint64_t)ms, 0);
+}
+
+static int
+poll_io(LoopObject *self)
+{
+    int block = self->ready.count == 0 && !self->stopping;
+    if (block && self->timers.count > 0) {
+        double delay = self->timers.items[0]->when - loop_monotonic();
+        if (delay <= self->state->clock_resolution) {
+            block = 0;
+        }
+        else {
+            arm_wake_timer(self, delay);
+        }
+    }
+    else if (block) {
+        uv_timer_stop(&self->wake_timer);
+    }
+    self->may_block = (char)block;
+    uv_run(&self->uv, block ? UV_RUN_ONCE : UV_RUN_NOWAIT);
+    self->may_block = 0;
+    loop_take_gil(self);
+    if (self->pending_error != NULL) {
+        PyObject *exc = self->pending_error;
+        self->pending_error = NULL;
+        compat_restore_exception(exc);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+run_ready_debug(LoopObject *self, HandleObject *handle)
+{
+    double started = loop_monotonic();
+    if (handle_run(handle) < 0) {
+        return -1;
+    }
+    double took = loop_monotonic() - started;
+    PyObject *limit = PyObject_GetAttr((PyObject *)self, self->state->str_slow_duration);
+    if (limit == NULL) {
+        return -1;
+    }
+    double slow = PyFloat_AsDouble(limit);
+    Py_DECREF(limit);
+    if (slow == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (took >= slow) {
+        PyObject *result = PyObject_CallMethod((PyObject *)self, "_warn_slow_callback", "Od",
+                                               (PyObject *)handle, took);
+        if (result == NULL) {
+            return -1;
+        }
+        Py_DECREF(result);
+    }
+    return 0;
+}
+
+static int
+run_once(LoopObject *self)
+{
+    if (self->ready.count == 0 || self->active_io > 0) {
+        if (poll_io(self) < 0) {
+            return -1;
+        }
+    }
+    else if (PyErr_CheckSignals() < 0) {
+        return -1;
+    }
+    if (self->timers.count > 0) {
+        double end = loop_monotonic() + self->state->clock_resolution;
+        while (self->timers.count > 0 && self->timers.items[0]->when < end) {
+            HandleObject *timer = timer_heap_pop(&self->timers);
+            int status = ready_push(&self->ready, timer);
+            Py_DECREF(timer);
+            if (status < 0) {
+                return -1;
+            }
+        }
+    }
+    for (Py_ssize_t todo = self->ready.count; todo > 0 && self->ready.count > 0; todo--) {
+        HandleObject *handle = ready_pop(&self->ready);
+        int status = 0;
+        if (!handle->cancelled) {
+            status = self->debug ? run_ready_debug(self, handle) : handle_run(handle);
+        }
+        Py_DECREF(handle);
+        if (status < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+loop_run_once(LoopObject *self, PyObject *unused)
+{
+    if (run_once(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* The body of run_forever: iterate until stop() (Loop.run_forever does the
+ * asyncio bookkeeping around it). */
+static PyObject *
+loop_run(LoopObject *self, PyObject *unused)
+{
+    int status;
+    do {
+        status = run_once(self);
+    } while (status == 0 && !self->stopping);
+    self->stopping = 0;
+    if (status < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_stop(LoopObject *self, PyObject *unused)
+{
+    self->stopping = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_is_running(LoopObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(self->thread_id != Py_None);
+}
+
+static PyObject *
+loop_is_closed(LoopObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(self->closed);
+}
+
+static PyObject *
+loop_get_debug(LoopObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(self->debug);
+}
+
+/* Releases libuv and every queued callback; Loop.close() does the checks. */
+static PyObject *
+loop_close_core(LoopObject *self, PyObject *unused)
+{
+    self->closed = 1;
+    ready_clear(&self->ready);
+    timer_heap_clear(&self->timers);
+    loop_close_uv(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_add_reader(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return loop_add_watcher(self, args, nargs, UV_READABLE);
+}
+
+static PyObject *
+loop_add_writer(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return loop_add_watcher(self, args, nargs, UV_WRITABLE);
+}
+
+static PyObject *
+loop_remove_reader(LoopObject *self, PyObject *fileobj)
+{
+    return loop_remove_watcher(self, fileobj, UV_READABLE);
+}
+
+static PyObject *
+loop_remove_writer(LoopObject *self, PyObject *fileobj)
+{
+    return loop_remove_watcher(self, fileobj, UV_WRITABLE);
+}
+
+/* Signal handlers registered with add_signal_handler need the wakeup socket
+ * polled even when callbacks are ready. */
+static PyObject *
+loop_set_signal_handlers_active(LoopObject *self, PyObject *delta)
+{
+    long change = PyLong_AsLong(delta);
+    if (change == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    self->active_io += change;
+    Py_RETURN_NONE;
+}
+
+/* ---- attributes shared with asyncio.BaseEventLoop's Python code ---- */
+
+static PyObject *get_closed(LoopObject *self, void *c) { return PyBool_FromLong(self->closed); }
+static PyObject *get_stopping(LoopObject *self, void *c) { return PyBool_FromLong(self->stopping); }
+static PyObject *get_debug_attr(LoopObject *self, void *c) { return PyBool_FromLong(self->debug); }
+static PyObject *get_thread_id(LoopObject *self, void *c) { return Py_NewRef(self->thread_id); }
+static PyObject *get_pid(LoopObject *self, void *c) { return PyLong_FromLong(self->pid); }
+static PyObject *get_wakeup_fd(LoopObject *self, void *c) { return PyLong_FromLong(self->signal_fds[1]); }
+
+static PyObject *
+get_task_factory(LoopObject *self, void *c)
+{
+    return Py_NewRef(self->task_factory ? self->task_factory : Py_None);
+}
+
+static int
+set_flag(char *flag, PyObject *value)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete this attribute");
+        return -1;
+    }
+    int truth = PyObject_IsTrue(value);
+    if (truth < 0) {
+        return -1;
+    }
+    *flag = (char)truth;
+    return 0;
+}
+
+static int set_closed(LoopObject *self, PyObject *v, void *c) { return set_flag(&self->closed, v); }
+static int set_stopping(LoopObject *self, PyObject *v, void *c) { return set_flag(&self->stopping, v); }
+static int set_debug_attr(LoopObject *self, PyObject *v, void *c) { return set_flag(&self->debug, v); }
+
+static int
+set_thread_id(LoopObject *self, PyObject *value, void *c)
+{
+    Py_XSETREF(self->thread_id, Py_NewRef(value ? value : Py_None));
+    return 0;
+}
+
+static int
+set_task_factory(LoopObject *self, PyObject *value, void *c)
+{
+    Py_XSETREF(self->task_factory, (value == NULL || value == Py_None) ? NULL : Py_NewRef(value));
+    return 0;
+}
+
+static PyGetSetDef loop_getsets[] = {
+    {"_closed", (getter)get_closed, (setter)set_closed, NULL, NULL},
+    {"_stopping", (getter)get_stopping, (setter)set_stopping, NULL, NULL},
+    {"_debug", (getter)get_debug_attr, (setter)set_debug_attr, NULL, NULL},
+    {"_thread_id", (getter)get_thread_id, (setter)set_thread_id, NULL, NULL},
+    {"_task_factory", (getter)get_task_factory, (setter)set_task_factory, NULL, NULL},
+    {"_pid", (getter)get_pid, NULL, "Process id that created the loop.", NULL},
+    {"_signal_wakeup_fd", (getter)get_wakeup_fd, NULL, "fd to give signal.set_wakeup_fd().", NULL},
+    {NULL},
+};
+
+#define FASTCALL_KW (METH_FASTCALL | METH_KEYWORDS)
+
+static PyMethodDef loop_methods[] = {
+    {"call_soon", (PyCFunction)(void (*)(void))loop_call_soon, FASTCALL_KW,
+     "call_soon(callback, *args, context=None)\n--\n\nArrange for callback(*args) to run on the next iteration."},
+    {"call_soon_threadsafe", (PyCFunction)(void (*)(void))loop_call_soon_threadsafe, FASTCALL_KW,
+     "call_soon_threadsafe(callback, *args, context=None)\n--\n\nLike call_soon(), callable from any thread; wakes the loop."},
+    {"call_later", (PyCFunction)(void (*)(void))loop_call_later, FASTCALL_KW,
+     "call_later(delay, callback, *args, context=None)\n--\n\nArrange for callback(*args) to run after delay seconds."},
+    {"call_at", (PyCFunction)(void (*)(void))loop_call_at, FASTCALL_KW,
+     "call_at(when, callback, *args, context=None)\n--\n\nArrange for callback(*args) to run at loop.time() == when."},
+    {"time", (PyCFunction)loop_time, METH_NOARGS, "The loop's clock: time.monotonic()."},
+    {"create_future", (PyCFunction)loop_create_future, METH_NOARGS, "Create an asyncio.Future attached to the loop."},
+    {"create_task", (PyCFunction)(void (*)(void))loop_create_task, FASTCALL_KW,
+     "create_task(coro, *, name=None, context=None)\n--\n\nSchedule a coroutine as an asyncio.Task."},
+    {"stop", (PyCFunction)loop_stop, METH_NOARGS, "Stop running after the current iteration."},
+    {"is_running", (PyCFunction)loop_is_running, METH_NOARGS, "Return True if the loop is running."},
+    {"is_closed", (PyCFunction)loop_is_closed, METH_NOARGS, "Return True if the loop was closed."},
+    {"get_debug", (PyCFunction)loop_get_debug, METH_NOARGS, "Return the debug mode flag."},
+    {"add_reader", (PyCFunction)(void (*)(void))loop_add_reader, METH_FASTCALL,
+     "add_reader(fd, callback, *args)\n--\n\nCall callback(*args) whenever fd is readable."},
+    {"add_writer", (PyCFunction)(void (*)(void))loop_add_writer, METH_FASTCALL,
+     "add_writer(fd, callback, *args)\n--\n\nCall callback(*args) whenever fd is writable."},
+    {"remove_reader", (PyCFunction)loop_remove_reader, METH_O, "Stop watching fd for reading; True if it was."},
+    {"remove_writer", (PyCFunction)loop_remove_writer, METH_O, "Stop watching fd for writing; True if it was."},
+    {"_run_once", (PyCFunction)loop_run_once, METH_NOARGS, "Run one iteration."},
+    {"_run", (PyCFunction)loop_run, METH_NOARGS, "Iterate until stop(); the core of run_forever()."},
+    {"_close", (PyCFunction)loop_close_core, METH_NOARGS, "Drop queued callbacks and release libuv."},
+    {"_schedule_handle", (PyCFunction)loop_schedule_existing, METH_O, "Queue an existing Handle."},
+    {"_make_handle", (PyCFunction)(void (*)(void))loop_make_handle, METH_FASTCALL, "Make a Handle without queueing it."},
+    {"_signal_handlers_changed", (PyCFunction)loop_set_signal_handlers_active, METH_O, NULL},
+    {NULL},
+};
+
+static PyType_Slot loop_slots[] = {
+    {Py_tp_doc, "The C core of pyasync_c.Loop: scheduling, timers and the libuv poll."},
+    {Py_tp_new, loop_new},
+    {Py_tp_methods, loop_methods},
+    {Py_tp_getset, loop_getsets},
+    {Py_tp_traverse, loop_traverse},
+    {Py_tp_clear, loop_clear},
+    {Py_tp_dealloc, loop_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec loop_spec = {
+    .name = "pyasync_c._loop.LoopCore",
+    .basicsize = sizeof(LoopObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = loop_slots,
+};
+
+int
+loop_core_init_type(PyObject *module, ModuleState *state)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, &loop_spec, NULL);
+    if (type == NULL) {
+        return -1;
+    }
+    state->LoopCoreType = (PyTypeObject *)type;
+    return PyModule_AddObjectRef(module, "LoopCore", type);
+}

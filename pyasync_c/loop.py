@@ -1,0 +1,238 @@
+"""pyasync_c.Loop: the C core (``_loop.LoopCore``) plus asyncio's orchestration.
+
+The hot paths — call_soon*, call_later/call_at, time, create_future,
+create_task, the run loop, timers, add_reader/add_writer — are C methods of
+``LoopCore``, which comes first in the MRO.  One-shot orchestration is
+inherited from ``asyncio.BaseEventLoop`` of the running Python (run_until_complete,
+exception handlers, executors, async-generator hooks, getaddrinfo...), so its
+semantics are that version's exactly.  This file adds what is specific to a
+libuv loop: run_forever's bookkeeping around the C loop, close, signals, and the
+small Python helpers the C core calls on rare paths.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import sys
+import threading
+from asyncio import base_events, events, format_helpers
+from typing import Any, Callable, NoReturn
+
+from . import _loop
+
+__all__ = ["Loop"]
+
+_FORMAT_TAKES_DEBUG = sys.version_info >= (3, 13)
+
+
+def _sighandler_noop(signum: int, frame: object) -> None:
+    """Python-level handler for add_signal_handler signals: the work is done
+    by the loop when the wakeup fd reports the signal."""
+
+
+class Loop(_loop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
+    """A libuv-backed asyncio event loop."""
+
+    def __init__(self) -> None:
+        base_events.BaseEventLoop.__init__(self)
+        self._signal_handlers: dict[int, Any] = {}
+        self._wakeup_installed = False
+        self._old_wakeup_fd = -1
+        self._old_agen_hooks: Any = None
+
+    # ---- running -------------------------------------------------------
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            raise RuntimeError(
+                "this pyasync_c loop was created in another process; "
+                "after fork(), create a new event loop in the child")
+
+    def _run_forever_setup(self) -> None:
+        self._check_closed()
+        self._check_running()
+        self._check_fork()
+        self._set_coroutine_origin_tracking(self._debug)
+        self._old_agen_hooks = sys.get_asyncgen_hooks()
+        self._thread_id = threading.get_ident()
+        sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook,
+                               finalizer=self._asyncgen_finalizer_hook)
+        self._install_wakeup_fd()
+        events._set_running_loop(self)
+
+    def _run_forever_cleanup(self) -> None:
+        self._stopping = False
+        self._thread_id = None
+        events._set_running_loop(None)
+        self._set_coroutine_origin_tracking(False)
+        if not self._signal_handlers:
+            self._uninstall_wakeup_fd()
+        if self._old_agen_hooks is not None:
+            sys.set_asyncgen_hooks(*self._old_agen_hooks)
+            self._old_agen_hooks = None
+
+    def run_forever(self) -> None:
+        """Run until stop() is called."""
+        self._run_forever_setup()
+        try:
+            self._run()
+        finally:
+            self._run_forever_cleanup()
+
+    def close(self) -> None:
+        """Close the loop: drop pending callbacks, release libuv and the
+        default executor.  The loop must not be running."""
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self._debug:
+            base_events.logger.debug("Close %r", self)
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        self._uninstall_wakeup_fd()
+        self._close()
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+
+    def __repr__(self) -> str:
+        return (f"<{self.__class__.__name__} running={self.is_running()} "
+                f"closed={self.is_closed()} debug={self.get_debug()}>")
+
+    # ---- helpers the C core calls on rare paths ---------------------------
+    def _report_callback_error(self, handle: asyncio.Handle, exc: BaseException) -> None:
+        if _FORMAT_TAKES_DEBUG:
+            source = format_helpers._format_callback_source(
+                handle._callback, handle._args, debug=self.get_debug())
+        else:
+            source = format_helpers._format_callback_source(handle._callback, handle._args)
+        context: dict[str, Any] = {
+            "message": f"Exception in callback {source}",
+            "exception": exc,
+            "handle": handle,
+        }
+        if handle._source_traceback:
+            context["source_traceback"] = handle._source_traceback
+        self.call_exception_handler(context)
+
+    def _warn_slow_callback(self, handle: asyncio.Handle, seconds: float) -> None:
+        base_events.logger.warning("Executing %s took %.3f seconds",
+                                   base_events._format_handle(handle), seconds)
+
+    def _debug_source_traceback(self) -> Any:
+        # Frame 1 is whoever called call_soon()/call_later() (C has no frame).
+        return format_helpers.extract_stack(sys._getframe(1))
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        """Cancelled timers leave the C heap at once; nothing to count."""
+
+    # ---- signals ---------------------------------------------------------
+    def _install_wakeup_fd(self) -> None:
+        if self._wakeup_installed or threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            self._old_wakeup_fd = signal.set_wakeup_fd(self._signal_wakeup_fd,
+                                                       warn_on_full_buffer=False)
+        except ValueError:  # not the main interpreter
+            return
+        self._wakeup_installed = True
+
+    def _uninstall_wakeup_fd(self) -> None:
+        if not self._wakeup_installed:
+            return
+        self._wakeup_installed = False
+        try:
+            current = signal.set_wakeup_fd(self._old_wakeup_fd)
+            if current != self._signal_wakeup_fd:  # someone replaced ours meanwhile: keep theirs
+                signal.set_wakeup_fd(current)
+        except (ValueError, OSError):
+            pass
+        self._old_wakeup_fd = -1
+
+    def _handle_signal(self, signum: int) -> None:
+        handle = self._signal_handlers.get(signum)
+        if handle is None:
+            return
+        if handle.cancelled():
+            self.remove_signal_handler(signum)
+        else:
+            self._schedule_handle(handle)
+
+    @staticmethod
+    def _check_signal(sig: int) -> None:
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+        """Run callback(*args) on the loop whenever signal sig arrives."""
+        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("set_wakeup_fd only works in main thread of the main interpreter")
+        self._install_wakeup_fd()
+        handle = self._make_handle(callback, args)
+        first = not self._signal_handlers
+        self._signal_handlers[sig] = handle
+        try:
+            signal.signal(sig, _sighandler_noop)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers and not self.is_running():
+                self._uninstall_wakeup_fd()
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+        if first:
+            self._signal_handlers_changed(1)
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        """Remove the handler for signal sig; True if there was one."""
+        self._check_signal(sig)
+        try:
+            del self._signal_handlers[sig]
+        except KeyError:
+            return False
+        if not self._signal_handlers:
+            self._signal_handlers_changed(-1)
+            if not self.is_running():
+                self._uninstall_wakeup_fd()
+        handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+        return True
+
+
+def _not_yet(name: str) -> Callable[..., NoReturn]:
+    def method(self: Loop, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotImplementedError(
+            f"pyasync_c: loop.{name}() is not implemented yet: it lands with "
+            f"native network/pipe/subprocess support")
+    method.__name__ = name
+    method.__qualname__ = f"Loop.{name}"
+    return method
+
+
+_NETWORK_METHODS = (
+    "create_connection", "create_server", "create_unix_connection", "create_unix_server",
+    "connect_accepted_socket", "create_datagram_endpoint", "connect_read_pipe",
+    "connect_write_pipe", "subprocess_exec", "subprocess_shell", "sock_recv",
+    "sock_recv_into", "sock_recvfrom", "sock_recvfrom_into", "sock_sendall", "sock_sendto",
+    "sock_connect", "sock_accept", "sock_sendfile", "sendfile", "start_tls",
+)
+for _name in _NETWORK_METHODS:
+    setattr(Loop, _name, _not_yet(_name))
+del _name
