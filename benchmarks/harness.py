@@ -171,20 +171,24 @@ class CellResult:
     samples: list[Sample] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        rates = [s.rate for s in self.samples]
-        best = max(rates)
-        return {
-            "status": "ok",
-            "workload": self.workload, "loop": self.loop, "prims": self.prims,
-            "n": self.n, "unit": self.unit,
-            "ops": [s.ops for s in self.samples],
-            "seconds": [round(s.seconds, 6) for s in self.samples],
-            "best": best,
-            "median": statistics.median(rates),
-            "worst": min(rates),
-            # relative spread of the repeats; large values flag a noisy cell
-            "spread": (best - min(rates)) / best if best else 0.0,
-        }
+        return {"status": "ok", "workload": self.workload, "loop": self.loop,
+                "prims": self.prims, "n": self.n, "unit": self.unit,
+                **summarize([s.ops for s in self.samples], [s.seconds for s in self.samples])}
+
+
+def summarize(ops: list[int], seconds: list[float]) -> dict[str, Any]:
+    """Statistics of a cell's timed repeats (rates in ops/s)."""
+    rates = [o / s if s > 0 else float("inf") for o, s in zip(ops, seconds)]
+    best = max(rates)
+    return {
+        "ops": list(ops),
+        "seconds": [round(s, 6) for s in seconds],
+        "best": best,
+        "median": statistics.median(rates),
+        "worst": min(rates),
+        # relative spread of the repeats; large values flag a noisy cell
+        "spread": (best - min(rates)) / best if best else 0.0,
+    }
 
 
 def _time_once(loop: asyncio.AbstractEventLoop, wl: Workload, prims: Prims, n: int) -> Sample:

@@ -121,7 +121,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_text(table: Table, markdown: bool, meta: dict[str, Any]) -> str:
     out = []
-    stat = f"best of {meta['repeat']} repeats (ops/s), each cell in a fresh process, after warm-up"
+    rounds = meta.get("rounds", 1)
+    stat = (f"Best of {meta['repeat']} timed repeats (ops/s), each cell in a fresh process after a warm-up"
+            + (f", {rounds} interleaved rounds pooled" if rounds > 1 else ""))
     for group in GROUPS:
         header, rows = table.rows(group)
         if not rows:
@@ -205,6 +207,11 @@ def _bars(ax: Any, workloads: list[str], series_labels: list[str],
                         fontsize=7)
     ax.set_yscale("log")
     ax.set_ylim(lo, hi)
+    if baseline is not None:  # ratios span little: plain 0.5, 1, 2, 5 ticks
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(range(len(workloads)))
     ax.set_xticklabels(workloads, rotation=25, ha="right")
     ax.grid(axis="y", which="both", alpha=0.3)

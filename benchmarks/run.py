@@ -27,7 +27,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import LOOP_NAMES, REPO_ROOT, Workload, load_registry  # noqa: E402
+from harness import LOOP_NAMES, REPO_ROOT, Workload, load_registry, summarize  # noqa: E402
 from report import Cell, Table, render_chart, render_text, si  # noqa: E402
 
 QUICK_FACTOR = 10
@@ -50,7 +50,7 @@ def run_child(wl: Workload, loop: str, prims: str, n: int, repeat: int, warmup: 
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                               cwd=REPO_ROOT)
     except subprocess.TimeoutExpired as exc:
-        return {**base, "status": "timeout", "reason": f"no result after {timeout:.0f}s",
+        return {**base, "status": "timeout", "reason": f"no result after {timeout:g}s",
                 "stderr": _tail(exc.stderr)}
     lines = proc.stdout.strip().splitlines()
     if lines:
@@ -71,6 +71,16 @@ def _tail(text: str | bytes | None, lines: int = 15) -> str:
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
     return "\n".join((text or "").strip().splitlines()[-lines:])
+
+
+def merge(old: Cell | None, new: Cell) -> Cell:
+    """Fold a later round's result for the same cell into the earlier one:
+    repeats are pooled; a failure in any round makes the cell fail."""
+    if old is None or old["status"] != "ok":
+        return old or new
+    if new["status"] != "ok":
+        return new
+    return {**old, **summarize(old["ops"] + new["ops"], old["seconds"] + new["seconds"])}
 
 
 def describe(cell: Cell) -> str:
@@ -101,6 +111,10 @@ def metadata(args: argparse.Namespace, cells: list[Cell]) -> dict[str, Any]:
 
     origins = {c.get("origin", {}).get("pyasync_c") or c.get("origin", {}).get("pyasync_c._primitives")
                for c in cells} - {None}
+    def shown(path: str) -> str:
+        p = Path(path)
+        return str(p.relative_to(REPO_ROOT)) + " (in-tree build)" if p.is_relative_to(REPO_ROOT) else path
+
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "python": platform.python_version(),
@@ -108,10 +122,11 @@ def metadata(args: argparse.Namespace, cells: list[Cell]) -> dict[str, Any]:
         "cpu": cpu(),
         "git": git(),
         "quick": args.quick,
-        "repeat": args.repeat,
+        "repeat": args.repeat * args.rounds,
+        "rounds": args.rounds,
         "warmup": args.warmup,
         "statistic": "best",
-        "pyasync_c": ", ".join(sorted(origins)),
+        "pyasync_c": ", ".join(sorted(shown(o) for o in origins)),
     }
 
 
@@ -121,6 +136,9 @@ def parse_args(registry: dict[str, Workload], argv: list[str] | None) -> argpars
     ap.add_argument("--only", help="comma-separated workload names (see --list)")
     ap.add_argument("--loops", default=",".join(LOOP_NAMES), help="comma-separated loops to run on")
     ap.add_argument("--repeat", type=int, help="timed repeats per cell (default 5, 3 with --quick)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the whole plan this many times, interleaved, pooling the repeats "
+                         "(evens out bursts of background load across loops)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs at n/10 per cell")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds before a cell is killed")
     ap.add_argument("--out", type=Path, default=HERE / "results", help="output directory")
@@ -128,8 +146,8 @@ def parse_args(registry: dict[str, Workload], argv: list[str] | None) -> argpars
     args = ap.parse_args(argv)
     if args.repeat is None:
         args.repeat = 3 if args.quick else 5
-    if args.repeat < 1:
-        ap.error("--repeat must be at least 1")
+    if args.repeat < 1 or args.rounds < 1:
+        ap.error("--repeat and --rounds must be at least 1")
     names = args.only.split(",") if args.only else list(registry)
     unknown = [n for n in names if n not in registry]
     if unknown:
@@ -151,16 +169,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     plan = [(wl, loop, prims) for wl in args.workloads for loop, prims in cells_of(wl, args.loop_list)]
-    cells: list[Cell] = []
+    results: dict[tuple[str, str, str], Cell] = {}
     started = time.monotonic()
-    for i, (wl, loop, prims) in enumerate(plan, 1):
-        n = max(1, wl.n // QUICK_FACTOR) if args.quick else wl.n
-        print(f"[{i:2}/{len(plan)}] {wl.name:17} {loop:9} prims={prims:6} n={n:<9,} ", end="", flush=True)
-        cell = run_child(wl, loop, prims, n, args.repeat, args.warmup, args.timeout)
-        cell["group"] = wl.group
-        cells.append(cell)
-        print(describe(cell), flush=True)
-    print(f"({len(plan)} cells in {time.monotonic() - started:.0f}s)\n")
+    for rnd in range(1, args.rounds + 1):
+        for i, (wl, loop, prims) in enumerate(plan, 1):
+            key = (wl.name, loop, prims)
+            if key in results and results[key]["status"] != "ok":
+                continue  # unavailable or failing: once is enough
+            n = max(1, wl.n // QUICK_FACTOR) if args.quick else wl.n
+            tag = f"r{rnd} " if args.rounds > 1 else ""
+            print(f"[{tag}{i:2}/{len(plan)}] {wl.name:17} {loop:9} prims={prims:6} n={n:<9,} ",
+                  end="", flush=True)
+            cell = run_child(wl, loop, prims, n, args.repeat, args.warmup, args.timeout)
+            cell["group"] = wl.group
+            results[key] = merge(results.get(key), cell)
+            print(describe(cell), flush=True)
+    cells = list(results.values())
+    print(f"({len(plan)} cells x {args.rounds} round(s) in {time.monotonic() - started:.0f}s)\n")
 
     meta = metadata(args, cells)
     table = Table(cells, args.workloads)
