@@ -1,4 +1,852 @@
-/* Placeholder: replaced by the real implementation. */
-#include "primitives.h"
+/* Native asyncio Lock, Event, Semaphore and BoundedSemaphore.
+ *
+ * Semantics follow the running Python's asyncio.locks (3.11/3.12; 3.13's
+ * Semaphore wake-up rules, gh-111694, are selected with PRIM_PY313).
+ * Each object is a GC-tracked heap type instance holding: the loop it got
+ * bound to on its first wait (the mixin's _get_loop rule, NULL until then),
+ * a waitq_t of waiter futures (waiters.c) and its counter/flag.  acquire(),
+ * wait(), __aenter__ and __aexit__ return a WaitOp (waiters.c) whose step
+ * function below implements the coroutine body: the uncontended path
+ * finishes on the first step without creating a future; the contended path
+ * creates one with loop.create_future(), queues it, and on wake-up or
+ * exception removes it and does the version-specific bookkeeping.
+ * Objects live as long as Python references them; tp_clear drops the loop
+ * and the queued futures.
+ */
+#include "waiters.h"
 
-int prim_locks_init(PyObject *module) { return 0; }
+#include <structmember.h>
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop;
+    PyObject *weakreflist;
+    waitq_t waiters;
+    int waiters_made;        /* stdlib creates _waiters lazily: None until first wait */
+    char locked;
+} LockObject;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop;
+    PyObject *weakreflist;
+    waitq_t waiters;
+    char value;
+} EventObject;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop;
+    PyObject *weakreflist;
+    waitq_t waiters;
+    int waiters_made;
+    Py_ssize_t value;
+    Py_ssize_t bound_value;
+} SemObject;
+
+static PyTypeObject *EventType;
+
+#define TAG_RESULT_NONE 1
+
+static inline PyObject *
+op_result(WaitOp *op)
+{
+    return Py_NewRef(op->tag == TAG_RESULT_NONE ? Py_None : Py_True);
+}
+
+static inline int
+is_cancelled_error(PyObject *exc)
+{
+    return PyErr_GivenExceptionMatches(exc, prim_shared.CancelledError);
+}
+
+/* ------------------------------------------------------------------ */
+/* shared bits: loop attribute, repr, GC                               */
+
+/* All three structs start with HEAD, loop, weakreflist, waiters. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop;
+    PyObject *weakreflist;
+    waitq_t waiters;
+} BoundObject;
+
+static PyObject *
+bound_get_loop(PyObject *self, void *c)
+{
+    PyObject *l = ((BoundObject *)self)->loop;
+    return Py_NewRef(l ? l : Py_None);
+}
+
+static int
+bound_set_loop(PyObject *self, PyObject *value, void *c)
+{
+    BoundObject *b = (BoundObject *)self;
+    Py_XSETREF(b->loop, (value == NULL || value == Py_None) ? NULL : Py_NewRef(value));
+    return 0;
+}
+
+static int
+bound_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    BoundObject *b = (BoundObject *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(b->loop);
+    return waitq_traverse(&b->waiters, visit, arg);
+}
+
+static int
+bound_clear(PyObject *self)
+{
+    BoundObject *b = (BoundObject *)self;
+    Py_CLEAR(b->loop);
+    waitq_clear(&b->waiters);
+    return 0;
+}
+
+static void
+bound_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (((BoundObject *)self)->weakreflist != NULL) PyObject_ClearWeakRefs(self);
+    bound_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* "<{object.__repr__(self)[1:-1]} [extra]>" like the stdlib classes */
+static PyObject *
+bound_repr(PyObject *self, PyObject *extra)
+{
+    if (extra == NULL) return NULL;
+    PyObject *base = PyBaseObject_Type.tp_repr(self);
+    if (base == NULL) {
+        Py_DECREF(extra);
+        return NULL;
+    }
+    PyObject *inner = PyUnicode_Substring(base, 1, PyUnicode_GET_LENGTH(base) - 1);
+    Py_DECREF(base);
+    if (inner == NULL) {
+        Py_DECREF(extra);
+        return NULL;
+    }
+    PyObject *r = PyUnicode_FromFormat("<%U [%U]>", inner, extra);
+    Py_DECREF(inner);
+    Py_DECREF(extra);
+    return r;
+}
+
+static PyObject *
+with_waiters(PyObject *extra, waitq_t *q)
+{
+    if (extra == NULL || waitq_len(q) == 0) return extra;
+    PyObject *r = PyUnicode_FromFormat("%U, waiters:%zd", extra, waitq_len(q));
+    Py_DECREF(extra);
+    return r;
+}
+
+static int
+check_aexit_args(PyObject *args)
+{
+    if (PyTuple_GET_SIZE(args) != 3) {
+        PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)",
+                     PyTuple_GET_SIZE(args));
+        return -1;
+    }
+    return 0;
+}
+
+/* __aexit__ awaitable: release when awaited (as the stdlib coroutine does) */
+static int
+aexit_step(WaitOp *op, PyObject *exc, PyObject **res)
+{
+    if (exc != NULL) return waitop_reraise(exc);
+    PyObject *r = PyObject_CallMethod(op->owner, "release", NULL);
+    if (r == NULL) return WOP_ERROR;
+    Py_DECREF(r);
+    *res = Py_NewRef(Py_None);
+    return WOP_DONE;
+}
+static const waitop_kind aexit_kind = {aexit_step, "__aexit__"};
+
+#define MEMBERS_WEAKREF(T) \
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(T, weakreflist), READONLY, NULL}
+
+/* ------------------------------------------------------------------ */
+/* Lock                                                                */
+
+static PyObject *
+lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    LockObject *self = (LockObject *)type->tp_alloc(type, 0);
+    return (PyObject *)self;
+}
+
+/* Lock() / Event() take no arguments: reject them with the message the
+ * stdlib's Python __init__ gives (tests match "Lock.__init__() got an
+ * unexpected keyword argument 'loop'"). */
+static int
+noargs_init(const char *cls, PyObject *args, PyObject *kwds)
+{
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyObject *key = NULL, *val;
+        Py_ssize_t pos = 0;
+        PyDict_Next(kwds, &pos, &key, &val);
+        PyErr_Format(PyExc_TypeError, "%s.__init__() got an unexpected keyword argument '%S'", cls, key);
+        return -1;
+    }
+    if (PyTuple_GET_SIZE(args) > 0) {
+        PyErr_Format(PyExc_TypeError, "%s.__init__() takes 1 positional argument but %zd were given",
+                     cls, PyTuple_GET_SIZE(args) + 1);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+lock_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    return noargs_init("Lock", args, kwds);
+}
+
+/* Wake the first waiter if it isn't done (Lock._wake_up_first). */
+static int
+lock_wake_first(LockObject *self)
+{
+    if (waitq_len(&self->waiters) == 0) return 0;
+    PyObject *fut = Py_NewRef(waitq_peek(&self->waiters, 0));
+    int d = prim_fut_done(fut);
+    int rc = d < 0 ? -1 : (d ? 0 : prim_fut_set_result(fut, Py_True));
+    Py_DECREF(fut);
+    return rc;
+}
+
+static int
+lock_acquire_step(WaitOp *op, PyObject *exc, PyObject **res)
+{
+    LockObject *self = (LockObject *)op->owner;
+    if (op->fut == NULL) {
+        if (!self->locked) {
+            int any = waitq_len(&self->waiters) ? waitq_any_not_cancelled(&self->waiters) : 0;
+            if (any < 0) return WOP_ERROR;
+            if (!any) {
+                self->locked = 1;
+                *res = op_result(op);
+                return WOP_DONE;
+            }
+        }
+        PyObject *fut = prim_new_waiter(op->owner, &self->loop);
+        if (fut == NULL) return WOP_ERROR;
+        if (waitq_append(&self->waiters, fut) < 0) {
+            Py_DECREF(fut);
+            return WOP_ERROR;
+        }
+        self->waiters_made = 1;
+        waitop_set_fut(op, fut);
+        return WOP_WAIT;
+    }
+    waitq_remove(&self->waiters, op->fut);
+    if (exc != NULL) {
+        if (is_cancelled_error(exc) && !self->locked) {
+            if (lock_wake_first(self) < 0) return WOP_ERROR;
+        }
+        return waitop_reraise(exc);
+    }
+    self->locked = 1;
+    *res = op_result(op);
+    return WOP_DONE;
+}
+static const waitop_kind lock_acquire_kind = {lock_acquire_step, "Lock.acquire"};
+
+static PyObject *
+lock_acquire(PyObject *self, PyObject *Py_UNUSED(a))
+{
+    return waitop_new(&lock_acquire_kind, self, NULL, 0);
+}
+
+static PyObject *
+lock_aenter(PyObject *self, PyObject *Py_UNUSED(a))
+{
+    return waitop_new(&lock_acquire_kind, self, NULL, TAG_RESULT_NONE);
+}
+
+static PyObject *
+lock_aexit(PyObject *self, PyObject *args)
+{
+    if (check_aexit_args(args) < 0) return NULL;
+    return waitop_new(&aexit_kind, self, NULL, 0);
+}
+
+static PyObject *
+lock_release(PyObject *op, PyObject *Py_UNUSED(a))
+{
+    LockObject *self = (LockObject *)op;
+    if (!self->locked) {
+        PyErr_SetString(PyExc_RuntimeError, "Lock is not acquired.");
+        return NULL;
+    }
+    self->locked = 0;
+    if (lock_wake_first(self) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+lock_locked(PyObject *self, PyObject *Py_UNUSED(a))
+{
+    return PyBool_FromLong(((LockObject *)self)->locked);
+}
+
+static PyObject *
+lock_repr(PyObject *op)
+{
+    LockObject *self = (LockObject *)op;
+    PyObject *extra = PyUnicode_FromString(self->locked ? "locked" : "unlocked");
+    return bound_repr(op, with_waiters(extra, &self->waiters));
+}
+
+static PyObject *
+lock_get_waiters(PyObject *op, void *c)
+{
+    LockObject *self = (LockObject *)op;
+    if (!self->waiters_made) Py_RETURN_NONE;
+    return waitq_snapshot(&self->waiters);
+}
+
+static PyObject *
+lock_get_locked(PyObject *op, void *c)
+{
+    return PyBool_FromLong(((LockObject *)op)->locked);
+}
+
+static PyMethodDef lock_methods[] = {
+    {"locked", lock_locked, METH_NOARGS, "Return True if lock is acquired."},
+    {"acquire", lock_acquire, METH_NOARGS, "Acquire the lock (awaitable); returns True."},
+    {"release", lock_release, METH_NOARGS, "Release the lock; RuntimeError if not locked."},
+    {"__aenter__", lock_aenter, METH_NOARGS, NULL},
+    {"__aexit__", lock_aexit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef lock_getset[] = {
+    {"_loop", bound_get_loop, bound_set_loop, NULL, NULL},
+    {"_waiters", lock_get_waiters, NULL, "Snapshot of the waiter futures (None before the first wait).", NULL},
+    {"_locked", lock_get_locked, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef lock_members[] = {
+    MEMBERS_WEAKREF(LockObject),
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot lock_slots[] = {
+    {Py_tp_new, lock_new},
+    {Py_tp_init, lock_init},
+    {Py_tp_repr, lock_repr},
+    {Py_tp_methods, lock_methods},
+    {Py_tp_getset, lock_getset},
+    {Py_tp_members, lock_members},
+    {Py_tp_traverse, bound_traverse},
+    {Py_tp_clear, bound_clear},
+    {Py_tp_dealloc, bound_dealloc},
+    {Py_tp_doc, (void *)"Lock()\n--\n\nasyncio.Lock implemented in C; works on any event loop."},
+    {0, NULL},
+};
+
+static PyType_Spec lock_spec = {
+    .name = "Lock",   /* tp_name as asyncio's (error messages); __module__ set in add_type */
+    .basicsize = sizeof(LockObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = lock_slots,
+};
+
+/* ------------------------------------------------------------------ */
+/* Event                                                               */
+
+static PyObject *
+event_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    return type->tp_alloc(type, 0);
+}
+
+static int
+event_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    return noargs_init("Event", args, kwds);
+}
+
+static int
+event_wait_step(WaitOp *op, PyObject *exc, PyObject **res)
+{
+    EventObject *self = (EventObject *)op->owner;
+    if (op->fut == NULL) {
+        if (self->value) {
+            *res = op_result(op);
+            return WOP_DONE;
+        }
+        PyObject *fut = prim_new_waiter(op->owner, &self->loop);
+        if (fut == NULL) return WOP_ERROR;
+        if (waitq_append(&self->waiters, fut) < 0) {
+            Py_DECREF(fut);
+            return WOP_ERROR;
+        }
+        waitop_set_fut(op, fut);
+        return WOP_WAIT;
+    }
+    waitq_remove(&self->waiters, op->fut);
+    if (exc != NULL) return waitop_reraise(exc);
+    *res = op_result(op);
+    return WOP_DONE;
+}
+static const waitop_kind event_wait_kind = {event_wait_step, "Event.wait"};
+
+static PyObject *
+event_wait(PyObject *self, PyObject *Py_UNUSED(a))
+{
+    return waitop_new(&event_wait_kind, self, NULL, 0);
+}
+
+int
+prim_event_set(PyObject *op)
+{
+    EventObject *self = (EventObject *)op;
+    if (self->value) return 0;
+    self->value = 1;
+    return waitq_wake_all(&self->waiters, Py_True, 0);
+}
+
+void
+prim_event_clear(PyObject *op)
+{
+    ((EventObject *)op)->value = 0;
+}
+
+PyObject *
+prim_event_new(void)
+{
+    PyObject *ev = EventType->tp_alloc(EventType, 0);
+    return ev;
+}
+
+PyObject *
+prim_event_wait(PyObject *ev, int result_none)
+{
+    return waitop_new(&event_wait_kind, ev, NULL, result_none ? TAG_RESULT_NONE : 0);
+}
+
+static PyObject *
+event_set(PyObject *self, PyObject *Py_UNUSED(a))
+{
+    if (prim_event_set(self) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+event_clear(PyObject *self, PyObject *Py_UNUSED(a))
+{
+    prim_event_clear(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+event_is_set(PyObject *self, PyObject *Py_UNUSED(a))
+{
+    return PyBool_FromLong(((EventObject *)self)->value);
+}
+
+static PyObject *
+event_repr(PyObject *op)
+{
+    EventObject *self = (EventObject *)op;
+    PyObject *extra = PyUnicode_FromString(self->value ? "set" : "unset");
+    return bound_repr(op, with_waiters(extra, &self->waiters));
+}
+
+static PyObject *
+event_get_waiters(PyObject *op, void *c)
+{
+    return waitq_snapshot(&((EventObject *)op)->waiters);
+}
+
+static PyObject *
+event_get_value(PyObject *self, void *c)
+{
+    return PyBool_FromLong(((EventObject *)self)->value);
+}
+
+static PyMethodDef event_methods[] = {
+    {"is_set", event_is_set, METH_NOARGS, "Return True if and only if the internal flag is true."},
+    {"set", event_set, METH_NOARGS, "Set the flag and wake every waiter."},
+    {"clear", event_clear, METH_NOARGS, "Reset the flag."},
+    {"wait", event_wait, METH_NOARGS, "Wait until the flag is true (awaitable); returns True."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef event_getset[] = {
+    {"_loop", bound_get_loop, bound_set_loop, NULL, NULL},
+    {"_waiters", event_get_waiters, NULL, "Snapshot of the waiter futures.", NULL},
+    {"_value", event_get_value, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef event_members[] = {
+    MEMBERS_WEAKREF(EventObject),
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot event_slots[] = {
+    {Py_tp_new, event_new},
+    {Py_tp_init, event_init},
+    {Py_tp_repr, event_repr},
+    {Py_tp_methods, event_methods},
+    {Py_tp_getset, event_getset},
+    {Py_tp_members, event_members},
+    {Py_tp_traverse, bound_traverse},
+    {Py_tp_clear, bound_clear},
+    {Py_tp_dealloc, bound_dealloc},
+    {Py_tp_doc, (void *)"Event()\n--\n\nasyncio.Event implemented in C; works on any event loop."},
+    {0, NULL},
+};
+
+static PyType_Spec event_spec = {
+    .name = "Event",   /* tp_name as asyncio's (error messages); __module__ set in add_type */
+    .basicsize = sizeof(EventObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = event_slots,
+};
+
+/* ------------------------------------------------------------------ */
+/* Semaphore / BoundedSemaphore                                        */
+
+static PyObject *
+sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    SemObject *self = (SemObject *)type->tp_alloc(type, 0);
+    if (self != NULL) self->value = self->bound_value = 1;
+    return (PyObject *)self;
+}
+
+static int
+parse_value(PyObject *args, PyObject *kwds, const char *cls, Py_ssize_t *out)
+{
+    PyObject *v = NULL;
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "%s.__init__() takes from 1 to 2 positional arguments but %zd were given",
+                     cls, nargs + 1);
+        return -1;
+    }
+    if (nargs == 1) v = PyTuple_GET_ITEM(args, 0);
+    if (kwds != NULL) {
+        PyObject *key, *val;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(kwds, &pos, &key, &val)) {
+            if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "value") == 0) {
+                if (v != NULL) {
+                    PyErr_Format(PyExc_TypeError, "%s.__init__() got multiple values for argument 'value'", cls);
+                    return -1;
+                }
+                v = val;
+            }
+            else {
+                PyErr_Format(PyExc_TypeError, "%s.__init__() got an unexpected keyword argument '%S'", cls, key);
+                return -1;
+            }
+        }
+    }
+    if (v == NULL) {
+        *out = 1;
+        return 0;
+    }
+    PyObject *idx = PyNumber_Index(v);
+    if (idx == NULL) return -1;
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(idx, &overflow);
+    Py_DECREF(idx);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    if (overflow < 0 || x < 0) {
+        PyErr_SetString(PyExc_ValueError, "Semaphore initial value must be >= 0");
+        return -1;
+    }
+    if (overflow > 0 || x > PY_SSIZE_T_MAX / 2) {
+        PyErr_SetString(PyExc_OverflowError, "Semaphore initial value is too large");
+        return -1;
+    }
+    *out = (Py_ssize_t)x;
+    return 0;
+}
+
+static int
+sem_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t v;
+    if (parse_value(args, kwds, "Semaphore", &v) < 0) return -1;
+    ((SemObject *)op)->value = v;
+    return 0;
+}
+
+static int
+bsem_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t v;
+    if (parse_value(args, kwds, "BoundedSemaphore", &v) < 0) return -1;
+    ((SemObject *)op)->value = ((SemObject *)op)->bound_value = v;
+    return 0;
+}
+
+/* locked(): value == 0 or any waiter not cancelled */
+static int
+sem_is_locked(SemObject *self)
+{
+    if (self->value == 0) return 1;
+    if (waitq_len(&self->waiters) == 0) return 0;
+    return waitq_any_not_cancelled(&self->waiters);
+}
+
+/* _wake_up_next(): hand a permit to the first pending waiter: 1/0/-1 */
+static int
+sem_wake_next(SemObject *self)
+{
+    if (waitq_len(&self->waiters) == 0) return 0;
+    PyObject *fut = waitq_first_pending(&self->waiters);
+    if (fut == NULL) return PyErr_Occurred() ? -1 : 0;
+    self->value--;
+    int r = prim_fut_set_result(fut, Py_True);
+    Py_DECREF(fut);
+    return r < 0 ? -1 : 1;
+}
+
+static int
+sem_acquire_step(WaitOp *op, PyObject *exc, PyObject **res)
+{
+    SemObject *self = (SemObject *)op->owner;
+    if (op->fut == NULL) {
+        int locked = sem_is_locked(self);
+        if (locked < 0) return WOP_ERROR;
+        if (!locked) {
+            self->value--;
+            *res = op_result(op);
+            return WOP_DONE;
+        }
+        PyObject *fut = prim_new_waiter(op->owner, &self->loop);
+        if (fut == NULL) return WOP_ERROR;
+        if (waitq_append(&self->waiters, fut) < 0) {
+            Py_DECREF(fut);
+            return WOP_ERROR;
+        }
+        self->waiters_made = 1;
+        waitop_set_fut(op, fut);
+        return WOP_WAIT;
+    }
+    PyObject *fut = op->fut;
+    waitq_remove(&self->waiters, fut);
+#if PRIM_PY313
+    /* except CancelledError: give back a permit we were handed; finally: wake
+     * as many waiters as the value allows (gh-111694). */
+    if (exc != NULL && is_cancelled_error(exc)) {
+        int d = prim_fut_done(fut);
+        if (d < 0) return WOP_ERROR;
+        if (d) {
+            int c = prim_fut_cancelled(fut);
+            if (c < 0) return WOP_ERROR;
+            if (!c) self->value++;
+        }
+    }
+    while (self->value > 0) {
+        int r = sem_wake_next(self);
+        if (r < 0) return WOP_ERROR;
+        if (r == 0) break;
+    }
+    if (exc != NULL) return waitop_reraise(exc);
+#else
+    if (exc != NULL) {
+        if (is_cancelled_error(exc)) {
+            int c = prim_fut_cancelled(fut);
+            if (c < 0) return WOP_ERROR;
+            if (!c) {
+                self->value++;
+                if (sem_wake_next(self) < 0) return WOP_ERROR;
+            }
+        }
+        return waitop_reraise(exc);
+    }
+    if (self->value > 0 && sem_wake_next(self) < 0) return WOP_ERROR;
+#endif
+    *res = op_result(op);
+    return WOP_DONE;
+}
+static const waitop_kind sem_acquire_kind = {sem_acquire_step, "Semaphore.acquire"};
+
+static PyObject *
+sem_acquire(PyObject *self, PyObject *Py_UNUSED(a))
+{
+    return waitop_new(&sem_acquire_kind, self, NULL, 0);
+}
+
+static PyObject *
+sem_aenter(PyObject *self, PyObject *Py_UNUSED(a))
+{
+    return waitop_new(&sem_acquire_kind, self, NULL, TAG_RESULT_NONE);
+}
+
+static PyObject *
+sem_aexit(PyObject *self, PyObject *args)
+{
+    if (check_aexit_args(args) < 0) return NULL;
+    return waitop_new(&aexit_kind, self, NULL, 0);
+}
+
+static PyObject *
+sem_release(PyObject *op, PyObject *Py_UNUSED(a))
+{
+    SemObject *self = (SemObject *)op;
+    self->value++;
+    if (sem_wake_next(self) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+bsem_release(PyObject *op, PyObject *a)
+{
+    SemObject *self = (SemObject *)op;
+    if (self->value >= self->bound_value) {
+        PyErr_SetString(PyExc_ValueError, "BoundedSemaphore released too many times");
+        return NULL;
+    }
+    return sem_release(op, a);
+}
+
+static PyObject *
+sem_locked(PyObject *self, PyObject *Py_UNUSED(a))
+{
+    int l = sem_is_locked((SemObject *)self);
+    if (l < 0) return NULL;
+    return PyBool_FromLong(l);
+}
+
+static PyObject *
+sem_repr(PyObject *op)
+{
+    SemObject *self = (SemObject *)op;
+    int l = sem_is_locked(self);
+    if (l < 0) return NULL;
+    PyObject *extra = l ? PyUnicode_FromString("locked")
+                        : PyUnicode_FromFormat("unlocked, value:%zd", self->value);
+    return bound_repr(op, with_waiters(extra, &self->waiters));
+}
+
+static PyObject *
+sem_get_waiters(PyObject *op, void *c)
+{
+    SemObject *self = (SemObject *)op;
+    if (!self->waiters_made) Py_RETURN_NONE;
+    return waitq_snapshot(&self->waiters);
+}
+
+static PyMethodDef sem_methods[] = {
+    {"locked", sem_locked, METH_NOARGS, "Returns True if semaphore cannot be acquired immediately."},
+    {"acquire", sem_acquire, METH_NOARGS, "Acquire a permit (awaitable); returns True."},
+    {"release", sem_release, METH_NOARGS, "Release a permit, waking the next waiter."},
+    {"__aenter__", sem_aenter, METH_NOARGS, NULL},
+    {"__aexit__", sem_aexit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef bsem_methods[] = {
+    {"release", bsem_release, METH_NOARGS,
+     "Release a permit; ValueError if released more than acquired."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef sem_getset[] = {
+    {"_loop", bound_get_loop, bound_set_loop, NULL, NULL},
+    {"_waiters", sem_get_waiters, NULL, "Snapshot of the waiter futures (None before the first wait).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef sem_members[] = {
+    MEMBERS_WEAKREF(SemObject),
+    {"_value", T_PYSSIZET, offsetof(SemObject, value), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMemberDef bsem_members[] = {
+    {"_bound_value", T_PYSSIZET, offsetof(SemObject, bound_value), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot sem_slots[] = {
+    {Py_tp_new, sem_new},
+    {Py_tp_init, sem_init},
+    {Py_tp_repr, sem_repr},
+    {Py_tp_methods, sem_methods},
+    {Py_tp_getset, sem_getset},
+    {Py_tp_members, sem_members},
+    {Py_tp_traverse, bound_traverse},
+    {Py_tp_clear, bound_clear},
+    {Py_tp_dealloc, bound_dealloc},
+    {Py_tp_doc, (void *)"Semaphore(value=1)\n--\n\nasyncio.Semaphore implemented in C; works on any event loop."},
+    {0, NULL},
+};
+
+static PyType_Spec sem_spec = {
+    .name = "Semaphore",   /* tp_name as asyncio's (error messages); __module__ set in add_type */
+    .basicsize = sizeof(SemObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = sem_slots,
+};
+
+static PyType_Slot bsem_slots[] = {
+    {Py_tp_init, bsem_init},
+    {Py_tp_methods, bsem_methods},
+    {Py_tp_members, bsem_members},
+    {Py_tp_traverse, bound_traverse},
+    {Py_tp_clear, bound_clear},
+    {Py_tp_dealloc, bound_dealloc},
+    {Py_tp_doc, (void *)"BoundedSemaphore(value=1)\n--\n\nasyncio.BoundedSemaphore implemented in C."},
+    {0, NULL},
+};
+
+static PyType_Spec bsem_spec = {
+    .name = "BoundedSemaphore",   /* tp_name as asyncio's (error messages); __module__ set in add_type */
+    .basicsize = sizeof(SemObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = bsem_slots,
+};
+
+/* ------------------------------------------------------------------ */
+
+static int
+add_type(PyObject *module, PyType_Spec *spec, PyObject *base, PyTypeObject **out)
+{
+    PyObject *t = PyType_FromModuleAndSpec(module, spec, base);
+    if (t == NULL) return -1;
+    if (prim_set_type_module((PyTypeObject *)t) < 0) {
+        Py_DECREF(t);
+        return -1;
+    }
+    if (PyModule_AddType(module, (PyTypeObject *)t) < 0) {
+        Py_DECREF(t);
+        return -1;
+    }
+    if (out != NULL) *out = (PyTypeObject *)t;   /* keeps our reference */
+    else Py_DECREF(t);
+    return 0;
+}
+
+int
+prim_locks_init(PyObject *module)
+{
+    PyTypeObject *sem_type = NULL;
+    if (prim_shared_init(module) < 0) return -1;
+    if (add_type(module, &lock_spec, NULL, NULL) < 0) return -1;
+    if (EventType == NULL) {
+        if (add_type(module, &event_spec, NULL, &EventType) < 0) return -1;
+    }
+    else if (add_type(module, &event_spec, NULL, NULL) < 0) return -1;
+    if (add_type(module, &sem_spec, NULL, &sem_type) < 0) return -1;
+    int rc = add_type(module, &bsem_spec, (PyObject *)sem_type, NULL);
+    Py_DECREF(sem_type);
+    return rc;
+}

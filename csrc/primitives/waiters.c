@@ -1,0 +1,658 @@
+/* Waiter FIFO, the WaitOp awaitable and the shared asyncio references of
+ * pyasync_c._primitives (see waiters.h for the contract).
+ *
+ * Lifecycle: prim_shared is filled once by the first prim_shared_init() (on
+ * the first module exec) and kept for the life of the process.  A waitq_t is
+ * embedded in its primitive and owns a reference to each queued future until
+ * it is removed/popped or the primitive is cleared.  A WaitOp is created per
+ * call of acquire()/get()/..., holds its primitive, its current future and
+ * argument, and drops them as soon as it finishes (or is closed/finalised).
+ */
+#include "waiters.h"
+
+#include <string.h>
+
+prim_shared_t prim_shared;
+
+/* ------------------------------------------------------------------ */
+/* exceptions                                                          */
+
+PyObject *
+prim_exc_fetch(void)
+{
+#if PRIM_PY312
+    return PyErr_GetRaisedException();
+#else
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (t == NULL) return NULL;
+    PyErr_NormalizeException(&t, &v, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(v, tb);
+        Py_DECREF(tb);
+    }
+    Py_DECREF(t);
+    return v;
+#endif
+}
+
+void
+prim_exc_restore(PyObject *exc)
+{
+#if PRIM_PY312
+    PyErr_SetRaisedException(exc);
+#else
+    PyObject *tb = PyException_GetTraceback(exc);
+    PyObject *t = (PyObject *)Py_TYPE(exc);
+    Py_INCREF(t);
+    PyErr_Restore(t, exc, tb);
+#endif
+}
+
+int
+prim_set_type_module(PyTypeObject *type)
+{
+    PyObject *name = PyUnicode_FromString("pyasync_c._primitives");
+    if (name == NULL) return -1;
+    int rc = PyDict_SetItemString(type->tp_dict, "__module__", name);
+    Py_DECREF(name);
+    PyType_Modified(type);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* futures                                                             */
+
+static int
+call_bool(PyObject *obj, PyObject *name)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(obj, name);
+    if (r == NULL) return -1;
+    int b;
+    if (r == Py_True) b = 1;
+    else if (r == Py_False) b = 0;
+    else b = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return b;
+}
+
+int prim_fut_done(PyObject *fut) { return call_bool(fut, prim_shared.s_done); }
+int prim_fut_cancelled(PyObject *fut) { return call_bool(fut, prim_shared.s_cancelled); }
+
+int
+prim_fut_set_result(PyObject *fut, PyObject *value)
+{
+    PyObject *r = PyObject_CallMethodOneArg(fut, prim_shared.s_set_result, value);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+int
+prim_fut_cancel(PyObject *fut)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(fut, prim_shared.s_cancel);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+PyObject *
+prim_new_waiter(PyObject *self, PyObject **loop_slot)
+{
+    PyObject *loop = PyObject_CallNoArgs(prim_shared.get_running_loop);
+    if (loop == NULL) return NULL;
+    if (loop == Py_None) {
+        Py_DECREF(loop);
+        PyErr_SetString(PyExc_RuntimeError, "no running event loop");
+        return NULL;
+    }
+    if (*loop_slot == NULL || *loop_slot == Py_None) {
+        Py_XSETREF(*loop_slot, Py_NewRef(loop));
+    }
+    else if (*loop_slot != loop) {
+        Py_DECREF(loop);
+        PyErr_Format(PyExc_RuntimeError, "%R is bound to a different event loop", self);
+        return NULL;
+    }
+    PyObject *fut = PyObject_CallMethodNoArgs(loop, prim_shared.s_create_future);
+    Py_DECREF(loop);
+    return fut;
+}
+
+/* ------------------------------------------------------------------ */
+/* waitq                                                               */
+
+#define WQ_AT(q, i) ((q)->items[((q)->head + (i)) % (q)->cap])
+
+int
+waitq_append(waitq_t *q, PyObject *fut)
+{
+    if (q->len == q->cap) {
+        Py_ssize_t ncap = q->cap ? q->cap * 2 : 4;
+        PyObject **n = PyMem_New(PyObject *, ncap);
+        if (n == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < q->len; i++) n[i] = WQ_AT(q, i);
+        PyMem_Free(q->items);
+        q->items = n;
+        q->cap = ncap;
+        q->head = 0;
+    }
+    q->items[(q->head + q->len) % q->cap] = Py_NewRef(fut);
+    q->len++;
+    return 0;
+}
+
+int
+waitq_remove(waitq_t *q, PyObject *fut)
+{
+    Py_ssize_t i;
+    for (i = 0; i < q->len; i++) {
+        if (WQ_AT(q, i) == fut) break;
+    }
+    if (i == q->len) return 0;
+    PyObject *victim = WQ_AT(q, i);
+    if (i < q->len / 2) {
+        for (Py_ssize_t j = i; j > 0; j--) WQ_AT(q, j) = WQ_AT(q, j - 1);
+        q->head = (q->head + 1) % q->cap;
+    }
+    else {
+        for (Py_ssize_t j = i; j < q->len - 1; j++) WQ_AT(q, j) = WQ_AT(q, j + 1);
+    }
+    q->len--;
+    Py_DECREF(victim);
+    return 1;
+}
+
+PyObject *
+waitq_popleft(waitq_t *q)
+{
+    if (q->len == 0) return NULL;
+    PyObject *f = q->items[q->head];
+    q->head = (q->head + 1) % q->cap;
+    q->len--;
+    return f;
+}
+
+PyObject *
+waitq_first_pending(waitq_t *q)
+{
+    for (Py_ssize_t i = 0; i < q->len; i++) {
+        PyObject *f = Py_NewRef(WQ_AT(q, i));
+        int d = prim_fut_done(f);
+        if (d < 0) {
+            Py_DECREF(f);
+            return NULL;
+        }
+        if (!d) return f;
+        Py_DECREF(f);
+    }
+    return NULL;
+}
+
+int
+waitq_pop_wake(waitq_t *q, PyObject *result)
+{
+    PyObject *f;
+    while ((f = waitq_popleft(q)) != NULL) {
+        int d = prim_fut_done(f);
+        if (d < 0) {
+            Py_DECREF(f);
+            return -1;
+        }
+        if (!d) {
+            int r = prim_fut_set_result(f, result);
+            Py_DECREF(f);
+            return r < 0 ? -1 : 1;
+        }
+        Py_DECREF(f);
+    }
+    return 0;
+}
+
+int
+waitq_wake_all(waitq_t *q, PyObject *result, int pop)
+{
+    Py_ssize_t n = q->len;
+    if (n == 0) return 0;
+    PyObject **snap = PyMem_New(PyObject *, n);
+    if (snap == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) snap[i] = Py_NewRef(WQ_AT(q, i));
+    if (pop) waitq_clear(q);
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (rc == 0) {
+            int d = prim_fut_done(snap[i]);
+            if (d < 0 || (!d && prim_fut_set_result(snap[i], result) < 0)) rc = -1;
+        }
+        Py_DECREF(snap[i]);
+    }
+    PyMem_Free(snap);
+    return rc;
+}
+
+int
+waitq_any_not_cancelled(waitq_t *q)
+{
+    for (Py_ssize_t i = 0; i < q->len; i++) {
+        PyObject *f = Py_NewRef(WQ_AT(q, i));
+        int c = prim_fut_cancelled(f);
+        Py_DECREF(f);
+        if (c < 0) return -1;
+        if (!c) return 1;
+    }
+    return 0;
+}
+
+PyObject *
+waitq_snapshot(waitq_t *q)
+{
+    PyObject *lst = PyList_New(q->len);
+    if (lst == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < q->len; i++) PyList_SET_ITEM(lst, i, Py_NewRef(WQ_AT(q, i)));
+    PyObject *d = PyObject_CallOneArg(prim_shared.deque_type, lst);
+    Py_DECREF(lst);
+    return d;
+}
+
+void
+waitq_clear(waitq_t *q)
+{
+    PyObject **items = q->items;
+    Py_ssize_t head = q->head, len = q->len, cap = q->cap;
+    q->items = NULL;
+    q->head = q->len = q->cap = 0;
+    for (Py_ssize_t i = 0; i < len; i++) Py_DECREF(items[(head + i) % cap]);
+    PyMem_Free(items);
+}
+
+int
+waitq_traverse(waitq_t *q, visitproc visit, void *arg)
+{
+    for (Py_ssize_t i = 0; i < q->len; i++) Py_VISIT(WQ_AT(q, i));
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* WaitOp                                                              */
+
+enum { ST_INIT, ST_WAITING, ST_RUNNING, ST_DONE };
+
+PyObject *
+waitop_new(const waitop_kind *kind, PyObject *owner, PyObject *arg, int tag)
+{
+    WaitOp *op = PyObject_GC_New(WaitOp, prim_shared.WaitOpType);
+    if (op == NULL) return NULL;
+    op->kind = kind;
+    op->owner = Py_NewRef(owner);
+    op->fut = NULL;
+    op->arg = Py_XNewRef(arg);
+    op->tag = tag;
+    op->state = ST_INIT;
+    PyObject_GC_Track(op);
+    return (PyObject *)op;
+}
+
+void
+waitop_set_fut(WaitOp *op, PyObject *fut)
+{
+    Py_XSETREF(op->fut, fut);
+}
+
+static void
+waitop_finish(WaitOp *op)
+{
+    op->state = ST_DONE;
+    Py_CLEAR(op->fut);
+    Py_CLEAR(op->arg);
+    Py_CLEAR(op->owner);
+}
+
+/* Run the op until it yields a future, returns or fails.  `exc` (borrowed)
+ * is an exception thrown in at the current suspension point. */
+static PySendResult
+waitop_advance(WaitOp *op, PyObject *exc, PyObject **out)
+{
+    *out = NULL;
+    switch (op->state) {
+    case ST_DONE:
+        if (exc != NULL) {
+            prim_exc_restore(Py_NewRef(exc));
+        }
+        else {
+            PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        }
+        return PYGEN_ERROR;
+    case ST_RUNNING:
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return PYGEN_ERROR;
+    case ST_INIT:
+        if (exc != NULL) {      /* thrown into a never-started op */
+            waitop_finish(op);
+            prim_exc_restore(Py_NewRef(exc));
+            return PYGEN_ERROR;
+        }
+        break;
+    default:
+        break;
+    }
+
+    Py_XINCREF(exc);
+    if (op->state == ST_WAITING && exc == NULL) {
+        /* woken up: the outcome of the future is the outcome of the await */
+        PyObject *r = PyObject_CallMethodNoArgs(op->fut, prim_shared.s_result);
+        if (r == NULL) exc = prim_exc_fetch();
+        else Py_DECREF(r);
+    }
+    for (;;) {
+        PyObject *res = NULL;
+        op->state = ST_RUNNING;
+        int st = op->kind->step(op, exc, &res);
+        Py_CLEAR(exc);
+        if (st == WOP_WAIT) {
+            if (PyObject_SetAttr(op->fut, prim_shared.s_blocking, Py_True) < 0) {
+                /* cannot be awaited by a Task: fail at the await point */
+                exc = prim_exc_fetch();
+                continue;
+            }
+            op->state = ST_WAITING;
+            *out = Py_NewRef(op->fut);
+            return PYGEN_NEXT;
+        }
+        waitop_finish(op);
+        if (st == WOP_DONE) {
+            *out = res;
+            return PYGEN_RETURN;
+        }
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_SystemError, "primitive step failed without an exception");
+        }
+        return PYGEN_ERROR;
+    }
+}
+
+static PySendResult
+waitop_am_send(PyObject *self, PyObject *arg, PyObject **out)
+{
+    WaitOp *op = (WaitOp *)self;
+    if (op->state == ST_INIT && arg != Py_None) {
+        *out = NULL;
+        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+        return PYGEN_ERROR;
+    }
+    return waitop_advance(op, NULL, out);
+}
+
+static void
+set_stop_iteration(PyObject *value)
+{
+    if (value == Py_None) {
+        PyErr_SetNone(PyExc_StopIteration);
+        return;
+    }
+    PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (e != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, e);
+        Py_DECREF(e);
+    }
+}
+
+static PyObject *
+waitop_result(PySendResult r, PyObject *out, int none_is_plain_stop)
+{
+    if (r == PYGEN_NEXT) return out;
+    if (r == PYGEN_RETURN) {
+        if (!(none_is_plain_stop && out == Py_None)) set_stop_iteration(out);
+        Py_DECREF(out);
+    }
+    return NULL;
+}
+
+static PyObject *
+waitop_iternext(PyObject *self)
+{
+    PyObject *out;
+    PySendResult r = waitop_advance((WaitOp *)self, NULL, &out);
+    return waitop_result(r, out, 1);
+}
+
+static PyObject *
+waitop_send(PyObject *self, PyObject *arg)
+{
+    PyObject *out;
+    PySendResult r = waitop_am_send(self, arg, &out);
+    return waitop_result(r, out, 0);
+}
+
+static PyObject *
+waitop_throw(PyObject *self, PyObject *args)
+{
+    PyObject *typ, *val = NULL, *tb = NULL, *exc = NULL;
+    if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb)) return NULL;
+    if (tb == Py_None) tb = NULL;
+    if (tb != NULL && !PyTraceBack_Check(tb)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return NULL;
+    }
+    if (PyExceptionInstance_Check(typ)) {
+        if (val != NULL && val != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return NULL;
+        }
+        exc = Py_NewRef(typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        if (val == NULL || val == Py_None) PyErr_SetNone(typ);
+        else PyErr_SetObject(typ, val);
+        exc = prim_exc_fetch();
+        if (exc == NULL) return NULL;
+        if (!PyExceptionInstance_Check(exc)) {
+            Py_DECREF(exc);
+            PyErr_SetString(PyExc_TypeError, "throw() could not build an exception");
+            return NULL;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError,
+                     "exceptions must be classes or instances deriving from BaseException, not %s",
+                     Py_TYPE(typ)->tp_name);
+        return NULL;
+    }
+    if (tb != NULL) PyException_SetTraceback(exc, tb);
+    PyObject *out;
+    PySendResult r = waitop_advance((WaitOp *)self, exc, &out);
+    Py_DECREF(exc);
+    return waitop_result(r, out, 0);
+}
+
+static PyObject *
+waitop_close(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    WaitOp *op = (WaitOp *)self;
+    if (op->state == ST_RUNNING) {
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return NULL;
+    }
+    if (op->state != ST_WAITING) {
+        if (op->state == ST_INIT) waitop_finish(op);
+        Py_RETURN_NONE;
+    }
+    PyObject *exc = PyObject_CallNoArgs(PyExc_GeneratorExit);
+    if (exc == NULL) return NULL;
+    PyObject *out;
+    PySendResult r = waitop_advance(op, exc, &out);
+    Py_DECREF(exc);
+    if (r == PYGEN_NEXT) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_RuntimeError, "coroutine ignored GeneratorExit");
+        return NULL;
+    }
+    if (r == PYGEN_RETURN) {
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    if (PyErr_ExceptionMatches(PyExc_GeneratorExit) || PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return NULL;
+}
+
+static void
+waitop_finalize(PyObject *self)
+{
+    WaitOp *op = (WaitOp *)self;
+    if (op->state != ST_WAITING) return;
+    PyObject *saved = prim_exc_fetch();
+    PyObject *r = waitop_close(self, NULL);
+    if (r == NULL) PyErr_WriteUnraisable(self);
+    else Py_DECREF(r);
+    if (saved != NULL) prim_exc_restore(saved);
+}
+
+static int
+waitop_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    WaitOp *op = (WaitOp *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(op->owner);
+    Py_VISIT(op->fut);
+    Py_VISIT(op->arg);
+    return 0;
+}
+
+static int
+waitop_clear(PyObject *self)
+{
+    WaitOp *op = (WaitOp *)self;
+    Py_CLEAR(op->owner);
+    Py_CLEAR(op->fut);
+    Py_CLEAR(op->arg);
+    return 0;
+}
+
+static void
+waitop_dealloc(PyObject *self)
+{
+    WaitOp *op = (WaitOp *)self;
+    if (op->state == ST_WAITING) {
+        if (PyObject_CallFinalizerFromDealloc(self) < 0) return;  /* resurrected */
+    }
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    waitop_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+waitop_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+waitop_get_name(PyObject *self, void *closure)
+{
+    return PyUnicode_FromString(((WaitOp *)self)->kind->qualname);
+}
+
+static PyObject *
+waitop_repr(PyObject *self)
+{
+    return PyUnicode_FromFormat("<%s awaitable at %p>", ((WaitOp *)self)->kind->qualname, self);
+}
+
+static PyMethodDef waitop_methods[] = {
+    {"send", waitop_send, METH_O, "send(value) -> next yielded future or StopIteration."},
+    {"throw", waitop_throw, METH_VARARGS, "throw(exc) -> raise exc at the suspension point."},
+    {"close", waitop_close, METH_NOARGS, "close() -> raise GeneratorExit at the suspension point."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef waitop_getset[] = {
+    {"__name__", waitop_get_name, NULL, NULL, NULL},
+    {"__qualname__", waitop_get_name, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot waitop_slots[] = {
+    {Py_am_await, waitop_await},
+    {Py_am_send, waitop_am_send},
+    {Py_tp_iter, waitop_await},
+    {Py_tp_iternext, waitop_iternext},
+    {Py_tp_methods, waitop_methods},
+    {Py_tp_getset, waitop_getset},
+    {Py_tp_traverse, waitop_traverse},
+    {Py_tp_clear, waitop_clear},
+    {Py_tp_dealloc, waitop_dealloc},
+    {Py_tp_finalize, waitop_finalize},
+    {Py_tp_repr, waitop_repr},
+    {0, NULL},
+};
+
+static PyType_Spec waitop_spec = {
+    .name = "pyasync_c._primitives._WaitOp",
+    .basicsize = sizeof(WaitOp),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE
+             | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = waitop_slots,
+};
+
+/* ------------------------------------------------------------------ */
+/* shared init                                                         */
+
+static int
+intern(PyObject **slot, const char *s)
+{
+    *slot = PyUnicode_InternFromString(s);
+    return *slot ? 0 : -1;
+}
+
+static PyObject *
+import_attr(const char *mod, const char *name)
+{
+    PyObject *m = PyImport_ImportModule(mod);
+    if (m == NULL) return NULL;
+    PyObject *a = PyObject_GetAttrString(m, name);
+    Py_DECREF(m);
+    return a;
+}
+
+int
+prim_shared_init(PyObject *module)
+{
+    prim_shared_t *s = &prim_shared;
+    if (s->ready) return 0;
+    if (intern(&s->s_done, "done") || intern(&s->s_cancelled, "cancelled")
+        || intern(&s->s_set_result, "set_result") || intern(&s->s_cancel, "cancel")
+        || intern(&s->s_result, "result") || intern(&s->s_create_future, "create_future")
+        || intern(&s->s_blocking, "_asyncio_future_blocking") || intern(&s->s_append, "append")
+        || intern(&s->s_popleft, "popleft") || intern(&s->s_pop, "pop")
+        || intern(&s->s__init, "_init") || intern(&s->s__get, "_get") || intern(&s->s__put, "_put")
+        || intern(&s->s_qsize, "qsize") || intern(&s->s_empty, "empty") || intern(&s->s_full, "full")
+        || intern(&s->s__format, "_format"))
+        return -1;
+    if ((s->CancelledError = import_attr("asyncio", "CancelledError")) == NULL) return -1;
+    if ((s->QueueEmpty = import_attr("asyncio", "QueueEmpty")) == NULL) return -1;
+    if ((s->QueueFull = import_attr("asyncio", "QueueFull")) == NULL) return -1;
+#if PRIM_PY313
+    if ((s->QueueShutDown = import_attr("asyncio", "QueueShutDown")) == NULL) return -1;
+#endif
+    if ((s->get_running_loop = import_attr("asyncio.events", "_get_running_loop")) == NULL) return -1;
+    if ((s->deque_type = import_attr("collections", "deque")) == NULL) return -1;
+    if ((s->deque_append = PyObject_GetAttrString(s->deque_type, "append")) == NULL) return -1;
+    if ((s->deque_popleft = PyObject_GetAttrString(s->deque_type, "popleft")) == NULL) return -1;
+    if ((s->heappush = import_attr("heapq", "heappush")) == NULL) return -1;
+    if ((s->heappop = import_attr("heapq", "heappop")) == NULL) return -1;
+    s->WaitOpType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &waitop_spec, NULL);
+    if (s->WaitOpType == NULL) return -1;
+    s->ready = 1;
+    return 0;
+}

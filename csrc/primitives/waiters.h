@@ -1,0 +1,148 @@
+/* Shared waiter machinery of pyasync_c._primitives (used by locks.c and queue.c).
+ *
+ * - waitq_t: a FIFO ring of asyncio futures (strong references) with the
+ *   operations asyncio's primitives need: append, remove by identity,
+ *   wake the first pending one, pop-and-wake, wake all, "any not cancelled".
+ *   Every operation that calls back into Python (fut.done(), set_result...)
+ *   holds its own reference to the future and re-checks bounds afterwards,
+ *   so a re-entrant mutation of the queue cannot make it touch freed memory.
+ * - WaitOp: the awaitable returned by acquire()/wait()/put()/get()/join()/
+ *   __aenter__/__aexit__.  It is a small coroutine-like object (send, throw,
+ *   close, __await__, am_send) driven by a per-primitive step function:
+ *   the step is called once when first awaited (fast path: finish at once,
+ *   no future, no suspension), then once per wake-up or thrown exception,
+ *   and either finishes, fails, or asks to wait on a new future.
+ *   An op abandoned while suspended is closed by its finalizer, so its
+ *   future is always removed from the primitive's queue (as a coroutine's
+ *   `finally` would).
+ * - prim_shared: references to asyncio's own objects (exceptions, the
+ *   running-loop getter, deque/heapq helpers) and the interned names we call.
+ *   module.c's definition has no per-module state (m_size 0, not ours), so
+ *   these process-wide caches of asyncio's objects live here, initialised
+ *   once on the first module exec.
+ */
+#ifndef PYASYNC_C_WAITERS_H
+#define PYASYNC_C_WAITERS_H
+
+#include "primitives.h"
+
+#define PRIM_PY312 (PY_VERSION_HEX >= 0x030C0000)
+#define PRIM_PY313 (PY_VERSION_HEX >= 0x030D0000)
+
+typedef struct {
+    int ready;
+    PyObject *CancelledError;
+    PyObject *QueueEmpty;
+    PyObject *QueueFull;
+    PyObject *QueueShutDown;      /* NULL before 3.13 */
+    PyObject *get_running_loop;   /* asyncio.events._get_running_loop */
+    PyObject *deque_type;         /* collections.deque */
+    PyObject *deque_append;       /* deque.append (method descriptor) */
+    PyObject *deque_popleft;      /* deque.popleft */
+    PyObject *heappush;           /* heapq.heappush */
+    PyObject *heappop;            /* heapq.heappop */
+    PyTypeObject *WaitOpType;
+    /* interned method/attribute names */
+    PyObject *s_done, *s_cancelled, *s_set_result, *s_cancel, *s_result,
+             *s_create_future, *s_blocking, *s_append, *s_popleft, *s_pop,
+             *s__init, *s__get, *s__put, *s_qsize, *s_empty, *s_full,
+             *s__format;
+} prim_shared_t;
+
+extern prim_shared_t prim_shared;
+
+/* Idempotent: imports asyncio pieces and creates the WaitOp type. */
+int prim_shared_init(PyObject *module);
+
+/* Our public types are specced with their bare name (so tp_name, used in
+ * interpreter error messages, reads "Lock" like asyncio's); this sets
+ * __module__ to "pyasync_c._primitives" before the type is used. */
+int prim_set_type_module(PyTypeObject *type);
+
+/* ---- exceptions held as objects (normalised, traceback attached) ---- */
+PyObject *prim_exc_fetch(void);          /* takes the raised exception, NULL if none */
+void prim_exc_restore(PyObject *exc);    /* steals exc and raises it */
+
+/* ---- futures ---- */
+int prim_fut_done(PyObject *fut);        /* 1/0, -1 on error */
+int prim_fut_cancelled(PyObject *fut);
+int prim_fut_set_result(PyObject *fut, PyObject *value);
+int prim_fut_cancel(PyObject *fut);
+
+/* The mixin's _get_loop(): bind *slot to the running loop on first use and
+ * raise RuntimeError when used from another loop.  Returns a new future
+ * made by loop.create_future(). */
+PyObject *prim_new_waiter(PyObject *self, PyObject **loop_slot);
+
+/* ---- the waiter FIFO ---- */
+typedef struct {
+    PyObject **items;
+    Py_ssize_t head, len, cap;
+} waitq_t;
+
+static inline Py_ssize_t waitq_len(const waitq_t *q) { return q->len; }
+static inline PyObject *waitq_peek(const waitq_t *q, Py_ssize_t i)
+{   /* borrowed, 0 <= i < len */
+    return q->items[(q->head + i) % q->cap];
+}
+int waitq_append(waitq_t *q, PyObject *fut);            /* -1 + MemoryError */
+int waitq_remove(waitq_t *q, PyObject *fut);            /* 1 removed, 0 absent */
+PyObject *waitq_popleft(waitq_t *q);                    /* new ref, NULL if empty (no error) */
+/* First future that is not done, new reference; NULL + no error when none. */
+PyObject *waitq_first_pending(waitq_t *q);
+/* Pop futures from the head until one is not done, set its result: 1 woke, 0 none, -1 error. */
+int waitq_pop_wake(waitq_t *q, PyObject *result);
+/* Set result on every pending future (queue untouched); pop=1 also empties the queue. */
+int waitq_wake_all(waitq_t *q, PyObject *result, int pop);
+/* 1 if any future is not cancelled, 0 if none, -1 on error. */
+int waitq_any_not_cancelled(waitq_t *q);
+/* A collections.deque snapshot (for the private _waiters/_getters/_putters views). */
+PyObject *waitq_snapshot(waitq_t *q);
+void waitq_clear(waitq_t *q);
+int waitq_traverse(waitq_t *q, visitproc visit, void *arg);
+
+/* ---- the awaitable ---- */
+typedef struct WaitOp WaitOp;
+
+enum { WOP_ERROR = -1, WOP_DONE = 0, WOP_WAIT = 1 };
+
+/* Step function.  `exc` is NULL on the first step (op->fut == NULL) and
+ * after a normal wake-up (op->fut is the future that completed); otherwise
+ * it is the exception raised at the await point (borrowed).  Return
+ * WOP_DONE with *result set, WOP_ERROR with an exception set, or WOP_WAIT
+ * after storing a new pending future with waitop_set_fut(). */
+typedef int (*waitop_step_fn)(WaitOp *op, PyObject *exc, PyObject **result);
+
+typedef struct {
+    waitop_step_fn step;
+    const char *qualname;       /* e.g. "Semaphore.acquire" */
+} waitop_kind;
+
+struct WaitOp {
+    PyObject_HEAD
+    const waitop_kind *kind;
+    PyObject *owner;            /* the primitive */
+    PyObject *fut;              /* future being waited on */
+    PyObject *arg;              /* extra argument (the item of put()) */
+    int tag;                    /* kind-specific flag (e.g. result None) */
+    int state;
+};
+
+PyObject *waitop_new(const waitop_kind *kind, PyObject *owner, PyObject *arg, int tag);
+void waitop_set_fut(WaitOp *op, PyObject *fut);   /* steals fut */
+
+/* Re-raise the exception given to a step (returns WOP_ERROR). */
+static inline int waitop_reraise(PyObject *exc)
+{
+    Py_INCREF(exc);
+    prim_exc_restore(exc);
+    return WOP_ERROR;
+}
+
+/* ---- Event hooks used by Queue (implemented in locks.c) ---- */
+PyObject *prim_event_new(void);
+int prim_event_set(PyObject *ev);
+void prim_event_clear(PyObject *ev);
+PyObject *prim_event_wait(PyObject *ev, int result_none);
+
+#endif
