@@ -29,7 +29,7 @@ async def gather_rounds(gather: Callable[..., Any], n: int, width: int = 1000) -
     return rounds * width
 
 
-async def _count_callbacks(n: int, schedule: Callable[[Callable[[], None]], None],
+async def _count_callbacks(n: int, schedule: Callable[[Callable[[], None]], object],
                            reschedule: bool) -> int:
     """Wait until a callback has run n times. ``schedule(cb)`` posts it once;
     with ``reschedule`` each run posts the next one (a sequential chain),
