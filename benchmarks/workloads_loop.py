@@ -51,7 +51,7 @@ async def _count_callbacks(n: int, schedule: Callable[[Callable[[], None]], obje
     return n
 
 
-@workload("loop", "callbacks", n=300_000)
+@workload("loop", "callbacks", n=600_000)
 def call_soon_chain(prims: Prims, n: int) -> Body:
     """A callback re-scheduling itself with loop.call_soon, n times in sequence."""
 
@@ -127,7 +127,7 @@ def sleep_concurrent(prims: Prims, n: int) -> Body:
     return body()
 
 
-@workload("loop", "callbacks", n=150_000)
+@workload("loop", "callbacks", n=300_000)
 def threadsafe(prims: Prims, n: int) -> Body:
     """Another thread posts n callbacks with call_soon_threadsafe as fast as it can."""
 

@@ -131,7 +131,7 @@ def gather_coros(prims: Prims, n: int) -> Body:
     return gather_rounds(prims.gather, n)
 
 
-@workload("primitives", "gathers", n=30_000, requires=("gather",))
+@workload("primitives", "gathers", n=40_000, requires=("gather",))
 def gather_done(prims: Prims, n: int) -> Body:
     """``await gather(*futs)`` over the same 10 already-done futures, repeated."""
 
