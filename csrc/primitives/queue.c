@@ -1,4 +1,932 @@
-/* Placeholder: replaced by the real implementation. */
-#include "primitives.h"
+/* Native asyncio Queue, LifoQueue and PriorityQueue.
+ *
+ * Semantics follow the running Python's asyncio.queues (3.11 = 3.12; 3.13
+ * adds shutdown()/QueueShutDown, selected with PRIM_PY313).  A queue object
+ * holds: its storage object `_queue` (a collections.deque for Queue, a list
+ * for LifoQueue/PriorityQueue, exactly as asyncio's, so private access and
+ * subclasses see the real thing), the getters/putters waitq_t FIFOs
+ * (waiters.c), the unfinished-task count, a native Event (`_finished`) and
+ * the loop it got bound to on its first wait.
+ *
+ * Storage hooks: the mode is chosen per instance from its type when it is
+ * created.  If the type's _init/_get/_put are all the C ones of Queue,
+ * LifoQueue or PriorityQueue, storage is manipulated directly in C (deque
+ * descriptors, list API, heapq functions); otherwise (a Python subclass
+ * overriding any of them) every storage access calls the Python methods, as
+ * asyncio does.  Likewise qsize/empty/full overrides are honoured by calling
+ * them.  put()/get() return a WaitOp (waiters.c) whose step functions below
+ * are the coroutine bodies; join() is the `_finished` Event's wait.
+ * Objects are GC-tracked; tp_clear drops storage, waiters, event and loop.
+ */
+#include "waiters.h"
 
-int prim_queue_init(PyObject *module) { return 0; }
+#include <structmember.h>
+
+enum { QM_FIFO, QM_LIFO, QM_HEAP, QM_PY };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop;
+    PyObject *weakreflist;
+    PyObject *queue;          /* `_queue` */
+    PyObject *finished;       /* native Event */
+    PyObject *maxsize_obj;
+    Py_ssize_t maxsize;       /* when maxsize_obj is an int (else compared as objects) */
+    Py_ssize_t unfinished;
+    char maxsize_generic;
+    waitq_t getters;
+    waitq_t putters;
+    int mode;
+    int size_hooks;           /* qsize/empty/full overridden in Python */
+    char is_shutdown;
+} QueueObject;
+
+static PyTypeObject *QueueType, *LifoType, *PrioType;
+/* C method descriptors for override detection: [class][_init,_get,_put] */
+static PyObject *hook_desc[3][3];
+static PyObject *size_desc[3];   /* Queue.qsize, empty, full */
+
+/* ------------------------------------------------------------------ */
+/* storage                                                              */
+
+static int
+no_storage(PyObject *self)
+{
+    PyErr_Format(PyExc_AttributeError, "'%s' object has no attribute '_queue'", Py_TYPE(self)->tp_name);
+    return -1;
+}
+
+static inline int
+is_deque(PyObject *o)
+{
+    return o != NULL && Py_TYPE(o) == (PyTypeObject *)prim_shared.deque_type;
+}
+
+static PyObject *
+vcall2(PyObject *fn, PyObject *a, PyObject *b)
+{
+    PyObject *args[2] = {a, b};
+    return PyObject_Vectorcall(fn, args, b ? 2 : 1, NULL);
+}
+
+static int
+set_storage(QueueObject *self, PyObject *obj)
+{
+    if (obj == NULL) return -1;
+    Py_XSETREF(self->queue, obj);
+    return 0;
+}
+
+/* Queue._init/_put/_get */
+static int
+fifo_init(QueueObject *self)
+{
+    return set_storage(self, PyObject_CallNoArgs(prim_shared.deque_type));
+}
+
+static int
+fifo_put(QueueObject *self, PyObject *item)
+{
+    PyObject *q = self->queue, *r;
+    if (q == NULL) return no_storage((PyObject *)self);
+    if (is_deque(q)) r = vcall2(prim_shared.deque_append, q, item);
+    else r = PyObject_CallMethodOneArg(q, prim_shared.s_append, item);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+fifo_get(QueueObject *self)
+{
+    PyObject *q = self->queue;
+    if (q == NULL) return no_storage((PyObject *)self), NULL;
+    if (is_deque(q)) return vcall2(prim_shared.deque_popleft, q, NULL);
+    return PyObject_CallMethodNoArgs(q, prim_shared.s_popleft);
+}
+
+/* LifoQueue._init/_put/_get, PriorityQueue._init */
+static int
+list_init(QueueObject *self)
+{
+    return set_storage(self, PyList_New(0));
+}
+
+static int
+lifo_put(QueueObject *self, PyObject *item)
+{
+    PyObject *q = self->queue;
+    if (q == NULL) return no_storage((PyObject *)self);
+    if (PyList_CheckExact(q)) return PyList_Append(q, item);
+    PyObject *r = PyObject_CallMethodOneArg(q, prim_shared.s_append, item);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+lifo_get(QueueObject *self)
+{
+    PyObject *q = self->queue;
+    if (q == NULL) return no_storage((PyObject *)self), NULL;
+    if (PyList_CheckExact(q)) {
+        Py_ssize_t n = PyList_GET_SIZE(q);
+        if (n == 0) {
+            PyErr_SetString(PyExc_IndexError, "pop from empty list");
+            return NULL;
+        }
+        PyObject *item = Py_NewRef(PyList_GET_ITEM(q, n - 1));
+        if (PyList_SetSlice(q, n - 1, n, NULL) < 0) {
+            Py_DECREF(item);
+            return NULL;
+        }
+        return item;
+    }
+    return PyObject_CallMethodNoArgs(q, prim_shared.s_pop);
+}
+
+/* PriorityQueue._put/_get: heapq on the list */
+static int
+heap_put(QueueObject *self, PyObject *item)
+{
+    if (self->queue == NULL) return no_storage((PyObject *)self);
+    PyObject *r = vcall2(prim_shared.heappush, self->queue, item);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+heap_get(QueueObject *self)
+{
+    if (self->queue == NULL) return no_storage((PyObject *)self), NULL;
+    return vcall2(prim_shared.heappop, self->queue, NULL);
+}
+
+/* the instance's storage operations (fast C path or Python hooks) */
+static int
+q_init_storage(QueueObject *self)
+{
+    switch (self->mode) {
+    case QM_FIFO: return fifo_init(self);
+    case QM_LIFO:
+    case QM_HEAP: return list_init(self);
+    default: {
+        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, prim_shared.s__init, self->maxsize_obj);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    }
+}
+
+static int
+q_put_item(QueueObject *self, PyObject *item)
+{
+    switch (self->mode) {
+    case QM_FIFO: return fifo_put(self, item);
+    case QM_LIFO: return lifo_put(self, item);
+    case QM_HEAP: return heap_put(self, item);
+    default: {
+        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, prim_shared.s__put, item);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    }
+}
+
+static PyObject *
+q_get_item(QueueObject *self)
+{
+    switch (self->mode) {
+    case QM_FIFO: return fifo_get(self);
+    case QM_LIFO: return lifo_get(self);
+    case QM_HEAP: return heap_get(self);
+    default: return PyObject_CallMethodNoArgs((PyObject *)self, prim_shared.s__get);
+    }
+}
+
+/* len(self._queue) */
+static Py_ssize_t
+storage_len(QueueObject *self)
+{
+    PyObject *q = self->queue;
+    if (q == NULL) return no_storage((PyObject *)self);
+    if (PyList_CheckExact(q)) return PyList_GET_SIZE(q);
+    return PyObject_Size(q);
+}
+
+/* not self._queue */
+static int
+storage_empty(QueueObject *self)
+{
+    PyObject *q = self->queue;
+    if (q == NULL) return no_storage((PyObject *)self);
+    if (PyList_CheckExact(q)) return PyList_GET_SIZE(q) == 0;
+    int t = PyObject_IsTrue(q);
+    return t < 0 ? -1 : !t;
+}
+
+static int
+call_truth(PyObject *self, PyObject *name)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(self, name);
+    if (r == NULL) return -1;
+    int t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t;
+}
+
+/* self.qsize() */
+static Py_ssize_t
+q_qsize(QueueObject *self)
+{
+    if (!self->size_hooks) return storage_len(self);
+    PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, prim_shared.s_qsize);
+    if (r == NULL) return -1;
+    Py_ssize_t n = PyNumber_AsSsize_t(r, PyExc_OverflowError);
+    Py_DECREF(r);
+    return n;
+}
+
+/* Queue.full() body: maxsize <= 0 never full, else qsize() >= maxsize */
+static int
+full_body(QueueObject *self)
+{
+    if (self->maxsize_generic) {
+        /* e.g. a float maxsize: `maxsize <= 0` and `qsize() >= maxsize` as objects */
+        PyObject *zero = PyLong_FromLong(0);
+        if (zero == NULL) return -1;
+        int le = PyObject_RichCompareBool(self->maxsize_obj, zero, Py_LE);
+        Py_DECREF(zero);
+        if (le != 0) return le < 0 ? -1 : 0;
+        Py_ssize_t n = q_qsize(self);
+        if (n < 0 && PyErr_Occurred()) return -1;
+        PyObject *nobj = PyLong_FromSsize_t(n);
+        if (nobj == NULL) return -1;
+        int ge = PyObject_RichCompareBool(nobj, self->maxsize_obj, Py_GE);
+        Py_DECREF(nobj);
+        return ge;
+    }
+    if (self->maxsize <= 0) return 0;
+    Py_ssize_t n = q_qsize(self);
+    if (n < 0) return PyErr_Occurred() ? -1 : 0;
+    return n >= self->maxsize;
+}
+
+/* self.full() / self.empty() */
+static int
+q_full(QueueObject *self)
+{
+    if (self->size_hooks) return call_truth((PyObject *)self, prim_shared.s_full);
+    return full_body(self);
+}
+
+static int
+q_empty(QueueObject *self)
+{
+    if (self->size_hooks) return call_truth((PyObject *)self, prim_shared.s_empty);
+    return storage_empty(self);
+}
+
+/* ------------------------------------------------------------------ */
+/* construction                                                         */
+
+static void
+detect_mode(QueueObject *self, PyTypeObject *type)
+{
+    self->size_hooks = 0;
+    if (type == QueueType) { self->mode = QM_FIFO; return; }
+    if (type == LifoType) { self->mode = QM_LIFO; return; }
+    if (type == PrioType) { self->mode = QM_HEAP; return; }
+    static const char *hooks[3] = {"_init", "_get", "_put"};
+    PyObject *found[3] = {NULL, NULL, NULL};
+    self->mode = QM_PY;
+    for (int i = 0; i < 3; i++) {
+        found[i] = PyObject_GetAttrString((PyObject *)type, hooks[i]);
+        if (found[i] == NULL) PyErr_Clear();
+    }
+    for (int c = 0; c < 3; c++) {
+        if (found[0] == hook_desc[c][0] && found[1] == hook_desc[c][1] && found[2] == hook_desc[c][2]) {
+            self->mode = c;   /* QM_FIFO/QM_LIFO/QM_HEAP match the class index */
+            break;
+        }
+    }
+    for (int i = 0; i < 3; i++) Py_XDECREF(found[i]);
+    static const char *sizes[3] = {"qsize", "empty", "full"};
+    for (int i = 0; i < 3; i++) {
+        PyObject *f = PyObject_GetAttrString((PyObject *)type, sizes[i]);
+        if (f == NULL) PyErr_Clear();
+        if (f != size_desc[i]) self->size_hooks = 1;
+        Py_XDECREF(f);
+    }
+}
+
+static PyObject *
+queue_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    QueueObject *self = (QueueObject *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    detect_mode(self, type);
+    self->maxsize_obj = PyLong_FromLong(0);
+    self->finished = prim_event_new();
+    if (self->maxsize_obj == NULL || self->finished == NULL || prim_event_set(self->finished) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+queue_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    QueueObject *self = (QueueObject *)op;
+    const char *cls = "Queue";
+    PyObject *m = NULL;
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "%s.__init__() takes from 1 to 2 positional arguments but %zd were given",
+                     cls, nargs + 1);
+        return -1;
+    }
+    if (nargs == 1) m = PyTuple_GET_ITEM(args, 0);
+    if (kwds != NULL) {
+        PyObject *key, *val;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(kwds, &pos, &key, &val)) {
+            if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "maxsize") == 0 && m == NULL) {
+                m = val;
+            }
+            else {
+                PyErr_Format(PyExc_TypeError, "%s.__init__() got an unexpected keyword argument '%S'", cls, key);
+                return -1;
+            }
+        }
+    }
+    Py_ssize_t maxsize = 0;
+    self->maxsize_generic = 0;
+    if (m != NULL) {
+        if (PyIndex_Check(m)) {
+            maxsize = PyNumber_AsSsize_t(m, NULL);     /* clamps huge ints */
+            if (maxsize == -1 && PyErr_Occurred()) return -1;
+        }
+        else {
+            self->maxsize_generic = 1;   /* as asyncio: any object comparable with ints */
+        }
+    }
+    else {
+        m = Py_False;  /* placeholder, replaced below */
+    }
+    PyObject *mobj = (m == Py_False) ? PyLong_FromLong(0) : Py_NewRef(m);
+    if (mobj == NULL) return -1;
+    Py_XSETREF(self->maxsize_obj, mobj);
+    self->maxsize = maxsize;
+    self->unfinished = 0;
+    self->is_shutdown = 0;
+    if (prim_event_set(self->finished) < 0) return -1;
+    return q_init_storage(self);
+}
+
+static int
+queue_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    QueueObject *self = (QueueObject *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->loop);
+    Py_VISIT(self->queue);
+    Py_VISIT(self->finished);
+    Py_VISIT(self->maxsize_obj);
+    if (waitq_traverse(&self->getters, visit, arg)) return -1;
+    return waitq_traverse(&self->putters, visit, arg);
+}
+
+static int
+queue_clear(PyObject *op)
+{
+    QueueObject *self = (QueueObject *)op;
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->queue);
+    Py_CLEAR(self->finished);
+    Py_CLEAR(self->maxsize_obj);
+    waitq_clear(&self->getters);
+    waitq_clear(&self->putters);
+    return 0;
+}
+
+static void
+queue_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (((QueueObject *)op)->weakreflist != NULL) PyObject_ClearWeakRefs(op);
+    queue_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* ------------------------------------------------------------------ */
+/* operations                                                           */
+
+#if PRIM_PY313
+static int
+raise_shutdown(void)
+{
+    PyErr_SetNone(prim_shared.QueueShutDown);
+    return -1;
+}
+#endif
+
+static int
+do_put_nowait(QueueObject *self, PyObject *item)
+{
+#if PRIM_PY313
+    if (self->is_shutdown) return raise_shutdown();
+#endif
+    int full = q_full(self);
+    if (full < 0) return -1;
+    if (full) {
+        PyErr_SetNone(prim_shared.QueueFull);
+        return -1;
+    }
+    if (q_put_item(self, item) < 0) return -1;
+    self->unfinished++;
+    prim_event_clear(self->finished);
+    return waitq_pop_wake(&self->getters, Py_None) < 0 ? -1 : 0;
+}
+
+static PyObject *
+do_get_nowait(QueueObject *self)
+{
+    int empty = q_empty(self);
+    if (empty < 0) return NULL;
+    if (empty) {
+#if PRIM_PY313
+        if (self->is_shutdown) return raise_shutdown(), NULL;
+#endif
+        PyErr_SetNone(prim_shared.QueueEmpty);
+        return NULL;
+    }
+    PyObject *item = q_get_item(self);
+    if (item == NULL) return NULL;
+    if (waitq_pop_wake(&self->putters, Py_None) < 0) {
+        Py_DECREF(item);
+        return NULL;
+    }
+    return item;
+}
+
+/* `except: fut.cancel(); remove; if <ready> and not fut.cancelled(): wake next; raise` */
+static int
+abandon_wait(QueueObject *self, waitq_t *q, PyObject *fut, PyObject *exc, int is_put)
+{
+    if (prim_fut_cancel(fut) < 0) return WOP_ERROR;
+    waitq_remove(q, fut);
+    int blocked = is_put ? q_full(self) : q_empty(self);
+    if (blocked < 0) return WOP_ERROR;
+    if (!blocked) {
+        int c = prim_fut_cancelled(fut);
+        if (c < 0) return WOP_ERROR;
+        if (!c && waitq_pop_wake(q, Py_None) < 0) return WOP_ERROR;
+    }
+    return waitop_reraise(exc);
+}
+
+static int
+put_step(WaitOp *op, PyObject *exc, PyObject **res)
+{
+    QueueObject *self = (QueueObject *)op->owner;
+    if (exc != NULL) return abandon_wait(self, &self->putters, op->fut, exc, 1);
+    for (;;) {
+        int full = q_full(self);
+        if (full < 0) return WOP_ERROR;
+        if (!full) break;
+#if PRIM_PY313
+        if (self->is_shutdown) return raise_shutdown();
+#endif
+        PyObject *fut = prim_new_waiter(op->owner, &self->loop);
+        if (fut == NULL) return WOP_ERROR;
+        if (waitq_append(&self->putters, fut) < 0) {
+            Py_DECREF(fut);
+            return WOP_ERROR;
+        }
+        waitop_set_fut(op, fut);
+        return WOP_WAIT;
+    }
+    if (do_put_nowait(self, op->arg) < 0) return WOP_ERROR;
+    *res = Py_NewRef(Py_None);
+    return WOP_DONE;
+}
+static const waitop_kind put_kind = {put_step, "Queue.put"};
+
+static int
+get_step(WaitOp *op, PyObject *exc, PyObject **res)
+{
+    QueueObject *self = (QueueObject *)op->owner;
+    if (exc != NULL) return abandon_wait(self, &self->getters, op->fut, exc, 0);
+    for (;;) {
+        int empty = q_empty(self);
+        if (empty < 0) return WOP_ERROR;
+        if (!empty) break;
+#if PRIM_PY313
+        if (self->is_shutdown) return raise_shutdown();
+#endif
+        PyObject *fut = prim_new_waiter(op->owner, &self->loop);
+        if (fut == NULL) return WOP_ERROR;
+        if (waitq_append(&self->getters, fut) < 0) {
+            Py_DECREF(fut);
+            return WOP_ERROR;
+        }
+        waitop_set_fut(op, fut);
+        return WOP_WAIT;
+    }
+    *res = do_get_nowait(self);
+    return *res ? WOP_DONE : WOP_ERROR;
+}
+static const waitop_kind get_kind = {get_step, "Queue.get"};
+
+static PyObject *
+queue_put(PyObject *self, PyObject *item)
+{
+    return waitop_new(&put_kind, self, item, 0);
+}
+
+static PyObject *
+queue_get(PyObject *self, PyObject *Py_UNUSED(a))
+{
+    return waitop_new(&get_kind, self, NULL, 0);
+}
+
+static PyObject *
+queue_put_nowait(PyObject *self, PyObject *item)
+{
+    if (do_put_nowait((QueueObject *)self, item) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+queue_get_nowait(PyObject *self, PyObject *Py_UNUSED(a))
+{
+    return do_get_nowait((QueueObject *)self);
+}
+
+static PyObject *
+queue_task_done(PyObject *op, PyObject *Py_UNUSED(a))
+{
+    QueueObject *self = (QueueObject *)op;
+    if (self->unfinished <= 0) {
+        PyErr_SetString(PyExc_ValueError, "task_done() called too many times");
+        return NULL;
+    }
+    self->unfinished--;
+    if (self->unfinished == 0 && prim_event_set(self->finished) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* join() == `if unfinished: await self._finished.wait()`; the event is set
+ * exactly when the count is 0, so waiting on it is the same test. */
+static PyObject *
+queue_join(PyObject *op, PyObject *Py_UNUSED(a))
+{
+    return prim_event_wait(((QueueObject *)op)->finished, 1);
+}
+
+#if PRIM_PY313
+static PyObject *
+queue_shutdown(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"immediate", NULL};
+    QueueObject *self = (QueueObject *)op;
+    int immediate = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|p:shutdown", kwlist, &immediate)) return NULL;
+    self->is_shutdown = 1;
+    if (immediate) {
+        for (;;) {
+            int empty = q_empty(self);
+            if (empty < 0) return NULL;
+            if (empty) break;
+            PyObject *item = q_get_item(self);
+            if (item == NULL) return NULL;
+            Py_DECREF(item);
+            if (self->unfinished > 0) self->unfinished--;
+        }
+        if (self->unfinished == 0 && prim_event_set(self->finished) < 0) return NULL;
+    }
+    if (waitq_wake_all(&self->getters, Py_None, 1) < 0) return NULL;
+    if (waitq_wake_all(&self->putters, Py_None, 1) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+#endif
+
+static PyObject *
+queue_qsize(PyObject *op, PyObject *Py_UNUSED(a))
+{
+    Py_ssize_t n = storage_len((QueueObject *)op);
+    if (n < 0) return NULL;
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *
+queue_empty(PyObject *op, PyObject *Py_UNUSED(a))
+{
+    int e = storage_empty((QueueObject *)op);
+    if (e < 0) return NULL;
+    return PyBool_FromLong(e);
+}
+
+static PyObject *
+queue_full(PyObject *op, PyObject *Py_UNUSED(a))
+{
+    int f = full_body((QueueObject *)op);
+    if (f < 0) return NULL;
+    return PyBool_FromLong(f);
+}
+
+/* the overridable hooks, callable from Python subclasses via super() */
+static PyObject *
+q_init_meth(QueueObject *self, PyObject *maxsize, int (*init)(QueueObject *))
+{
+    if (init(self) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+static PyObject *fifo_init_meth(PyObject *s, PyObject *m) { return q_init_meth((QueueObject *)s, m, fifo_init); }
+static PyObject *list_init_meth(PyObject *s, PyObject *m) { return q_init_meth((QueueObject *)s, m, list_init); }
+
+static PyObject *
+put_result(int rc)
+{
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+static PyObject *fifo_put_meth(PyObject *s, PyObject *i) { return put_result(fifo_put((QueueObject *)s, i)); }
+static PyObject *lifo_put_meth(PyObject *s, PyObject *i) { return put_result(lifo_put((QueueObject *)s, i)); }
+static PyObject *heap_put_meth(PyObject *s, PyObject *i) { return put_result(heap_put((QueueObject *)s, i)); }
+static PyObject *fifo_get_meth(PyObject *s, PyObject *Py_UNUSED(a)) { return fifo_get((QueueObject *)s); }
+static PyObject *lifo_get_meth(PyObject *s, PyObject *Py_UNUSED(a)) { return lifo_get((QueueObject *)s); }
+static PyObject *heap_get_meth(PyObject *s, PyObject *Py_UNUSED(a)) { return heap_get((QueueObject *)s); }
+
+static PyObject *
+queue_format(PyObject *op, PyObject *Py_UNUSED(a))
+{
+    QueueObject *self = (QueueObject *)op;
+    PyObject *res = PyUnicode_FromFormat("maxsize=%R", self->maxsize_obj ? self->maxsize_obj : Py_None);
+    if (res == NULL) return NULL;
+    PyObject *more = NULL;
+    if (self->queue != NULL) {
+        int t = PyObject_IsTrue(self->queue);
+        if (t < 0) goto error;
+        if (t) {
+            PyObject *lst = PySequence_List(self->queue);
+            if (lst == NULL) goto error;
+            more = PyUnicode_FromFormat("%U _queue=%R", res, lst);
+            Py_DECREF(lst);
+            if (more == NULL) goto error;
+            Py_SETREF(res, more);
+        }
+    }
+    if (waitq_len(&self->getters)) {
+        if ((more = PyUnicode_FromFormat("%U _getters[%zd]", res, waitq_len(&self->getters))) == NULL) goto error;
+        Py_SETREF(res, more);
+    }
+    if (waitq_len(&self->putters)) {
+        if ((more = PyUnicode_FromFormat("%U _putters[%zd]", res, waitq_len(&self->putters))) == NULL) goto error;
+        Py_SETREF(res, more);
+    }
+    if (self->unfinished) {
+        if ((more = PyUnicode_FromFormat("%U tasks=%zd", res, self->unfinished)) == NULL) goto error;
+        Py_SETREF(res, more);
+    }
+#if PRIM_PY313
+    if (self->is_shutdown) {
+        if ((more = PyUnicode_FromFormat("%U shutdown", res)) == NULL) goto error;
+        Py_SETREF(res, more);
+    }
+#endif
+    return res;
+error:
+    Py_DECREF(res);
+    return NULL;
+}
+
+static PyObject *
+queue_repr_impl(PyObject *op, int with_id)
+{
+    PyObject *fmt = PyObject_CallMethodNoArgs(op, prim_shared.s__format);
+    if (fmt == NULL) return NULL;
+    PyObject *name = PyType_GetName(Py_TYPE(op));
+    if (name == NULL) {
+        Py_DECREF(fmt);
+        return NULL;
+    }
+    PyObject *r = with_id ? PyUnicode_FromFormat("<%U at %p %U>", name, op, fmt)
+                          : PyUnicode_FromFormat("<%U %U>", name, fmt);
+    Py_DECREF(name);
+    Py_DECREF(fmt);
+    return r;
+}
+static PyObject *queue_repr(PyObject *op) { return queue_repr_impl(op, 1); }
+static PyObject *queue_str(PyObject *op) { return queue_repr_impl(op, 0); }
+
+/* private attribute views */
+static PyObject *
+get_queue(PyObject *op, void *c)
+{
+    QueueObject *self = (QueueObject *)op;
+    if (self->queue == NULL) return no_storage(op), NULL;
+    return Py_NewRef(self->queue);
+}
+
+static int
+set_queue(PyObject *op, PyObject *value, void *c)
+{
+    QueueObject *self = (QueueObject *)op;
+    Py_XSETREF(self->queue, Py_XNewRef(value));
+    return 0;
+}
+
+static PyObject *get_maxsize(PyObject *op, void *c) { return Py_NewRef(((QueueObject *)op)->maxsize_obj); }
+static PyObject *get_getters(PyObject *op, void *c) { return waitq_snapshot(&((QueueObject *)op)->getters); }
+static PyObject *get_putters(PyObject *op, void *c) { return waitq_snapshot(&((QueueObject *)op)->putters); }
+static PyObject *get_finished(PyObject *op, void *c) { return Py_NewRef(((QueueObject *)op)->finished); }
+static PyObject *get_unfinished(PyObject *op, void *c) { return PyLong_FromSsize_t(((QueueObject *)op)->unfinished); }
+
+static int
+set_unfinished(PyObject *op, PyObject *value, void *c)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _unfinished_tasks");
+        return -1;
+    }
+    Py_ssize_t n = PyNumber_AsSsize_t(value, PyExc_OverflowError);
+    if (n == -1 && PyErr_Occurred()) return -1;
+    ((QueueObject *)op)->unfinished = n;
+    return 0;
+}
+static PyObject *get_is_shutdown(PyObject *op, void *c) { return PyBool_FromLong(((QueueObject *)op)->is_shutdown); }
+
+static PyObject *
+get_loop(PyObject *op, void *c)
+{
+    PyObject *l = ((QueueObject *)op)->loop;
+    return Py_NewRef(l ? l : Py_None);
+}
+
+static int
+set_loop(PyObject *op, PyObject *value, void *c)
+{
+    QueueObject *self = (QueueObject *)op;
+    Py_XSETREF(self->loop, (value == NULL || value == Py_None) ? NULL : Py_NewRef(value));
+    return 0;
+}
+
+static PyMethodDef queue_methods[] = {
+    {"qsize", queue_qsize, METH_NOARGS, "Number of items in the queue."},
+    {"empty", queue_empty, METH_NOARGS, "Return True if the queue is empty."},
+    {"full", queue_full, METH_NOARGS, "Return True if there are maxsize items in the queue."},
+    {"put", queue_put, METH_O, "Put an item, waiting while the queue is full (awaitable)."},
+    {"put_nowait", queue_put_nowait, METH_O, "Put an item; QueueFull if full."},
+    {"get", queue_get, METH_NOARGS, "Remove and return an item, waiting while empty (awaitable)."},
+    {"get_nowait", queue_get_nowait, METH_NOARGS, "Remove and return an item; QueueEmpty if empty."},
+    {"task_done", queue_task_done, METH_NOARGS, "Indicate that a formerly enqueued task is complete."},
+    {"join", queue_join, METH_NOARGS, "Wait until every item put has been marked done (awaitable)."},
+#if PRIM_PY313
+    {"shutdown", (PyCFunction)(void (*)(void))queue_shutdown, METH_VARARGS | METH_KEYWORDS,
+     "Shut down the queue: puts raise QueueShutDown, gets too once empty (at once if immediate)."},
+#endif
+    {"_init", fifo_init_meth, METH_O, NULL},
+    {"_get", fifo_get_meth, METH_NOARGS, NULL},
+    {"_put", fifo_put_meth, METH_O, NULL},
+    {"_format", queue_format, METH_NOARGS, NULL},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef queue_getset[] = {
+    {"maxsize", get_maxsize, NULL, "Number of items allowed in the queue.", NULL},
+    {"_maxsize", get_maxsize, NULL, NULL, NULL},
+    {"_queue", get_queue, set_queue, "The storage (deque for Queue, list for Lifo/PriorityQueue).", NULL},
+    {"_getters", get_getters, NULL, "Snapshot of the waiting getters' futures.", NULL},
+    {"_putters", get_putters, NULL, "Snapshot of the waiting putters' futures.", NULL},
+    {"_finished", get_finished, NULL, NULL, NULL},
+    {"_unfinished_tasks", get_unfinished, set_unfinished, NULL, NULL},
+    {"_is_shutdown", get_is_shutdown, NULL, NULL, NULL},
+    {"_loop", get_loop, set_loop, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef queue_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(QueueObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot queue_slots[] = {
+    {Py_tp_new, queue_new},
+    {Py_tp_init, queue_init},
+    {Py_tp_repr, queue_repr},
+    {Py_tp_str, queue_str},
+    {Py_tp_methods, queue_methods},
+    {Py_tp_getset, queue_getset},
+    {Py_tp_members, queue_members},
+    {Py_tp_traverse, queue_traverse},
+    {Py_tp_clear, queue_clear},
+    {Py_tp_dealloc, queue_dealloc},
+    {Py_tp_doc, (void *)"Queue(maxsize=0)\n--\n\nasyncio.Queue implemented in C; works on any event loop."},
+    {0, NULL},
+};
+
+static PyType_Spec queue_spec = {
+    .name = "Queue",
+    .basicsize = sizeof(QueueObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = queue_slots,
+};
+
+static PyMethodDef lifo_methods[] = {
+    {"_init", list_init_meth, METH_O, NULL},
+    {"_get", lifo_get_meth, METH_NOARGS, NULL},
+    {"_put", lifo_put_meth, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef heap_methods[] = {
+    {"_init", list_init_meth, METH_O, NULL},
+    {"_get", heap_get_meth, METH_NOARGS, NULL},
+    {"_put", heap_put_meth, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot lifo_slots[] = {
+    {Py_tp_methods, lifo_methods},
+    {Py_tp_traverse, queue_traverse},
+    {Py_tp_clear, queue_clear},
+    {Py_tp_dealloc, queue_dealloc},
+    {Py_tp_doc, (void *)"LifoQueue(maxsize=0)\n--\n\nasyncio.LifoQueue implemented in C."},
+    {0, NULL},
+};
+
+static PyType_Slot heap_slots[] = {
+    {Py_tp_methods, heap_methods},
+    {Py_tp_traverse, queue_traverse},
+    {Py_tp_clear, queue_clear},
+    {Py_tp_dealloc, queue_dealloc},
+    {Py_tp_doc, (void *)"PriorityQueue(maxsize=0)\n--\n\nasyncio.PriorityQueue implemented in C (heapq order)."},
+    {0, NULL},
+};
+
+static PyType_Spec lifo_spec = {
+    .name = "LifoQueue",
+    .basicsize = sizeof(QueueObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = lifo_slots,
+};
+
+static PyType_Spec heap_spec = {
+    .name = "PriorityQueue",
+    .basicsize = sizeof(QueueObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = heap_slots,
+};
+
+/* ------------------------------------------------------------------ */
+
+static PyTypeObject *
+make_type(PyObject *module, PyType_Spec *spec, PyTypeObject *base)
+{
+    PyObject *t = PyType_FromModuleAndSpec(module, spec, (PyObject *)base);
+    if (t == NULL) return NULL;
+    if (prim_set_type_module((PyTypeObject *)t) < 0 || PyModule_AddType(module, (PyTypeObject *)t) < 0) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    return (PyTypeObject *)t;   /* new reference, kept in our statics */
+}
+
+int
+prim_queue_init(PyObject *module)
+{
+    if (prim_shared_init(module) < 0) return -1;
+    if (QueueType != NULL) {
+        /* a later exec (another module object): expose the same types */
+        if (PyModule_AddType(module, QueueType) < 0 || PyModule_AddType(module, LifoType) < 0
+            || PyModule_AddType(module, PrioType) < 0)
+            return -1;
+        return 0;
+    }
+    if ((QueueType = make_type(module, &queue_spec, NULL)) == NULL) return -1;
+    if ((LifoType = make_type(module, &lifo_spec, QueueType)) == NULL) return -1;
+    if ((PrioType = make_type(module, &heap_spec, QueueType)) == NULL) return -1;
+    PyTypeObject *classes[3] = {QueueType, LifoType, PrioType};
+    static const char *hooks[3] = {"_init", "_get", "_put"};
+    static const char *sizes[3] = {"qsize", "empty", "full"};
+    for (int c = 0; c < 3; c++) {
+        for (int i = 0; i < 3; i++) {
+            hook_desc[c][i] = PyObject_GetAttrString((PyObject *)classes[c], hooks[i]);
+            if (hook_desc[c][i] == NULL) return -1;
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        size_desc[i] = PyObject_GetAttrString((PyObject *)QueueType, sizes[i]);
+        if (size_desc[i] == NULL) return -1;
+    }
+    return 0;
+}
