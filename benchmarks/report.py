@@ -203,7 +203,7 @@ def _bars(ax: Any, workloads: list[str], series_labels: list[str],
             if not v:
                 ax.text(x, bottom, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
             elif baseline is not None:
-                ax.text(x, v, f"{v:.2f}", ha="center", va="bottom" if v >= baseline else "top",
+                ax.text(x, v, f"{v:.3g}", ha="center", va="bottom" if v >= baseline else "top",
                         fontsize=7)
     ax.set_yscale("log")
     ax.set_ylim(lo, hi)
