@@ -355,7 +355,7 @@ static PyType_Slot lock_slots[] = {
 };
 
 static PyType_Spec lock_spec = {
-    .name = "Lock",   /* tp_name as asyncio's (error messages); __module__ set in add_type */
+    .name = "pyasync_c._primitives.Lock",
     .basicsize = sizeof(LockObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = lock_slots,
@@ -510,7 +510,7 @@ static PyType_Slot event_slots[] = {
 };
 
 static PyType_Spec event_spec = {
-    .name = "Event",   /* tp_name as asyncio's (error messages); __module__ set in add_type */
+    .name = "pyasync_c._primitives.Event",
     .basicsize = sizeof(EventObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = event_slots,
@@ -791,7 +791,7 @@ static PyType_Slot sem_slots[] = {
 };
 
 static PyType_Spec sem_spec = {
-    .name = "Semaphore",   /* tp_name as asyncio's (error messages); __module__ set in add_type */
+    .name = "pyasync_c._primitives.Semaphore",
     .basicsize = sizeof(SemObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = sem_slots,
@@ -809,7 +809,7 @@ static PyType_Slot bsem_slots[] = {
 };
 
 static PyType_Spec bsem_spec = {
-    .name = "BoundedSemaphore",   /* tp_name as asyncio's (error messages); __module__ set in add_type */
+    .name = "pyasync_c._primitives.BoundedSemaphore",
     .basicsize = sizeof(SemObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = bsem_slots,
@@ -822,7 +822,7 @@ add_type(PyObject *module, PyType_Spec *spec, PyObject *base, PyTypeObject **out
 {
     PyObject *t = PyType_FromModuleAndSpec(module, spec, base);
     if (t == NULL) return -1;
-    if (prim_set_type_module((PyTypeObject *)t) < 0) {
+    if (prim_short_tp_name((PyTypeObject *)t) < 0) {
         Py_DECREF(t);
         return -1;
     }

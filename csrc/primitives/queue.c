@@ -835,7 +835,7 @@ static PyType_Slot queue_slots[] = {
 };
 
 static PyType_Spec queue_spec = {
-    .name = "Queue",
+    .name = "pyasync_c._primitives.Queue",
     .basicsize = sizeof(QueueObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = queue_slots,
@@ -874,14 +874,14 @@ static PyType_Slot heap_slots[] = {
 };
 
 static PyType_Spec lifo_spec = {
-    .name = "LifoQueue",
+    .name = "pyasync_c._primitives.LifoQueue",
     .basicsize = sizeof(QueueObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = lifo_slots,
 };
 
 static PyType_Spec heap_spec = {
-    .name = "PriorityQueue",
+    .name = "pyasync_c._primitives.PriorityQueue",
     .basicsize = sizeof(QueueObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = heap_slots,
@@ -894,7 +894,7 @@ make_type(PyObject *module, PyType_Spec *spec, PyTypeObject *base)
 {
     PyObject *t = PyType_FromModuleAndSpec(module, spec, (PyObject *)base);
     if (t == NULL) return NULL;
-    if (prim_set_type_module((PyTypeObject *)t) < 0 || PyModule_AddType(module, (PyTypeObject *)t) < 0) {
+    if (prim_short_tp_name((PyTypeObject *)t) < 0 || PyModule_AddType(module, (PyTypeObject *)t) < 0) {
         Py_DECREF(t);
         return NULL;
     }

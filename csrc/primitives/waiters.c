@@ -50,14 +50,11 @@ prim_exc_restore(PyObject *exc)
 }
 
 int
-prim_set_type_module(PyTypeObject *type)
+prim_short_tp_name(PyTypeObject *type)
 {
-    PyObject *name = PyUnicode_FromString("pyasync_c._primitives");
-    if (name == NULL) return -1;
-    int rc = PyDict_SetItemString(type->tp_dict, "__module__", name);
-    Py_DECREF(name);
-    PyType_Modified(type);
-    return rc;
+    const char *dot = strrchr(type->tp_name, '.');
+    if (dot != NULL) type->tp_name = dot + 1;   /* into the type's own name buffer */
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */

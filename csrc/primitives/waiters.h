@@ -54,10 +54,10 @@ extern prim_shared_t prim_shared;
 /* Idempotent: imports asyncio pieces and creates the WaitOp type. */
 int prim_shared_init(PyObject *module);
 
-/* Our public types are specced with their bare name (so tp_name, used in
- * interpreter error messages, reads "Lock" like asyncio's); this sets
- * __module__ to "pyasync_c._primitives" before the type is used. */
-int prim_set_type_module(PyTypeObject *type);
+/* Point a new type's tp_name (used by interpreter error messages such as
+ * "object Lock can't be used in 'await' expression") at its bare name, as
+ * asyncio's Python classes read; __name__/__module__ are unaffected. */
+int prim_short_tp_name(PyTypeObject *type);
 
 /* ---- exceptions held as objects (normalised, traceback attached) ---- */
 PyObject *prim_exc_fetch(void);          /* takes the raised exception, NULL if none */
