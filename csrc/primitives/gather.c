@@ -58,6 +58,15 @@ static const char *const name_strs[S__COUNT] = {
     "loop", "msg",
 };
 
+/* Methods of _asyncio.Future/Task called on children; cached as unbound
+ * descriptors per exact type so calls skip the method lookup. */
+enum { M_done, M_cancelled, M_exception, M_result, M_get_loop,
+       M_add_done_callback, M__make_cancelled_error, M__COUNT };
+static const int method_names[M__COUNT] = {
+    S_done, S_cancelled, S_exception, S_result, S_get_loop,
+    S_add_done_callback, S__make_cancelled_error,
+};
+
 typedef struct {
     PyObject_HEAD
     PyTypeObject *outer_type;
@@ -74,6 +83,8 @@ typedef struct {
     PyObject *kw_loop;           /* ("loop",) */
     PyObject *empty_tuple;
     PyObject *s[S__COUNT];
+    PyObject *fut_m[M__COUNT];   /* _asyncio.Future.<method> */
+    PyObject *task_m[M__COUNT];  /* _asyncio.Task.<method> */
 } GatherState;
 
 typedef struct {
@@ -128,11 +139,31 @@ call1(PyObject *obj, PyObject *name, PyObject *arg)
     return PyObject_VectorcallMethod(name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
-/* obj.name() converted to a truth value; -1 on error. */
-static int
-call_truth(PyObject *obj, PyObject *name)
+/* obj.<method>(), straight through the cached descriptor for exact C
+ * Futures/Tasks. */
+static inline PyObject *
+mcall0(GatherState *st, PyObject *obj, int m)
 {
-    PyObject *r = call0(obj, name);
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (tp == st->future_type) return PyObject_Vectorcall(st->fut_m[m], &obj, 1, NULL);
+    if (tp == st->task_type) return PyObject_Vectorcall(st->task_m[m], &obj, 1, NULL);
+    return call0(obj, st->s[method_names[m]]);
+}
+
+static inline PyObject *
+mcall1(GatherState *st, PyObject *obj, int m, PyObject *arg)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    PyObject *args[2] = {obj, arg};
+    if (tp == st->future_type) return PyObject_Vectorcall(st->fut_m[m], args, 2, NULL);
+    if (tp == st->task_type) return PyObject_Vectorcall(st->task_m[m], args, 2, NULL);
+    return call1(obj, st->s[method_names[m]], arg);
+}
+
+static int
+mcall_truth(GatherState *st, PyObject *obj, int m)
+{
+    PyObject *r = mcall0(st, obj, m);
     if (r == NULL) return -1;
     int t = (r == Py_True) ? 1 : (r == Py_False) ? 0 : PyObject_IsTrue(r);
     Py_DECREF(r);
@@ -193,7 +224,7 @@ restore_exc(PyObject *exc)  /* steals exc */
 static int
 set_cancelled_from(GatherState *st, PyObject *outer, PyObject *fut)
 {
-    PyObject *exc = call0(fut, st->s[S__make_cancelled_error]);
+    PyObject *exc = mcall0(st, fut, M__make_cancelled_error);
     if (exc == NULL) return -1;
     int r = outer_set(st->m_set_exception, outer, exc);
     Py_DECREF(exc);
@@ -216,10 +247,10 @@ child_done_impl(PyObject *outer, PyObject *fut)
     }
     if (odone) {
         /* Outer already finished (or never built): mark exceptions retrieved. */
-        c = call_truth(fut, st->s[S_cancelled]);
+        c = mcall_truth(st, fut, M_cancelled);
         if (c < 0) return -1;
         if (!c) {
-            PyObject *r = call0(fut, st->s[S_exception]);
+            PyObject *r = mcall0(st, fut, M_exception);
             if (r == NULL) return -1;
             Py_DECREF(r);
         }
@@ -227,10 +258,10 @@ child_done_impl(PyObject *outer, PyObject *fut)
     }
 
     if (!d->return_exceptions) {
-        c = call_truth(fut, st->s[S_cancelled]);
+        c = mcall_truth(st, fut, M_cancelled);
         if (c < 0) return -1;
         if (c) return set_cancelled_from(st, outer, fut);
-        PyObject *exc = call0(fut, st->s[S_exception]);
+        PyObject *exc = mcall0(st, fut, M_exception);
         if (exc == NULL) return -1;
         if (exc != Py_None) {
             int r = outer_set(st->m_set_exception, outer, exc);
@@ -252,7 +283,7 @@ child_done_impl(PyObject *outer, PyObject *fut)
         PyObject *child = Py_NewRef(PyList_GET_ITEM(children, i));
         Py_XSETREF(last, child);
         PyObject *res;
-        c = call_truth(child, st->s[S_cancelled]);
+        c = mcall_truth(st, child, M_cancelled);
         if (c < 0) goto error;
         if (c) {
             PyObject *msg = PyObject_GetAttr(child, st->s[S__cancel_message]);
@@ -266,10 +297,10 @@ child_done_impl(PyObject *outer, PyObject *fut)
             Py_DECREF(msg);
         }
         else {
-            res = call0(child, st->s[S_exception]);
+            res = mcall0(st, child, M_exception);
             if (res == Py_None) {
                 Py_DECREF(res);
-                res = call0(child, st->s[S_result]);
+                res = mcall0(st, child, M_result);
             }
         }
         if (res == NULL) goto error;
@@ -501,7 +532,7 @@ is_c_future(GatherState *st, PyObject *obj)
 static PyObject *
 future_loop(GatherState *st, PyObject *fut)
 {
-    if (is_c_future(st, fut)) return call0(fut, st->s[S_get_loop]);
+    if (is_c_future(st, fut)) return mcall0(st, fut, M_get_loop);
     PyObject *meth = PyObject_GetAttr(fut, st->s[S_get_loop]);
     if (meth == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return NULL;
@@ -522,7 +553,7 @@ ensure_child(GatherState *st, PyObject *arg, PyObject *loop, int *scheduled)
 {
     if (is_c_future(st, arg)) {
         if (loop != NULL) {
-            PyObject *l = call0(arg, st->s[S_get_loop]);
+            PyObject *l = mcall0(st, arg, M_get_loop);
             if (l == NULL) return NULL;
             Py_DECREF(l);
             if (l != loop) {
@@ -651,7 +682,7 @@ gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
             d->nfuts++;
             if (PyDict_SetItem(arg_to_fut, arg, fut) < 0) goto error_fut;
 #if PY312
-            int done = call_truth(fut, st->s[S_done]);
+            int done = mcall_truth(st, fut, M_done);
             if (done < 0) goto error_fut;
             if (done) {
                 if (done_futs == NULL && (done_futs = PyList_New(0)) == NULL)
@@ -659,14 +690,14 @@ gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
                 if (PyList_Append(done_futs, fut) < 0) goto error_fut;
             }
             else {
-                PyObject *r = call1(fut, st->s[S_add_done_callback], cb);
+                PyObject *r = mcall1(st, fut, M_add_done_callback, cb);
                 if (r == NULL) goto error_fut;
                 Py_DECREF(r);
             }
 #else
             int done = 0;
             if (is_c_future(st, fut)) {
-                done = call_truth(fut, st->s[S_done]);
+                done = mcall_truth(st, fut, M_done);
                 if (done < 0) goto error_fut;
             }
             if (done) {
@@ -699,7 +730,7 @@ gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
             }
             else {
                 Py_CLEAR(batch);
-                PyObject *r = call1(fut, st->s[S_add_done_callback], cb);
+                PyObject *r = mcall1(st, fut, M_add_done_callback, cb);
                 if (r == NULL) goto error_fut;
                 Py_DECREF(r);
             }
@@ -788,6 +819,10 @@ state_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(st->m_done);
     Py_VISIT(st->m_set_result);
     Py_VISIT(st->m_set_exception);
+    for (int m = 0; m < M__COUNT; m++) {
+        Py_VISIT(st->fut_m[m]);
+        Py_VISIT(st->task_m[m]);
+    }
     return 0;
 }
 
@@ -805,6 +840,10 @@ state_clear(PyObject *self)
     Py_CLEAR(st->m_done);
     Py_CLEAR(st->m_set_result);
     Py_CLEAR(st->m_set_exception);
+    for (int m = 0; m < M__COUNT; m++) {
+        Py_CLEAR(st->fut_m[m]);
+        Py_CLEAR(st->task_m[m]);
+    }
     return 0;
 }
 
@@ -873,6 +912,12 @@ state_fill(GatherState *st, PyObject *module)
         return -1;
     if ((st->events_mod = PyImport_ImportModule("asyncio.events")) == NULL) return -1;
     if ((st->tasks_mod = PyImport_ImportModule("asyncio.tasks")) == NULL) return -1;
+    for (int m = 0; m < M__COUNT; m++) {
+        st->fut_m[m] = PyObject_GetAttr((PyObject *)st->future_type, st->s[method_names[m]]);
+        if (st->fut_m[m] == NULL) return -1;
+        st->task_m[m] = PyObject_GetAttr((PyObject *)st->task_type, st->s[method_names[m]]);
+        if (st->task_m[m] == NULL) return -1;
+    }
     PyObject *ft = (PyObject *)st->future_type;
     if ((st->m_done = PyObject_GetAttrString(ft, "done")) == NULL) return -1;
     if ((st->m_set_result = PyObject_GetAttrString(ft, "set_result")) == NULL) return -1;
@@ -906,6 +951,7 @@ prim_gather_init(PyObject *module)
     st->m_done = st->m_set_result = st->m_set_exception = NULL;
     st->kw_msg = st->kw_loop = st->empty_tuple = NULL;
     for (int i = 0; i < S__COUNT; i++) st->s[i] = NULL;
+    for (int m = 0; m < M__COUNT; m++) st->fut_m[m] = st->task_m[m] = NULL;
     PyObject_GC_Track(st);
 
     PyObject *fn = NULL;
