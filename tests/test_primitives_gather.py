@@ -495,3 +495,41 @@ def test_debug_mode(run: Run, prims) -> None:
     async def main():
         return await prims.gather(value_after(1), value_after(2), Awaitable(3))
     assert run(main(), debug=True) == [1, 2, 3]
+
+
+def test_done_future_of_closed_loop(prims) -> None:
+    loop = asyncio.new_event_loop()
+    fut = loop.create_future()
+    fut.set_result(1)
+    loop.close()
+    if PY312:  # processed at once, nothing is scheduled
+        assert prims.gather(fut).result() == [1]
+    else:  # add_done_callback schedules on the closed loop
+        with pytest.raises(RuntimeError, match="closed"):
+            prims.gather(fut)
+
+
+# ------------------------------------------------------------------ other loops
+
+
+def test_on_uvloop(prims) -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        done.set_result("done")
+        res = await prims.gather(value_after(1, 0.01), done, Awaitable(3), value_after(4))
+        mixed = await prims.gather(fail_after(KeyError("k")), value_after(2),
+                                   return_exceptions=True)
+        outer = prims.gather(value_after(1, 10), value_after(2, 10))
+        await asyncio.sleep(0)
+        outer.cancel("m")
+        try:
+            await outer
+        except asyncio.CancelledError as exc:
+            cancelled = exc.args
+        return res, [repr(r) for r in mixed], cancelled
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(main()) == ([1, "done", 3, 4], ["KeyError('k')", "2"], ("m",))
