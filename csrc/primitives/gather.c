@@ -5,10 +5,12 @@
  * chosen at build time through PY_VERSION_HEX).
  *
  * Objects and their lifecycle
- * - _GatherState (one per module instance): caches asyncio's Future/Task
+ * - GatherState (one per module instance): caches asyncio's Future/Task
  *   types, CancelledError, the asyncio.events/tasks modules, Future method
- *   descriptors and interned names. It is the `self` of the gather builtin
- *   and every outer future holds a strong reference to it (GC-aware).
+ *   descriptors and interned names. It is the module state of a private
+ *   holder module (pyasync_c._primitives._gather_state, m_size > 0, GC-aware
+ *   through m_traverse/m_clear/m_free) that is the `self` of the gather
+ *   builtin; every outer future holds a strong reference to the holder.
  * - _GatheringFuture (the "outer"): a heap subclass of _asyncio.Future. Its
  *   own data (GatherData) lives right after the base Future's layout, at an
  *   offset computed from the base's tp_basicsize (the base layout is opaque).
@@ -68,7 +70,6 @@ static const int method_names[M__COUNT] = {
 };
 
 typedef struct {
-    PyObject_HEAD
     PyTypeObject *outer_type;
     PyTypeObject *future_type;   /* _asyncio.Future */
     PyTypeObject *task_type;     /* _asyncio.Task */
@@ -120,7 +121,7 @@ GD(PyObject *outer)
 static inline GatherState *
 ST(PyObject *outer)
 {
-    return (GatherState *)GD(outer)->state;
+    return (GatherState *)PyModule_GetState(GD(outer)->state);
 }
 
 /* ------------------------------------------------------------------ */
@@ -235,7 +236,7 @@ static int
 child_done_impl(PyObject *outer, PyObject *fut)
 {
     GatherData *d = GD(outer);
-    GatherState *st = (GatherState *)d->state;
+    GatherState *st = (GatherState *)PyModule_GetState(d->state);
     int c;
 
     d->nfinished++;
@@ -423,7 +424,7 @@ gf_cancel(PyObject *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:cancel", kwlist, &msg))
         return NULL;
     GatherData *d = GD(self);
-    GatherState *st = (GatherState *)d->state;
+    GatherState *st = (GatherState *)PyModule_GetState(d->state);
     int done = outer_done(st, self);
     if (done < 0) return NULL;
     if (done || d->children == NULL) Py_RETURN_FALSE;
@@ -483,6 +484,7 @@ gf_set_cancel_requested(PyObject *self, PyObject *value, void *closure)
 
 static PyMethodDef gf_methods[] = {
     {"cancel", (PyCFunction)(void (*)(void))gf_cancel, METH_VARARGS | METH_KEYWORDS,
+     "cancel($self, /, msg=None)\n--\n\n"
      "Cancel all children; True if any child accepted the cancellation."},
     {NULL},
 };
@@ -622,7 +624,7 @@ error:
 static PyObject *
 gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    GatherState *st = (GatherState *)self;
+    GatherState *st = (GatherState *)PyModule_GetState(self);
     int return_exceptions = 0;
 
     if (kwnames != NULL) {
@@ -802,13 +804,13 @@ static PyMethodDef gather_def = {
 };
 
 /* ------------------------------------------------------------------ */
-/* _GatherState                                                        */
+/* GatherState holder                                                  */
 
 static int
-state_traverse(PyObject *self, visitproc visit, void *arg)
+state_traverse(PyObject *holder, visitproc visit, void *arg)
 {
-    GatherState *st = (GatherState *)self;
-    Py_VISIT(Py_TYPE(self));
+    GatherState *st = (GatherState *)PyModule_GetState(holder);
+    if (st == NULL) return 0;
     Py_VISIT(st->outer_type);
     Py_VISIT(st->future_type);
     Py_VISIT(st->task_type);
@@ -827,9 +829,10 @@ state_traverse(PyObject *self, visitproc visit, void *arg)
 }
 
 static int
-state_clear(PyObject *self)
+state_clear(PyObject *holder)
 {
-    GatherState *st = (GatherState *)self;
+    GatherState *st = (GatherState *)PyModule_GetState(holder);
+    if (st == NULL) return 0;
     Py_CLEAR(st->outer_type);
     Py_CLEAR(st->future_type);
     Py_CLEAR(st->task_type);
@@ -848,33 +851,28 @@ state_clear(PyObject *self)
 }
 
 static void
-state_dealloc(PyObject *self)
+state_free(void *holder)
 {
-    GatherState *st = (GatherState *)self;
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    (void)state_clear(self);
+    GatherState *st = (GatherState *)PyModule_GetState((PyObject *)holder);
+    if (st == NULL) return;
+    (void)state_clear((PyObject *)holder);
     Py_CLEAR(st->kw_msg);
     Py_CLEAR(st->kw_loop);
     Py_CLEAR(st->empty_tuple);
     for (int i = 0; i < S__COUNT; i++) Py_CLEAR(st->s[i]);
-    tp->tp_free(self);
-    Py_DECREF(tp);
 }
 
-static PyType_Slot state_slots[] = {
-    {Py_tp_dealloc, state_dealloc},
-    {Py_tp_traverse, state_traverse},
-    {Py_tp_clear, state_clear},
-    {0, NULL},
-};
-
-static PyType_Spec state_spec = {
-    .name = "pyasync_c._primitives._GatherState",
-    .basicsize = sizeof(GatherState),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE
-             | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = state_slots,
+/* The state lives in a small private module object (module state proper):
+ * it is the `self` of gather(), so gather() is a plain builtin function
+ * (repr, __qualname__ and pickling like a module-level function). */
+static struct PyModuleDef gather_state_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pyasync_c._primitives._gather_state",
+    .m_doc = "State of pyasync_c._primitives.gather.",
+    .m_size = sizeof(GatherState),
+    .m_traverse = state_traverse,
+    .m_clear = state_clear,
+    .m_free = state_free,
 };
 
 static PyObject *
@@ -940,32 +938,25 @@ state_fill(GatherState *st, PyObject *module)
 int
 prim_gather_init(PyObject *module)
 {
-    PyObject *state_type = PyType_FromModuleAndSpec(module, &state_spec, NULL);
-    if (state_type == NULL) return -1;
-    GatherState *st = PyObject_GC_New(GatherState, (PyTypeObject *)state_type);
-    Py_DECREF(state_type);  /* the instance holds its own reference */
-    if (st == NULL) return -1;
-    st->outer_type = NULL;
-    st->future_type = st->task_type = NULL;
-    st->cancelled_error = st->get_running_loop = st->events_mod = st->tasks_mod = NULL;
-    st->m_done = st->m_set_result = st->m_set_exception = NULL;
-    st->kw_msg = st->kw_loop = st->empty_tuple = NULL;
-    for (int i = 0; i < S__COUNT; i++) st->s[i] = NULL;
-    for (int m = 0; m < M__COUNT; m++) st->fut_m[m] = st->task_m[m] = NULL;
-    PyObject_GC_Track(st);
-
-    PyObject *fn = NULL;
+    PyObject *fn = NULL, *modname = NULL;
+    PyObject *holder = PyModule_Create(&gather_state_def);  /* zeroed state */
+    if (holder == NULL) return -1;
+    GatherState *st = (GatherState *)PyModule_GetState(holder);
+    if (st == NULL) goto error;
     if (state_fill(st, module) < 0) goto error;
-    fn = PyCMethod_New(&gather_def, (PyObject *)st, module, NULL);
+    if ((modname = PyModule_GetNameObject(module)) == NULL) goto error;
+    fn = PyCFunction_NewEx(&gather_def, holder, modname);
     if (fn == NULL) goto error;
     if (PyModule_AddObjectRef(module, "gather", fn) < 0) goto error;
     if (PyModule_AddObjectRef(module, "_GatheringFuture", (PyObject *)st->outer_type) < 0)
         goto error;
     Py_DECREF(fn);
-    Py_DECREF(st);
+    Py_DECREF(modname);
+    Py_DECREF(holder);
     return 0;
 error:
     Py_XDECREF(fn);
-    Py_DECREF(st);
+    Py_XDECREF(modname);
+    Py_DECREF(holder);
     return -1;
 }
