@@ -78,6 +78,15 @@ def test_outer_is_an_asyncio_future(run: Run, prims) -> None:
     assert run(main()) == (True, True, "_GatheringFuture", True, "<_GatheringFuture pending>")
 
 
+def test_outer_takes_attributes(run: Run, prims) -> None:
+    async def main():
+        outer = prims.gather(value_after(1))
+        outer.note = "n"
+        ref = weakref.ref(outer)
+        return outer.__dict__, ref() is outer, await outer
+    assert run(main()) == ({"note": "n"}, True, [1])
+
+
 def test_nested_gathers(run: Run, prims) -> None:
     async def main():
         inner = prims.gather(value_after(1), value_after(2))
