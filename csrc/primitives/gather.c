@@ -490,7 +490,6 @@ static PyMethodDef gf_methods[] = {
 };
 
 static PyGetSetDef gf_getset[] = {
-    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {"_children", gf_get_children, NULL, "The children, one per argument.", NULL},
     {"_cancel_requested", gf_get_cancel_requested, gf_set_cancel_requested,
      "Whether cancel() cancelled at least one child.", NULL},
