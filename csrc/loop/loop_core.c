@@ -219,7 +219,7 @@ check_open(LoopObject *self)
 
 /* Parses (callback, *args, context=None) of the call_* methods. */
 static int
-parse_callback_call(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+parse_callback_call(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                     Py_ssize_t leading, const char *name, PyObject **context)
 {
     *context = NULL;
@@ -231,7 +231,9 @@ parse_callback_call(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
         Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
         for (Py_ssize_t i = 0; i < nkw; i++) {
             PyObject *key = PyTuple_GET_ITEM(kwnames, i);
-            if (!PyUnicode_Check(key) || PyUnicode_CompareWithASCIIString(key, "context") != 0) {
+            /* Keyword names are almost always interned: try identity first. */
+            if (key != self->state->str_context
+                && (!PyUnicode_Check(key) || PyUnicode_CompareWithASCIIString(key, "context") != 0)) {
                 PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'", name, key);
                 return -1;
             }
@@ -272,7 +274,7 @@ schedule_soon(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
               const char *name, int threadsafe)
 {
     PyObject *context;
-    if (parse_callback_call(args, nargs, kwnames, 0, name, &context) < 0 || check_open(self) < 0) {
+    if (parse_callback_call(self, args, nargs, kwnames, 0, name, &context) < 0 || check_open(self) < 0) {
         return NULL;
     }
     if (self->debug && debug_checks(self, args[0], name, !threadsafe) < 0) {
@@ -352,7 +354,7 @@ loop_call_later(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
         PyErr_SetString(PyExc_TypeError, "call_later() missing required argument 'delay'");
         return NULL;
     }
-    if (parse_callback_call(args, nargs, kwnames, 1, "call_later", &context) < 0
+    if (parse_callback_call(self, args, nargs, kwnames, 1, "call_later", &context) < 0
         || parse_time(args[0], "call_later", "delay", &delay) < 0) {
         return NULL;
     }
@@ -369,7 +371,7 @@ loop_call_at(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         PyErr_SetString(PyExc_TypeError, "call_at() missing required argument 'when'");
         return NULL;
     }
-    if (parse_callback_call(args, nargs, kwnames, 1, "call_at", &context) < 0
+    if (parse_callback_call(self, args, nargs, kwnames, 1, "call_at", &context) < 0
         || parse_time(args[0], "call_at", "when", &when) < 0) {
         return NULL;
     }

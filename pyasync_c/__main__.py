@@ -1,0 +1,73 @@
+"""``python -m pyasync_c [options] script.py [args...]`` (or ``-m module``).
+
+Runs an existing asyncio program unmodified on pyasync_c: the script sees
+``sys.argv == ['script.py', *args]``, ``__name__ == '__main__'`` and its own
+directory first on sys.path, exactly as with ``python script.py``; its
+``asyncio.run(...)`` / ``asyncio.new_event_loop()`` get pyasync_c's loop, and
+(unless --stdlib-primitives) asyncio's Lock, Event, Semaphore,
+BoundedSemaphore, Queue, LifoQueue, PriorityQueue and gather are the C ones.
+"""
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from typing import NamedTuple
+
+from . import install
+
+
+USAGE = """usage: python -m pyasync_c [--stdlib-primitives] (script.py | -m module) [args...]
+
+Run an asyncio program on pyasync_c's event loop, unmodified.
+
+  --stdlib-primitives  keep asyncio's own Lock/Event/Semaphore/Queue/gather...
+                       (by default the C versions replace them)
+  -m MODULE            run a library module as a script, like python -m
+Everything after the script path (or -m MODULE) is passed to it untouched.
+"""
+
+
+class _Options(NamedTuple):
+    stdlib_primitives: bool
+    module: str | None
+    target: list[str]
+
+
+def _parse(argv: list[str]) -> _Options:
+    stdlib_primitives = False
+    rest = list(argv)
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        if option == "--stdlib-primitives":
+            stdlib_primitives = True
+        elif option == "-m" and rest:
+            return _Options(stdlib_primitives, rest[0], rest[1:])
+        elif option in ("-h", "--help"):
+            print(USAGE, end="")
+            sys.exit(0)
+        else:
+            sys.exit(f"python -m pyasync_c: unknown option {option!r}\n\n{USAGE}")
+    if not rest:
+        sys.exit(f"python -m pyasync_c: a script path (or -m MODULE) is required\n\n{USAGE}")
+    return _Options(stdlib_primitives, None, rest)
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = _parse(sys.argv[1:] if argv is None else argv)
+    install(primitives=not options.stdlib_primitives)
+    if options.module is not None:
+        sys.argv = [options.module, *options.target]
+        sys.path.insert(0, os.getcwd())
+        runpy.run_module(options.module, run_name="__main__", alter_sys=True)
+        return
+    script, *args = options.target
+    sys.argv = [script, *args]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    # run_path executes the file with __name__ == "__main__" and a real
+    # __file__, like the interpreter does for `python script.py`.
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
