@@ -1,8 +1,8 @@
 """Type stubs for pyasync_c._loop, the C core of pyasync_c.Loop."""
 import asyncio
 import contextvars
-from typing import Any, Callable, Coroutine, Generator, TypeVar
-from typing_extensions import TypeVarTuple, Unpack
+from typing import Any, Callable, Coroutine, Generator, TypeVar, TypeVarTuple, Unpack
+
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
