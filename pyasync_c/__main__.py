@@ -9,9 +9,13 @@ BoundedSemaphore, Queue, LifoQueue, PriorityQueue and gather are the C ones.
 """
 from __future__ import annotations
 
+import builtins
+import importlib.machinery
+import io
 import os
 import runpy
 import sys
+import types
 from typing import NamedTuple
 
 from . import install
@@ -62,12 +66,31 @@ def main(argv: list[str] | None = None) -> None:
         runpy.run_module(options.module, run_name="__main__", alter_sys=True)
         return
     script, *args = options.target
-    sys.argv = [script, *args]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    # run_path executes the file with __name__ == "__main__" and a real
-    # __file__, like the interpreter does for `python script.py`.
-    runpy.run_path(script, run_name="__main__")
+    sys.argv = [script, *args]  # argv[0] as given, like `python script.py`
+    _run_script(script)
 
+
+def _run_script(script: str) -> None:
+    """Execute a script as the __main__ module, as the interpreter does for
+    ``python script.py`` (3.9+): absolute ``__file__`` and traceback paths,
+    the script's directory first on sys.path, ``__spec__`` None, and the
+    module registered as ``sys.modules['__main__']`` so pickling works."""
+    path = os.path.abspath(script)
+    try:
+        with io.open_code(path) as source_file:
+            source = source_file.read()
+    except OSError as exc:
+        sys.exit(f"python -m pyasync_c: can't open file {script!r}: [Errno {exc.errno}] {exc.strerror}")
+    code = compile(source, path, "exec", dont_inherit=True)
+    # `python -m` put the current directory first; `python script.py` puts
+    # the script's directory there instead.
+    sys.path[0] = os.path.dirname(path)
+    module = types.ModuleType("__main__")
+    module.__dict__.update(__file__=path, __cached__=None, __package__=None, __spec__=None,
+                           __loader__=importlib.machinery.SourceFileLoader("__main__", path),
+                           __builtins__=builtins)
+    sys.modules["__main__"] = module
+    exec(code, module.__dict__)
 
 if __name__ == "__main__":
     main()
