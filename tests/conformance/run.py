@@ -554,6 +554,11 @@ def build_units(suite: str, modules: list[str] | None, ks: list[str] | None) -> 
             for m, classes, uks in PRIMITIVE_UNITS:
                 units.append(Unit("primitives", m, variant, True, classes,
                                   tuple(ks) if ks else uks))
+        # The gather tests build their loops with new_test_loop(): once more with ours.
+        for m, classes, uks in PRIMITIVE_UNITS:
+            if m in SWAP_TEST_LOOP_MODULES:
+                units.append(Unit("primitives", m, VARIANT_OURS, True, classes,
+                                  tuple(ks) if ks else uks, swap_test_loop=True))
     if modules:
         wanted = {m if m.startswith("test_") else "test_" + m for m in modules}
         units = [u for u in units if u.module in wanted]
