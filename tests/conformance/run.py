@@ -102,15 +102,15 @@ class XfailEntry:
             return False
         return fnmatch.fnmatchcase(bare, pat)
 
+    def where(self) -> str:
+        return f"{os.path.relpath(self.path, REPO)}:{self.lineno}"
+
 
 def split_variant(text: str) -> tuple[str, str | None]:
     if text.endswith("]") and "[" in text:
         head, _, variant = text[:-1].rpartition("[")
         return head, variant
     return text, None
-
-    def where(self) -> str:
-        return f"{os.path.relpath(self.path, REPO)}:{self.lineno}"
 
 
 def load_xfails(path: str, version: str) -> list[XfailEntry]:
@@ -454,7 +454,7 @@ def run_child(unit: Unit, workdir: str, exclude_ids: set[str], only_ids: set[str
                 break
             now = time.monotonic()
             if current and now - current[1] > test_timeout:
-                killed_for = ("timeout", current[0], f"no result after {test_timeout:.0f}s (killed)")
+                killed_for = ("timeout", current[0], f"no result after {test_timeout:g}s (killed)")
             elif now > unit_deadline:
                 killed_for = ("timeout", current[0] if current else None,
                               "module time budget exhausted (killed)")
@@ -602,7 +602,7 @@ def parent_main(args: argparse.Namespace) -> int:
     flaky: list[tuple[Unit, str, str]] = []
     loop_errors: list[str] = []
     print()
-    print(f"{'module':48} {'pass':>5} {'xfail':>5} {'FAIL':>5} {'skip':>5} {'xpass':>5}"
+    print(f"{'module':62} {'pass':>5} {'xfail':>5} {'FAIL':>5} {'skip':>5} {'xpass':>5}"
           f"  on-ours/test-loop/stdlib/no-loop   time")
     for u in units:
         c = dict(passed=0, failed=0, skipped=0, xfailed=0, xpassed=0)
@@ -634,7 +634,7 @@ def parent_main(args: argparse.Namespace) -> int:
                 u.notes.append(f"no test runs on pyasync_c.Loop: {NOT_ON_OUR_LOOP[u.module]}")
             elif u.swap_test_loop or u.module not in SWAP_TEST_LOOP_MODULES:
                 loop_errors.append(f"{u.label}: no test ran on a pyasync_c.Loop")
-        print(f"{u.label:48} {c['passed']:5} {c['xfailed']:5} {c['failed']:5} {c['skipped']:5} "
+        print(f"{u.label:62} {c['passed']:5} {c['xfailed']:5} {c['failed']:5} {c['skipped']:5} "
               f"{c['xpassed']:5}  {where['ours']:5}/{where['testloop']}/{where['stdlib']}/{where['none']}"
               f"  {u.elapsed:5.1f}s")
         for n in u.notes:
