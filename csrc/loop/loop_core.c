@@ -461,8 +461,12 @@ loop_create_task(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
         return NULL;
     }
     PyObject *argv[5] = {NULL, args[0], (PyObject *)self, name, context};
+    /* Task has no vectorcall: each keyword costs a dict entry, so leave out
+     * the defaults in the common case. */
+    PyObject *kwnames_used = (name == Py_None && context == Py_None)
+        ? self->state->kwnames_loop : self->state->kwnames_task;
     return PyObject_Vectorcall(self->state->TaskType, argv + 1,
-                               1 | PY_VECTORCALL_ARGUMENTS_OFFSET, self->state->kwnames_task);
+                               1 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames_used);
 }
 
 /* ---- running ---- */
