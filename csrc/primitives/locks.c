@@ -146,29 +146,22 @@ with_waiters(PyObject *extra, waitq_t *q)
     return r;
 }
 
-static int
-check_aexit_args(PyObject *args)
+/* __aexit__(exc_type, exc, tb): `async with` awaits it immediately, so the
+ * release happens on the call (no per-call awaitable); the result is the
+ * shared awaitable that completes at once with None.  self.release() is
+ * looked up so a subclass overriding release() is honoured. */
+static PyObject *
+generic_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (PyTuple_GET_SIZE(args) != 3) {
-        PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)",
-                     PyTuple_GET_SIZE(args));
-        return -1;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)", nargs);
+        return NULL;
     }
-    return 0;
-}
-
-/* __aexit__ awaitable: release when awaited (as the stdlib coroutine does) */
-static int
-aexit_step(WaitOp *op, PyObject *exc, PyObject **res)
-{
-    if (exc != NULL) return waitop_reraise(exc);
-    PyObject *r = PyObject_CallMethod(op->owner, "release", NULL);
-    if (r == NULL) return WOP_ERROR;
+    PyObject *r = PyObject_CallMethod(self, "release", NULL);
+    if (r == NULL) return NULL;
     Py_DECREF(r);
-    *res = Py_NewRef(Py_None);
-    return WOP_DONE;
+    return prim_done_none();
 }
-static const waitop_kind aexit_kind = {aexit_step, "__aexit__"};
 
 #define MEMBERS_WEAKREF(T) \
     {"__weaklistoffset__", T_PYSSIZET, offsetof(T, weakreflist), READONLY, NULL}
@@ -265,18 +258,20 @@ lock_acquire(PyObject *self, PyObject *Py_UNUSED(a))
     return waitop_new(&lock_acquire_kind, self, NULL, 0);
 }
 
+/* __aenter__: `async with` awaits it immediately, so an uncontended lock is
+ * taken on the call and the shared done awaitable returned; otherwise the
+ * acquire awaitable (which re-checks when first awaited). */
 static PyObject *
-lock_aenter(PyObject *self, PyObject *Py_UNUSED(a))
+lock_aenter(PyObject *op, PyObject *Py_UNUSED(a))
 {
-    return waitop_new(&lock_acquire_kind, self, NULL, TAG_RESULT_NONE);
+    LockObject *self = (LockObject *)op;
+    if (!self->locked && waitq_len(&self->waiters) == 0) {
+        self->locked = 1;
+        return prim_done_none();
+    }
+    return waitop_new(&lock_acquire_kind, op, NULL, TAG_RESULT_NONE);
 }
 
-static PyObject *
-lock_aexit(PyObject *self, PyObject *args)
-{
-    if (check_aexit_args(args) < 0) return NULL;
-    return waitop_new(&aexit_kind, self, NULL, 0);
-}
 
 static PyObject *
 lock_release(PyObject *op, PyObject *Py_UNUSED(a))
@@ -324,7 +319,7 @@ static PyMethodDef lock_methods[] = {
     {"acquire", lock_acquire, METH_NOARGS, "Acquire the lock (awaitable); returns True."},
     {"release", lock_release, METH_NOARGS, "Release the lock; RuntimeError if not locked."},
     {"__aenter__", lock_aenter, METH_NOARGS, NULL},
-    {"__aexit__", lock_aexit, METH_VARARGS, NULL},
+    {"__aexit__", (PyCFunction)(void (*)(void))generic_aexit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -685,17 +680,16 @@ sem_acquire(PyObject *self, PyObject *Py_UNUSED(a))
 }
 
 static PyObject *
-sem_aenter(PyObject *self, PyObject *Py_UNUSED(a))
+sem_aenter(PyObject *op, PyObject *Py_UNUSED(a))
 {
-    return waitop_new(&sem_acquire_kind, self, NULL, TAG_RESULT_NONE);
+    SemObject *self = (SemObject *)op;
+    if (self->value > 0 && waitq_len(&self->waiters) == 0) {   /* see lock_aenter */
+        self->value--;
+        return prim_done_none();
+    }
+    return waitop_new(&sem_acquire_kind, op, NULL, TAG_RESULT_NONE);
 }
 
-static PyObject *
-sem_aexit(PyObject *self, PyObject *args)
-{
-    if (check_aexit_args(args) < 0) return NULL;
-    return waitop_new(&aexit_kind, self, NULL, 0);
-}
 
 static PyObject *
 sem_release(PyObject *op, PyObject *Py_UNUSED(a))
@@ -749,7 +743,7 @@ static PyMethodDef sem_methods[] = {
     {"acquire", sem_acquire, METH_NOARGS, "Acquire a permit (awaitable); returns True."},
     {"release", sem_release, METH_NOARGS, "Release a permit, waking the next waiter."},
     {"__aenter__", sem_aenter, METH_NOARGS, NULL},
-    {"__aexit__", sem_aexit, METH_VARARGS, NULL},
+    {"__aexit__", (PyCFunction)(void (*)(void))generic_aexit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -603,6 +603,71 @@ static PyType_Spec waitop_spec = {
 };
 
 /* ------------------------------------------------------------------ */
+/* _Done: stateless awaitable finishing at once with None              */
+
+static PyObject *done_self(PyObject *self) { return Py_NewRef(self); }
+static PyObject *done_iternext(PyObject *self) { return NULL; }   /* StopIteration(None) */
+
+static PySendResult
+done_am_send(PyObject *self, PyObject *arg, PyObject **out)
+{
+    *out = Py_NewRef(Py_None);
+    return PYGEN_RETURN;
+}
+
+static PyObject *
+done_send(PyObject *self, PyObject *arg)
+{
+    PyErr_SetNone(PyExc_StopIteration);
+    return NULL;
+}
+
+static PyObject *
+done_throw(PyObject *self, PyObject *args)
+{
+    PyObject *typ, *val = NULL, *tb = NULL;
+    if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb)) return NULL;
+    if (PyExceptionInstance_Check(typ)) PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+    else if (PyExceptionClass_Check(typ)) PyErr_SetObject(typ, val ? val : Py_None);
+    else PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+    return NULL;
+}
+
+static PyObject *done_close(PyObject *self, PyObject *Py_UNUSED(a)) { Py_RETURN_NONE; }
+
+static void
+done_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef done_methods[] = {
+    {"send", done_send, METH_O, NULL},
+    {"throw", done_throw, METH_VARARGS, NULL},
+    {"close", done_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot done_slots[] = {
+    {Py_am_await, done_self},
+    {Py_am_send, done_am_send},
+    {Py_tp_iter, done_self},
+    {Py_tp_iternext, done_iternext},
+    {Py_tp_methods, done_methods},
+    {Py_tp_dealloc, done_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec done_spec = {
+    .name = "pyasync_c._primitives._Done",
+    .basicsize = sizeof(PyObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = done_slots,
+};
+
+/* ------------------------------------------------------------------ */
 /* shared init                                                         */
 
 static int
@@ -650,6 +715,11 @@ prim_shared_init(PyObject *module)
     if ((s->heappop = import_attr("heapq", "heappop")) == NULL) return -1;
     s->WaitOpType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &waitop_spec, NULL);
     if (s->WaitOpType == NULL) return -1;
+    PyTypeObject *done_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &done_spec, NULL);
+    if (done_type == NULL) return -1;
+    s->done_none = done_type->tp_alloc(done_type, 0);
+    Py_DECREF(done_type);     /* the instance keeps its type alive */
+    if (s->done_none == NULL) return -1;
     s->ready = 1;
     return 0;
 }

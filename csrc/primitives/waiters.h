@@ -42,6 +42,7 @@ typedef struct {
     PyObject *heappush;           /* heapq.heappush */
     PyObject *heappop;            /* heapq.heappop */
     PyTypeObject *WaitOpType;
+    PyObject *done_none;          /* shared awaitable that completes at once with None */
     /* interned method/attribute names */
     PyObject *s_done, *s_cancelled, *s_set_result, *s_cancel, *s_result,
              *s_create_future, *s_blocking, *s_append, *s_popleft, *s_pop,
@@ -138,6 +139,10 @@ static inline int waitop_reraise(PyObject *exc)
     prim_exc_restore(exc);
     return WOP_ERROR;
 }
+
+/* A new reference to the shared, stateless awaitable that finishes at once
+ * with None (used by uncontended __aenter__ and by __aexit__). */
+static inline PyObject *prim_done_none(void) { return Py_NewRef(prim_shared.done_none); }
 
 /* ---- Event hooks used by Queue (implemented in locks.c) ---- */
 PyObject *prim_event_new(void);
