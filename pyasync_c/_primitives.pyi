@@ -84,19 +84,19 @@ class PriorityQueue(Queue[_T]): ...
 @overload
 def gather(coro_or_future1: Awaitable[_T1], /, *, return_exceptions: Literal[False] = False) -> Future[tuple[_T1]]: ...  # type: ignore[overload-overlap]
 @overload
-def gather(coro_or_future1: Awaitable[_T1], coro_or_future2: Awaitable[_T2], /, *,
-           return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2]]: ...  # type: ignore[overload-overlap]
+def gather(coro_or_future1: Awaitable[_T1], coro_or_future2: Awaitable[_T2], /, *,  # type: ignore[overload-overlap]
+           return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2]]: ...
 @overload
-def gather(coro_or_future1: Awaitable[_T1], coro_or_future2: Awaitable[_T2], coro_or_future3: Awaitable[_T3], /, *,
-           return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2, _T3]]: ...  # type: ignore[overload-overlap]
+def gather(coro_or_future1: Awaitable[_T1], coro_or_future2: Awaitable[_T2], coro_or_future3: Awaitable[_T3], /, *,  # type: ignore[overload-overlap]
+           return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2, _T3]]: ...
 @overload
-def gather(coro_or_future1: Awaitable[_T1], coro_or_future2: Awaitable[_T2], coro_or_future3: Awaitable[_T3],
+def gather(coro_or_future1: Awaitable[_T1], coro_or_future2: Awaitable[_T2], coro_or_future3: Awaitable[_T3],  # type: ignore[overload-overlap]
            coro_or_future4: Awaitable[_T4], /, *,
-           return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2, _T3, _T4]]: ...  # type: ignore[overload-overlap]
+           return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2, _T3, _T4]]: ...
 @overload
-def gather(coro_or_future1: Awaitable[_T1], coro_or_future2: Awaitable[_T2], coro_or_future3: Awaitable[_T3],
+def gather(coro_or_future1: Awaitable[_T1], coro_or_future2: Awaitable[_T2], coro_or_future3: Awaitable[_T3],  # type: ignore[overload-overlap]
            coro_or_future4: Awaitable[_T4], coro_or_future5: Awaitable[_T5], /, *,
-           return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2, _T3, _T4, _T5]]: ...  # type: ignore[overload-overlap]
+           return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2, _T3, _T4, _T5]]: ...
 @overload
 def gather(*coros_or_futures: Awaitable[_T], return_exceptions: Literal[False] = False) -> Future[list[_T]]: ...
 @overload
