@@ -17,6 +17,13 @@
  * handle types share one C layout; the type is set again on reuse.  Process-
  * wide on purpose (it is only touched with the GIL held). */
 #define HANDLE_FREELIST_MAX 256
+/* Sanitizer and debug-interpreter builds keep no freelist: ASan then sees a
+ * use of a dead handle, and getallocatedblocks() leak checks see no cache. */
+#if defined(__SANITIZE_ADDRESS__) || defined(Py_DEBUG)
+#define HANDLE_FREELIST_ENABLED 0
+#else
+#define HANDLE_FREELIST_ENABLED 1
+#endif
 static HandleObject *handle_freelist[HANDLE_FREELIST_MAX];
 static int handle_freelist_size;
 
@@ -297,7 +304,8 @@ handle_dealloc(HandleObject *self)
         PyObject_ClearWeakRefs((PyObject *)self);
     }
     handle_clear(self);
-    if (handle_freelist_size < HANDLE_FREELIST_MAX && type->tp_free == PyObject_GC_Del) {
+    if (HANDLE_FREELIST_ENABLED && handle_freelist_size < HANDLE_FREELIST_MAX
+        && type->tp_free == PyObject_GC_Del) {
         handle_freelist[handle_freelist_size++] = self;
     }
     else {
