@@ -44,12 +44,11 @@ def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
 
 
 def _policy_base() -> type:
-    # The private name avoids the deprecation warning 3.14 attaches to the public one.
-    for name in ("_BaseDefaultEventLoopPolicy", "BaseDefaultEventLoopPolicy"):
-        base = getattr(asyncio.events, name, None)
-        if base is not None:
-            return base
-    raise RuntimeError("this Python has no asyncio event loop policies")
+    if sys.version_info < (3, 14):
+        # The Unix default policy: keeps get_child_watcher()/set_child_watcher().
+        return asyncio.DefaultEventLoopPolicy
+    # Policies are deprecated from 3.14: the private base does not warn.
+    return asyncio.events._BaseDefaultEventLoopPolicy  # type: ignore[attr-defined]
 
 
 _policy_class: type | None = None

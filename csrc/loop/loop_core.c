@@ -679,6 +679,46 @@ static PyObject *get_thread_id(LoopObject *self, void *c) { return Py_NewRef(sel
 static PyObject *get_pid(LoopObject *self, void *c) { return PyLong_FromLong(self->pid); }
 static PyObject *get_wakeup_fd(LoopObject *self, void *c) { return PyLong_FromLong(self->signal_fds[1]); }
 
+/* Snapshots of the queues for code that inspects BaseEventLoop's _ready
+ * deque or _scheduled heap (tests, debugging tools).  Assigning an empty
+ * container is accepted (BaseEventLoop.__init__ does); anything else is an
+ * error rather than silently ignored. */
+static PyObject *
+get_ready(LoopObject *self, void *c)
+{
+    PyObject *list = PyList_New(self->ready.count);
+    for (Py_ssize_t i = 0; list != NULL && i < self->ready.count; i++) {
+        PyObject *handle = (PyObject *)self->ready.items[(self->ready.head + i) & (self->ready.capacity - 1)];
+        PyList_SET_ITEM(list, i, Py_NewRef(handle));
+    }
+    return list;
+}
+
+static PyObject *
+get_scheduled(LoopObject *self, void *c)
+{
+    PyObject *list = PyList_New(self->timers.count);
+    for (Py_ssize_t i = 0; list != NULL && i < self->timers.count; i++) {
+        PyList_SET_ITEM(list, i, Py_NewRef((PyObject *)self->timers.items[i]));
+    }
+    return list;
+}
+
+static int
+set_queue_view(LoopObject *self, PyObject *value, void *c)
+{
+    Py_ssize_t size = value ? PyObject_Size(value) : -1;
+    if (size != 0) {
+        if (!PyErr_Occurred() || size > 0) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_AttributeError,
+                            "pyasync_c keeps its ready queue and timers in C: only an empty container can be assigned");
+        }
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 get_task_factory(LoopObject *self, void *c)
 {
@@ -724,6 +764,8 @@ static PyGetSetDef loop_getsets[] = {
     {"_debug", (getter)get_debug_attr, (setter)set_debug_attr, NULL, NULL},
     {"_thread_id", (getter)get_thread_id, (setter)set_thread_id, NULL, NULL},
     {"_task_factory", (getter)get_task_factory, (setter)set_task_factory, NULL, NULL},
+    {"_ready", (getter)get_ready, (setter)set_queue_view, "Snapshot of the ready handles (a list).", NULL},
+    {"_scheduled", (getter)get_scheduled, (setter)set_queue_view, "Snapshot of the timer heap (a list).", NULL},
     {"_pid", (getter)get_pid, NULL, "Process id that created the loop.", NULL},
     {"_signal_wakeup_fd", (getter)get_wakeup_fd, NULL, "fd to give signal.set_wakeup_fd().", NULL},
     {NULL},
