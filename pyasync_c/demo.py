@@ -575,11 +575,18 @@ def main() -> int:
         for label, outcome in (("stdlib", std), ("pyasync_c", ours)):
             if outcome is not None and not outcome.ok:
                 failures.append(f"{pattern.name} [{label}]: {outcome.error}")
+    print("\nok? is stdlib/pyasync_c; ratio is pyasync_c time / stdlib time (lower is faster).")
+    print("These patterns wait on sleeps and threads, so both loops take about the same time.\n")
+    try:
+        from pyasync_c.demo_scale import print_scale_table
+    except ImportError as exc:
+        print(f"(throughput table unavailable: {exc})")
+    else:
+        failures += print_scale_table(pyasync_factory)
     if failures:
         print("\nFailures:")
         for line in failures:
             print(f"  {line}")
-    print("\nok? is stdlib/pyasync_c; ratio is pyasync_c time / stdlib time (lower is faster).")
     return 1 if failures else 0
 
 

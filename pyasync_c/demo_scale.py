@@ -1,0 +1,169 @@
+"""The guide patterns at scale, without sleeps, so the loop and the primitives
+are what is measured.  Part of ``python -m pyasync_c.demo``.
+
+The stdlib column is asyncio's loop with asyncio's primitives; the pyasync_c
+column is pyasync_c's loop with its C primitives — what ``python -m pyasync_c``
+gives an unmodified program.  Each pattern returns a value checked against
+the expected one, so a fast wrong answer still fails.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import types
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Optional
+
+Prims = types.SimpleNamespace
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+async def fan_in(p: Prims, tasks: int = 20_000) -> int:
+    """gather over many small tasks."""
+    async def job(i: int) -> int:
+        return i
+    results = await p.gather(*(job(i) for i in range(tasks)))
+    return sum(results)
+
+
+async def bounded_fan_out(p: Prims, jobs: int = 20_000, limit: int = 50) -> int:
+    """Semaphore-bounded fan-out: each job yields once inside the semaphore."""
+    sem = p.Semaphore(limit)
+    done = 0
+
+    async def job() -> None:
+        nonlocal done
+        async with sem:
+            await asyncio.sleep(0)
+            done += 1
+    await p.gather(*(job() for _ in range(jobs)))
+    return done
+
+
+async def pipeline(p: Prims, items: int = 100_000, workers: int = 4) -> int:
+    """Producer/consumer through a bounded Queue with task_done/join."""
+    queue = p.Queue(maxsize=100)
+    total = 0
+
+    async def worker() -> None:
+        nonlocal total
+        while True:
+            item = await queue.get()
+            total += item
+            queue.task_done()
+
+    consumers = [asyncio.ensure_future(worker()) for _ in range(workers)]
+    for i in range(items):
+        await queue.put(i)
+    await queue.join()
+    for consumer in consumers:
+        consumer.cancel()
+    await p.gather(*consumers, return_exceptions=True)
+    return total
+
+
+async def callback_chain(p: Prims, hops: int = 300_000) -> int:
+    """A callback that reschedules itself with call_soon."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    count = 0
+
+    def hop() -> None:
+        nonlocal count
+        count += 1
+        if count < hops:
+            loop.call_soon(hop)
+        else:
+            done.set_result(count)
+    loop.call_soon(hop)
+    return await done
+
+
+async def timer_storm(p: Prims, timers: int = 100_000) -> int:
+    """call_later with spread delays, half of them cancelled (timeouts that
+    mostly don't fire, as in a server)."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(7)
+    done = loop.create_future()
+    expected = timers - timers // 2
+    fired = 0
+
+    def fire() -> None:
+        nonlocal fired
+        fired += 1
+        if fired == expected:
+            done.set_result(fired)
+    handles = [loop.call_later(rng.uniform(0, 0.02), fire) for _ in range(timers)]
+    for handle in handles[::2]:
+        handle.cancel()
+    return await done
+
+
+@dataclass
+class ScalePattern:
+    name: str
+    run: Callable[[Prims], Awaitable[Any]]
+    expected: Any
+
+
+SCALE_PATTERNS = [
+    ScalePattern("gather 20k tasks", fan_in, sum(range(20_000))),
+    ScalePattern("Semaphore 20k jobs", bounded_fan_out, 20_000),
+    ScalePattern("Queue 100k items", pipeline, sum(range(100_000))),
+    ScalePattern("call_soon chain 300k", callback_chain, 300_000),
+    ScalePattern("100k timers, half off", timer_storm, 50_000),
+]
+
+
+def measure(pattern: ScalePattern, loop_factory: LoopFactory, prims: Prims,
+            repeats: int = 3) -> tuple[bool, float]:
+    """Best time of `repeats` runs, each on a fresh loop; (ok, seconds)."""
+    best = float("inf")
+    ok = True
+    for _ in range(repeats):
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            started = time.perf_counter()
+            result = runner.run(pattern.run(prims))
+            best = min(best, time.perf_counter() - started)
+        ok = ok and result == pattern.expected
+    return ok, best
+
+
+def stdlib_primitives() -> Prims:
+    return types.SimpleNamespace(Semaphore=asyncio.Semaphore, Queue=asyncio.Queue,
+                                 gather=asyncio.gather)
+
+
+def native_primitives() -> Optional[Prims]:
+    try:
+        from . import _primitives
+        return types.SimpleNamespace(Semaphore=_primitives.Semaphore, Queue=_primitives.Queue,
+                                     gather=_primitives.gather)
+    except (ImportError, AttributeError):
+        return None
+
+
+def print_scale_table(pyasync_factory: Optional[LoopFactory]) -> list[str]:
+    """Prints the throughput table; returns failure descriptions."""
+    native = native_primitives() if pyasync_factory else None
+    header = f"{'at scale (best of 3)':<24} {'ok?':<10} {'stdlib':>10} {'pyasync_c':>10} {'speedup':>8}"
+    print(header)
+    print("-" * len(header))
+    failures = []
+    for pattern in SCALE_PATTERNS:
+        std_ok, std_time = measure(pattern, asyncio.SelectorEventLoop, stdlib_primitives())
+        cell, speedup, ok = "n/a", "n/a", "ok" if std_ok else "FAIL"
+        if pyasync_factory is not None and native is not None:
+            our_ok, our_time = measure(pattern, pyasync_factory, native)
+            cell = f"{our_time * 1e3:.1f} ms"
+            speedup = f"{std_time / our_time:.2f}x"
+            ok += "/ok" if our_ok else "/FAIL"
+            if not our_ok:
+                failures.append(f"{pattern.name} [pyasync_c]: wrong result")
+        if not std_ok:
+            failures.append(f"{pattern.name} [stdlib]: wrong result")
+        print(f"{pattern.name:<24} {ok:<10} {std_time * 1e3:>7.1f} ms {cell:>10} {speedup:>8}")
+    print("\nstdlib = asyncio loop + asyncio primitives; pyasync_c = its loop + C primitives "
+          "(as `python -m pyasync_c` runs a program). speedup = stdlib time / pyasync_c time.")
+    return failures
