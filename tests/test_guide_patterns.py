@@ -44,4 +44,4 @@ def test_demo_runs_quickly_and_passes() -> None:
     assert "cannot be imported" not in proc.stdout
     for pattern in demo.PATTERNS:
         assert pattern.name in proc.stdout
-    assert elapsed < 15
+    assert elapsed < 60  # generous: the demo takes ~10 s on an idle 2-core machine
