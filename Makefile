@@ -1,21 +1,28 @@
 # pyasync_c developer targets.
 #
 #   make build    in-place build of both extensions for $(PYTHON)
-#   make test     pytest on $(PYTHON), then $(TEST_EXTRA) (hook for more runners)
-#   make asan     ASan+UBSan build in build/asan (not in place) + full pytest with it
-#   make leaks    refcount-leak check on a debug interpreter (build in build/dbg)
+#   make deps     install what a fresh machine lacks (apt: libuv1-dev, pkg-config; pip: setuptools, pytest)
+#   make test     build + pytest on every Python 3.11/3.12/3.13 present + CPython test_asyncio conformance
+#   make asan     ASan+UBSan build in build/asan (not in place) + full pytest with it,
+#                 then tests/leakcheck.py --smoke; any sanitizer report fails it
+#                 (PYTHON=/path/to/python3.12 works too: per-ABI .so names)
+#   make leaks    refcount-leak check (tests/leakcheck.py) on Debian's python3.11-dbg,
+#                 extension built in build/dbg, pytest in the venv build/dbg-venv
 #   make bench    benchmarks/run.py
 #   make demo     python -m pyasync_c.demo
-#   make clean    remove build products (in-place .so files, build/)
+#   make clean    remove build products (in-place .so files, build/lib*, build/temp*,
+#                 build/asan*, build/dbg and build/dbg-tmp; the dbg venv is kept)
 #
-# Variables: PYTHON, PYTEST_ARGS, TEST_EXTRA, ASAN_PYTEST_ARGS, DBG_PYTHON,
-# LEAK_ARGS (see below).
+# Variables: PYTHON, PYTEST_ARGS, TEST_EXTRA, ASAN_PYTEST_ARGS, ASAN_TESTS,
+# DBG_PYTHON, LEAK_ARGS (see below), e.g.
+#   make asan ASAN_TESTS=tests/test_loop_api.py
+#   make leaks LEAK_ARGS="--no-pytest --only gather --rounds 10"
 
 PYTHON      ?= python3
+# Every supported interpreter on this machine (see .ci/pythons).
+PYTHONS     ?= $(shell bash .ci/pythons)
 PYTEST_ARGS ?= -q
-# Commands run by `make test` after pytest, e.g.
-#   make test TEST_EXTRA='$(PYTHON) tests/conformance/gather_conformance.py'
-# (the lead appends the conformance runner here).
+# Extra commands `make test` runs after pytest and before the conformance run.
 TEST_EXTRA  ?=
 
 # ---- sanitizers -----------------------------------------------------------
@@ -47,14 +54,25 @@ DBG_DIR    := build/dbg
 DBG_TMP    := build/dbg-tmp
 LEAK_ARGS  ?=
 
-.PHONY: build test asan asan-build leaks leaks-build bench demo clean
+.PHONY: deps build-all build test asan asan-build leaks leaks-build bench demo clean
 
 build:
 	$(PYTHON) setup.py build_ext --inplace
 
-test: build
-	$(PYTHON) -m pytest $(PYTEST_ARGS) tests/
+# Fresh machine: system packages (libuv1-dev, pkg-config) and, per
+# interpreter, setuptools + pytest — only what is missing.
+deps:
+	bash .ci/deps $(PYTHON) $(PYTHONS)
+
+build-all: deps
+	for py in $(PYTHONS); do $$py setup.py build_ext --inplace -q || exit 1; done
+
+# The README's test command: pytest on every Python 3.11/3.12/3.13 present,
+# then CPython's test_asyncio conformance on each (its total is the last line).
+test: build-all
+	for py in $(PYTHONS); do echo "== pytest on $$py"; $$py -m pytest $(PYTEST_ARGS) tests/ || exit 1; done
 	$(TEST_EXTRA)
+	$(PYTHON) tests/conformance/run.py --pythons --suite all
 
 asan-build:
 	# CPython's own CFLAGS carry -fwrapv, which makes signed overflow defined and
@@ -85,10 +103,11 @@ leaks-build: $(DBG_VENV)/bin/python
 leaks: leaks-build
 	PYTHONPATH="$(CURDIR)/$(DBG_DIR)" $(DBG_VENV)/bin/python tests/leakcheck.py $(LEAK_ARGS)
 
-bench: build
+bench: deps build
+	$(PYTHON) -m pip install -q -r benchmarks/requirements.txt
 	$(PYTHON) benchmarks/run.py
 
-demo: build
+demo: deps build
 	$(PYTHON) -m pyasync_c.demo
 
 clean:
