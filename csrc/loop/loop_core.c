@@ -344,38 +344,36 @@ parse_time(PyObject *value, const char *name, const char *what, double *out)
     return 0;
 }
 
+/* call_later(delay, ...) and call_at(when, ...): the first argument is a
+ * delay from now or an absolute time on loop.time()'s clock. */
+static PyObject *
+schedule_timer_call(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                    const char *name, const char *what, int relative)
+{
+    PyObject *context;
+    double time_value;
+    if (nargs < 1) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", name, what);
+        return NULL;
+    }
+    if (parse_callback_call(self, args, nargs, kwnames, 1, name, &context) < 0
+        || parse_time(args[0], name, what, &time_value) < 0) {
+        return NULL;
+    }
+    double when = relative ? loop_monotonic() + time_value : time_value;
+    return schedule_at(self, when, args + 1, nargs - 1, context, name);
+}
+
 static PyObject *
 loop_call_later(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    nargs = PyVectorcall_NARGS(nargs);
-    PyObject *context;
-    double delay;
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "call_later() missing required argument 'delay'");
-        return NULL;
-    }
-    if (parse_callback_call(self, args, nargs, kwnames, 1, "call_later", &context) < 0
-        || parse_time(args[0], "call_later", "delay", &delay) < 0) {
-        return NULL;
-    }
-    return schedule_at(self, loop_monotonic() + delay, args + 1, nargs - 1, context, "call_later");
+    return schedule_timer_call(self, args, PyVectorcall_NARGS(nargs), kwnames, "call_later", "delay", 1);
 }
 
 static PyObject *
 loop_call_at(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    nargs = PyVectorcall_NARGS(nargs);
-    PyObject *context;
-    double when;
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "call_at() missing required argument 'when'");
-        return NULL;
-    }
-    if (parse_callback_call(self, args, nargs, kwnames, 1, "call_at", &context) < 0
-        || parse_time(args[0], "call_at", "when", &when) < 0) {
-        return NULL;
-    }
-    return schedule_at(self, when, args + 1, nargs - 1, context, "call_at");
+    return schedule_timer_call(self, args, PyVectorcall_NARGS(nargs), kwnames, "call_at", "when", 0);
 }
 
 static PyObject *
