@@ -3,7 +3,7 @@ import sys
 from asyncio import Future
 from collections import deque
 from types import GenericAlias, TracebackType
-from typing import Any, Awaitable, Generator, Generic, Literal, TypeVar, overload
+from typing import Any, Awaitable, Coroutine, Generator, Generic, Literal, TypeVar, overload
 
 _T = TypeVar("_T")
 _T1 = TypeVar("_T1")
@@ -101,3 +101,10 @@ def gather(coro_or_future1: Awaitable[_T1], coro_or_future2: Awaitable[_T2], cor
 def gather(*coros_or_futures: Awaitable[_T], return_exceptions: Literal[False] = False) -> Future[list[_T]]: ...
 @overload
 def gather(*coros_or_futures: Awaitable[_T], return_exceptions: bool) -> Future[list[_T | BaseException]]: ...
+
+# sleep(): same signature and behaviour as asyncio.sleep; delay <= 0 returns a
+# native coroutine-like object (yields to the loop once, then returns result)
+@overload
+def sleep(delay: float, result: None = None) -> Coroutine[Any, Any, None]: ...
+@overload
+def sleep(delay: float, result: _T) -> Coroutine[Any, Any, _T]: ...

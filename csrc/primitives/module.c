@@ -8,6 +8,7 @@ primitives_exec(PyObject *module)
     if (prim_locks_init(module) < 0) return -1;
     if (prim_queue_init(module) < 0) return -1;
     if (prim_gather_init(module) < 0) return -1;
+    if (prim_sleep_init(module) < 0) return -1;
     return 0;
 }
 

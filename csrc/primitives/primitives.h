@@ -5,6 +5,7 @@
  *   locks.c   Lock, Event, Semaphore, BoundedSemaphore (and the waiter deque they share)
  *   queue.c   Queue, LifoQueue, PriorityQueue
  *   gather.c  gather() and its outer future
+ *   sleep.c   sleep() and its sleep(0) awaitable
  */
 #ifndef PYASYNC_C_PRIMITIVES_H
 #define PYASYNC_C_PRIMITIVES_H
@@ -15,5 +16,6 @@
 int prim_locks_init(PyObject *module);
 int prim_queue_init(PyObject *module);
 int prim_gather_init(PyObject *module);
+int prim_sleep_init(PyObject *module);
 
 #endif
