@@ -202,6 +202,10 @@ loop_add_watcher(LoopObject *loop, PyObject *const *args, Py_ssize_t nargs, int 
             }
             Py_XDECREF(key);
         }
+        else if (watcher_restart(watcher) < 0) {
+            /* The fd went bad: the earlier callback cannot be watched either. */
+            PyErr_Clear();
+        }
         Py_DECREF(watcher);
         compat_restore_exception(exc);
         return NULL;

@@ -42,6 +42,13 @@ import_asyncio_objects(ModuleState *state)
 static int
 loop_module_exec(PyObject *module)
 {
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        /* The handle freelist is process-wide and libuv callbacks assume the
+         * main interpreter's GIL: refuse cleanly rather than misbehave. */
+        PyErr_SetString(PyExc_ImportError,
+                        "pyasync_c._loop cannot be imported in a subinterpreter");
+        return -1;
+    }
     ModuleState *state = PyModule_GetState(module);
     struct timespec resolution;
     state->clock_resolution = clock_getres(CLOCK_MONOTONIC, &resolution) == 0
