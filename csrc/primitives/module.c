@@ -5,6 +5,13 @@
 static int
 primitives_exec(PyObject *module)
 {
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        /* The cached asyncio objects (waiters.c) are process-wide: a second
+         * interpreter would call into the first one's objects. */
+        PyErr_SetString(PyExc_ImportError,
+                        "pyasync_c._primitives cannot be imported in a subinterpreter");
+        return -1;
+    }
     if (prim_locks_init(module) < 0) return -1;
     if (prim_queue_init(module) < 0) return -1;
     if (prim_gather_init(module) < 0) return -1;
