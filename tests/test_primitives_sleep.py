@@ -131,6 +131,33 @@ def test_interleaving_matches_stdlib(run: Run, sleep) -> None:
     assert expected.index((4, 1)) < expected.index(("tick", 1)) < expected.index((0, 2))
 
 
+def test_debug_mode(run: Run, sleep) -> None:
+    async def main():
+        t = asyncio.create_task(sleep(0, "t"))
+        await sleep(0)
+        return await t, await sleep(-1, "d")
+    assert run(main(), debug=True) == ("t", "d")
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "eager_task_factory"), reason="3.12+")
+def test_eager_task_factory_matches_stdlib(run: Run, sleep) -> None:
+    async def main(s):
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(asyncio.eager_task_factory)
+        seq: list[Any] = []
+
+        async def w(i):
+            seq.append((i, 0))
+            await s(0)
+            seq.append((i, 1))
+            return i
+        tasks = [loop.create_task(w(i)) for i in range(3)]
+        bare = loop.create_task(s(0, "bare"))
+        seq.append("created")
+        return seq, await asyncio.gather(*tasks), await bare
+    assert run(main(sleep)) == run(main(STDLIB_SLEEP))
+
+
 # ------------------------------------------------------------------ cancellation
 
 
@@ -319,9 +346,13 @@ def test_throw_legacy_signature_through_outer_coroutine(sleep) -> None:
 
 
 def test_never_awaited_warns_like_a_coroutine(sleep) -> None:
-    with pytest.warns(RuntimeWarning, match="coroutine 'sleep' was never awaited"):
-        sleep(0)
-        gc.collect()
+    for _ in range(3):          # also on recycled memory
+        with pytest.warns(RuntimeWarning, match="coroutine 'sleep' was never awaited"):
+            sleep(0)
+            gc.collect()
+        s = sleep(0)
+        s.send(None)
+        del s                   # suspended: no warning (a warning would be an error here)
 
 
 def test_gc_cycles_and_weakref(sleep) -> None:

@@ -26,6 +26,8 @@
  *   it needs no "running" state.  Suspended or closed objects need no
  *   cleanup; one dropped in INIT emits the "coroutine 'sleep' was never
  *   awaited" RuntimeWarning from its finalizer, like a native coroutine.
+ *   Dead objects' memory goes to a small process-wide freelist (as the
+ *   loop's handles do), since a busy program makes one per task switch.
  */
 #include "waiters.h"
 
@@ -45,6 +47,19 @@ static PyTypeObject *Sleep0Type;      /* process-wide, see above */
 static PyObject *stdlib_sleep;        /* asyncio.tasks.sleep as first seen */
 static PyObject *s_delay, *s_result;  /* interned keyword names */
 static PyObject *s_name;              /* "sleep" */
+static PyObject *s_zero;              /* the cached small int 0 */
+
+/* Freelist of dead _Sleep0 memory (GC header intact, untracked, no type
+ * reference).  Only touched with the GIL held.  Off under sanitizers and
+ * debug interpreters, so they see every allocation. */
+#define SLEEP0_FREELIST_MAX 64
+#if defined(__SANITIZE_ADDRESS__) || defined(Py_DEBUG)
+#define SLEEP0_FREELIST_ENABLED 0
+#else
+#define SLEEP0_FREELIST_ENABLED 1
+#endif
+static Sleep0 *sleep0_freelist[SLEEP0_FREELIST_MAX];
+static int sleep0_freelist_size;
 
 /* ------------------------------------------------------------------ */
 /* the coroutine protocol                                              */
@@ -232,7 +247,13 @@ sleep0_dealloc(PyObject *op)
     PyObject_GC_UnTrack(op);
     if (((Sleep0 *)op)->weakreflist != NULL) PyObject_ClearWeakRefs(op);
     sleep0_clear(op);
-    tp->tp_free(op);
+    /* a finalized object keeps its "finalized" GC bit: never recycle it,
+     * or its successor's never-awaited warning would be skipped */
+    if (SLEEP0_FREELIST_ENABLED && sleep0_freelist_size < SLEEP0_FREELIST_MAX
+        && !PyObject_GC_IsFinalized(op))
+        sleep0_freelist[sleep0_freelist_size++] = (Sleep0 *)op;
+    else
+        tp->tp_free(op);
     Py_DECREF(tp);
 }
 
@@ -305,6 +326,7 @@ static PyType_Spec sleep0_spec = {
 static int
 delay_le_zero(PyObject *delay)
 {
+    if (delay == s_zero) return 1;      /* sleep(0): the literal is the cached 0 */
     if (PyFloat_CheckExact(delay)) return PyFloat_AS_DOUBLE(delay) <= 0.0;  /* NaN: 0 */
     if (PyLong_CheckExact(delay)) {
         int overflow;
@@ -313,11 +335,7 @@ delay_le_zero(PyObject *delay)
         if (v == -1 && PyErr_Occurred()) return -1;
         return v <= 0;
     }
-    PyObject *zero = PyLong_FromLong(0);
-    if (zero == NULL) return -1;
-    int r = PyObject_RichCompareBool(delay, zero, Py_LE);
-    Py_DECREF(zero);
-    return r;
+    return PyObject_RichCompareBool(delay, s_zero, Py_LE);
 }
 
 static int
@@ -367,8 +385,14 @@ prim_sleep(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject 
     }
     if (!le) return PyObject_Vectorcall(stdlib_sleep, args, nargsf, kwnames);
 
-    Sleep0 *self = PyObject_GC_New(Sleep0, Sleep0Type);
-    if (self == NULL) return NULL;
+    Sleep0 *self;
+    if (sleep0_freelist_size > 0) {
+        self = sleep0_freelist[--sleep0_freelist_size];
+        PyObject_Init((PyObject *)self, Sleep0Type);   /* new reference, owns a type reference */
+    }
+    else if ((self = PyObject_GC_New(Sleep0, Sleep0Type)) == NULL) {
+        return NULL;
+    }
     self->result = Py_NewRef(result != NULL ? result : Py_None);
     self->weakreflist = NULL;
     self->state = SL_INIT;
@@ -392,6 +416,7 @@ prim_sleep_init(PyObject *module)
         if ((s_delay = PyUnicode_InternFromString("delay")) == NULL) return -1;
         if ((s_result = PyUnicode_InternFromString("result")) == NULL) return -1;
         if ((s_name = PyUnicode_InternFromString("sleep")) == NULL) return -1;
+        if ((s_zero = PyLong_FromLong(0)) == NULL) return -1;
         PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
         if (tasks == NULL) return -1;
         stdlib_sleep = PyObject_GetAttr(tasks, s_name);
