@@ -22,8 +22,8 @@
  *   result may be anything) until it returns it, is closed or is thrown
  *   into.  States: INIT -> SUSPENDED (after the yield) -> DONE; throw/close
  *   go straight to DONE.  send/throw on a DONE object raise "cannot reuse
- *   already awaited coroutine" (close is a no-op), as on a coroutine.  Nothing it does calls back into Python, so
- *   it needs no "running" state.  Suspended or closed objects need no
+ *   already awaited coroutine" (close is a no-op), as on a coroutine.
+ *   Nothing it does calls back into Python, so it needs no "running" state.  Suspended or closed objects need no
  *   cleanup; one dropped in INIT emits the "coroutine 'sleep' was never
  *   awaited" RuntimeWarning from its finalizer, like a native coroutine.
  *   Dead objects' memory goes to a small process-wide freelist (as the
