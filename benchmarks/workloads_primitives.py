@@ -47,6 +47,26 @@ def sem_contended(prims: Prims, n: int) -> Body:
     return body()
 
 
+@workload("primitives", "switches", n=1_000_000, requires=("sleep",))
+def sleep0_switches(prims: Prims, n: int) -> Body:
+    """The loop workload sleep0_pingpong with the primitive's ``sleep``:
+    100 tasks each looping ``await sleep(0)``."""
+    tasks = 100
+    per_task = per_unit(n, tasks)
+
+    async def body() -> int:
+        sleep = prims.sleep
+
+        async def worker(_: int) -> None:
+            for _ in range(per_task):
+                await sleep(0)
+
+        await run_tasks(tasks, worker)
+        return tasks * per_task
+
+    return body()
+
+
 BATCH = 10  # items in the unbounded queue at once
 
 

@@ -21,7 +21,7 @@ from .loop import Loop
 __all__ = [
     "Loop", "Handle", "TimerHandle", "new_event_loop", "run", "install", "EventLoopPolicy",
     "libuv_version", "Lock", "Event", "Semaphore", "BoundedSemaphore", "Queue",
-    "LifoQueue", "PriorityQueue", "gather", "PRIMITIVE_NAMES",
+    "LifoQueue", "PriorityQueue", "gather", "sleep", "PRIMITIVE_NAMES",
 ]
 __version__ = "0.1.0"
 
@@ -29,7 +29,7 @@ _T = TypeVar("_T")
 
 #: The asyncio names that install(primitives=True) replaces with the C versions.
 PRIMITIVE_NAMES = ("Lock", "Event", "Semaphore", "BoundedSemaphore",
-                   "Queue", "LifoQueue", "PriorityQueue", "gather")
+                   "Queue", "LifoQueue", "PriorityQueue", "gather", "sleep")
 
 
 def new_event_loop() -> Loop:
@@ -78,7 +78,7 @@ def __getattr__(name: str) -> Any:
 def install(*, primitives: bool = True) -> None:
     """Make asyncio use pyasync_c: its loop for asyncio.run()/new_event_loop(),
     and (primitives=True) the C Lock/Event/Semaphore/BoundedSemaphore/Queue/
-    LifoQueue/PriorityQueue/gather in the asyncio namespace.
+    LifoQueue/PriorityQueue/gather/sleep in the asyncio namespace.
 
     The C primitives are not subclasses of asyncio's classes, so
     ``isinstance(x, asyncio.Queue)`` checks written against the stdlib class
@@ -104,7 +104,7 @@ def install_primitives() -> list[str]:
         if native is None:
             continue
         setattr(asyncio, name, native)
-        module = asyncio.tasks if name == "gather" else (
+        module = asyncio.tasks if name in ("gather", "sleep") else (
             asyncio.queues if "Queue" in name else asyncio.locks)
         setattr(module, name, native)
         replaced.append(name)

@@ -55,7 +55,7 @@ LOOP_MODULES = [
 PRIMITIVE_UNITS = [
     ("test_locks", ("LockTests", "EventTests", "SemaphoreTests", "BoundedSemaphoreTests"), None),
     ("test_queues", None, None),
-    ("test_tasks", None, ("gather", "Gather")),
+    ("test_tasks", None, ("gather", "Gather", "sleep")),
 ]
 
 VARIANT_OURS = "pyasync_c-loop"
