@@ -15,6 +15,7 @@ import asyncio
 import errno
 import os
 import signal
+import socket
 import sys
 import threading
 from asyncio import base_events, events, format_helpers
@@ -215,6 +216,36 @@ class Loop(_loop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
             raise
         return True
 
+    # ---- low-level socket operations (C: sock_ops.c) ---------------------
+    # Coroutines like asyncio's (so create_task()/wait_for() accept them);
+    # each awaits the Future the C half returns (done at once when the
+    # syscall did not block).
+    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
+        """Receive up to n bytes from the non-blocking socket sock."""
+        return await self._sock_recv(sock, n)
+
+    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
+        """Receive data from sock into the writable buffer buf; the byte count."""
+        return await self._sock_recv_into(sock, buf)
+
+    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
+        """Send all of data on sock."""
+        return await self._sock_sendall(sock, data)
+
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+        """Connect sock to address; IP hosts are resolved first, as asyncio does."""
+        self._sock_check(sock)
+        if sock.family == socket.AF_INET or (
+                base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
+            infos = await self._ensure_resolved(address, family=sock.family, type=sock.type,
+                                                proto=sock.proto, loop=self)
+            address = infos[0][4]
+        return await self._sock_connect(sock, address)
+
+    async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
+        """Accept a connection on the listening sock: (conn, address), conn non-blocking."""
+        return await self._sock_accept(sock)
+
 
 def _not_yet(name: str) -> Callable[..., NoReturn]:
     def method(self: Loop, *args: Any, **kwargs: Any) -> NoReturn:
@@ -229,9 +260,8 @@ def _not_yet(name: str) -> Callable[..., NoReturn]:
 _NETWORK_METHODS = (
     "create_connection", "create_server", "create_unix_connection", "create_unix_server",
     "connect_accepted_socket", "create_datagram_endpoint", "connect_read_pipe",
-    "connect_write_pipe", "subprocess_exec", "subprocess_shell", "sock_recv",
-    "sock_recv_into", "sock_recvfrom", "sock_recvfrom_into", "sock_sendall", "sock_sendto",
-    "sock_connect", "sock_accept", "sock_sendfile", "sendfile", "start_tls",
+    "connect_write_pipe", "subprocess_exec", "subprocess_shell",
+    "sock_recvfrom", "sock_recvfrom_into", "sock_sendto", "sock_sendfile", "sendfile", "start_tls",
 )
 for _name in _NETWORK_METHODS:
     setattr(Loop, _name, _not_yet(_name))

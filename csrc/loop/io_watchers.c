@@ -248,6 +248,19 @@ loop_remove_watcher(LoopObject *loop, PyObject *fileobj, int events)
     return PyBool_FromLong(removed);
 }
 
+HandleObject *
+loop_watcher_handle(LoopObject *loop, int fd, int events)
+{
+    WatcherObject *watcher = watcher_for_fd(loop, fd, 0);
+    if (watcher == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    HandleObject *handle = events == UV_READABLE ? watcher->reader : watcher->writer;
+    Py_DECREF(watcher);  /* still owned by loop->watchers */
+    return handle;
+}
+
 void
 loop_close_watchers(LoopObject *loop)
 {

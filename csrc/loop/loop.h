@@ -60,6 +60,7 @@ typedef struct {
     PyTypeObject *HandleType;       /* subclass of asyncio.Handle */
     PyTypeObject *TimerHandleType;  /* subclass of asyncio.TimerHandle */
     PyTypeObject *WatcherType;      /* one per fd watched by add_reader/add_writer */
+    PyTypeObject *SockWaiterType;   /* a pending sock_* operation (sock_ops.c) */
     PyObject *FutureType;           /* _asyncio.Future */
     PyObject *TaskType;             /* _asyncio.Task */
     PyObject *base_create_task;     /* asyncio.BaseEventLoop.create_task (task factories, debug) */
@@ -194,6 +195,18 @@ int watchers_init_type(PyObject *module, ModuleState *state);
 PyObject *loop_add_watcher(LoopObject *loop, PyObject *const *args, Py_ssize_t nargs, int events);
 PyObject *loop_remove_watcher(LoopObject *loop, PyObject *fileobj, int events);
 void loop_close_watchers(LoopObject *loop);
+/* The reader (UV_READABLE) or writer Handle watching fd; borrowed, NULL if none. */
+HandleObject *loop_watcher_handle(LoopObject *loop, int fd, int events);
+
+/* ---- socket operations (sock_ops.c): C halves of loop.py's sock_* coroutines;
+ * each returns a Future of the loop (done when the call did not block) ---- */
+int sock_ops_init_type(PyObject *module, ModuleState *state);
+PyObject *loop_sock_recv(LoopObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *loop_sock_recv_into(LoopObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *loop_sock_sendall(LoopObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *loop_sock_connect(LoopObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *loop_sock_accept(LoopObject *self, PyObject *sock);
+PyObject *loop_sock_check(LoopObject *self, PyObject *sock);
 
 /* ---- signals (signals.c) ---- */
 int signals_open(LoopObject *loop);   /* socketpair + uv_poll on the read end */

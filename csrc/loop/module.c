@@ -71,6 +71,7 @@ loop_module_exec(PyObject *module)
     }
     if (handles_init_types(module, state) < 0
         || watchers_init_type(module, state) < 0
+        || sock_ops_init_type(module, state) < 0
         || loop_core_init_type(module, state) < 0) {
         return -1;
     }
@@ -85,6 +86,7 @@ loop_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->HandleType);
     Py_VISIT(state->TimerHandleType);
     Py_VISIT(state->WatcherType);
+    Py_VISIT(state->SockWaiterType);
     Py_VISIT(state->FutureType);
     Py_VISIT(state->TaskType);
     Py_VISIT(state->base_create_task);
@@ -99,6 +101,7 @@ loop_module_clear(PyObject *module)
     Py_CLEAR(state->HandleType);
     Py_CLEAR(state->TimerHandleType);
     Py_CLEAR(state->WatcherType);
+    Py_CLEAR(state->SockWaiterType);
     Py_CLEAR(state->FutureType);
     Py_CLEAR(state->TaskType);
     Py_CLEAR(state->base_create_task);

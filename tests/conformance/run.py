@@ -48,7 +48,7 @@ PKG = "test.test_asyncio"
 LOOP_MODULES = [
     "test_events", "test_tasks", "test_futures", "test_futures2", "test_taskgroups",
     "test_timeouts", "test_waitfor", "test_runners", "test_pep492", "test_context",
-    "test_locks", "test_queues",
+    "test_locks", "test_queues", "test_sock_lowlevel",
 ]
 
 # (module, class-name filter or None, -k substrings or None)
@@ -65,6 +65,8 @@ VARIANT_STDLIB = "stdlib-loop"
 EVENTS_CLASS = "PyasyncCEventLoopTests"
 EVENTS_DROPPED = ("KqueueEventLoopTests", "EPollEventLoopTests", "PollEventLoopTests",
                   "SelectEventLoopTests", "ProactorEventLoopTests")
+# test_sock_lowlevel: likewise, BaseSockTestsMixin on our loop.
+SOCK_CLASS = "PyasyncCSockTests"
 
 # Modules whose tests mostly build test_utils.TestLoop via new_test_loop(): run them
 # a second time with new_test_loop() (without a time generator) giving our loop.
@@ -241,6 +243,18 @@ def child_main(args: argparse.Namespace) -> int:
         })
         setattr(mod, EVENTS_CLASS, cls)
         for name in EVENTS_DROPPED:
+            if hasattr(mod, name):
+                delattr(mod, name)
+
+    if args.module == "test_sock_lowlevel" and ours:
+        # One class on our loop replaces the per-selector classes.
+        from test.test_asyncio import utils as test_utils
+        cls = type(SOCK_CLASS, (mod.BaseSockTestsMixin, test_utils.TestCase), {
+            "create_event_loop": lambda self: pyasync_c.new_event_loop(),
+            "__module__": mod.__name__,
+        })
+        setattr(mod, SOCK_CLASS, cls)
+        for name in EVENTS_DROPPED + ("SelectEventLoopTests",):
             if hasattr(mod, name):
                 delattr(mod, name)
 

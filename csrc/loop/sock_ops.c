@@ -1,0 +1,561 @@
+/* The low-level socket operations: sock_recv, sock_recv_into, sock_sendall,
+ * sock_connect, sock_accept (the C halves `_sock_*` of the coroutines that
+ * pyasync_c/loop.py defines; semantics of asyncio's selector loop).
+ *
+ * Each `_sock_*` method first tries the operation at once.  It always
+ * returns a Future of the loop: already done when the call completed (or
+ * failed with something other than "would block"), pending otherwise.
+ *
+ * Lifecycle of a pending operation: a SockWaiter (this file's only type) is
+ * created; it is both
+ *   - the reader/writer callback, registered with loop_add_watcher
+ *     (io_watchers.c) on the socket's fd: called with no argument when the fd
+ *     is ready, it retries the syscall and completes the future; and
+ *   - the future's done-callback: called with the future once it is done
+ *     (completed, failed or cancelled), it removes the reader/writer unless
+ *     its Handle was cancelled meanwhile (replaced by a later add_reader /
+ *     add_writer on the same fd, as asyncio does), then drops everything it
+ *     holds, so the waiter is inert afterwards.
+ * References: Watcher -> Handle -> SockWaiter -> (future, socket, argument,
+ * Handle); future -> its callbacks -> SockWaiter.  The cycles are broken by
+ * the done-callback; the type is GC-tracked for loops closed with operations
+ * pending.  sock_sendall holds a Py_buffer on the data until done (like
+ * asyncio's memoryview), and resumes partial sends at `pos`.
+ */
+#include "loop.h"
+
+#include <errno.h>
+#include <sys/socket.h>
+
+enum { OP_RECV, OP_RECV_INTO, OP_SENDALL, OP_CONNECT, OP_ACCEPT };
+
+typedef struct {
+    PyObject_HEAD
+    LoopObject *loop;
+    PyObject *fut;          /* NULL once the done-callback ran */
+    PyObject *sock;
+    PyObject *arg;          /* recv: n; recv_into: buf; connect: address; else NULL */
+    HandleObject *handle;   /* the reader/writer Handle we registered */
+    Py_buffer view;         /* sendall: the data (view.obj != NULL while held) */
+    Py_ssize_t pos;         /* sendall: bytes already sent */
+    int fd;
+    int op;
+} SockWaiter;
+
+/* Process-wide, like the handle freelist: the module refuses subinterpreters. */
+static PyObject *s_recv, *s_recv_into, *s_send, *s_accept, *s_connect, *s_setblocking,
+    *s_getsockopt, *s_gettimeout, *s_done, *s_set_result, *s_set_exception,
+    *s_add_done_callback;
+static PyObject *check_ssl_socket;  /* asyncio.base_events._check_ssl_socket */
+
+static PyObject *
+call_method(PyObject *obj, PyObject *name, PyObject *arg)
+{
+    PyObject *args[2] = {obj, arg};
+    return PyObject_VectorcallMethod(name, args, (arg ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* 1: the pending exception means "try again later" (cleared); 0: a real error. */
+static int
+would_block(void)
+{
+    if (PyErr_ExceptionMatches(PyExc_BlockingIOError)
+        || PyErr_ExceptionMatches(PyExc_InterruptedError)) {
+        PyErr_Clear();
+        return 1;
+    }
+    return 0;
+}
+
+/* One attempt of the operation.  Returns 1 with *result (new reference) when
+ * finished, 0 when it would block, -1 with an exception set. */
+static int
+attempt(int op, PyObject *sock, PyObject *arg, Py_buffer *view, Py_ssize_t *pos,
+        PyObject **result)
+{
+    PyObject *r;
+    switch (op) {
+    case OP_RECV:
+    case OP_RECV_INTO:
+        r = call_method(sock, op == OP_RECV ? s_recv : s_recv_into, arg);
+        break;
+    case OP_SENDALL: {
+        PyObject *rest = PyMemoryView_FromMemory((char *)view->buf + *pos, view->len - *pos, PyBUF_READ);
+        if (rest == NULL) {
+            return -1;
+        }
+        r = call_method(sock, s_send, rest);
+        Py_DECREF(rest);
+        if (r == NULL) {
+            break;
+        }
+        Py_ssize_t n = PyLong_AsSsize_t(r);
+        Py_DECREF(r);
+        if (n == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        *pos += n;
+        if (*pos < view->len) {
+            return 0;
+        }
+        *result = Py_NewRef(Py_None);
+        return 1;
+    }
+    case OP_ACCEPT: {
+        r = call_method(sock, s_accept, NULL);
+        if (r == NULL) {
+            break;
+        }
+        if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 2) {
+            Py_DECREF(r);
+            PyErr_SetString(PyExc_TypeError, "sock.accept() must return a (conn, address) pair");
+            return -1;
+        }
+        PyObject *done = call_method(PyTuple_GET_ITEM(r, 0), s_setblocking, Py_False);
+        if (done == NULL) {
+            Py_DECREF(r);
+            return -1;
+        }
+        Py_DECREF(done);
+        *result = r;
+        return 1;
+    }
+    case OP_CONNECT:
+        r = call_method(sock, s_connect, arg);
+        break;
+    default:
+        Py_UNREACHABLE();
+    }
+    if (r == NULL) {
+        return would_block() ? 0 : -1;
+    }
+    *result = r;
+    return 1;
+}
+
+/* The writer callback of a pending connect: the outcome is in SO_ERROR. */
+static int
+connect_outcome(SockWaiter *self, PyObject **result)
+{
+    PyObject *level = PyLong_FromLong(SOL_SOCKET), *name = PyLong_FromLong(SO_ERROR);
+    PyObject *r = NULL;
+    if (level != NULL && name != NULL) {
+        PyObject *args[3] = {self->sock, level, name};
+        r = PyObject_VectorcallMethod(s_getsockopt, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_XDECREF(level);
+    Py_XDECREF(name);
+    if (r == NULL) {
+        return would_block() ? 0 : -1;
+    }
+    long err = PyLong_AsLong(r);
+    Py_DECREF(r);
+    if (err == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (err == 0) {
+        *result = Py_NewRef(Py_None);
+        return 1;
+    }
+    PyObject *message = PyUnicode_FromFormat("Connect call failed %S", self->arg);
+    if (message == NULL) {
+        return -1;
+    }
+    /* OSError(errno, msg) picks the subclass (ConnectionRefusedError...). */
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "lO", err, message);
+    Py_DECREF(message);
+    if (exc == NULL) {
+        return -1;
+    }
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) {  /* asyncio waits again */
+        Py_DECREF(exc);
+        return 0;
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return -1;
+}
+
+static PyObject *
+future_call(PyObject *fut, PyObject *name, PyObject *arg)
+{
+    return call_method(fut, name, arg);
+}
+
+/* For a failed attempt (rc < 0): moves the exception into *exc, unless it
+ * must propagate (SystemExit, KeyboardInterrupt: returns -1, still raised).
+ * asyncio stores every other exception in the future. */
+static int
+take_exception(PyObject **exc)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        return -1;
+    }
+    *exc = compat_fetch_exception();
+    return 0;
+}
+
+/* Completes fut: rc == 1 sets outcome as the result, rc < 0 as the
+ * exception (from take_exception).  Steals outcome; -1 if that failed. */
+static int
+complete(PyObject *fut, int rc, PyObject *outcome)
+{
+    PyObject *r = future_call(fut, rc == 1 ? s_set_result : s_set_exception, outcome);
+    Py_DECREF(outcome);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+static void
+waiter_release(SockWaiter *self)
+{
+    Py_CLEAR(self->fut);
+    Py_CLEAR(self->sock);
+    Py_CLEAR(self->arg);
+    Py_CLEAR(self->handle);
+    if (self->view.obj != NULL) {
+        PyBuffer_Release(&self->view);
+    }
+}
+
+static int
+waiter_events(SockWaiter *self)
+{
+    return (self->op == OP_SENDALL || self->op == OP_CONNECT) ? UV_WRITABLE : UV_READABLE;
+}
+
+/* Called by the loop with no argument (fd ready) or by the future with
+ * itself (done). */
+static PyObject *
+waiter_call(SockWaiter *self, PyObject *args, PyObject *kwargs)
+{
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if ((kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) || nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "SockWaiter takes at most one positional argument");
+        return NULL;
+    }
+    if (nargs == 1) {  /* the future is done: stop watching, unless replaced */
+        if (self->fut == NULL) {
+            Py_RETURN_NONE;
+        }
+        int ok = 0;
+        if (self->handle != NULL && !self->handle->cancelled) {
+            PyObject *fd = PyLong_FromLong(self->fd);
+            PyObject *r = fd ? loop_remove_watcher(self->loop, fd, waiter_events(self)) : NULL;
+            Py_XDECREF(fd);
+            Py_XDECREF(r);
+            ok = r == NULL ? -1 : 0;
+        }
+        waiter_release(self);
+        if (ok < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    if (self->fut == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *fut = Py_NewRef(self->fut);
+    PyObject *done = future_call(fut, s_done, NULL);
+    if (done == NULL) {
+        Py_DECREF(fut);
+        return NULL;
+    }
+    int is_done = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    if (is_done != 0) {
+        Py_DECREF(fut);
+        return is_done < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *result = NULL;
+    int rc = self->op == OP_CONNECT
+        ? connect_outcome(self, &result)
+        : attempt(self->op, self->sock, self->arg, &self->view, &self->pos, &result);
+    if (rc < 0 && take_exception(&result) < 0) {
+        Py_DECREF(fut);
+        return NULL;
+    }
+    if (rc != 0 && complete(fut, rc, result) < 0) {
+        Py_DECREF(fut);
+        return NULL;
+    }
+    Py_DECREF(fut);
+    Py_RETURN_NONE;
+}
+
+static int
+waiter_traverse(SockWaiter *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->loop);
+    Py_VISIT(self->fut);
+    Py_VISIT(self->sock);
+    Py_VISIT(self->arg);
+    Py_VISIT(self->handle);
+    Py_VISIT(self->view.obj);
+    return 0;
+}
+
+static int
+waiter_clear(SockWaiter *self)
+{
+    waiter_release(self);
+    return 0;
+}
+
+static void
+waiter_dealloc(SockWaiter *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    waiter_release(self);
+    Py_CLEAR(self->loop);
+    PyObject_GC_Del(self);
+    Py_DECREF(type);
+}
+
+static PyType_Slot waiter_slots[] = {
+    {Py_tp_doc, "A pending sock_* operation: fd callback and future done-callback (internal)."},
+    {Py_tp_call, waiter_call},
+    {Py_tp_traverse, waiter_traverse},
+    {Py_tp_clear, waiter_clear},
+    {Py_tp_dealloc, waiter_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec waiter_spec = {
+    .name = "pyasync_c._loop.SockWaiter",
+    .basicsize = sizeof(SockWaiter),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = waiter_slots,
+};
+
+/* asyncio's checks: no SSL socket; in debug mode, a non-blocking socket. */
+static int
+check_socket(LoopObject *loop, PyObject *sock)
+{
+    if (check_ssl_socket == NULL) {
+        PyObject *base_events = PyImport_ImportModule("asyncio.base_events");
+        if (base_events == NULL) {
+            return -1;
+        }
+        check_ssl_socket = PyObject_GetAttrString(base_events, "_check_ssl_socket");
+        Py_DECREF(base_events);
+        if (check_ssl_socket == NULL) {
+            return -1;
+        }
+    }
+    PyObject *r = PyObject_CallOneArg(check_ssl_socket, sock);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    if (!loop->debug) {
+        return 0;
+    }
+    PyObject *timeout = call_method(sock, s_gettimeout, NULL);
+    if (timeout == NULL) {
+        return -1;
+    }
+    PyObject *zero = PyLong_FromLong(0);
+    int blocking = zero ? PyObject_RichCompareBool(timeout, zero, Py_NE) : -1;
+    Py_XDECREF(zero);
+    Py_DECREF(timeout);
+    if (blocking < 0) {
+        return -1;
+    }
+    if (blocking) {
+        PyErr_SetString(PyExc_ValueError, "the socket must be non-blocking");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+new_future(LoopObject *loop)
+{
+    PyObject *argv[2] = {NULL, (PyObject *)loop};
+    return PyObject_Vectorcall(loop->state->FutureType, argv + 1,
+                               0 | PY_VECTORCALL_ARGUMENTS_OFFSET, loop->state->kwnames_loop);
+}
+
+/* Starts operation op on sock; `view` (sendall) is moved into the waiter. */
+static PyObject *
+start(LoopObject *loop, int op, PyObject *sock, PyObject *arg, Py_buffer *view)
+{
+    Py_ssize_t pos = 0;
+    PyObject *result = NULL;
+    int rc = attempt(op, sock, arg, view, &pos, &result);
+    if (rc < 0 && (op != OP_CONNECT || take_exception(&result) < 0)) {
+        return NULL;  /* raised by the coroutine at once, as asyncio does */
+    }
+    /* connect: asyncio stores the failure in the future (same for the user) */
+    PyObject *fut = new_future(loop);
+    if (fut == NULL) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    if (rc != 0) {
+        if (complete(fut, rc, result) < 0) {
+            Py_DECREF(fut);
+            return NULL;
+        }
+        return fut;
+    }
+    int fd = PyObject_AsFileDescriptor(sock);  /* only now: a closed socket failed above */
+    if (fd < 0) {
+        Py_DECREF(fut);
+        return NULL;
+    }
+    SockWaiter *waiter = PyObject_GC_New(SockWaiter, loop->state->SockWaiterType);
+    if (waiter == NULL) {
+        Py_DECREF(fut);
+        return NULL;
+    }
+    waiter->loop = (LoopObject *)Py_NewRef(loop);
+    waiter->fut = Py_NewRef(fut);
+    waiter->sock = Py_NewRef(sock);
+    waiter->arg = Py_XNewRef(arg);
+    waiter->handle = NULL;
+    waiter->view.obj = NULL;
+    if (view != NULL) {
+        waiter->view = *view;  /* moved: the waiter releases it */
+        view->obj = NULL;
+    }
+    waiter->pos = pos;
+    waiter->fd = fd;
+    waiter->op = op;
+    PyObject_GC_Track(waiter);
+
+    int events = waiter_events(waiter);
+    PyObject *args[2] = {PyLong_FromLong(fd), (PyObject *)waiter};
+    PyObject *r = args[0] ? loop_add_watcher(loop, args, 2, events) : NULL;
+    Py_XDECREF(args[0]);
+    if (r == NULL) {
+        goto error;
+    }
+    Py_DECREF(r);
+    waiter->handle = (HandleObject *)Py_XNewRef(loop_watcher_handle(loop, fd, events));
+    r = future_call(fut, s_add_done_callback, (PyObject *)waiter);
+    if (r == NULL) {
+        PyObject *exc = compat_fetch_exception();
+        PyObject *fdobj = PyLong_FromLong(fd);
+        PyObject *removed = fdobj ? loop_remove_watcher(loop, fdobj, events) : NULL;
+        Py_XDECREF(fdobj);
+        Py_XDECREF(removed);
+        PyErr_Clear();
+        compat_restore_exception(exc);
+        goto error;
+    }
+    Py_DECREF(r);
+    Py_DECREF(waiter);
+    return fut;
+
+error:
+    waiter_release(waiter);
+    Py_DECREF(waiter);
+    Py_DECREF(fut);
+    return NULL;
+}
+
+static int
+check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
+{
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)",
+                     name, expected, nargs);
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *
+loop_sock_recv(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("_sock_recv", nargs, 2) < 0 || check_socket(self, args[0]) < 0) {
+        return NULL;
+    }
+    return start(self, OP_RECV, args[0], args[1], NULL);
+}
+
+PyObject *
+loop_sock_recv_into(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("_sock_recv_into", nargs, 2) < 0 || check_socket(self, args[0]) < 0) {
+        return NULL;
+    }
+    return start(self, OP_RECV_INTO, args[0], args[1], NULL);
+}
+
+PyObject *
+loop_sock_sendall(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("_sock_sendall", nargs, 2) < 0 || check_socket(self, args[0]) < 0) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *fut = start(self, OP_SENDALL, args[0], NULL, &view);
+    if (view.obj != NULL) {  /* not moved into a waiter */
+        PyBuffer_Release(&view);
+    }
+    return fut;
+}
+
+/* The address is already resolved (loop.py); the checks ran there too. */
+PyObject *
+loop_sock_connect(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("_sock_connect", nargs, 2) < 0) {
+        return NULL;
+    }
+    return start(self, OP_CONNECT, args[0], args[1], NULL);
+}
+
+PyObject *
+loop_sock_accept(LoopObject *self, PyObject *sock)
+{
+    if (check_socket(self, sock) < 0) {
+        return NULL;
+    }
+    return start(self, OP_ACCEPT, sock, NULL, NULL);
+}
+
+PyObject *
+loop_sock_check(LoopObject *self, PyObject *sock)
+{
+    if (check_socket(self, sock) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+intern_once(PyObject **slot, const char *text)
+{
+    if (*slot == NULL) {
+        *slot = PyUnicode_InternFromString(text);
+    }
+    return *slot ? 0 : -1;
+}
+
+int
+sock_ops_init_type(PyObject *module, ModuleState *state)
+{
+    if (intern_once(&s_recv, "recv") < 0 || intern_once(&s_recv_into, "recv_into") < 0
+        || intern_once(&s_send, "send") < 0 || intern_once(&s_accept, "accept") < 0
+        || intern_once(&s_connect, "connect") < 0 || intern_once(&s_setblocking, "setblocking") < 0
+        || intern_once(&s_getsockopt, "getsockopt") < 0 || intern_once(&s_gettimeout, "gettimeout") < 0
+        || intern_once(&s_done, "done") < 0 || intern_once(&s_set_result, "set_result") < 0
+        || intern_once(&s_set_exception, "set_exception") < 0
+        || intern_once(&s_add_done_callback, "add_done_callback") < 0) {
+        return -1;
+    }
+    state->SockWaiterType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &waiter_spec, NULL);
+    return state->SockWaiterType ? 0 : -1;
+}
