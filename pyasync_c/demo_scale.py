@@ -13,7 +13,7 @@ import random
 import time
 import types
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Callable, Coroutine, Optional
 
 Prims = types.SimpleNamespace
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
@@ -103,7 +103,7 @@ async def timer_storm(p: Prims, timers: int = 100_000) -> int:
 @dataclass
 class ScalePattern:
     name: str
-    run: Callable[[Prims], Awaitable[Any]]
+    run: Callable[[Prims], Coroutine[Any, Any, Any]]
     expected: Any
 
 
@@ -124,7 +124,7 @@ def measure(pattern: ScalePattern, loop_factory: LoopFactory, prims: Prims,
     for _ in range(repeats):
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             started = time.perf_counter()
-            result = runner.run(pattern.run(prims))
+            result: Any = runner.run(pattern.run(prims))
             best = min(best, time.perf_counter() - started)
         ok = ok and result == pattern.expected
     return ok, best
