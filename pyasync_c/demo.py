@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Optional
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Optional
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -337,7 +337,7 @@ async def executor_pattern(block: float = 0.15) -> dict[str, Any]:
 # ------------------------------------------- async generators / managers
 
 
-async def countdown(n: int, log: list[str]) -> AsyncIterator[int]:
+async def countdown(n: int, log: list[str]) -> AsyncGenerator[int, None]:
     try:
         while n > 0:
             await asyncio.sleep(0)
