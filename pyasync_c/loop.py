@@ -228,6 +228,19 @@ class Loop(_loop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
         """Receive data from sock into the writable buffer buf; the byte count."""
         return await self._sock_recv_into(sock, buf)
 
+    async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
+        """Receive a datagram of up to bufsize bytes from sock: (data, address)."""
+        return await self._sock_recvfrom(sock, bufsize)
+
+    async def sock_recvfrom_into(self, sock: socket.socket, buf: Any,
+                                 nbytes: int = 0) -> tuple[int, Any]:
+        """Receive a datagram from sock into buf (nbytes=0: len(buf)): (count, address)."""
+        return await self._sock_recvfrom_into(sock, buf, nbytes)
+
+    async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
+        """Send the datagram data on sock to address; the byte count."""
+        return await self._sock_sendto(sock, data, address)
+
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         """Send all of data on sock."""
         return await self._sock_sendall(sock, data)
@@ -261,7 +274,7 @@ _NETWORK_METHODS = (
     "create_connection", "create_server", "create_unix_connection", "create_unix_server",
     "connect_accepted_socket", "create_datagram_endpoint", "connect_read_pipe",
     "connect_write_pipe", "subprocess_exec", "subprocess_shell",
-    "sock_recvfrom", "sock_recvfrom_into", "sock_sendto", "sock_sendfile", "sendfile", "start_tls",
+    "sock_sendfile", "sendfile", "start_tls",
 )
 for _name in _NETWORK_METHODS:
     setattr(Loop, _name, _not_yet(_name))

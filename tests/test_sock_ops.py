@@ -1,5 +1,5 @@
-"""loop.sock_recv / sock_recv_into / sock_sendall / sock_connect / sock_accept,
-on the stdlib loop and on pyasync_c's (fixtures in conftest.py)."""
+"""loop.sock_recv / sock_recv_into / sock_sendall / sock_connect / sock_accept /
+sock_recvfrom / sock_recvfrom_into / sock_sendto, on the stdlib loop and on pyasync_c's (fixtures in conftest.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -186,6 +186,12 @@ def test_ssl_socket_rejected(run):
                 await loop.sock_recv(sock, 1)
             with pytest.raises(TypeError):
                 await loop.sock_sendall(sock, b"x")
+            with pytest.raises(TypeError):
+                await loop.sock_recvfrom(sock, 1)
+            with pytest.raises(TypeError):
+                await loop.sock_recvfrom_into(sock, bytearray(1))
+            with pytest.raises(TypeError):
+                await loop.sock_sendto(sock, b"x", ("127.0.0.1", 9))
     run(main())
 
 
@@ -352,3 +358,102 @@ def test_many_concurrent_connections(run):
             assert all(results)
             assert _no_watcher(loop, srv)
     run(main())
+
+
+def _udp() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+def test_udp_echo(run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, client = _udp(), _udp()
+        with server, client:
+            async def echo():
+                data, addr = await loop.sock_recvfrom(server, 100)
+                assert await loop.sock_sendto(server, data.upper(), addr) == len(data)
+            task = asyncio.create_task(echo())
+            await asyncio.sleep(0)  # echo now waits in sock_recvfrom
+            assert not task.done()
+            assert await loop.sock_sendto(client, b"hello", server.getsockname()) == 5
+            reply = await loop.sock_recvfrom(client, 100)
+            await task
+            assert _no_watcher(loop, server) and _no_watcher(loop, client)
+            return reply, server.getsockname()
+    (data, addr), server_addr = run(main())
+    assert (data, addr) == (b"HELLO", server_addr)
+
+
+def test_recvfrom_into_nbytes(run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = _udp(), _udp()
+        with a, b:
+            buf = bytearray(16)
+            task = asyncio.create_task(loop.sock_recvfrom_into(b, buf, 4))
+            await asyncio.sleep(0)
+            assert not task.done()
+            await loop.sock_sendto(a, b"abcdefgh", b.getsockname())
+            n, addr = await task
+            assert (n, bytes(buf[:6]), addr) == (4, b"abcd\0\0", a.getsockname())
+            await loop.sock_sendto(a, b"xyz", b.getsockname())
+            await asyncio.sleep(0.01)
+            n, addr = await loop.sock_recvfrom_into(b, memoryview(buf)[8:])  # nbytes=0: len(buf)
+            assert (n, bytes(buf[8:11]), addr) == (3, b"xyz", a.getsockname())
+            with pytest.raises(ValueError):  # nbytes > len(buf), as sock.recvfrom_into
+                await loop.sock_recvfrom_into(b, bytearray(2), 10)
+            assert _no_watcher(loop, b)
+    run(main())
+
+
+@pytest.mark.parametrize("which", ["recvfrom", "recvfrom_into"])
+def test_recvfrom_cancelled_leaves_no_reader(run, which):
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = _udp(), _udp()
+        with a, b:
+            if which == "recvfrom":
+                coro = loop.sock_recvfrom(b, 10)
+            else:
+                coro = loop.sock_recvfrom_into(b, bytearray(10))
+            task = asyncio.create_task(coro)
+            await asyncio.sleep(0.01)
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert loop.remove_reader(b) is False
+            await loop.sock_sendto(a, b"again", b.getsockname())
+            assert await loop.sock_recvfrom(b, 10) == (b"again", a.getsockname())
+    run(main())
+
+
+def test_sendto_wrong_address_type(run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        with _udp() as sock:
+            with pytest.raises(TypeError) as info:
+                await loop.sock_sendto(sock, b"x", "not an (host, port) pair")
+            assert _no_watcher(loop, sock)
+            return type(info.value), str(info.value)
+    expected = None
+    with _udp() as sock:
+        try:
+            sock.sendto(b"x", "not an (host, port) pair")
+        except TypeError as exc:
+            expected = (type(exc), str(exc))
+    assert run(main()) == expected
+
+
+def test_datagram_ops_check_the_socket(run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # blocking
+            for coro in (loop.sock_recvfrom(sock, 1), loop.sock_recvfrom_into(sock, bytearray(1)),
+                         loop.sock_sendto(sock, b"x", ("127.0.0.1", 9))):
+                with pytest.raises(ValueError, match="the socket must be non-blocking"):
+                    await coro
+    run(main(), debug=True)

@@ -1,5 +1,6 @@
-/* The low-level socket operations: sock_recv, sock_recv_into, sock_sendall,
- * sock_connect, sock_accept (the C halves `_sock_*` of the coroutines that
+/* The low-level socket operations: sock_recv, sock_recv_into, sock_recvfrom,
+ * sock_recvfrom_into, sock_sendto, sock_sendall, sock_connect, sock_accept
+ * (the C halves `_sock_*` of the coroutines that
  * pyasync_c/loop.py defines; semantics of asyncio's selector loop).
  *
  * Each `_sock_*` method first tries the operation at once.  It always
@@ -16,7 +17,13 @@
  *     its Handle was cancelled meanwhile (replaced by a later add_reader /
  *     add_writer on the same fd, as asyncio does), then drops everything it
  *     holds, so the waiter is inert afterwards.
- * References: Watcher -> Handle -> SockWaiter -> (future, socket, argument,
+ * Most operations are one socket method called with the operation's
+ * arguments (`ops[]`: recv(n), recv_into(buf), recvfrom(n),
+ * recvfrom_into(buf, nbytes), sendto(data, address), connect(address),
+ * accept()); sendall and accept post-process it, connect's retry reads
+ * SO_ERROR.  sock_sendto, like asyncio's, sends its datagram once: no
+ * partial-send continuation.
+ * References: Watcher -> Handle -> SockWaiter -> (future, socket, arguments,
  * Handle); future -> its callbacks -> SockWaiter.  The cycles are broken by
  * the done-callback; the type is GC-tracked for loops closed with operations
  * pending.  sock_sendall holds a Py_buffer on the data until done (like
@@ -27,14 +34,20 @@
 #include <errno.h>
 #include <sys/socket.h>
 
-enum { OP_RECV, OP_RECV_INTO, OP_SENDALL, OP_CONNECT, OP_ACCEPT };
+enum {
+    OP_RECV, OP_RECV_INTO, OP_RECVFROM, OP_RECVFROM_INTO, OP_SENDTO, OP_SENDALL, OP_CONNECT,
+    OP_ACCEPT, OP_COUNT
+};
+
+#define MAX_ARGS 2
 
 typedef struct {
     PyObject_HEAD
     LoopObject *loop;
     PyObject *fut;          /* NULL once the done-callback ran */
     PyObject *sock;
-    PyObject *arg;          /* recv: n; recv_into: buf; connect: address; else NULL */
+    PyObject *args[MAX_ARGS];  /* the socket method's arguments (ops[op]); unused: NULL */
+    Py_ssize_t nargs;
     HandleObject *handle;   /* the reader/writer Handle we registered */
     Py_buffer view;         /* sendall: the data (view.obj != NULL while held) */
     Py_ssize_t pos;         /* sendall: bytes already sent */
@@ -43,16 +56,43 @@ typedef struct {
 } SockWaiter;
 
 /* Process-wide, like the handle freelist: the module refuses subinterpreters. */
-static PyObject *s_recv, *s_recv_into, *s_send, *s_accept, *s_connect, *s_setblocking,
-    *s_getsockopt, *s_gettimeout, *s_done, *s_set_result, *s_set_exception,
-    *s_add_done_callback;
+static PyObject *s_recv, *s_recv_into, *s_recvfrom, *s_recvfrom_into, *s_sendto, *s_send,
+    *s_accept, *s_connect, *s_setblocking, *s_getsockopt, *s_gettimeout, *s_done, *s_set_result,
+    *s_set_exception, *s_add_done_callback;
 static PyObject *check_ssl_socket;  /* asyncio.base_events._check_ssl_socket */
+
+/* Per operation: the socket method it calls and the fd event it waits for. */
+static const struct {
+    PyObject **method;
+    int events;
+} ops[OP_COUNT] = {
+    [OP_RECV] = {&s_recv, UV_READABLE},
+    [OP_RECV_INTO] = {&s_recv_into, UV_READABLE},
+    [OP_RECVFROM] = {&s_recvfrom, UV_READABLE},
+    [OP_RECVFROM_INTO] = {&s_recvfrom_into, UV_READABLE},
+    [OP_SENDTO] = {&s_sendto, UV_WRITABLE},
+    [OP_SENDALL] = {&s_send, UV_WRITABLE},
+    [OP_CONNECT] = {&s_connect, UV_WRITABLE},
+    [OP_ACCEPT] = {&s_accept, UV_READABLE},
+};
+
+/* obj.name(*args), nargs <= MAX_ARGS. */
+static PyObject *
+call_method_args(PyObject *obj, PyObject *name, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *argv[1 + MAX_ARGS] = {obj};
+    assert(nargs >= 0 && nargs <= MAX_ARGS);
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        argv[1 + i] = args[i];
+    }
+    return PyObject_VectorcallMethod(name, argv, (size_t)(1 + nargs) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+}
 
 static PyObject *
 call_method(PyObject *obj, PyObject *name, PyObject *arg)
 {
-    PyObject *args[2] = {obj, arg};
-    return PyObject_VectorcallMethod(name, args, (arg ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    return call_method_args(obj, name, &arg, arg ? 1 : 0);
 }
 
 /* 1: the pending exception means "try again later" (cleared); 0: a real error. */
@@ -67,18 +107,15 @@ would_block(void)
     return 0;
 }
 
-/* One attempt of the operation.  Returns 1 with *result (new reference) when
- * finished, 0 when it would block, -1 with an exception set. */
+/* One attempt of the operation: sock.<ops[op].method>(*args), except for
+ * sendall (sends view from *pos).  Returns 1 with *result (new reference)
+ * when finished, 0 when it would block, -1 with an exception set. */
 static int
-attempt(int op, PyObject *sock, PyObject *arg, Py_buffer *view, Py_ssize_t *pos,
-        PyObject **result)
+attempt(int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs, Py_buffer *view,
+        Py_ssize_t *pos, PyObject **result)
 {
     PyObject *r;
     switch (op) {
-    case OP_RECV:
-    case OP_RECV_INTO:
-        r = call_method(sock, op == OP_RECV ? s_recv : s_recv_into, arg);
-        break;
     case OP_SENDALL: {
         PyObject *rest = PyMemoryView_FromMemory((char *)view->buf + *pos, view->len - *pos, PyBUF_READ);
         if (rest == NULL) {
@@ -120,11 +157,9 @@ attempt(int op, PyObject *sock, PyObject *arg, Py_buffer *view, Py_ssize_t *pos,
         *result = r;
         return 1;
     }
-    case OP_CONNECT:
-        r = call_method(sock, s_connect, arg);
+    default:  /* recv, recv_into, recvfrom, recvfrom_into, sendto, connect */
+        r = call_method_args(sock, *ops[op].method, args, nargs);
         break;
-    default:
-        Py_UNREACHABLE();
     }
     if (r == NULL) {
         return would_block() ? 0 : -1;
@@ -157,7 +192,7 @@ connect_outcome(SockWaiter *self, PyObject **result)
         *result = Py_NewRef(Py_None);
         return 1;
     }
-    PyObject *message = PyUnicode_FromFormat("Connect call failed %S", self->arg);
+    PyObject *message = PyUnicode_FromFormat("Connect call failed %S", self->args[0]);
     if (message == NULL) {
         return -1;
     }
@@ -214,7 +249,10 @@ waiter_release(SockWaiter *self)
 {
     Py_CLEAR(self->fut);
     Py_CLEAR(self->sock);
-    Py_CLEAR(self->arg);
+    for (Py_ssize_t i = 0; i < MAX_ARGS; i++) {
+        Py_CLEAR(self->args[i]);
+    }
+    self->nargs = 0;
     Py_CLEAR(self->handle);
     if (self->view.obj != NULL) {
         PyBuffer_Release(&self->view);
@@ -224,7 +262,7 @@ waiter_release(SockWaiter *self)
 static int
 waiter_events(SockWaiter *self)
 {
-    return (self->op == OP_SENDALL || self->op == OP_CONNECT) ? UV_WRITABLE : UV_READABLE;
+    return ops[self->op].events;
 }
 
 /* Called by the loop with no argument (fd ready) or by the future with
@@ -273,7 +311,7 @@ waiter_call(SockWaiter *self, PyObject *args, PyObject *kwargs)
     PyObject *result = NULL;
     int rc = self->op == OP_CONNECT
         ? connect_outcome(self, &result)
-        : attempt(self->op, self->sock, self->arg, &self->view, &self->pos, &result);
+        : attempt(self->op, self->sock, self->args, self->nargs, &self->view, &self->pos, &result);
     if (rc < 0 && take_exception(&result) < 0) {
         Py_DECREF(fut);
         return NULL;
@@ -293,7 +331,9 @@ waiter_traverse(SockWaiter *self, visitproc visit, void *arg)
     Py_VISIT(self->loop);
     Py_VISIT(self->fut);
     Py_VISIT(self->sock);
-    Py_VISIT(self->arg);
+    for (Py_ssize_t i = 0; i < MAX_ARGS; i++) {
+        Py_VISIT(self->args[i]);
+    }
     Py_VISIT(self->handle);
     Py_VISIT(self->view.obj);
     return 0;
@@ -382,13 +422,15 @@ new_future(LoopObject *loop)
                                0 | PY_VECTORCALL_ARGUMENTS_OFFSET, loop->state->kwnames_loop);
 }
 
-/* Starts operation op on sock; `view` (sendall) is moved into the waiter. */
+/* Starts operation op on sock with the socket method's arguments (borrowed);
+ * `view` (sendall) is moved into the waiter. */
 static PyObject *
-start(LoopObject *loop, int op, PyObject *sock, PyObject *arg, Py_buffer *view)
+start(LoopObject *loop, int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs,
+      Py_buffer *view)
 {
     Py_ssize_t pos = 0;
     PyObject *result = NULL;
-    int rc = attempt(op, sock, arg, view, &pos, &result);
+    int rc = attempt(op, sock, args, nargs, view, &pos, &result);
     if (rc < 0 && (op != OP_CONNECT || take_exception(&result) < 0)) {
         return NULL;  /* raised by the coroutine at once, as asyncio does */
     }
@@ -418,7 +460,10 @@ start(LoopObject *loop, int op, PyObject *sock, PyObject *arg, Py_buffer *view)
     waiter->loop = (LoopObject *)Py_NewRef(loop);
     waiter->fut = Py_NewRef(fut);
     waiter->sock = Py_NewRef(sock);
-    waiter->arg = Py_XNewRef(arg);
+    for (Py_ssize_t i = 0; i < MAX_ARGS; i++) {
+        waiter->args[i] = i < nargs ? Py_NewRef(args[i]) : NULL;
+    }
+    waiter->nargs = nargs;
     waiter->handle = NULL;
     waiter->view.obj = NULL;
     if (view != NULL) {
@@ -431,9 +476,9 @@ start(LoopObject *loop, int op, PyObject *sock, PyObject *arg, Py_buffer *view)
     PyObject_GC_Track(waiter);
 
     int events = waiter_events(waiter);
-    PyObject *args[2] = {PyLong_FromLong(fd), (PyObject *)waiter};
-    PyObject *r = args[0] ? loop_add_watcher(loop, args, 2, events) : NULL;
-    Py_XDECREF(args[0]);
+    PyObject *watch_args[2] = {PyLong_FromLong(fd), (PyObject *)waiter};
+    PyObject *r = watch_args[0] ? loop_add_watcher(loop, watch_args, 2, events) : NULL;
+    Py_XDECREF(watch_args[0]);
     if (r == NULL) {
         goto error;
     }
@@ -472,22 +517,69 @@ check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
     return 0;
 }
 
+/* sock_<name>(sock, *args): the checks, then operation op with the socket
+ * method's arguments args[1:]. */
+static PyObject *
+sock_op(LoopObject *self, const char *name, int op, PyObject *const *args, Py_ssize_t nargs,
+        Py_ssize_t expected)
+{
+    if (check_nargs(name, nargs, expected) < 0 || check_socket(self, args[0]) < 0) {
+        return NULL;
+    }
+    return start(self, op, args[0], args + 1, nargs - 1, NULL);
+}
+
 PyObject *
 loop_sock_recv(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_nargs("_sock_recv", nargs, 2) < 0 || check_socket(self, args[0]) < 0) {
-        return NULL;
-    }
-    return start(self, OP_RECV, args[0], args[1], NULL);
+    return sock_op(self, "_sock_recv", OP_RECV, args, nargs, 2);
 }
 
 PyObject *
 loop_sock_recv_into(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_nargs("_sock_recv_into", nargs, 2) < 0 || check_socket(self, args[0]) < 0) {
+    return sock_op(self, "_sock_recv_into", OP_RECV_INTO, args, nargs, 2);
+}
+
+PyObject *
+loop_sock_recvfrom(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return sock_op(self, "_sock_recvfrom", OP_RECVFROM, args, nargs, 2);
+}
+
+/* (sock, buf, nbytes): a false nbytes means len(buf), as asyncio; nbytes >
+ * len(buf) is sock.recvfrom_into's ValueError. */
+PyObject *
+loop_sock_recvfrom_into(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs("_sock_recvfrom_into", nargs, 3) < 0 || check_socket(self, args[0]) < 0) {
         return NULL;
     }
-    return start(self, OP_RECV_INTO, args[0], args[1], NULL);
+    int given = PyObject_IsTrue(args[2]);
+    if (given < 0) {
+        return NULL;
+    }
+    PyObject *nbytes;
+    if (given) {
+        nbytes = Py_NewRef(args[2]);
+    }
+    else {
+        Py_ssize_t len = PyObject_Size(args[1]);
+        nbytes = len < 0 ? NULL : PyLong_FromSsize_t(len);
+        if (nbytes == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *call_args[2] = {args[1], nbytes};
+    PyObject *fut = start(self, OP_RECVFROM_INTO, args[0], call_args, 2, NULL);
+    Py_DECREF(nbytes);
+    return fut;
+}
+
+PyObject *
+loop_sock_sendto(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return sock_op(self, "_sock_sendto", OP_SENDTO, args, nargs, 3);
 }
 
 PyObject *
@@ -500,7 +592,7 @@ loop_sock_sendall(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    PyObject *fut = start(self, OP_SENDALL, args[0], NULL, &view);
+    PyObject *fut = start(self, OP_SENDALL, args[0], NULL, 0, &view);
     if (view.obj != NULL) {  /* not moved into a waiter */
         PyBuffer_Release(&view);
     }
@@ -514,7 +606,7 @@ loop_sock_connect(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (check_nargs("_sock_connect", nargs, 2) < 0) {
         return NULL;
     }
-    return start(self, OP_CONNECT, args[0], args[1], NULL);
+    return start(self, OP_CONNECT, args[0], args + 1, 1, NULL);
 }
 
 PyObject *
@@ -523,7 +615,7 @@ loop_sock_accept(LoopObject *self, PyObject *sock)
     if (check_socket(self, sock) < 0) {
         return NULL;
     }
-    return start(self, OP_ACCEPT, sock, NULL, NULL);
+    return start(self, OP_ACCEPT, sock, NULL, 0, NULL);
 }
 
 PyObject *
@@ -548,6 +640,9 @@ int
 sock_ops_init_type(PyObject *module, ModuleState *state)
 {
     if (intern_once(&s_recv, "recv") < 0 || intern_once(&s_recv_into, "recv_into") < 0
+        || intern_once(&s_recvfrom, "recvfrom") < 0
+        || intern_once(&s_recvfrom_into, "recvfrom_into") < 0
+        || intern_once(&s_sendto, "sendto") < 0
         || intern_once(&s_send, "send") < 0 || intern_once(&s_accept, "accept") < 0
         || intern_once(&s_connect, "connect") < 0 || intern_once(&s_setblocking, "setblocking") < 0
         || intern_once(&s_getsockopt, "getsockopt") < 0 || intern_once(&s_gettimeout, "gettimeout") < 0
