@@ -86,8 +86,7 @@ sleep0_step(Sleep0 *self, PyObject *exc, PyObject **out)
         self->result = NULL;
         return PYGEN_RETURN;
     default:
-        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
-        return PYGEN_ERROR;
+        return prim_coro_reused(out);
     }
 }
 
@@ -95,35 +94,8 @@ static PySendResult
 sleep0_am_send(PyObject *op, PyObject *arg, PyObject **out)
 {
     Sleep0 *self = (Sleep0 *)op;
-    if (self->state == SL_INIT && arg != Py_None) {
-        *out = NULL;
-        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
-        return PYGEN_ERROR;
-    }
+    if (self->state == SL_INIT && arg != Py_None) return prim_coro_bad_first_send(out);
     return sleep0_step(self, NULL, out);
-}
-
-/* Turn a step outcome into the Python-level protocol: the yielded value,
- * or NULL with StopIteration(result) / the error set. */
-static PyObject *
-sleep0_result(PySendResult r, PyObject *out, int none_is_plain_stop)
-{
-    if (r == PYGEN_NEXT) return out;
-    if (r == PYGEN_RETURN) {
-        if (out == Py_None) {
-            if (!none_is_plain_stop) PyErr_SetNone(PyExc_StopIteration);
-        }
-        else {
-            /* an instance, so a tuple/exception result is not unpacked */
-            PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, out);
-            if (e != NULL) {
-                PyErr_SetObject(PyExc_StopIteration, e);
-                Py_DECREF(e);
-            }
-        }
-        Py_DECREF(out);
-    }
-    return NULL;
 }
 
 static PyObject *
@@ -131,7 +103,7 @@ sleep0_iternext(PyObject *op)
 {
     PyObject *out;
     PySendResult r = sleep0_step((Sleep0 *)op, NULL, &out);
-    return sleep0_result(r, out, 1);
+    return prim_coro_result(r, out, 1);
 }
 
 static PyObject *
@@ -139,57 +111,20 @@ sleep0_send(PyObject *op, PyObject *arg)
 {
     PyObject *out;
     PySendResult r = sleep0_am_send(op, arg, &out);
-    return sleep0_result(r, out, 0);
+    return prim_coro_result(r, out, 0);
 }
 
-/* throw(exc) or the legacy throw(type[, value[, tb]]): build the exception
- * instance, then raise it at the suspension point. */
+/* throw(exc) or the legacy throw(type[, value[, tb]]): raise it at the
+ * suspension point (argument handling shared with _WaitOp, waiters.c). */
 static PyObject *
 sleep0_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 1 || nargs > 3) {
-        PyErr_Format(PyExc_TypeError, "throw expected at least 1 argument%s, got %zd",
-                     nargs > 3 ? " and at most 3" : "", nargs);
-        return NULL;
-    }
-    PyObject *typ = args[0];
-    PyObject *val = nargs > 1 && args[1] != Py_None ? args[1] : NULL;
-    PyObject *tb = nargs > 2 && args[2] != Py_None ? args[2] : NULL;
-    PyObject *exc;
-#if PRIM_PY312
-    if (nargs > 1 && PyErr_WarnEx(PyExc_DeprecationWarning,
-                                  "the (type, exc, tb) signature of throw() is deprecated, "
-                                  "use the single-arg signature instead.", 1) < 0)
-        return NULL;
-#endif
-    if (tb != NULL && !PyTraceBack_Check(tb)) {
-        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
-        return NULL;
-    }
-    if (PyExceptionInstance_Check(typ)) {
-        if (val != NULL) {
-            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
-            return NULL;
-        }
-        exc = Py_NewRef(typ);
-    }
-    else if (PyExceptionClass_Check(typ)) {
-        if (val == NULL) PyErr_SetNone(typ);
-        else PyErr_SetObject(typ, val);
-        exc = prim_exc_fetch();        /* normalised instance */
-        if (exc == NULL) return NULL;
-    }
-    else {
-        PyErr_Format(PyExc_TypeError,
-                     "exceptions must be classes or instances deriving from BaseException, not %s",
-                     Py_TYPE(typ)->tp_name);
-        return NULL;
-    }
-    if (tb != NULL) PyException_SetTraceback(exc, tb);
+    PyObject *exc = prim_coro_throw_exc(args, nargs, 0);   /* yields None, not a future */
+    if (exc == NULL) return NULL;
     PyObject *out;
     PySendResult r = sleep0_step((Sleep0 *)op, exc, &out);
     Py_DECREF(exc);
-    return sleep0_result(r, out, 0);
+    return prim_coro_result(r, out, 0);
 }
 
 /* GeneratorExit at the yield propagates out of sleep(): close() succeeds. */

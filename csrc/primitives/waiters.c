@@ -277,6 +277,103 @@ waitq_traverse(waitq_t *q, visitproc visit, void *arg)
 }
 
 /* ------------------------------------------------------------------ */
+/* coroutine protocol helpers                                          */
+
+PyObject *
+prim_coro_throw_exc(PyObject *const *args, Py_ssize_t nargs, int at_future)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected at least 1 argument%s, got %zd",
+                     nargs > 3 ? " and at most 3" : "", nargs);
+        return NULL;
+    }
+    PyObject *typ = args[0];
+    PyObject *val = nargs > 1 && args[1] != Py_None ? args[1] : NULL;
+    PyObject *tb = nargs > 2 && args[2] != Py_None ? args[2] : NULL;
+    PyObject *exc;
+#if PRIM_PY312
+    if (nargs > 1 && PyErr_WarnEx(PyExc_DeprecationWarning,
+                                  "the (type, exc, tb) signature of throw() is deprecated, "
+                                  "use the single-arg signature instead.", 1) < 0)
+        return NULL;
+#endif
+    if (tb != NULL && !PyTraceBack_Check(tb)) {
+        PyErr_SetString(PyExc_TypeError, at_future
+                        ? "throw() third argument must be a traceback"
+                        : "throw() third argument must be a traceback object");
+        goto bad;
+    }
+    if (PyExceptionInstance_Check(typ)) {
+        if (val != NULL) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            goto bad;
+        }
+        exc = Py_NewRef(typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        if (val == NULL) PyErr_SetNone(typ);
+        else PyErr_SetObject(typ, val);
+        exc = prim_exc_fetch();        /* normalised instance (or the error making it) */
+        if (exc == NULL) return NULL;
+        if (!PyExceptionInstance_Check(exc)) {
+            Py_DECREF(exc);
+            PyErr_SetString(PyExc_TypeError, "throw() could not build an exception");
+            return NULL;
+        }
+    }
+    else {
+        if (at_future)
+            PyErr_SetString(PyExc_TypeError, "exceptions must be classes deriving BaseException "
+                                             "or instances of such a class");
+        else
+            PyErr_Format(PyExc_TypeError, "exceptions must be classes or instances deriving "
+                                          "from BaseException, not %s", Py_TYPE(typ)->tp_name);
+        goto bad;
+    }
+    if (tb != NULL) PyException_SetTraceback(exc, tb);
+    return exc;
+
+bad:
+    return at_future ? prim_exc_fetch() : NULL;
+}
+
+PySendResult
+prim_coro_reused(PyObject **out)
+{
+    *out = NULL;
+    PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+    return PYGEN_ERROR;
+}
+
+PySendResult
+prim_coro_bad_first_send(PyObject **out)
+{
+    *out = NULL;
+    PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
+    return PYGEN_ERROR;
+}
+
+PyObject *
+prim_coro_result(PySendResult r, PyObject *out, int none_is_plain_stop)
+{
+    if (r == PYGEN_NEXT) return out;
+    if (r == PYGEN_RETURN) {
+        if (out == Py_None) {
+            if (!none_is_plain_stop) PyErr_SetNone(PyExc_StopIteration);
+        }
+        else {
+            PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, out);
+            if (e != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, e);
+                Py_DECREF(e);
+            }
+        }
+        Py_DECREF(out);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
 /* WaitOp                                                              */
 
 enum { ST_INIT, ST_WAITING, ST_RUNNING, ST_DONE };
@@ -318,14 +415,8 @@ waitop_advance(WaitOp *op, PyObject *exc, PyObject **out)
 {
     *out = NULL;
     switch (op->state) {
-    case ST_DONE:
-        if (exc != NULL) {
-            prim_exc_restore(Py_NewRef(exc));
-        }
-        else {
-            PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
-        }
-        return PYGEN_ERROR;
+    case ST_DONE:               /* returned, raised or closed: send and throw alike */
+        return prim_coro_reused(out);
     case ST_RUNNING:
         PyErr_SetString(PyExc_ValueError, "coroutine already executing");
         return PYGEN_ERROR;
@@ -342,10 +433,40 @@ waitop_advance(WaitOp *op, PyObject *exc, PyObject **out)
 
     Py_XINCREF(exc);
     if (op->state == ST_WAITING && exc == NULL) {
-        /* woken up: the outcome of the future is the outcome of the await */
-        PyObject *r = PyObject_CallMethodNoArgs(op->fut, prim_shared.s_result);
-        if (r == NULL) exc = prim_exc_fetch();
-        else Py_DECREF(r);
+        int d = prim_fut_done(op->fut);
+        if (d == 0) {
+            /* sent to while the future is pending: answer as `await fut`
+             * does -- yield it again if the driver reset its blocking flag
+             * (as a Task does), else fail at the await point */
+            PyObject *b = PyObject_GetAttr(op->fut, prim_shared.s_blocking);
+            int blocking = b == NULL ? -1 : PyObject_IsTrue(b);
+            Py_XDECREF(b);
+            if (blocking == 0) {
+                if (PyObject_SetAttr(op->fut, prim_shared.s_blocking, Py_True) < 0) {
+                    exc = prim_exc_fetch();
+                }
+                else {
+                    *out = Py_NewRef(op->fut);
+                    return PYGEN_NEXT;
+                }
+            }
+            else if (blocking < 0) {
+                exc = prim_exc_fetch();
+            }
+            else {
+                PyErr_SetString(PyExc_RuntimeError, "await wasn't used with future");
+                exc = prim_exc_fetch();
+            }
+        }
+        else if (d < 0) {
+            exc = prim_exc_fetch();
+        }
+        else {
+            /* woken up: the outcome of the future is the outcome of the await */
+            PyObject *r = PyObject_CallMethodNoArgs(op->fut, prim_shared.s_result);
+            if (r == NULL) exc = prim_exc_fetch();
+            else Py_DECREF(r);
+        }
     }
     for (;;) {
         PyObject *res = NULL;
@@ -378,37 +499,8 @@ static PySendResult
 waitop_am_send(PyObject *self, PyObject *arg, PyObject **out)
 {
     WaitOp *op = (WaitOp *)self;
-    if (op->state == ST_INIT && arg != Py_None) {
-        *out = NULL;
-        PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started coroutine");
-        return PYGEN_ERROR;
-    }
+    if (op->state == ST_INIT && arg != Py_None) return prim_coro_bad_first_send(out);
     return waitop_advance(op, NULL, out);
-}
-
-static void
-set_stop_iteration(PyObject *value)
-{
-    if (value == Py_None) {
-        PyErr_SetNone(PyExc_StopIteration);
-        return;
-    }
-    PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, value);
-    if (e != NULL) {
-        PyErr_SetObject(PyExc_StopIteration, e);
-        Py_DECREF(e);
-    }
-}
-
-static PyObject *
-waitop_result(PySendResult r, PyObject *out, int none_is_plain_stop)
-{
-    if (r == PYGEN_NEXT) return out;
-    if (r == PYGEN_RETURN) {
-        if (!(none_is_plain_stop && out == Py_None)) set_stop_iteration(out);
-        Py_DECREF(out);
-    }
-    return NULL;
 }
 
 static PyObject *
@@ -416,7 +508,7 @@ waitop_iternext(PyObject *self)
 {
     PyObject *out;
     PySendResult r = waitop_advance((WaitOp *)self, NULL, &out);
-    return waitop_result(r, out, 1);
+    return prim_coro_result(r, out, 1);
 }
 
 static PyObject *
@@ -424,48 +516,18 @@ waitop_send(PyObject *self, PyObject *arg)
 {
     PyObject *out;
     PySendResult r = waitop_am_send(self, arg, &out);
-    return waitop_result(r, out, 0);
+    return prim_coro_result(r, out, 0);
 }
 
 static PyObject *
-waitop_throw(PyObject *self, PyObject *args)
+waitop_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *typ, *val = NULL, *tb = NULL, *exc = NULL;
-    if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb)) return NULL;
-    if (tb == Py_None) tb = NULL;
-    if (tb != NULL && !PyTraceBack_Check(tb)) {
-        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
-        return NULL;
-    }
-    if (PyExceptionInstance_Check(typ)) {
-        if (val != NULL && val != Py_None) {
-            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
-            return NULL;
-        }
-        exc = Py_NewRef(typ);
-    }
-    else if (PyExceptionClass_Check(typ)) {
-        if (val == NULL || val == Py_None) PyErr_SetNone(typ);
-        else PyErr_SetObject(typ, val);
-        exc = prim_exc_fetch();
-        if (exc == NULL) return NULL;
-        if (!PyExceptionInstance_Check(exc)) {
-            Py_DECREF(exc);
-            PyErr_SetString(PyExc_TypeError, "throw() could not build an exception");
-            return NULL;
-        }
-    }
-    else {
-        PyErr_Format(PyExc_TypeError,
-                     "exceptions must be classes or instances deriving from BaseException, not %s",
-                     Py_TYPE(typ)->tp_name);
-        return NULL;
-    }
-    if (tb != NULL) PyException_SetTraceback(exc, tb);
+    PyObject *exc = prim_coro_throw_exc(args, nargs, ((WaitOp *)self)->state == ST_WAITING);
+    if (exc == NULL) return NULL;
     PyObject *out;
     PySendResult r = waitop_advance((WaitOp *)self, exc, &out);
     Py_DECREF(exc);
-    return waitop_result(r, out, 0);
+    return prim_coro_result(r, out, 0);
 }
 
 static PyObject *
@@ -568,7 +630,7 @@ waitop_repr(PyObject *self)
 
 static PyMethodDef waitop_methods[] = {
     {"send", waitop_send, METH_O, "send(value) -> next yielded future or StopIteration."},
-    {"throw", waitop_throw, METH_VARARGS, "throw(exc) -> raise exc at the suspension point."},
+    {"throw", (PyCFunction)(void (*)(void))waitop_throw, METH_FASTCALL, "throw(exc) -> raise exc at the suspension point."},
     {"close", waitop_close, METH_NOARGS, "close() -> raise GeneratorExit at the suspension point."},
     {NULL, NULL, 0, NULL},
 };
@@ -622,14 +684,12 @@ done_send(PyObject *self, PyObject *arg)
     return NULL;
 }
 
+/* Not started as far as anyone can tell: the thrown exception is raised. */
 static PyObject *
-done_throw(PyObject *self, PyObject *args)
+done_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *typ, *val = NULL, *tb = NULL;
-    if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb)) return NULL;
-    if (PyExceptionInstance_Check(typ)) PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
-    else if (PyExceptionClass_Check(typ)) PyErr_SetObject(typ, val ? val : Py_None);
-    else PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+    PyObject *exc = prim_coro_throw_exc(args, nargs, 0);
+    if (exc != NULL) prim_exc_restore(exc);
     return NULL;
 }
 
@@ -645,7 +705,7 @@ done_dealloc(PyObject *self)
 
 static PyMethodDef done_methods[] = {
     {"send", done_send, METH_O, NULL},
-    {"throw", done_throw, METH_VARARGS, NULL},
+    {"throw", (PyCFunction)(void (*)(void))done_throw, METH_FASTCALL, NULL},
     {"close", done_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

@@ -102,6 +102,31 @@ PyObject *waitq_snapshot(waitq_t *q);
 void waitq_clear(waitq_t *q);
 int waitq_traverse(waitq_t *q, visitproc visit, void *arg);
 
+/* ---- coroutine protocol helpers (shared by _WaitOp here and sleep.c's _Sleep0) ---- */
+
+/* Build the exception of throw(exc) or the legacy throw(type[, value[, tb]])
+ * (DeprecationWarning on 3.12+, as coroutines do).  New reference to a
+ * normalised instance, or NULL with TypeError/... set.
+ * at_future: the coroutine is suspended in `await fut`, where a coroutine
+ * hands the arguments to the future's iterator: a bad exception argument
+ * then fails *at the await point* (with the iterator's wording), so the
+ * TypeError is returned as the exception to throw in instead of raised.
+ * A wrong argument count or an error from the warning is raised either way. */
+PyObject *prim_coro_throw_exc(PyObject *const *args, Py_ssize_t nargs, int at_future);
+
+/* send/throw on a finished (returned, raised or closed) coroutine:
+ * RuntimeError("cannot reuse already awaited coroutine"); returns PYGEN_ERROR. */
+PySendResult prim_coro_reused(PyObject **out);
+
+/* send(non-None) on a coroutine not started yet: TypeError; returns PYGEN_ERROR. */
+PySendResult prim_coro_bad_first_send(PyObject **out);
+
+/* Turn a step outcome into the Python-level send/throw/__next__ result:
+ * the yielded value, or NULL with StopIteration(value) set (an instance, so
+ * a tuple/exception value is not unpacked) or the error left set.  With
+ * none_is_plain_stop a None return sets no exception (tp_iternext). */
+PyObject *prim_coro_result(PySendResult r, PyObject *out, int none_is_plain_stop);
+
 /* ---- the awaitable ---- */
 typedef struct WaitOp WaitOp;
 
