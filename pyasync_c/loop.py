@@ -19,13 +19,20 @@ import socket
 import sys
 import threading
 from asyncio import base_events, events, format_helpers
-from typing import Any, Callable, NoReturn
+import logging
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, TypeVarTuple, Unpack
 
 from . import _loop
 
 __all__ = ["Loop"]
 
 _FORMAT_TAKES_DEBUG = sys.version_info >= (3, 13)
+_Ts = TypeVarTuple("_Ts")
+_logger = logging.getLogger("asyncio")  # the logger asyncio's own code uses
+# asyncio internals that typeshed does not declare.
+_format_callback_source: Callable[..., str] = getattr(format_helpers, "_format_callback_source")
+_format_handle: Callable[[Any], str] = getattr(base_events, "_format_handle")
+_HAS_IPv6: bool = getattr(base_events, "_HAS_IPv6")
 
 
 def _sighandler_noop(signum: int, frame: object) -> None:
@@ -35,6 +42,18 @@ def _sighandler_noop(signum: int, frame: object) -> None:
 
 class Loop(_loop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
     """A libuv-backed asyncio event loop."""
+
+    if TYPE_CHECKING:  # asyncio.BaseEventLoop internals that typeshed does not declare
+        _default_executor: Any
+        _executor_shutdown_called: bool
+        _asyncgen_firstiter_hook: Callable[..., Any]
+        _asyncgen_finalizer_hook: Callable[..., Any]
+
+        def _check_closed(self) -> None: ...
+        def _check_running(self) -> None: ...
+        def _set_coroutine_origin_tracking(self, enabled: bool) -> None: ...
+        async def _ensure_resolved(self, address: Any, *, family: int = 0, type: int = ...,
+                                   proto: int = 0, flags: int = 0, loop: Any) -> Any: ...
 
     def __init__(self) -> None:
         base_events.BaseEventLoop.__init__(self)
@@ -89,7 +108,7 @@ class Loop(_loop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
         if self.is_closed():
             return
         if self._debug:
-            base_events.logger.debug("Close %r", self)
+            _logger.debug("Close %r", self)
         if not sys.is_finalizing():
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)
@@ -106,12 +125,12 @@ class Loop(_loop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
                 f"closed={self.is_closed()} debug={self.get_debug()}>")
 
     # ---- helpers the C core calls on rare paths ---------------------------
-    def _report_callback_error(self, handle: asyncio.Handle, exc: BaseException) -> None:
+    def _report_callback_error(self, handle: Any, exc: BaseException) -> None:
         if _FORMAT_TAKES_DEBUG:
-            source = format_helpers._format_callback_source(
+            source = _format_callback_source(
                 handle._callback, handle._args, debug=self.get_debug())
         else:
-            source = format_helpers._format_callback_source(handle._callback, handle._args)
+            source = _format_callback_source(handle._callback, handle._args)
         context: dict[str, Any] = {
             "message": f"Exception in callback {source}",
             "exception": exc,
@@ -122,8 +141,8 @@ class Loop(_loop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
         self.call_exception_handler(context)
 
     def _warn_slow_callback(self, handle: asyncio.Handle, seconds: float) -> None:
-        base_events.logger.warning("Executing %s took %.3f seconds",
-                                   base_events._format_handle(handle), seconds)
+        _logger.warning("Executing %s took %.3f seconds",
+                                   _format_handle(handle), seconds)
 
     def _debug_source_traceback(self) -> Any:
         # Frame 1 is whoever called call_soon()/call_later() (C has no frame).
@@ -171,7 +190,8 @@ class Loop(_loop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
         if sig not in signal.valid_signals():
             raise ValueError(f"invalid signal number {sig}")
 
-    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+    def add_signal_handler(self, sig: int, callback: Callable[[Unpack[_Ts]], object],
+                           *args: Unpack[_Ts]) -> None:
         """Run callback(*args) on the loop whenever signal sig arrives."""
         if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
@@ -249,7 +269,7 @@ class Loop(_loop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
         """Connect sock to address; IP hosts are resolved first, as asyncio does."""
         self._sock_check(sock)
         if sock.family == socket.AF_INET or (
-                base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
+                _HAS_IPv6 and sock.family == socket.AF_INET6):
             infos = await self._ensure_resolved(address, family=sock.family, type=sock.type,
                                                 proto=sock.proto, loop=self)
             address = infos[0][4]
