@@ -29,6 +29,7 @@
  *   each; the order of everything in the ready queue is unchanged.
  */
 #include "primitives.h"
+#include "waiters.h"
 
 #include <stddef.h>
 #include <stdalign.h>
@@ -191,33 +192,6 @@ outer_set(PyObject *meth, PyObject *outer, PyObject *value)
     return 0;
 }
 
-static PyObject *
-fetch_exc(void)
-{
-#if PY312
-    return PyErr_GetRaisedException();
-#else
-    PyObject *t, *v, *tb;
-    PyErr_Fetch(&t, &v, &tb);
-    if (t == NULL) return NULL;
-    PyErr_NormalizeException(&t, &v, &tb);
-    if (tb != NULL && v != NULL) PyException_SetTraceback(v, tb);
-    Py_XDECREF(t);
-    Py_XDECREF(tb);
-    return v;
-#endif
-}
-
-static void
-restore_exc(PyObject *exc)  /* steals exc */
-{
-#if PY312
-    PyErr_SetRaisedException(exc);
-#else
-    PyObject *tb = PyException_GetTraceback(exc);
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, tb);
-#endif
-}
 
 /* ------------------------------------------------------------------ */
 /* the per-child done callback                                         */
@@ -356,7 +330,7 @@ batch_done(PyObject *pair, PyObject *unused)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(futs); i++) {
         PyObject *fut = Py_NewRef(PyList_GET_ITEM(futs, i));
         if (child_done_impl(outer, fut) < 0) {
-            PyObject *exc = fetch_exc();
+            PyObject *exc = prim_exc_fetch();
             if (first_exc == NULL) first_exc = exc;
             else Py_XDECREF(exc);
         }
@@ -364,7 +338,7 @@ batch_done(PyObject *pair, PyObject *unused)
     }
     PyList_SetSlice(futs, 0, PY_SSIZE_T_MAX, NULL);
     if (first_exc != NULL) {
-        restore_exc(first_exc);
+        prim_exc_restore(first_exc);
         return NULL;
     }
     Py_RETURN_NONE;
@@ -574,16 +548,16 @@ ensure_child(GatherState *st, PyObject *arg, PyObject *loop, int *scheduled)
         PyObject *task = call1(l, st->s[S_create_task], arg);
         Py_DECREF(l);
         if (task == NULL && PyErr_ExceptionMatches(PyExc_RuntimeError)) {
-            PyObject *exc = fetch_exc();
+            PyObject *exc = prim_exc_fetch();
             PyObject *r = call0(arg, st->s[S_close]);
             if (r == NULL) {
-                PyObject *exc2 = fetch_exc();
+                PyObject *exc2 = prim_exc_fetch();
                 PyException_SetContext(exc2, exc);
-                restore_exc(exc2);
+                prim_exc_restore(exc2);
             }
             else {
                 Py_DECREF(r);
-                restore_exc(exc);
+                prim_exc_restore(exc);
             }
         }
         return task;
