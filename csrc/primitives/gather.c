@@ -849,15 +849,6 @@ static struct PyModuleDef gather_state_def = {
     .m_free = state_free,
 };
 
-static PyObject *
-import_attr(const char *module, const char *name)
-{
-    PyObject *m = PyImport_ImportModule(module);
-    if (m == NULL) return NULL;
-    PyObject *r = PyObject_GetAttrString(m, name);
-    Py_DECREF(m);
-    return r;
-}
 
 static int
 state_fill(GatherState *st, PyObject *module)
@@ -870,17 +861,17 @@ state_fill(GatherState *st, PyObject *module)
     if ((st->kw_loop = PyTuple_Pack(1, st->s[S_loop])) == NULL) return -1;
     if ((st->empty_tuple = PyTuple_New(0)) == NULL) return -1;
 
-    st->future_type = (PyTypeObject *)import_attr("_asyncio", "Future");
+    st->future_type = (PyTypeObject *)prim_import_attr("_asyncio", "Future");
     if (st->future_type == NULL) return -1;
-    st->task_type = (PyTypeObject *)import_attr("_asyncio", "Task");
+    st->task_type = (PyTypeObject *)prim_import_attr("_asyncio", "Task");
     if (st->task_type == NULL) return -1;
     if (!PyType_Check(st->future_type) || !PyType_Check(st->task_type)) {
         PyErr_SetString(PyExc_TypeError, "_asyncio.Future/Task are not types");
         return -1;
     }
-    if ((st->get_running_loop = import_attr("_asyncio", "_get_running_loop")) == NULL)
+    if ((st->get_running_loop = prim_import_attr("_asyncio", "_get_running_loop")) == NULL)
         return -1;
-    if ((st->cancelled_error = import_attr("asyncio.exceptions", "CancelledError")) == NULL)
+    if ((st->cancelled_error = prim_import_attr("asyncio.exceptions", "CancelledError")) == NULL)
         return -1;
     if ((st->events_mod = PyImport_ImportModule("asyncio.events")) == NULL) return -1;
     if ((st->tasks_mod = PyImport_ImportModule("asyncio.tasks")) == NULL) return -1;

@@ -737,8 +737,8 @@ intern(PyObject **slot, const char *s)
     return *slot ? 0 : -1;
 }
 
-static PyObject *
-import_attr(const char *mod, const char *name)
+PyObject *
+prim_import_attr(const char *mod, const char *name)
 {
     PyObject *m = PyImport_ImportModule(mod);
     if (m == NULL) return NULL;
@@ -761,18 +761,18 @@ prim_shared_init(PyObject *module)
         || intern(&s->s_qsize, "qsize") || intern(&s->s_empty, "empty") || intern(&s->s_full, "full")
         || intern(&s->s__format, "_format"))
         return -1;
-    if ((s->CancelledError = import_attr("asyncio", "CancelledError")) == NULL) return -1;
-    if ((s->QueueEmpty = import_attr("asyncio", "QueueEmpty")) == NULL) return -1;
-    if ((s->QueueFull = import_attr("asyncio", "QueueFull")) == NULL) return -1;
+    if ((s->CancelledError = prim_import_attr("asyncio", "CancelledError")) == NULL) return -1;
+    if ((s->QueueEmpty = prim_import_attr("asyncio", "QueueEmpty")) == NULL) return -1;
+    if ((s->QueueFull = prim_import_attr("asyncio", "QueueFull")) == NULL) return -1;
 #if PRIM_PY313
-    if ((s->QueueShutDown = import_attr("asyncio", "QueueShutDown")) == NULL) return -1;
+    if ((s->QueueShutDown = prim_import_attr("asyncio", "QueueShutDown")) == NULL) return -1;
 #endif
-    if ((s->get_running_loop = import_attr("asyncio.events", "_get_running_loop")) == NULL) return -1;
-    if ((s->deque_type = import_attr("collections", "deque")) == NULL) return -1;
+    if ((s->get_running_loop = prim_import_attr("asyncio.events", "_get_running_loop")) == NULL) return -1;
+    if ((s->deque_type = prim_import_attr("collections", "deque")) == NULL) return -1;
     if ((s->deque_append = PyObject_GetAttrString(s->deque_type, "append")) == NULL) return -1;
     if ((s->deque_popleft = PyObject_GetAttrString(s->deque_type, "popleft")) == NULL) return -1;
-    if ((s->heappush = import_attr("heapq", "heappush")) == NULL) return -1;
-    if ((s->heappop = import_attr("heapq", "heappop")) == NULL) return -1;
+    if ((s->heappush = prim_import_attr("heapq", "heappush")) == NULL) return -1;
+    if ((s->heappop = prim_import_attr("heapq", "heappop")) == NULL) return -1;
     s->WaitOpType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &waitop_spec, NULL);
     if (s->WaitOpType == NULL) return -1;
     PyTypeObject *done_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &done_spec, NULL);

@@ -61,6 +61,7 @@ int prim_shared_init(PyObject *module);
 int prim_short_tp_name(PyTypeObject *type);
 
 /* ---- exceptions held as objects (normalised, traceback attached) ---- */
+PyObject *prim_import_attr(const char *mod, const char *name);  /* new ref to mod.name */
 PyObject *prim_exc_fetch(void);          /* takes the raised exception, NULL if none */
 void prim_exc_restore(PyObject *exc);    /* steals exc and raises it */
 
