@@ -524,8 +524,13 @@ run_ready_debug(LoopObject *self, HandleObject *handle)
         return -1;
     }
     if (took >= slow) {
-        PyObject *result = PyObject_CallMethod((PyObject *)self, "_warn_slow_callback", "Od",
-                                               (PyObject *)handle, took);
+        PyObject *seconds = PyFloat_FromDouble(took);
+        if (seconds == NULL) {
+            return -1;
+        }
+        PyObject *result = PyObject_CallMethodObjArgs((PyObject *)self, self->state->str_slow_callback,
+                                                      (PyObject *)handle, seconds, NULL);
+        Py_DECREF(seconds);
         if (result == NULL) {
             return -1;
         }

@@ -30,7 +30,10 @@ on_signal_readable(uv_poll_t *poll, int status, int events)
             break;
         }
         for (ssize_t i = 0; i < got; i++) {
-            PyObject *result = PyObject_CallMethod((PyObject *)self, "_handle_signal", "i", (int)buffer[i]);
+            PyObject *signum = PyLong_FromLong(buffer[i]);
+            PyObject *result = signum == NULL ? NULL
+                : PyObject_CallMethodOneArg((PyObject *)self, self->state->str_handle_signal, signum);
+            Py_XDECREF(signum);
             if (result == NULL) {
                 loop_defer_error(self);
                 return;
