@@ -211,6 +211,11 @@ PyObject *loop_sock_connect(LoopObject *self, PyObject *const *args, Py_ssize_t 
 PyObject *loop_sock_accept(LoopObject *self, PyObject *sock);
 PyObject *loop_sock_check(LoopObject *self, PyObject *sock);
 
+/* ---- DNS (dns.c): getaddrinfo/getnameinfo on libuv's thread pool, as
+ * module functions _loop.getaddrinfo(loop, ...) / _loop.getnameinfo(loop, ...)
+ * returning Futures of the loop; loop.py's coroutines await them ---- */
+int dns_init(PyObject *module, ModuleState *state);
+
 /* ---- signals (signals.c) ---- */
 int signals_open(LoopObject *loop);   /* socketpair + uv_poll on the read end */
 void signals_close(LoopObject *loop);

@@ -72,6 +72,7 @@ loop_module_exec(PyObject *module)
     if (handles_init_types(module, state) < 0
         || watchers_init_type(module, state) < 0
         || sock_ops_init_type(module, state) < 0
+        || dns_init(module, state) < 0
         || loop_core_init_type(module, state) < 0) {
         return -1;
     }
