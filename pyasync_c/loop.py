@@ -279,6 +279,19 @@ class Loop(_loop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
         """Accept a connection on the listening sock: (conn, address), conn non-blocking."""
         return await self._sock_accept(sock)
 
+    # ---- name resolution (C: dns.c, on libuv's thread pool) ---------------
+    async def getaddrinfo(self, host: Any, port: Any, *, family: int = 0, type: int = 0,
+                          proto: int = 0, flags: int = 0) -> list[Any]:
+        """socket.getaddrinfo(host, port, family, type, proto, flags) without blocking the loop."""
+        if self._debug:  # asyncio's version logs the call and its duration
+            return await base_events.BaseEventLoop.getaddrinfo(
+                self, host, port, family=family, type=type, proto=proto, flags=flags)
+        return await _loop.getaddrinfo(self, host, port, family, type, proto, flags)
+
+    async def getnameinfo(self, sockaddr: Any, flags: int = 0) -> tuple[str, str]:
+        """socket.getnameinfo(sockaddr, flags) without blocking the loop."""
+        return await _loop.getnameinfo(self, sockaddr, flags)
+
 
 def _not_yet(name: str) -> Callable[..., NoReturn]:
     def method(self: Loop, *args: Any, **kwargs: Any) -> NoReturn:
