@@ -215,6 +215,9 @@ PyObject *loop_sock_check(LoopObject *self, PyObject *sock);
  * module functions _loop.getaddrinfo(loop, ...) / _loop.getnameinfo(loop, ...)
  * returning Futures of the loop; loop.py's coroutines await them ---- */
 int dns_init(PyObject *module, ModuleState *state);
+/* Loop close: uv_cancel() the loop's requests not yet started (before the
+ * final uv_run; those already resolving are waited for). */
+void dns_cancel_requests(LoopObject *loop);
 
 /* ---- signals (signals.c) ---- */
 int signals_open(LoopObject *loop);   /* socketpair + uv_poll on the read end */

@@ -136,6 +136,7 @@ loop_close_uv(LoopObject *self)
     self->uv_ready = 0;
     loop_close_watchers(self);
     signals_close(self);
+    dns_cancel_requests(self);  /* queued lookups end now; running ones are waited for below */
     uv_close((uv_handle_t *)&self->prepare_handle, NULL);
     uv_close((uv_handle_t *)&self->wake_timer, NULL);
     uv_close((uv_handle_t *)&self->async_handle, NULL);
