@@ -23,6 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, TypeVarTuple, Unpack
 
 from . import _loop
+from ._network import NetworkMixin
 
 __all__ = ["Loop"]
 
@@ -40,7 +41,7 @@ def _sighandler_noop(signum: int, frame: object) -> None:
     by the loop when the wakeup fd reports the signal."""
 
 
-class Loop(_loop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
+class Loop(_loop.LoopCore, NetworkMixin, base_events.BaseEventLoop):  # type: ignore[misc]
     """A libuv-backed asyncio event loop."""
 
     if TYPE_CHECKING:  # asyncio.BaseEventLoop internals that typeshed does not declare
@@ -57,6 +58,7 @@ class Loop(_loop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
 
     def __init__(self) -> None:
         base_events.BaseEventLoop.__init__(self)
+        self._init_network()
         self._signal_handlers: dict[int, Any] = {}
         self._wakeup_installed = False
         self._old_wakeup_fd = -1
@@ -297,18 +299,13 @@ def _not_yet(name: str) -> Callable[..., NoReturn]:
     def method(self: Loop, *args: Any, **kwargs: Any) -> NoReturn:
         raise NotImplementedError(
             f"pyasync_c: loop.{name}() is not implemented yet: it lands with "
-            f"native network/pipe/subprocess support")
+            f"native subprocess support")
     method.__name__ = name
     method.__qualname__ = f"Loop.{name}"
     return method
 
 
-_NETWORK_METHODS = (
-    "create_connection", "create_server", "create_unix_connection", "create_unix_server",
-    "connect_accepted_socket", "create_datagram_endpoint", "connect_read_pipe",
-    "connect_write_pipe", "subprocess_exec", "subprocess_shell",
-    "sock_sendfile", "sendfile", "start_tls",
-)
+_NETWORK_METHODS = ("subprocess_exec", "subprocess_shell")
 for _name in _NETWORK_METHODS:
     setattr(Loop, _name, _not_yet(_name))
 del _name

@@ -9,6 +9,7 @@
  * stdlib's selectors: a ready fd queues its handle on every iteration.
  */
 #include "loop.h"
+#include "transport.h"
 
 #include <stdlib.h>
 
@@ -171,7 +172,7 @@ loop_add_watcher(LoopObject *loop, PyObject *const *args, Py_ssize_t nargs, int 
         return NULL;
     }
     int fd = PyObject_AsFileDescriptor(args[0]);
-    if (fd < 0) {
+    if (fd < 0 || transport_check_fd_free(loop, fd) < 0) {
         return NULL;
     }
     if (loop->closed || !loop->uv_ready) {

@@ -74,6 +74,18 @@ typedef struct {
     PyObject *str_check_thread;     /* "_check_thread" */
     PyObject *str_check_callback;   /* "_check_callback" */
     PyObject *str_extract_stack;    /* "_debug_source_traceback" */
+    /* transports (transport_base.c, stream_transport.c, datagram_transport.c) */
+    PyTypeObject *SocketTransportType;     /* subclass of asyncio.Transport */
+    PyTypeObject *ReadPipeTransportType;   /* subclass of asyncio.ReadTransport */
+    PyTypeObject *WritePipeTransportType;  /* subclass of asyncio.WriteTransport */
+    PyTypeObject *DatagramTransportType;   /* subclass of asyncio.DatagramTransport */
+    PyObject *BufferedProtocolType;        /* asyncio.BufferedProtocol */
+    PyObject *asyncio_logger;              /* logging.getLogger("asyncio") */
+    PyObject *str_data_received, *str_buffer_updated, *str_get_buffer, *str_eof_received;
+    PyObject *str_connection_made, *str_connection_lost, *str_pause_writing, *str_resume_writing;
+    PyObject *str_datagram_received, *str_error_received, *str_close;
+    PyObject *str_call_exception_handler, *str_attach, *str_detach, *str_call_connection_lost;
+    PyObject *str_connection_made_cb, *str_set_result, *str_set_exception, *str_cancelled;
     double clock_resolution;
 } ModuleState;
 
@@ -162,6 +174,8 @@ struct LoopObject {
     PyObject *thread_id;         /* None, or the running thread's ident */
     PyObject *task_factory;      /* NULL means None */
     PyObject *watchers;          /* dict fd -> WatcherObject (add_reader/add_writer) */
+    PyObject *transports;        /* dict fd -> int address of the TransportObject using fd
+                                  * (borrowed: a transport removes itself when it lets go of fd) */
     long active_io;              /* user I/O sources: while 0, a busy loop may skip the poll */
     long pid;                    /* process that created the loop (fork detection) */
     char uv_ready;               /* uv loop and our handles are initialised */

@@ -19,6 +19,7 @@
  *   3. run exactly the callbacks that were ready at that point.
  */
 #include "loop.h"
+#include "transport.h"
 
 #include <math.h>
 #include <time.h>
@@ -135,6 +136,7 @@ loop_close_uv(LoopObject *self)
     }
     self->uv_ready = 0;
     loop_close_watchers(self);
+    transports_close_all(self);
     signals_close(self);
     dns_cancel_requests(self);  /* queued lookups end now; running ones are waited for below */
     uv_close((uv_handle_t *)&self->prepare_handle, NULL);
@@ -163,7 +165,8 @@ loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->thread_id = Py_NewRef(Py_None);
     self->pid = (long)getpid();
     self->watchers = PyDict_New();
-    if (self->watchers == NULL || loop_init_uv(self) < 0) {
+    self->transports = PyDict_New();
+    if (self->watchers == NULL || self->transports == NULL || loop_init_uv(self) < 0) {
         Py_DECREF(self);
         return NULL;
     }
@@ -202,6 +205,7 @@ loop_dealloc(LoopObject *self)
     loop_clear(self);
     Py_CLEAR(self->thread_id);
     Py_CLEAR(self->watchers);
+    Py_CLEAR(self->transports);
     type->tp_free((PyObject *)self);
     Py_DECREF(type);
 }
@@ -677,6 +681,7 @@ loop_set_signal_handlers_active(LoopObject *self, PyObject *delta)
 /* ---- attributes shared with asyncio.BaseEventLoop's Python code ---- */
 
 static PyObject *get_closed(LoopObject *self, void *c) { return PyBool_FromLong(self->closed); }
+static PyObject *get_transports(LoopObject *self, void *c) { return Py_NewRef(self->transports); }
 static PyObject *get_stopping(LoopObject *self, void *c) { return PyBool_FromLong(self->stopping); }
 static PyObject *get_debug_attr(LoopObject *self, void *c) { return PyBool_FromLong(self->debug); }
 static PyObject *get_thread_id(LoopObject *self, void *c) { return Py_NewRef(self->thread_id); }
@@ -764,6 +769,7 @@ set_task_factory(LoopObject *self, PyObject *value, void *c)
 
 static PyGetSetDef loop_getsets[] = {
     {"_closed", (getter)get_closed, (setter)set_closed, NULL, NULL},
+    {"_transports", (getter)get_transports, NULL, "dict fd -> transport address (C registry)", NULL},
     {"_stopping", (getter)get_stopping, (setter)set_stopping, NULL, NULL},
     {"_debug", (getter)get_debug_attr, (setter)set_debug_attr, NULL, NULL},
     {"_thread_id", (getter)get_thread_id, (setter)set_thread_id, NULL, NULL},

@@ -2,6 +2,7 @@
  * types of every file in csrc/loop/ and the asyncio objects the hot paths
  * call (Future, Task, BaseEventLoop.create_task), imported once here. */
 #include "loop.h"
+#include "transport.h"
 
 #include <time.h>
 
@@ -73,6 +74,7 @@ loop_module_exec(PyObject *module)
         || watchers_init_type(module, state) < 0
         || sock_ops_init_type(module, state) < 0
         || dns_init(module, state) < 0
+        || transports_init(module, state) < 0
         || loop_core_init_type(module, state) < 0) {
         return -1;
     }
@@ -91,6 +93,12 @@ loop_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->FutureType);
     Py_VISIT(state->TaskType);
     Py_VISIT(state->base_create_task);
+    Py_VISIT(state->SocketTransportType);
+    Py_VISIT(state->ReadPipeTransportType);
+    Py_VISIT(state->WritePipeTransportType);
+    Py_VISIT(state->DatagramTransportType);
+    Py_VISIT(state->BufferedProtocolType);
+    Py_VISIT(state->asyncio_logger);
     return 0;
 }
 
@@ -116,6 +124,24 @@ loop_module_clear(PyObject *module)
     Py_CLEAR(state->str_check_thread);
     Py_CLEAR(state->str_check_callback);
     Py_CLEAR(state->str_extract_stack);
+    Py_CLEAR(state->SocketTransportType);
+    Py_CLEAR(state->ReadPipeTransportType);
+    Py_CLEAR(state->WritePipeTransportType);
+    Py_CLEAR(state->DatagramTransportType);
+    Py_CLEAR(state->BufferedProtocolType);
+    Py_CLEAR(state->asyncio_logger);
+    PyObject **interned[] = {
+        &state->str_data_received, &state->str_buffer_updated, &state->str_get_buffer,
+        &state->str_eof_received, &state->str_connection_made, &state->str_connection_lost,
+        &state->str_pause_writing, &state->str_resume_writing, &state->str_datagram_received,
+        &state->str_error_received, &state->str_close, &state->str_call_exception_handler,
+        &state->str_attach, &state->str_detach, &state->str_call_connection_lost,
+        &state->str_connection_made_cb, &state->str_set_result, &state->str_set_exception,
+        &state->str_cancelled,
+    };
+    for (size_t i = 0; i < sizeof(interned) / sizeof(interned[0]); i++) {
+        Py_CLEAR(*interned[i]);
+    }
     return 0;
 }
 

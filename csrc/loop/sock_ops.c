@@ -30,6 +30,7 @@
  * asyncio's memoryview), and resumes partial sends at `pos`.
  */
 #include "loop.h"
+#include "transport.h"
 
 #include <errno.h>
 #include <sys/socket.h>
@@ -377,6 +378,13 @@ static PyType_Spec waiter_spec = {
 static int
 check_socket(LoopObject *loop, PyObject *sock)
 {
+    int fd = PyObject_AsFileDescriptor(sock);
+    if (fd < 0) {
+        PyErr_Clear();  /* a closed socket: the syscall reports it */
+    }
+    else if (transport_check_fd_free(loop, fd) < 0) {
+        return -1;
+    }
     if (check_ssl_socket == NULL) {
         PyObject *base_events = PyImport_ImportModule("asyncio.base_events");
         if (base_events == NULL) {

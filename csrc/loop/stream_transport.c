@@ -1,0 +1,714 @@
+/* Stream transports: SocketTransport (TCP and Unix stream sockets, an
+ * asyncio.Transport), ReadPipeTransport (asyncio.ReadTransport) and
+ * WritePipeTransport (asyncio.WriteTransport) for pipes, character devices and
+ * sockets handed to connect_read_pipe/connect_write_pipe.
+ *
+ * One C layout (TransportObject, transport.h) and one read/write path; the
+ * kinds differ only where asyncio's do: EOF on a read pipe ends the
+ * connection, a write pipe watches its fd for the reader going away, and
+ * write_eof() on a socket is shutdown(SHUT_WR) while on a pipe it closes.
+ *
+ * Read path: one read() per readiness event into a reusable buffer, then one
+ * bytes object for data_received (or get_buffer/read/buffer_updated for a
+ * BufferedProtocol).  Write path: write() at once when nothing is queued;
+ * only the unsent rest is queued (bytes by reference, other buffers copied)
+ * and flushed with one sendmsg()/writev() of many entries when the fd is
+ * writable.  Lifecycle and ownership: transport_base.c.
+ */
+#include "transport.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define MAX_IOVECS 64
+
+static int
+would_block(int error_number)
+{
+    return error_number == EAGAIN || error_number == EWOULDBLOCK || error_number == EINTR;
+}
+
+static const char *
+write_error_message(TransportObject *self)
+{
+    return self->kind == TRANSPORT_SOCKET_STREAM ? "Fatal write error on socket transport"
+                                                  : "Fatal write error on pipe transport";
+}
+
+static ssize_t
+write_some(TransportObject *self, const char *data, Py_ssize_t size)
+{
+    if (self->kind == TRANSPORT_SOCKET_STREAM) {
+        return send(self->fd, data, (size_t)size, MSG_NOSIGNAL);
+    }
+    return write(self->fd, data, (size_t)size);
+}
+
+static void
+set_future(TransportObject *self, PyObject *future, PyObject *method, PyObject *value)
+{
+    PyObject *done = PyObject_CallMethod(future, "done", NULL);
+    int is_done = done ? PyObject_IsTrue(done) : 1;
+    Py_XDECREF(done);
+    if (!is_done) {
+        PyObject *r = PyObject_CallMethodOneArg(future, method, value);
+        Py_XDECREF(r);
+    }
+    PyErr_Clear();
+}
+
+static void
+write_failed(TransportObject *self, int error_number)
+{
+    PyObject *exc = transport_oserror(error_number);
+    if (exc == NULL) {
+        transport_handle_error(self, write_error_message(self));
+        return;
+    }
+    write_queue_clear(&self->queue);
+    transport_fatal_error(self, exc, write_error_message(self));
+    if (self->empty_waiter != NULL) {
+        set_future(self, self->empty_waiter, self->loop->state->str_set_exception, exc);
+    }
+    Py_DECREF(exc);
+}
+
+/* Writes as much of the queue as the fd takes; then the follow-ups of an
+ * emptied queue (empty waiter, close, write_eof).  Errors are handled here. */
+static void
+stream_flush(TransportObject *self)
+{
+    if (self->conn_lost || self->queue.count == 0) {
+        return;
+    }
+    struct iovec iov[MAX_IOVECS];
+    int count = 0;
+    WriteQueue *queue = &self->queue;
+    for (Py_ssize_t i = 0; i < queue->count && count < MAX_IOVECS; i++) {
+        WriteEntry *entry = &queue->items[(queue->head + i) & (queue->capacity - 1)];
+        iov[count].iov_base = PyBytes_AS_STRING(entry->data) + entry->offset;
+        iov[count].iov_len = (size_t)(PyBytes_GET_SIZE(entry->data) - entry->offset);
+        count++;
+    }
+    ssize_t sent;
+    if (self->kind == TRANSPORT_SOCKET_STREAM) {
+        struct msghdr message;
+        memset(&message, 0, sizeof(message));
+        message.msg_iov = iov;
+        message.msg_iovlen = (size_t)count;
+        sent = sendmsg(self->fd, &message, MSG_NOSIGNAL);
+    }
+    else {
+        sent = writev(self->fd, iov, count);
+    }
+    if (sent < 0) {
+        if (!would_block(errno)) {
+            write_failed(self, errno);
+        }
+        return;
+    }
+    write_queue_consume(queue, sent);
+    transport_maybe_resume_protocol(self);  /* may queue more */
+    if (queue->count > 0 || self->conn_lost) {
+        return;
+    }
+    if (self->empty_waiter != NULL) {
+        set_future(self, self->empty_waiter, self->loop->state->str_set_result, Py_None);
+    }
+    if (self->closing) {
+        self->conn_lost++;
+        if (transport_schedule_connection_lost(self, NULL) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+    }
+    else if (self->eof_written && self->kind == TRANSPORT_SOCKET_STREAM) {
+        if (shutdown(self->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+            write_failed(self, errno);
+        }
+    }
+}
+
+void
+stream_on_writable(TransportObject *self)
+{
+    stream_flush(self);
+}
+
+/* ---- reading ---- */
+
+static void
+on_eof(TransportObject *self)
+{
+    ModuleState *state = self->loop->state;
+    if (self->kind == TRANSPORT_READ_PIPE) {
+        self->closing = 1;
+        self->conn_lost++;
+        PyObject *eof_received = PyObject_GetAttr(self->protocol, state->str_eof_received);
+        if (eof_received == NULL || transport_schedule_call(self, eof_received, NULL) < 0
+            || transport_schedule_connection_lost(self, NULL) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        Py_XDECREF(eof_received);
+        return;
+    }
+    PyObject *keep_open = transport_call_protocol(self, state->str_eof_received, NULL, 0);
+    if (keep_open == NULL) {
+        transport_handle_error(self, "Fatal error: protocol.eof_received() call failed.");
+        return;
+    }
+    int keep = PyObject_IsTrue(keep_open);
+    Py_DECREF(keep_open);
+    if (keep < 0) {
+        transport_handle_error(self, "Fatal error: protocol.eof_received() call failed.");
+        return;
+    }
+    if (keep) {
+        self->read_eof = 1;  /* the protocol may still write; nothing more to read */
+        return;
+    }
+    PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, state->str_close);
+    if (r == NULL) {
+        transport_handle_error(self, "Fatal error on transport");
+    }
+    Py_XDECREF(r);
+}
+
+static void
+read_failed(TransportObject *self, int error_number)
+{
+    PyObject *exc = transport_oserror(error_number);
+    const char *message = self->kind == TRANSPORT_SOCKET_STREAM ? "Fatal read error on socket transport"
+                                                                : "Fatal read error on pipe transport";
+    if (exc == NULL) {
+        transport_handle_error(self, message);
+        return;
+    }
+    transport_fatal_error(self, exc, message);
+    Py_DECREF(exc);
+}
+
+static void
+read_into_protocol_buffer(TransportObject *self)
+{
+    ModuleState *state = self->loop->state;
+    static const char get_buffer_failed[] = "Fatal error: protocol.get_buffer() call failed.";
+    PyObject *size_hint = PyLong_FromLong(-1);
+    if (size_hint == NULL) {
+        transport_handle_error(self, get_buffer_failed);
+        return;
+    }
+    PyObject *buffer = transport_call_protocol(self, state->str_get_buffer, &size_hint, 1);
+    Py_DECREF(size_hint);
+    if (buffer == NULL) {
+        transport_handle_error(self, get_buffer_failed);
+        return;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(buffer);
+        transport_handle_error(self, get_buffer_failed);
+        return;
+    }
+    if (view.len == 0) {
+        PyBuffer_Release(&view);
+        Py_DECREF(buffer);
+        PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
+        transport_handle_error(self, get_buffer_failed);
+        return;
+    }
+    ssize_t received = read(self->fd, view.buf, (size_t)view.len);
+    int error_number = errno;
+    PyBuffer_Release(&view);
+    Py_DECREF(buffer);
+    if (received < 0) {
+        if (!would_block(error_number)) {
+            read_failed(self, error_number);
+        }
+        return;
+    }
+    if (received == 0) {
+        on_eof(self);
+        return;
+    }
+    PyObject *count = PyLong_FromSsize_t(received);
+    PyObject *r = count ? transport_call_protocol(self, state->str_buffer_updated, &count, 1) : NULL;
+    Py_XDECREF(count);
+    if (r == NULL) {
+        transport_handle_error(self, "Fatal error: protocol.buffer_updated() call failed.");
+        return;
+    }
+    Py_DECREF(r);
+}
+
+void
+stream_on_readable(TransportObject *self)
+{
+    if (self->kind == TRANSPORT_WRITE_PIPE) {
+        /* The reading end went away. */
+        if (self->queue.count > 0) {
+            PyObject *exc = PyObject_CallNoArgs(PyExc_BrokenPipeError);
+            transport_force_close(self, exc);
+            Py_XDECREF(exc);
+        }
+        else {
+            transport_force_close(self, NULL);
+        }
+        return;
+    }
+    if (self->conn_lost || !transport_wants_read(self)) {
+        return;
+    }
+    if (self->buffered_protocol) {
+        read_into_protocol_buffer(self);
+        return;
+    }
+    ssize_t received = read(self->fd, transport_read_buffer, TRANSPORT_READ_BUFFER_SIZE);
+    if (received < 0) {
+        if (!would_block(errno)) {
+            read_failed(self, errno);
+        }
+        return;
+    }
+    if (received == 0) {
+        on_eof(self);
+        return;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(transport_read_buffer, received);
+    if (data == NULL) {
+        transport_handle_error(self, "Fatal error: protocol.data_received() call failed.");
+        return;
+    }
+    PyObject *r = transport_call_protocol(self, self->loop->state->str_data_received, &data, 1);
+    Py_DECREF(data);
+    if (r == NULL) {
+        transport_handle_error(self, "Fatal error: protocol.data_received() call failed.");
+        return;
+    }
+    Py_DECREF(r);
+}
+
+/* ---- methods ---- */
+
+static int
+check_bytes_like(PyObject *data)
+{
+    if (PyBytes_Check(data) || PyByteArray_Check(data) || PyMemoryView_Check(data)) {
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not '%.100s'",
+                 Py_TYPE(data)->tp_name);
+    return -1;
+}
+
+/* Queues data[offset:]: bytes by reference, anything else copied (the caller
+ * may reuse a bytearray or memoryview as soon as write() returns). */
+static int
+queue_rest(TransportObject *self, PyObject *data, const Py_buffer *view, Py_ssize_t offset)
+{
+    if (PyBytes_CheckExact(data)) {
+        return write_queue_push(&self->queue, data, offset, NULL);
+    }
+    PyObject *copy = PyBytes_FromStringAndSize((const char *)view->buf + offset, view->len - offset);
+    if (copy == NULL) {
+        return -1;
+    }
+    int rc = write_queue_push(&self->queue, copy, 0, NULL);
+    Py_DECREF(copy);
+    return rc;
+}
+
+/* Common checks of write()/writelines(); 1: go on, 0: silently dropped, -1: error. */
+static int
+check_can_write(TransportObject *self, const char *what)
+{
+    if (self->kind == TRANSPORT_SOCKET_STREAM && self->eof_written) {
+        PyErr_Format(PyExc_RuntimeError, "Cannot call %s() after write_eof()", what);
+        return -1;
+    }
+    if (self->empty_waiter != NULL) {
+        PyErr_Format(PyExc_RuntimeError, "unable to %s; sendfile is in progress", what);
+        return -1;
+    }
+    if (self->conn_lost || (self->kind == TRANSPORT_WRITE_PIPE && self->closing)) {
+        transport_warn_write_after_lost(self, self->kind == TRANSPORT_SOCKET_STREAM
+            ? "socket.send() raised exception."
+            : "pipe closed by peer or os.write(pipe, data) raised exception.");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+stream_write(TransportObject *self, PyObject *data)
+{
+    if (check_bytes_like(data) < 0) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (view.len == 0) {
+        PyBuffer_Release(&view);
+        if (self->kind == TRANSPORT_SOCKET_STREAM && self->eof_written) {
+            PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    int go_on = check_can_write(self, "write");
+    if (go_on <= 0) {
+        PyBuffer_Release(&view);
+        return go_on < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    Py_ssize_t sent = 0;
+    if (self->queue.count == 0) {
+        ssize_t n = write_some(self, view.buf, view.len);
+        if (n < 0) {
+            if (!would_block(errno)) {
+                int error_number = errno;
+                PyBuffer_Release(&view);
+                write_failed(self, error_number);
+                if (PyErr_Occurred()) {
+                    return NULL;
+                }
+                Py_RETURN_NONE;
+            }
+            n = 0;
+        }
+        if (n == view.len) {
+            PyBuffer_Release(&view);
+            Py_RETURN_NONE;
+        }
+        sent = n;
+    }
+    int rc = queue_rest(self, data, &view, sent);
+    PyBuffer_Release(&view);
+    if (rc < 0 || transport_update_poll(self) < 0) {
+        return NULL;
+    }
+    transport_maybe_pause_protocol(self);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_writelines(TransportObject *self, PyObject *list_of_data)
+{
+    PyObject *iterator = PyObject_GetIter(list_of_data);
+    if (iterator == NULL) {
+        return NULL;
+    }
+    int go_on = check_can_write(self, "writelines");
+    if (go_on <= 0) {
+        Py_DECREF(iterator);
+        return go_on < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *item;
+    while ((item = PyIter_Next(iterator)) != NULL) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(item, &view, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(item);
+            Py_DECREF(iterator);
+            return NULL;
+        }
+        int rc = view.len > 0 ? queue_rest(self, item, &view, 0) : 0;
+        PyBuffer_Release(&view);
+        Py_DECREF(item);
+        if (rc < 0) {
+            Py_DECREF(iterator);
+            return NULL;
+        }
+    }
+    Py_DECREF(iterator);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!(self->poll_events & UV_WRITABLE)) {
+        stream_flush(self);  /* nothing was waiting: try at once */
+    }
+    if (transport_update_poll(self) < 0) {
+        return NULL;
+    }
+    transport_maybe_pause_protocol(self);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_can_write_eof(TransportObject *self, PyObject *unused)
+{
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+socket_write_eof(TransportObject *self, PyObject *unused)
+{
+    if (self->closing || self->eof_written) {
+        Py_RETURN_NONE;
+    }
+    self->eof_written = 1;
+    if (self->queue.count == 0 && shutdown(self->fd, SHUT_WR) < 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+/* Schedules connection_lost(None) once nothing is left to flush. */
+static PyObject *
+close_when_flushed(TransportObject *self)
+{
+    self->closing = 1;
+    if (self->queue.count == 0 && !self->conn_lost) {
+        self->conn_lost++;
+        if (transport_schedule_connection_lost(self, NULL) < 0) {
+            return NULL;
+        }
+    }
+    if (transport_update_poll(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+pipe_write_eof(TransportObject *self, PyObject *unused)
+{
+    if (self->closing) {
+        Py_RETURN_NONE;
+    }
+    return close_when_flushed(self);
+}
+
+static PyObject *
+socket_close(TransportObject *self, PyObject *unused)
+{
+    if (self->closing) {
+        Py_RETURN_NONE;
+    }
+    return close_when_flushed(self);
+}
+
+static PyObject *
+write_pipe_close(TransportObject *self, PyObject *unused)
+{
+    if (self->sock == NULL || self->closing) {
+        Py_RETURN_NONE;
+    }
+    return close_when_flushed(self);
+}
+
+static PyObject *
+stream_abort(TransportObject *self, PyObject *unused)
+{
+    transport_force_close(self, NULL);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_pause_reading(TransportObject *self, PyObject *unused)
+{
+    if (self->closing || self->reading_paused) {
+        Py_RETURN_NONE;
+    }
+    self->reading_paused = 1;
+    if (transport_update_poll(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_resume_reading(TransportObject *self, PyObject *unused)
+{
+    if (self->closing || !self->reading_paused) {
+        Py_RETURN_NONE;
+    }
+    self->reading_paused = 0;
+    if (transport_update_poll(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+stream_is_reading(TransportObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(!self->closing && !self->reading_paused);
+}
+
+/* ---- construction ---- */
+
+static PyObject *
+stream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"loop", "sock", "protocol", "waiter", "extra", "server", NULL};
+    PyObject *loop, *sock, *protocol, *waiter = Py_None, *extra = Py_None, *server = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOO", keywords, &loop, &sock, &protocol,
+                                     &waiter, &extra, &server)) {
+        return NULL;
+    }
+    PyObject *module = PyType_GetModuleByDef(type, &loop_module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    ModuleState *state = PyModule_GetState(module);
+    if (!PyObject_TypeCheck(loop, state->LoopCoreType)) {
+        PyErr_Format(PyExc_TypeError, "loop must be a pyasync_c loop, not %.100s", Py_TYPE(loop)->tp_name);
+        return NULL;
+    }
+    TransportKind kind = type == state->SocketTransportType ? TRANSPORT_SOCKET_STREAM
+                         : type == state->ReadPipeTransportType ? TRANSPORT_READ_PIPE
+                         : TRANSPORT_WRITE_PIPE;
+    TransportObject *self = (TransportObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    if (transport_setup(self, (LoopObject *)loop, sock, protocol, extra,
+                        kind == TRANSPORT_SOCKET_STREAM ? server : Py_None, kind) < 0) {
+        goto fail;
+    }
+    if (kind == TRANSPORT_WRITE_PIPE) {
+        /* The reader going away shows as readable (or POLLERR) on the fd. */
+        self->watch_peer_close = 1;
+    }
+    if (transport_schedule_start(self, waiter) < 0) {
+        goto fail;
+    }
+    return (PyObject *)self;
+fail:
+    /* Not handed out yet: the fd stays the caller's. */
+    Py_CLEAR(self->sock);
+    Py_DECREF(self);
+    return NULL;
+}
+
+static PyMethodDef write_methods[] = {
+    {"write", (PyCFunction)stream_write, METH_O, "Write data to the transport without blocking."},
+    {"writelines", (PyCFunction)stream_writelines, METH_O, "Write every buffer of an iterable."},
+    {"can_write_eof", (PyCFunction)stream_can_write_eof, METH_NOARGS, "Return True: write_eof() works."},
+    {"abort", (PyCFunction)stream_abort, METH_NOARGS,
+     "Close at once, dropping buffered data; connection_lost(None) follows."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef read_methods[] = {
+    {"pause_reading", (PyCFunction)stream_pause_reading, METH_NOARGS, "Stop calling data_received()."},
+    {"resume_reading", (PyCFunction)stream_resume_reading, METH_NOARGS, "Resume data_received() calls."},
+    {"is_reading", (PyCFunction)stream_is_reading, METH_NOARGS, "Return True if the transport is receiving."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef socket_methods[] = {
+    {"write_eof", (PyCFunction)socket_write_eof, METH_NOARGS,
+     "Close the write end after flushing buffered data (shutdown(SHUT_WR))."},
+    {"close", (PyCFunction)socket_close, METH_NOARGS,
+     "Close after flushing buffered data; connection_lost(None) follows."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef read_pipe_methods[] = {
+    {"close", (PyCFunction)socket_close, METH_NOARGS, "Close the transport."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef write_pipe_methods[] = {
+    {"write_eof", (PyCFunction)pipe_write_eof, METH_NOARGS, "Close the pipe after flushing buffered data."},
+    {"close", (PyCFunction)write_pipe_close, METH_NOARGS, "Close the pipe after flushing buffered data."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot socket_slots[] = {
+    {Py_tp_new, stream_new},
+    {Py_tp_init, transport_init},
+    {Py_tp_dealloc, transport_dealloc},
+    {Py_tp_finalize, transport_finalize},
+    {Py_tp_traverse, transport_traverse},
+    {Py_tp_clear, transport_clear},
+    {Py_tp_repr, transport_repr},
+    {Py_tp_getset, transport_getsets},
+    {Py_tp_members, transport_members},
+    {Py_tp_methods, NULL},  /* filled in at init */
+    {0, NULL},
+};
+
+static PyType_Slot read_pipe_slots[sizeof(socket_slots) / sizeof(socket_slots[0])];
+static PyType_Slot write_pipe_slots[sizeof(socket_slots) / sizeof(socket_slots[0])];
+
+static PyTypeObject *
+make_kind(PyObject *module, const char *name, PyType_Slot *slots, PyObject *base,
+          const PyMethodDef *const *tables, int count)
+{
+    PyMethodDef *methods = transport_join_methods(tables, count);
+    if (methods == NULL) {
+        return NULL;
+    }
+    if (slots != socket_slots) {
+        memcpy(slots, socket_slots, sizeof(socket_slots));
+    }
+    for (PyType_Slot *slot = slots; slot->slot != 0; slot++) {
+        if (slot->slot == Py_tp_methods) {
+            slot->pfunc = methods;
+        }
+    }
+    PyType_Spec spec = {
+        .name = name,
+        .basicsize = sizeof(TransportObject),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+        .slots = slots,
+    };
+    return transport_make_type(module, &spec, base);
+}
+
+int
+stream_transports_init(PyObject *module, ModuleState *state)
+{
+    PyObject *asyncio = PyImport_ImportModule("asyncio.transports");
+    if (asyncio == NULL) {
+        return -1;
+    }
+    PyObject *transport = PyObject_GetAttrString(asyncio, "Transport");
+    PyObject *read_transport = PyObject_GetAttrString(asyncio, "ReadTransport");
+    PyObject *write_transport = PyObject_GetAttrString(asyncio, "WriteTransport");
+    Py_DECREF(asyncio);
+    int rc = -1;
+    if (transport == NULL || read_transport == NULL || write_transport == NULL) {
+        goto done;
+    }
+    const PyMethodDef *socket_tables[] = {transport_common_methods, transport_write_methods,
+                                          write_methods, read_methods, socket_methods};
+    const PyMethodDef *read_pipe_tables[] = {transport_common_methods, read_methods, read_pipe_methods};
+    const PyMethodDef *write_pipe_tables[] = {transport_common_methods, transport_write_methods,
+                                              write_methods, write_pipe_methods};
+    state->SocketTransportType = make_kind(module, "pyasync_c._loop.SocketTransport", socket_slots,
+                                           transport, socket_tables, 5);
+    if (state->SocketTransportType == NULL) {
+        goto done;
+    }
+    state->ReadPipeTransportType = make_kind(module, "pyasync_c._loop.ReadPipeTransport",
+                                             read_pipe_slots, read_transport, read_pipe_tables, 3);
+    if (state->ReadPipeTransportType == NULL) {
+        goto done;
+    }
+    state->WritePipeTransportType = make_kind(module, "pyasync_c._loop.WritePipeTransport",
+                                              write_pipe_slots, write_transport, write_pipe_tables, 4);
+    if (state->WritePipeTransportType == NULL) {
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(transport);
+    Py_XDECREF(read_transport);
+    Py_XDECREF(write_transport);
+    return rc;
+}

@@ -1,0 +1,142 @@
+/* Shared declarations of the transports: stream transports over sockets and
+ * pipes (stream_transport.c), datagram transports (datagram_transport.c) and
+ * the machinery they share (transport_base.c).  See transport_base.c for the
+ * lifecycle. */
+#ifndef PYASYNC_C_TRANSPORT_H
+#define PYASYNC_C_TRANSPORT_H
+
+#include "loop.h"
+
+#include <structmember.h>
+
+/* asyncio.BaseTransport has __slots__ = ('_extra',): its storage sits, unused,
+ * in asyncio_slot_storage; our `_extra` getset shadows it (module init checks
+ * the layout fits). */
+#define TRANSPORT_RESERVED_SLOTS 1
+
+typedef enum {
+    TRANSPORT_SOCKET_STREAM,  /* TCP / Unix stream socket: asyncio.Transport */
+    TRANSPORT_READ_PIPE,      /* asyncio.ReadTransport over a pipe/char device/socket */
+    TRANSPORT_WRITE_PIPE,     /* asyncio.WriteTransport over a pipe/char device/socket */
+    TRANSPORT_DATAGRAM,       /* asyncio.DatagramTransport */
+} TransportKind;
+
+/* One pending write: the unsent part of `data` starts at `offset`. */
+typedef struct {
+    PyObject *data;      /* bytes, owned */
+    Py_ssize_t offset;
+    PyObject *address;   /* datagram destination; NULL for streams or a connected socket */
+} WriteEntry;
+
+/* FIFO ring of pending writes. */
+typedef struct {
+    WriteEntry *items;
+    Py_ssize_t head;
+    Py_ssize_t count;
+    Py_ssize_t capacity;  /* power of two */
+    Py_ssize_t bytes;     /* unsent bytes over all entries */
+} WriteQueue;
+
+typedef struct TransportObject {
+    PyObject_HEAD
+    PyObject *asyncio_slot_storage[TRANSPORT_RESERVED_SLOTS];
+    PyObject *dict;           /* __dict__ (stdlib transports have one) */
+    PyObject *weakreflist;
+    LoopObject *loop;
+    PyObject *sock;           /* socket or pipe file object owning fd; NULL once closed */
+    PyObject *protocol;
+    PyObject *extra;          /* dict behind get_extra_info() */
+    PyObject *server;         /* asyncio.Server or NULL */
+    PyObject *context;        /* contextvars.Context the protocol callbacks run in */
+    PyObject *empty_waiter;   /* sendfile: Future done when the write queue empties */
+    PyObject *address;        /* datagram: the connected peer address, or NULL */
+    uv_poll_t *poll;          /* malloc'd on first use; its close callback frees it */
+    WriteQueue queue;
+    Py_ssize_t conn_lost;     /* >0 once connection_lost is scheduled; counts writes after */
+    Py_ssize_t high_water;
+    Py_ssize_t low_water;
+    int fd;
+    int poll_events;          /* the events the poll is started with (0: stopped) */
+    TransportKind kind;
+    char closing;
+    char reading_paused;      /* pause_reading() */
+    char read_eof;            /* EOF seen and eof_received() kept the connection open */
+    char started;             /* connection_made() ran: reading may start */
+    char writing_paused;      /* protocol.pause_writing() was called */
+    char eof_written;         /* write_eof() called */
+    char buffered_protocol;   /* protocol is an asyncio.BufferedProtocol */
+    char lost;                /* _call_connection_lost ran */
+    char watch_peer_close;    /* write pipe: poll readable to see the reader go away */
+    char holds_self_ref;      /* an active poll keeps the transport alive */
+} TransportObject;
+
+/* ---- transport_base.c ---- */
+int transports_init(PyObject *module, ModuleState *state);
+/* Creates one of our transport types with `base` (an asyncio class) as base. */
+PyTypeObject *transport_make_type(PyObject *module, PyType_Spec *spec, PyObject *base);
+/* Fills the fields every kind shares; registers fd with the loop. */
+int transport_setup(TransportObject *self, LoopObject *loop, PyObject *sock, PyObject *protocol,
+                    PyObject *extra, PyObject *server, TransportKind kind);
+/* Schedules _connection_made(waiter) on the loop (connection_made, start reading, waiter). */
+int transport_schedule_start(TransportObject *self, PyObject *waiter);
+/* Starts/stops/changes the poll to what the transport wants now. */
+int transport_update_poll(TransportObject *self);
+int transport_wants_read(TransportObject *self);
+/* Calls protocol.<name>(*args) on the protocol; new reference or NULL. */
+PyObject *transport_call_protocol(TransportObject *self, PyObject *name, PyObject *const *args,
+                                  Py_ssize_t nargs);
+/* Handles the exception set by a failed protocol/syscall step: SystemExit and
+ * KeyboardInterrupt stop the loop and propagate from run_forever; anything
+ * else goes through fatal_error(message). */
+void transport_handle_error(TransportObject *self, const char *message);
+/* Reports the current exception to the exception handler; the transport goes on. */
+void transport_report_error(TransportObject *self, const char *message);
+void transport_fatal_error(TransportObject *self, PyObject *exc, const char *message);
+void transport_force_close(TransportObject *self, PyObject *exc);
+/* Schedules _call_connection_lost(exc) (exc may be NULL for None).
+ * transport_schedule_call: callable(arg), or callable() when arg is NULL. */
+int transport_schedule_connection_lost(TransportObject *self, PyObject *exc);
+int transport_schedule_call(TransportObject *self, PyObject *callable, PyObject *arg);
+void transport_maybe_pause_protocol(TransportObject *self);
+void transport_maybe_resume_protocol(TransportObject *self);
+/* Logs asyncio's warning for writes after the connection was lost. */
+void transport_warn_write_after_lost(TransportObject *self, const char *message);
+int transport_check_fd_free(LoopObject *loop, int fd);  /* RuntimeError if a transport uses fd */
+void transports_close_all(LoopObject *loop);            /* loop close: release every poll */
+PyObject *transport_oserror(int error_number);          /* new OSError subclass instance */
+/* Shared methods and getsets, listed in each type's tables. */
+extern PyMethodDef transport_common_methods[];
+extern PyMethodDef transport_write_methods[];
+/* Concatenates method tables into one (allocated once per type, never freed). */
+PyMethodDef *transport_join_methods(const PyMethodDef *const *tables, int count);
+extern PyGetSetDef transport_getsets[];
+extern PyMemberDef transport_members[];
+int transport_init(PyObject *self, PyObject *args, PyObject *kwargs);
+int transport_traverse(TransportObject *self, visitproc visit, void *arg);
+int transport_clear(TransportObject *self);
+void transport_dealloc(TransportObject *self);
+void transport_finalize(TransportObject *self);
+PyObject *transport_repr(TransportObject *self);
+
+/* Per-kind I/O readiness handlers, called by the poll callback with the
+ * transport's context entered. */
+void stream_on_readable(TransportObject *self);
+void stream_on_writable(TransportObject *self);
+void datagram_on_readable(TransportObject *self);
+void datagram_on_writable(TransportObject *self);
+
+/* ---- write queue (transport_base.c) ---- */
+int write_queue_push(WriteQueue *queue, PyObject *data, Py_ssize_t offset, PyObject *address);
+void write_queue_consume(WriteQueue *queue, Py_ssize_t nbytes);  /* stream: drop sent bytes */
+void write_queue_pop(WriteQueue *queue);                          /* drop the head entry */
+void write_queue_clear(WriteQueue *queue);
+
+/* ---- stream_transport.c / datagram_transport.c ---- */
+int stream_transports_init(PyObject *module, ModuleState *state);
+int datagram_transport_init(PyObject *module, ModuleState *state);
+
+/* Reusable read buffer (one per process; only touched with the GIL held). */
+#define TRANSPORT_READ_BUFFER_SIZE (256 * 1024)
+extern char transport_read_buffer[TRANSPORT_READ_BUFFER_SIZE];
+
+#endif

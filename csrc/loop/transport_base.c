@@ -1,0 +1,1213 @@
+/* What every transport shares: the poll, the write queue, flow control,
+ * protocol calls in the connection's context, error handling, closing and
+ * connection_lost, the fd registry of the loop, get/set_protocol, _extra,
+ * repr, garbage collection.  The per-kind read/write paths live in
+ * stream_transport.c (sockets and pipes) and datagram_transport.c.
+ *
+ * Lifecycle of a transport:
+ *   1. created by loop.py's _make_*_transport with an open, non-blocking
+ *      socket or pipe (the Python object keeps owning the fd); the fd is
+ *      entered in loop->transports so add_reader/sock_* on it raise, as on
+ *      asyncio; `context` is a copy of the creator's contextvars context.
+ *   2. a scheduled _connection_made(waiter) calls protocol.connection_made,
+ *      starts reading and resolves the waiter, in that order (as asyncio).
+ *   3. I/O: one uv_poll_t per transport, level-triggered, started with the
+ *      events the transport wants (reading unless paused/closing; writable
+ *      while the write queue is non-empty).  While the poll is active it holds
+ *      a reference to the transport, so an open connection is never collected;
+ *      the poll callback enters `context` and calls the protocol directly (no
+ *      Handle per event).
+ *   4. close()/abort()/errors schedule _call_connection_lost(exc) exactly once
+ *      (after the queue is flushed for close()): it calls
+ *      protocol.connection_lost, uv_close()s the poll (its close callback frees
+ *      it) before closing the socket, leaves the registry and the server.
+ *   5. a transport collected while its socket is still open gives a
+ *      ResourceWarning and closes the socket (tp_finalize).
+ * Loop.close() releases the polls of transports still open (their sockets
+ * stay open until they are closed or collected, as on asyncio).
+ */
+#include "transport.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <structmember.h>
+
+char transport_read_buffer[TRANSPORT_READ_BUFFER_SIZE];
+
+#define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
+#define DEFAULT_HIGH_WATER (64 * 1024)
+
+/* ---- write queue ---- */
+
+int
+write_queue_push(WriteQueue *queue, PyObject *data, Py_ssize_t offset, PyObject *address)
+{
+    if (queue->count == queue->capacity) {
+        Py_ssize_t capacity = queue->capacity ? queue->capacity * 2 : 8;
+        WriteEntry *items = PyMem_Malloc(capacity * sizeof(WriteEntry));
+        if (items == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < queue->count; i++) {
+            items[i] = queue->items[(queue->head + i) & (queue->capacity - 1)];
+        }
+        PyMem_Free(queue->items);
+        queue->items = items;
+        queue->head = 0;
+        queue->capacity = capacity;
+    }
+    WriteEntry *entry = &queue->items[(queue->head + queue->count) & (queue->capacity - 1)];
+    entry->data = Py_NewRef(data);
+    entry->offset = offset;
+    entry->address = Py_XNewRef(address);
+    queue->count++;
+    queue->bytes += PyBytes_GET_SIZE(data) - offset;
+    return 0;
+}
+
+void
+write_queue_pop(WriteQueue *queue)
+{
+    WriteEntry *entry = &queue->items[queue->head];
+    queue->bytes -= PyBytes_GET_SIZE(entry->data) - entry->offset;
+    Py_CLEAR(entry->data);
+    Py_CLEAR(entry->address);
+    queue->head = (queue->head + 1) & (queue->capacity - 1);
+    queue->count--;
+}
+
+void
+write_queue_consume(WriteQueue *queue, Py_ssize_t nbytes)
+{
+    while (nbytes > 0 && queue->count > 0) {
+        WriteEntry *entry = &queue->items[queue->head];
+        Py_ssize_t left = PyBytes_GET_SIZE(entry->data) - entry->offset;
+        if (left <= nbytes) {
+            nbytes -= left;
+            write_queue_pop(queue);
+        }
+        else {
+            entry->offset += nbytes;
+            queue->bytes -= nbytes;
+            nbytes = 0;
+        }
+    }
+}
+
+void
+write_queue_clear(WriteQueue *queue)
+{
+    while (queue->count > 0) {
+        write_queue_pop(queue);
+    }
+    queue->bytes = 0;
+}
+
+static void
+write_queue_free(WriteQueue *queue)
+{
+    write_queue_clear(queue);
+    PyMem_Free(queue->items);
+    queue->items = NULL;
+    queue->capacity = 0;
+    queue->head = 0;
+}
+
+/* ---- helpers ---- */
+
+PyObject *
+transport_oserror(int error_number)
+{
+    PyObject *args = Py_BuildValue("(is)", error_number, strerror(error_number));
+    if (args == NULL) {
+        return NULL;
+    }
+    PyObject *exc = PyObject_Call(PyExc_OSError, args, NULL);  /* picks the errno subclass */
+    Py_DECREF(args);
+    return exc;
+}
+
+static ModuleState *
+state_of(TransportObject *self)
+{
+    return self->loop->state;
+}
+
+/* ---- fd registry ---- */
+
+static int
+registry_add(TransportObject *self)
+{
+    PyObject *key = PyLong_FromLong(self->fd);
+    PyObject *value = key ? PyLong_FromVoidPtr(self) : NULL;
+    int rc = value ? PyDict_SetItem(self->loop->transports, key, value) : -1;
+    Py_XDECREF(key);
+    Py_XDECREF(value);
+    return rc;
+}
+
+static void
+registry_remove(TransportObject *self)
+{
+    if (self->loop == NULL || self->loop->transports == NULL || self->fd < 0) {
+        return;
+    }
+    PyObject *exc = compat_fetch_exception();
+    PyObject *key = PyLong_FromLong(self->fd);
+    if (key != NULL) {
+        PyObject *value = PyDict_GetItemWithError(self->loop->transports, key);
+        if (value != NULL && PyLong_AsVoidPtr(value) == (void *)self) {
+            PyDict_DelItem(self->loop->transports, key);
+        }
+        Py_DECREF(key);
+    }
+    PyErr_Clear();
+    if (exc != NULL) {
+        compat_restore_exception(exc);
+    }
+}
+
+int
+transport_check_fd_free(LoopObject *loop, int fd)
+{
+    if (loop->transports == NULL || PyDict_GET_SIZE(loop->transports) == 0) {
+        return 0;
+    }
+    PyObject *key = PyLong_FromLong(fd);
+    if (key == NULL) {
+        return -1;
+    }
+    PyObject *value = PyDict_GetItemWithError(loop->transports, key);
+    Py_DECREF(key);
+    if (value == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    TransportObject *transport = PyLong_AsVoidPtr(value);
+    if (transport == NULL || transport->closing) {
+        return 0;
+    }
+    PyErr_Format(PyExc_RuntimeError, "File descriptor %d is used by transport %R",
+                 fd, (PyObject *)transport);
+    return -1;
+}
+
+/* ---- poll ---- */
+
+static void
+free_poll(uv_handle_t *handle)
+{
+    free(handle);
+}
+
+static void on_poll(uv_poll_t *poll, int status, int events);
+
+int
+transport_wants_read(TransportObject *self)
+{
+    if (self->kind == TRANSPORT_WRITE_PIPE) {
+        return self->started && self->watch_peer_close && !self->conn_lost;
+    }
+    return self->started && !self->closing && !self->reading_paused && !self->read_eof
+           && !self->conn_lost;
+}
+
+static void
+poll_stopped(TransportObject *self)
+{
+    self->poll_events = 0;
+    self->loop->active_io--;
+    if (self->holds_self_ref) {
+        self->holds_self_ref = 0;
+        Py_DECREF(self);  /* the caller holds another reference */
+    }
+}
+
+int
+transport_update_poll(TransportObject *self)
+{
+    if (self->lost || self->loop == NULL || !self->loop->uv_ready) {
+        return 0;
+    }
+    int events = (transport_wants_read(self) ? UV_READABLE : 0)
+                 | (self->queue.count > 0 && !self->conn_lost ? UV_WRITABLE : 0);
+    if (events == self->poll_events) {
+        return 0;
+    }
+    if (events == 0) {
+        uv_poll_stop(self->poll);
+        poll_stopped(self);
+        return 0;
+    }
+    if (self->poll == NULL) {
+        uv_poll_t *poll = malloc(sizeof(uv_poll_t));
+        if (poll == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        int err = uv_poll_init(&self->loop->uv, poll, self->fd);
+        if (err < 0) {
+            free(poll);
+            if (err == UV_EEXIST) {
+                PyErr_Format(PyExc_RuntimeError,
+                             "File descriptor %d is already watched by add_reader()/add_writer()",
+                             self->fd);
+            }
+            else {
+                errno = -err;
+                PyErr_SetFromErrno(PyExc_OSError);
+            }
+            return -1;
+        }
+        poll->data = self;
+        self->poll = poll;
+    }
+    int err = uv_poll_start(self->poll, events, on_poll);
+    if (err < 0) {
+        errno = -err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    if (self->poll_events == 0) {
+        self->loop->active_io++;
+        if (!self->holds_self_ref) {
+            self->holds_self_ref = 1;
+            Py_INCREF(self);
+        }
+    }
+    self->poll_events = events;
+    return 0;
+}
+
+/* Closes the poll for good (before the fd is closed). */
+static void
+transport_release_poll(TransportObject *self)
+{
+    if (self->poll == NULL) {
+        return;
+    }
+    Py_INCREF(self);
+    if (self->poll_events != 0) {
+        uv_poll_stop(self->poll);
+        poll_stopped(self);
+    }
+    self->poll->data = NULL;
+    uv_close((uv_handle_t *)self->poll, free_poll);
+    self->poll = NULL;
+    Py_DECREF(self);
+}
+
+static void
+on_poll(uv_poll_t *poll, int status, int events)
+{
+    TransportObject *self = poll->data;
+    if (self == NULL) {
+        return;
+    }
+    LoopObject *loop = self->loop;
+    loop_take_gil(loop);
+    Py_INCREF(self);
+    if (status < 0) {
+        /* libuv stopped the poll (e.g. POLLERR): retry what we wanted; the
+         * syscalls report the real error or EOF. */
+        events = self->poll_events;
+        if (self->poll_events != 0) {
+            uv_poll_stop(poll);
+            poll_stopped(self);
+        }
+    }
+    if (PyContext_Enter(self->context) < 0) {
+        transport_handle_error(self, "Fatal error: cannot enter the transport's context");
+        Py_DECREF(self);
+        return;
+    }
+    int datagram = self->kind == TRANSPORT_DATAGRAM;
+    if ((events & UV_READABLE) && !self->lost) {
+        if (datagram) {
+            datagram_on_readable(self);
+        }
+        else {
+            stream_on_readable(self);
+        }
+    }
+    if ((events & UV_WRITABLE) && !self->lost && self->queue.count > 0) {
+        if (datagram) {
+            datagram_on_writable(self);
+        }
+        else {
+            stream_on_writable(self);
+        }
+    }
+    if (transport_update_poll(self) < 0) {
+        transport_handle_error(self, "Fatal error: cannot poll the transport's file descriptor");
+    }
+    PyObject *exc = PyErr_Occurred() ? compat_fetch_exception() : NULL;
+    if (PyContext_Exit(self->context) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    if (exc != NULL) {
+        compat_restore_exception(exc);
+        loop_defer_error(loop);
+    }
+    Py_DECREF(self);
+}
+
+/* ---- protocol calls and errors ---- */
+
+PyObject *
+transport_call_protocol(TransportObject *self, PyObject *name, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *stack[4];
+    assert(nargs <= 3);
+    stack[0] = self->protocol;
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        stack[i + 1] = args[i];
+    }
+    if (self->protocol == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "transport has no protocol");
+        return NULL;
+    }
+    return PyObject_VectorcallMethod(name, stack, (nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+void
+transport_handle_error(TransportObject *self, const char *message)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        loop_defer_error(self->loop);
+        return;
+    }
+    PyObject *exc = compat_fetch_exception();
+    transport_fatal_error(self, exc, message);
+    Py_XDECREF(exc);
+}
+
+static int
+is_quiet_error(TransportObject *self, PyObject *exc)
+{
+    if (self->kind == TRANSPORT_READ_PIPE) {
+        /* A read pipe only keeps quiet about EIO (a pty whose other end closed). */
+        if (!PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_OSError)) {
+            return 0;
+        }
+        PyObject *error_number = PyObject_GetAttrString(exc, "errno");
+        int quiet = error_number != NULL && PyLong_Check(error_number)
+                    && PyLong_AsLong(error_number) == EIO;
+        Py_XDECREF(error_number);
+        PyErr_Clear();
+        return quiet;
+    }
+    return PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_OSError);
+}
+
+void
+transport_fatal_error(TransportObject *self, PyObject *exc, const char *message)
+{
+    if (exc == NULL) {
+        return;
+    }
+    if (!is_quiet_error(self, exc) && self->loop != NULL) {
+        PyObject *context = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", message,
+                                          "exception", exc, "transport", (PyObject *)self,
+                                          "protocol", self->protocol ? self->protocol : Py_None);
+        PyObject *result = context ? PyObject_CallMethodOneArg(
+            (PyObject *)self->loop, state_of(self)->str_call_exception_handler, context) : NULL;
+        Py_XDECREF(context);
+        if (result == NULL) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        Py_XDECREF(result);
+    }
+    transport_force_close(self, exc);
+}
+
+int
+transport_schedule_call(TransportObject *self, PyObject *callable, PyObject *arg)
+{
+    PyObject *args[1] = {arg};
+    HandleObject *handle = handle_new(self->loop, self->loop->state->HandleType, callable, args,
+                                      arg ? 1 : 0, self->context);
+    if (handle == NULL) {
+        return -1;
+    }
+    int rc = loop_schedule_handle(self->loop, handle);
+    Py_DECREF(handle);
+    return rc;
+}
+
+int
+transport_schedule_connection_lost(TransportObject *self, PyObject *exc)
+{
+    PyObject *method = PyObject_GetAttr((PyObject *)self, state_of(self)->str_call_connection_lost);
+    if (method == NULL) {
+        return -1;
+    }
+    int rc = transport_schedule_call(self, method, exc ? exc : Py_None);
+    Py_DECREF(method);
+    return rc;
+}
+
+void
+transport_force_close(TransportObject *self, PyObject *exc)
+{
+    if (self->conn_lost || self->loop == NULL) {
+        return;
+    }
+    write_queue_clear(&self->queue);
+    self->closing = 1;
+    self->conn_lost++;
+    if (transport_update_poll(self) < 0) {
+        PyErr_Clear();
+    }
+    if (transport_schedule_connection_lost(self, exc) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+}
+
+void
+transport_warn_write_after_lost(TransportObject *self, const char *message)
+{
+    if (self->conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
+        PyObject *result = PyObject_CallMethod(state_of(self)->asyncio_logger, "warning", "s", message);
+        if (result == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(result);
+    }
+    self->conn_lost++;
+}
+
+/* ---- flow control ---- */
+
+void
+transport_report_error(TransportObject *self, const char *message)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        loop_defer_error(self->loop);
+        return;
+    }
+    PyObject *exc = compat_fetch_exception();
+    PyObject *context = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", message, "exception", exc,
+                                      "transport", (PyObject *)self,
+                                      "protocol", self->protocol ? self->protocol : Py_None);
+    PyObject *r = context ? PyObject_CallMethodOneArg(
+        (PyObject *)self->loop, state_of(self)->str_call_exception_handler, context) : NULL;
+    if (r == NULL) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(context);
+    Py_XDECREF(exc);
+}
+
+static void
+call_flow_control(TransportObject *self, PyObject *name, const char *message)
+{
+    PyObject *result = transport_call_protocol(self, name, NULL, 0);
+    if (result == NULL) {
+        transport_report_error(self, message);
+    }
+    Py_XDECREF(result);
+}
+
+void
+transport_maybe_pause_protocol(TransportObject *self)
+{
+    if (self->queue.bytes <= self->high_water || self->writing_paused) {
+        return;
+    }
+    self->writing_paused = 1;
+    call_flow_control(self, state_of(self)->str_pause_writing, "protocol.pause_writing() failed");
+}
+
+void
+transport_maybe_resume_protocol(TransportObject *self)
+{
+    if (!self->writing_paused || self->queue.bytes > self->low_water) {
+        return;
+    }
+    self->writing_paused = 0;
+    call_flow_control(self, state_of(self)->str_resume_writing, "protocol.resume_writing() failed");
+}
+
+/* ---- set-up ---- */
+
+static int
+set_protocol_fields(TransportObject *self, PyObject *protocol)
+{
+    int buffered = PyObject_IsInstance(protocol, state_of(self)->BufferedProtocolType);
+    if (buffered < 0) {
+        return -1;
+    }
+    Py_XSETREF(self->protocol, Py_NewRef(protocol));
+    self->buffered_protocol = (char)buffered;
+    return 0;
+}
+
+int
+transport_setup(TransportObject *self, LoopObject *loop, PyObject *sock, PyObject *protocol,
+                PyObject *extra, PyObject *server, TransportKind kind)
+{
+    self->fd = -1;
+    self->kind = kind;
+    self->loop = (LoopObject *)Py_NewRef(loop);
+    if (loop->closed || !loop->uv_ready) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
+    int fd = PyObject_AsFileDescriptor(sock);
+    if (fd < 0) {
+        return -1;
+    }
+    if (extra == NULL || extra == Py_None) {
+        self->extra = PyDict_New();
+    }
+    else if (PyDict_Check(extra)) {
+        self->extra = Py_NewRef(extra);
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError, "extra must be a dict or None");
+        return -1;
+    }
+    if (self->extra == NULL || set_protocol_fields(self, protocol) < 0) {
+        return -1;
+    }
+    self->context = PyContext_CopyCurrent();
+    if (self->context == NULL) {
+        return -1;
+    }
+    self->high_water = DEFAULT_HIGH_WATER;
+    self->low_water = DEFAULT_HIGH_WATER / 4;
+    self->sock = Py_NewRef(sock);
+    self->fd = fd;
+    if (server != NULL && server != Py_None) {
+        self->server = Py_NewRef(server);
+        PyObject *args[2] = {server, (PyObject *)self};
+#if PY_VERSION_HEX >= 0x030D0000
+        PyObject *r = PyObject_VectorcallMethod(state_of(self)->str_attach, args,
+                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+#else
+        PyObject *r = PyObject_VectorcallMethod(state_of(self)->str_attach, args,
+                                                1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+#endif
+        if (r == NULL) {
+            Py_CLEAR(self->server);
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    return registry_add(self);
+}
+
+int
+transport_schedule_start(TransportObject *self, PyObject *waiter)
+{
+    PyObject *method = PyObject_GetAttr((PyObject *)self, state_of(self)->str_connection_made_cb);
+    if (method == NULL) {
+        return -1;
+    }
+    int rc = transport_schedule_call(self, method, waiter ? waiter : Py_None);
+    Py_DECREF(method);
+    return rc;
+}
+
+/* ---- methods every kind has ---- */
+
+/* _connection_made(waiter): protocol.connection_made(self), then reading
+ * starts and the waiter (if any) gets its result.  An exception from
+ * connection_made is re-raised at the end, for the Handle to report. */
+static PyObject *
+transport_connection_made(TransportObject *self, PyObject *waiter)
+{
+    if (self->lost || self->protocol == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *args[1] = {(PyObject *)self};
+    PyObject *result = transport_call_protocol(self, state_of(self)->str_connection_made, args, 1);
+    PyObject *exc = NULL;
+    if (result == NULL) {
+        exc = compat_fetch_exception();
+    }
+    Py_XDECREF(result);
+    self->started = 1;
+    if (transport_update_poll(self) < 0) {
+        PyObject *poll_exc = compat_fetch_exception();
+        transport_fatal_error(self, poll_exc, "Fatal error: cannot poll the transport's file descriptor");
+        Py_XDECREF(poll_exc);
+    }
+    if (waiter != Py_None) {
+        PyObject *cancelled = PyObject_CallMethodNoArgs(waiter, state_of(self)->str_cancelled);
+        int is_cancelled = cancelled ? PyObject_IsTrue(cancelled) : -1;
+        Py_XDECREF(cancelled);
+        if (is_cancelled == 0) {
+            PyObject *r = PyObject_CallMethodOneArg(waiter, state_of(self)->str_set_result, Py_None);
+            Py_XDECREF(r);
+            is_cancelled = r ? 0 : -1;
+        }
+        if (is_cancelled < 0) {
+            Py_XDECREF(exc);
+            return NULL;
+        }
+    }
+    if (exc != NULL) {
+        compat_restore_exception(exc);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* _call_connection_lost(exc): connection_lost once, then release everything. */
+static PyObject *
+transport_call_connection_lost(TransportObject *self, PyObject *exc)
+{
+    if (self->lost) {
+        Py_RETURN_NONE;
+    }
+    self->lost = 1;
+    PyObject *result = NULL;
+    if (self->protocol != NULL) {
+        PyObject *args[1] = {exc};
+        result = transport_call_protocol(self, state_of(self)->str_connection_lost, args, 1);
+    }
+    else {
+        result = Py_NewRef(Py_None);
+    }
+    PyObject *error = result ? NULL : compat_fetch_exception();
+    Py_XDECREF(result);
+
+    transport_release_poll(self);
+    write_queue_clear(&self->queue);
+    registry_remove(self);
+    if (self->sock != NULL) {
+        PyObject *sock = self->sock;
+        self->sock = NULL;
+        PyObject *r = PyObject_CallMethodNoArgs(sock, state_of(self)->str_close);
+        Py_DECREF(sock);
+        if (r == NULL) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        Py_XDECREF(r);
+    }
+    Py_CLEAR(self->protocol);
+    if (self->server != NULL) {
+        PyObject *server = self->server;
+        self->server = NULL;
+        PyObject *args[2] = {server, (PyObject *)self};
+#if PY_VERSION_HEX >= 0x030D0000
+        PyObject *r = PyObject_VectorcallMethod(state_of(self)->str_detach, args,
+                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+#else
+        PyObject *r = PyObject_VectorcallMethod(state_of(self)->str_detach, args,
+                                                1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+#endif
+        Py_DECREF(server);
+        if (r == NULL) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        Py_XDECREF(r);
+    }
+    if (self->empty_waiter != NULL) {
+        PyObject *waiter = self->empty_waiter;
+        self->empty_waiter = NULL;
+        PyObject *done = PyObject_CallMethod(waiter, "done", NULL);
+        int is_done = done ? PyObject_IsTrue(done) : 1;
+        Py_XDECREF(done);
+        PyErr_Clear();
+        if (!is_done) {
+            PyObject *lost = PyObject_CallFunction(PyExc_ConnectionError, "s",
+                                                   "Connection is closed by peer");
+            PyObject *r = lost ? PyObject_CallMethodOneArg(waiter, state_of(self)->str_set_exception, lost) : NULL;
+            Py_XDECREF(r);
+            Py_XDECREF(lost);
+            PyErr_Clear();
+        }
+        Py_DECREF(waiter);
+    }
+    if (error != NULL) {
+        compat_restore_exception(error);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+transport_get_protocol(TransportObject *self, PyObject *unused)
+{
+    return Py_NewRef(self->protocol ? self->protocol : Py_None);
+}
+
+static PyObject *
+transport_set_protocol(TransportObject *self, PyObject *protocol)
+{
+    if (set_protocol_fields(self, protocol) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+transport_is_closing(TransportObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(self->closing);
+}
+
+static PyObject *
+transport_get_write_buffer_size(TransportObject *self, PyObject *unused)
+{
+    return PyLong_FromSsize_t(self->queue.bytes);
+}
+
+static PyObject *
+transport_get_write_buffer_limits(TransportObject *self, PyObject *unused)
+{
+    return Py_BuildValue("(nn)", self->low_water, self->high_water);
+}
+
+static PyObject *
+transport_set_write_buffer_limits(TransportObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"high", "low", NULL};
+    PyObject *high_obj = Py_None, *low_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:set_write_buffer_limits", keywords,
+                                     &high_obj, &low_obj)) {
+        return NULL;
+    }
+    Py_ssize_t high, low;
+    if (high_obj == Py_None) {
+        if (low_obj == Py_None) {
+            high = DEFAULT_HIGH_WATER;
+        }
+        else {
+            low = PyNumber_AsSsize_t(low_obj, PyExc_OverflowError);
+            if (low == -1 && PyErr_Occurred()) {
+                return NULL;
+            }
+            high = 4 * low;
+        }
+    }
+    else {
+        high = PyNumber_AsSsize_t(high_obj, PyExc_OverflowError);
+        if (high == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    if (low_obj == Py_None) {
+        low = high / 4;
+    }
+    else {
+        low = PyNumber_AsSsize_t(low_obj, PyExc_OverflowError);
+        if (low == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    if (!(high >= low && low >= 0)) {
+        PyErr_Format(PyExc_ValueError, "high (%zd) must be >= low (%zd) must be >= 0", high, low);
+        return NULL;
+    }
+    self->high_water = high;
+    self->low_water = low;
+    transport_maybe_pause_protocol(self);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+transport_make_empty_waiter(TransportObject *self, PyObject *unused)
+{
+    if (self->empty_waiter != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Empty waiter is already set");
+        return NULL;
+    }
+    PyObject *waiter = PyObject_CallMethod((PyObject *)self->loop, "create_future", NULL);
+    if (waiter == NULL) {
+        return NULL;
+    }
+    if (self->queue.count == 0) {
+        PyObject *r = PyObject_CallMethodOneArg(waiter, state_of(self)->str_set_result, Py_None);
+        if (r == NULL) {
+            Py_DECREF(waiter);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    self->empty_waiter = Py_NewRef(waiter);
+    return waiter;
+}
+
+static PyObject *
+transport_reset_empty_waiter(TransportObject *self, PyObject *unused)
+{
+    Py_CLEAR(self->empty_waiter);
+    Py_RETURN_NONE;
+}
+
+PyMethodDef transport_common_methods[] = {
+    {"get_protocol", (PyCFunction)transport_get_protocol, METH_NOARGS, "Return the current protocol."},
+    {"set_protocol", (PyCFunction)transport_set_protocol, METH_O, "Set a new protocol."},
+    {"is_closing", (PyCFunction)transport_is_closing, METH_NOARGS,
+     "Return True if the transport is closing or closed."},
+    {"_connection_made", (PyCFunction)transport_connection_made, METH_O, NULL},
+    {"_call_connection_lost", (PyCFunction)transport_call_connection_lost, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Writable kinds also get these (listed by the kinds' tables). */
+PyMethodDef transport_write_methods[] = {
+    /* listed by the kinds that write */
+    {"get_write_buffer_size", (PyCFunction)transport_get_write_buffer_size, METH_NOARGS,
+     "Return the current size of the write buffer."},
+    {"get_write_buffer_limits", (PyCFunction)transport_get_write_buffer_limits, METH_NOARGS,
+     "Return (low, high), the write buffer's flow-control limits."},
+    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))transport_set_write_buffer_limits,
+     METH_VARARGS | METH_KEYWORDS, "Set the high- and low-water limits for write flow control."},
+    {"_make_empty_waiter", (PyCFunction)transport_make_empty_waiter, METH_NOARGS, NULL},
+    {"_reset_empty_waiter", (PyCFunction)transport_reset_empty_waiter, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ---- getsets ---- */
+
+static PyObject *
+get_extra(TransportObject *self, void *closure)
+{
+    return Py_NewRef(self->extra ? self->extra : Py_None);
+}
+
+static int
+set_extra(TransportObject *self, PyObject *value, void *closure)
+{
+    if (value == NULL || !PyDict_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "_extra must be a dict");
+        return -1;
+    }
+    Py_XSETREF(self->extra, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+get_sock(TransportObject *self, void *closure)
+{
+    return Py_NewRef(self->sock ? self->sock : Py_None);
+}
+
+static PyObject *
+get_fd(TransportObject *self, void *closure)
+{
+    return PyLong_FromLong(self->fd);
+}
+
+static PyObject *
+get_loop(TransportObject *self, void *closure)
+{
+    if (self->lost || self->loop == NULL) {
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef((PyObject *)self->loop);
+}
+
+static PyObject *
+get_protocol_attr(TransportObject *self, void *closure)
+{
+    return Py_NewRef(self->protocol ? self->protocol : Py_None);
+}
+
+static PyObject *
+get_closing(TransportObject *self, void *closure)
+{
+    return PyBool_FromLong(self->closing);
+}
+
+static PyObject *
+get_conn_lost(TransportObject *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->conn_lost);
+}
+
+static PyObject *
+get_paused(TransportObject *self, void *closure)
+{
+    return PyBool_FromLong(self->reading_paused);
+}
+
+static PyObject *
+get_protocol_paused(TransportObject *self, void *closure)
+{
+    return PyBool_FromLong(self->writing_paused);
+}
+
+static PyObject *
+get_server(TransportObject *self, void *closure)
+{
+    return Py_NewRef(self->server ? self->server : Py_None);
+}
+
+static PyObject *
+get_empty_waiter(TransportObject *self, void *closure)
+{
+    return Py_NewRef(self->empty_waiter ? self->empty_waiter : Py_None);
+}
+
+PyGetSetDef transport_getsets[] = {
+    {"_extra", (getter)get_extra, (setter)set_extra, NULL, NULL},
+    {"_sock", (getter)get_sock, NULL, NULL, NULL},
+    {"_pipe", (getter)get_sock, NULL, NULL, NULL},
+    {"_sock_fd", (getter)get_fd, NULL, NULL, NULL},
+    {"_fileno", (getter)get_fd, NULL, NULL, NULL},
+    {"_loop", (getter)get_loop, NULL, NULL, NULL},
+    {"_protocol", (getter)get_protocol_attr, NULL, NULL, NULL},
+    {"_closing", (getter)get_closing, NULL, NULL, NULL},
+    {"_conn_lost", (getter)get_conn_lost, NULL, NULL, NULL},
+    {"_paused", (getter)get_paused, NULL, NULL, NULL},
+    {"_protocol_paused", (getter)get_protocol_paused, NULL, NULL, NULL},
+    {"_server", (getter)get_server, NULL, NULL, NULL},
+    {"_empty_waiter", (getter)get_empty_waiter, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyMemberDef transport_members[] = {
+    {"__dictoffset__", T_PYSSIZET, offsetof(TransportObject, dict), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(TransportObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+/* tp_init: everything happens in tp_new; this keeps asyncio's
+ * BaseTransport.__init__ from running with our constructor's arguments. */
+int
+transport_init(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    return 0;
+}
+
+/* ---- repr / gc ---- */
+
+PyObject *
+transport_repr(TransportObject *self)
+{
+    const char *state = self->sock == NULL ? " closed" : (self->closing ? " closing" : "");
+    const char *reading = (self->poll_events & UV_READABLE) ? "polling" : "idle";
+    const char *writing = (self->poll_events & UV_WRITABLE) ? "polling" : "idle";
+    return PyUnicode_FromFormat("<%s%s fd=%d read=%s write=<%s, bufsize=%zd>>",
+                                _PyType_Name(Py_TYPE(self)), state, self->fd, reading, writing,
+                                self->queue.bytes);
+}
+
+int
+transport_traverse(TransportObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->dict);
+    Py_VISIT((PyObject *)self->loop);
+    Py_VISIT(self->sock);
+    Py_VISIT(self->protocol);
+    Py_VISIT(self->extra);
+    Py_VISIT(self->server);
+    Py_VISIT(self->context);
+    Py_VISIT(self->empty_waiter);
+    Py_VISIT(self->address);
+    for (Py_ssize_t i = 0; i < self->queue.count; i++) {
+        WriteEntry *entry = &self->queue.items[(self->queue.head + i) & (self->queue.capacity - 1)];
+        Py_VISIT(entry->address);
+    }
+    return 0;
+}
+
+int
+transport_clear(TransportObject *self)
+{
+    Py_CLEAR(self->dict);
+    Py_CLEAR(self->protocol);
+    Py_CLEAR(self->extra);
+    Py_CLEAR(self->server);
+    Py_CLEAR(self->context);
+    Py_CLEAR(self->empty_waiter);
+    Py_CLEAR(self->address);
+    write_queue_clear(&self->queue);
+    return 0;
+}
+
+void
+transport_finalize(TransportObject *self)
+{
+    if (self->sock == NULL) {
+        return;
+    }
+    PyObject *exc = compat_fetch_exception();
+    if (PyErr_ResourceWarning((PyObject *)self, 1, "unclosed transport %R", (PyObject *)self) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    transport_release_poll(self);
+    registry_remove(self);
+    PyObject *sock = self->sock;
+    self->sock = NULL;
+    PyObject *r = PyObject_CallMethod(sock, "close", NULL);
+    if (r == NULL) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    Py_XDECREF(r);
+    Py_DECREF(sock);
+    if (exc != NULL) {
+        compat_restore_exception(exc);
+    }
+}
+
+void
+transport_dealloc(TransportObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return;  /* resurrected */
+    }
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    if (self->poll != NULL) {
+        /* Stopped (an active poll holds a reference), but still a libuv handle. */
+        self->poll->data = NULL;
+        uv_close((uv_handle_t *)self->poll, free_poll);
+        self->poll = NULL;
+    }
+    registry_remove(self);
+    transport_clear(self);
+    write_queue_free(&self->queue);
+    Py_CLEAR(self->sock);
+    Py_CLEAR(self->loop);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+/* ---- loop close ---- */
+
+void
+transports_close_all(LoopObject *loop)
+{
+    if (loop->transports == NULL || PyDict_GET_SIZE(loop->transports) == 0) {
+        return;
+    }
+    PyObject *values = PyDict_Values(loop->transports);
+    if (values == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        TransportObject *transport = PyLong_AsVoidPtr(PyList_GET_ITEM(values, i));
+        if (transport != NULL) {
+            Py_INCREF(transport);
+            PyList_SET_ITEM(values, i, (PyObject *)transport);  /* hold it while we work */
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(values, i);
+        if (PyLong_Check(item)) {
+            continue;
+        }
+        transport_release_poll((TransportObject *)item);
+    }
+    Py_DECREF(values);
+    PyErr_Clear();
+}
+
+/* ---- types ---- */
+
+PyMethodDef *
+transport_join_methods(const PyMethodDef *const *tables, int count)
+{
+    Py_ssize_t total = 1;
+    for (int i = 0; i < count; i++) {
+        for (const PyMethodDef *def = tables[i]; def->ml_name != NULL; def++) {
+            total++;
+        }
+    }
+    PyMethodDef *joined = calloc(total, sizeof(PyMethodDef));  /* lives as long as the process */
+    if (joined == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    Py_ssize_t at = 0;
+    for (int i = 0; i < count; i++) {
+        for (const PyMethodDef *def = tables[i]; def->ml_name != NULL; def++) {
+            joined[at++] = *def;
+        }
+    }
+    return joined;
+}
+
+PyTypeObject *
+transport_make_type(PyObject *module, PyType_Spec *spec, PyObject *base)
+{
+    if (((PyTypeObject *)base)->tp_basicsize > (Py_ssize_t)offsetof(TransportObject, dict)) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "pyasync_c: %s's layout does not fit the space reserved for it; "
+                     "this Python version is not supported", ((PyTypeObject *)base)->tp_name);
+        return NULL;
+    }
+    PyObject *type = PyType_FromModuleAndSpec(module, spec, base);
+    if (type == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(module, strchr(spec->name, '.') ? strrchr(spec->name, '.') + 1 : spec->name,
+                              type) < 0) {
+        Py_DECREF(type);
+        return NULL;
+    }
+    return (PyTypeObject *)type;
+}
+
+static int
+intern(PyObject **slot, const char *text)
+{
+    *slot = PyUnicode_InternFromString(text);
+    return *slot ? 0 : -1;
+}
+
+int
+transports_init(PyObject *module, ModuleState *state)
+{
+    if (intern(&state->str_data_received, "data_received") < 0
+        || intern(&state->str_buffer_updated, "buffer_updated") < 0
+        || intern(&state->str_get_buffer, "get_buffer") < 0
+        || intern(&state->str_eof_received, "eof_received") < 0
+        || intern(&state->str_connection_made, "connection_made") < 0
+        || intern(&state->str_connection_lost, "connection_lost") < 0
+        || intern(&state->str_pause_writing, "pause_writing") < 0
+        || intern(&state->str_resume_writing, "resume_writing") < 0
+        || intern(&state->str_datagram_received, "datagram_received") < 0
+        || intern(&state->str_error_received, "error_received") < 0
+        || intern(&state->str_close, "close") < 0
+        || intern(&state->str_call_exception_handler, "call_exception_handler") < 0
+        || intern(&state->str_attach, "_attach") < 0
+        || intern(&state->str_detach, "_detach") < 0
+        || intern(&state->str_call_connection_lost, "_call_connection_lost") < 0
+        || intern(&state->str_connection_made_cb, "_connection_made") < 0
+        || intern(&state->str_set_result, "set_result") < 0
+        || intern(&state->str_set_exception, "set_exception") < 0
+        || intern(&state->str_cancelled, "cancelled") < 0) {
+        return -1;
+    }
+    PyObject *protocols = PyImport_ImportModule("asyncio.protocols");
+    if (protocols == NULL) {
+        return -1;
+    }
+    state->BufferedProtocolType = PyObject_GetAttrString(protocols, "BufferedProtocol");
+    Py_DECREF(protocols);
+    if (state->BufferedProtocolType == NULL) {
+        return -1;
+    }
+    PyObject *logging = PyImport_ImportModule("logging");
+    if (logging == NULL) {
+        return -1;
+    }
+    state->asyncio_logger = PyObject_CallMethod(logging, "getLogger", "s", "asyncio");
+    Py_DECREF(logging);
+    if (state->asyncio_logger == NULL) {
+        return -1;
+    }
+    if (stream_transports_init(module, state) < 0 || datagram_transport_init(module, state) < 0) {
+        return -1;
+    }
+    return 0;
+}

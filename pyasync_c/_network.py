@@ -1,0 +1,403 @@
+"""The network half of pyasync_c.Loop: the hooks asyncio.BaseEventLoop's own
+orchestration calls, and the Unix-socket methods BaseEventLoop leaves out.
+
+asyncio.BaseEventLoop already implements create_connection (happy eyeballs,
+interleave, all_errors...), create_server, connect_accepted_socket,
+create_datagram_endpoint, connect_read_pipe/connect_write_pipe, start_tls,
+sendfile and sock_sendfile on top of a few factory hooks; this mixin provides
+those hooks with pyasync_c's C transports (csrc/loop/*_transport.c):
+
+- ``_make_socket_transport`` / ``_make_ssl_transport`` (asyncio's SSLProtocol
+  over our socket transport) / ``_make_datagram_transport`` /
+  ``_make_read_pipe_transport`` / ``_make_write_pipe_transport``;
+- ``_start_serving`` / ``_stop_serving``: accepting on a listening socket;
+- ``_sock_sendfile_native`` / ``_sendfile_native``: os.sendfile() zero-copy.
+
+It also adds create_unix_connection and create_unix_server, with the running
+Python version's semantics (3.13: the socket file is removed on close).
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import socket
+import stat
+import sys
+from asyncio import base_events, constants, exceptions, futures, sslproto, trsock
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import _loop
+
+_logger = logging.getLogger("asyncio")
+_ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_UNIX_CLEANUP = sys.version_info >= (3, 13)
+_set_nodelay: Callable[[socket.socket], None] = getattr(base_events, "_set_nodelay")
+_SendfileMode: Any = getattr(constants, "_SendfileMode")
+
+# asyncio's loop code asks transports these questions through class attributes.
+setattr(_loop.SocketTransport, "_start_tls_compatible", True)
+setattr(_loop.SocketTransport, "_sendfile_compatible", _SendfileMode.TRY_NATIVE)
+setattr(_loop.SocketTransport, "max_size", 256 * 1024)
+
+
+def _socket_extra(sock: socket.socket, extra: dict[str, Any] | None) -> dict[str, Any]:
+    info = dict(extra) if extra else {}
+    info["socket"] = trsock.TransportSocket(sock)
+    try:
+        info["sockname"] = sock.getsockname()
+    except OSError:
+        info["sockname"] = None
+    if "peername" not in info:
+        try:
+            info["peername"] = sock.getpeername()
+        except OSError:
+            info["peername"] = None
+    return info
+
+
+def _check_pipe(pipe: Any, message: str) -> None:
+    mode = os.fstat(pipe.fileno()).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+        raise ValueError(message)
+
+
+class NetworkMixin:
+    """Transport factories and server plumbing for pyasync_c.Loop."""
+
+    if TYPE_CHECKING:
+        _debug: bool
+        _transports: dict[int, int]
+
+        def create_future(self) -> asyncio.Future[Any]: ...
+        def call_exception_handler(self, context: dict[str, Any]) -> None: ...
+        def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None: ...
+        def remove_reader(self, fd: Any) -> bool: ...
+        def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None: ...
+        def remove_writer(self, fd: Any) -> bool: ...
+        def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Any: ...
+        def is_closed(self) -> bool: ...
+        async def sock_connect(self, sock: socket.socket, address: Any) -> None: ...
+        async def sock_sendfile(self, sock: socket.socket, file: Any, offset: int = 0,
+                                count: int | None = None, *, fallback: bool = True) -> int: ...
+        async def _create_connection_transport(self, sock: socket.socket, protocol_factory: Any,
+                                               ssl: Any, server_hostname: Any, server_side: bool = False,
+                                               ssl_handshake_timeout: Any = None,
+                                               ssl_shutdown_timeout: Any = None) -> Any: ...
+
+    def _init_network(self) -> None:
+        self._unix_server_sockets: dict[socket.socket, int] = {}
+
+    # ---- transport factories (called by BaseEventLoop) --------------------
+    def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None, *,
+                               extra: dict[str, Any] | None = None, server: Any = None) -> Any:
+        info = _socket_extra(sock, extra)
+        _set_nodelay(sock)
+        return _loop.SocketTransport(self, sock, protocol, waiter, info, server)
+
+    def _make_ssl_transport(self, rawsock: socket.socket, protocol: Any, sslcontext: Any,
+                            waiter: Any = None, *, server_side: bool = False,
+                            server_hostname: str | None = None, extra: dict[str, Any] | None = None,
+                            server: Any = None,
+                            ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+                            ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
+                            call_connection_made: bool = True) -> Any:
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            call_connection_made=call_connection_made)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    def _make_datagram_transport(self, sock: socket.socket, protocol: Any, address: Any = None,
+                                 waiter: Any = None, extra: dict[str, Any] | None = None) -> Any:
+        return _loop.DatagramTransport(self, sock, protocol, address, waiter,
+                                       _socket_extra(sock, extra))
+
+    def _make_read_pipe_transport(self, pipe: Any, protocol: Any, waiter: Any = None,
+                                  extra: dict[str, Any] | None = None) -> Any:
+        _check_pipe(pipe, "Pipe transport is for pipes/sockets only.")
+        os.set_blocking(pipe.fileno(), False)
+        info = dict(extra) if extra else {}
+        info["pipe"] = pipe
+        return _loop.ReadPipeTransport(self, pipe, protocol, waiter, info)
+
+    def _make_write_pipe_transport(self, pipe: Any, protocol: Any, waiter: Any = None,
+                                   extra: dict[str, Any] | None = None) -> Any:
+        _check_pipe(pipe, "Pipe transport is only for pipes, sockets and character devices")
+        os.set_blocking(pipe.fileno(), False)
+        info = dict(extra) if extra else {}
+        info["pipe"] = pipe
+        return _loop.WritePipeTransport(self, pipe, protocol, waiter, info)
+
+    # ---- serving ---------------------------------------------------------
+    def _start_serving(self, protocol_factory: Any, sock: socket.socket, sslcontext: Any = None,
+                       server: Any = None, backlog: int = 100,
+                       ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
+                       ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT) -> None:
+        self.add_reader(sock.fileno(), self._accept_connections, protocol_factory, sock,
+                        sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout)
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        path = None
+        if _UNIX_CLEANUP and sock in self._unix_server_sockets:
+            path = sock.getsockname()
+        self.remove_reader(sock.fileno())
+        sock.close()
+        if path is not None:
+            inode = self._unix_server_sockets.pop(sock)
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                _logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
+
+    def _accept_connections(self, protocol_factory: Any, sock: socket.socket, sslcontext: Any,
+                            server: Any, backlog: int, ssl_handshake_timeout: Any,
+                            ssl_shutdown_timeout: Any) -> None:
+        # Up to `backlog` connections per readiness event, as asyncio does.
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                    raise  # reported by the loop's exception handler; serving goes on
+                # Out of fds or memory: stop accepting for a while, then retry.
+                self.call_exception_handler({
+                    "message": "socket.accept() out of system resource",
+                    "exception": exc,
+                    "socket": trsock.TransportSocket(sock),
+                })
+                self.remove_reader(sock.fileno())
+                self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving,
+                                protocol_factory, sock, sslcontext, server, backlog,
+                                ssl_handshake_timeout, ssl_shutdown_timeout)
+                return
+            self._serve_connection(protocol_factory, conn, {"peername": addr}, sslcontext,
+                                   server, ssl_handshake_timeout, ssl_shutdown_timeout)
+
+    def _serve_connection(self, protocol_factory: Any, conn: socket.socket, extra: dict[str, Any],
+                          sslcontext: Any, server: Any, ssl_handshake_timeout: Any,
+                          ssl_shutdown_timeout: Any) -> None:
+        protocol = transport = None
+        try:
+            protocol = protocol_factory()
+            if sslcontext:
+                waiter = self.create_future()
+                transport = self._make_ssl_transport(
+                    conn, protocol, sslcontext, waiter, server_side=True, extra=extra,
+                    server=server, ssl_handshake_timeout=ssl_handshake_timeout,
+                    ssl_shutdown_timeout=ssl_shutdown_timeout)
+                waiter.add_done_callback(functools.partial(
+                    self._handshake_done, transport, protocol))
+            else:
+                transport = self._make_socket_transport(conn, protocol, extra=extra, server=server)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            if transport is None:
+                conn.close()
+            else:
+                transport.close()
+            self._report_accept_error(exc, protocol, transport)
+
+    def _handshake_done(self, transport: Any, protocol: Any, waiter: asyncio.Future[Any]) -> None:
+        if waiter.cancelled():
+            transport.close()
+            return
+        exc = waiter.exception()
+        if exc is not None:
+            transport.close()
+            self._report_accept_error(exc, protocol, transport)
+
+    def _report_accept_error(self, exc: BaseException, protocol: Any, transport: Any) -> None:
+        # asyncio reports these only in debug mode.
+        if not self._debug:
+            return
+        context: dict[str, Any] = {
+            "message": "Error on transport creation for incoming connection",
+            "exception": exc,
+        }
+        if protocol is not None:
+            context["protocol"] = protocol
+        if transport is not None:
+            context["transport"] = transport
+        self.call_exception_handler(context)
+
+    # ---- Unix sockets ----------------------------------------------------
+    async def create_unix_connection(
+            self, protocol_factory: Any, path: Any = None, *, ssl: Any = None,
+            sock: socket.socket | None = None, server_hostname: str | None = None,
+            ssl_handshake_timeout: float | None = None,
+            ssl_shutdown_timeout: float | None = None) -> tuple[Any, Any]:
+        """Connect to the Unix stream socket at path (or use sock)."""
+        if server_hostname is not None and not isinstance(server_hostname, str):
+            raise TypeError("server_hostname must be a str or None")
+        if ssl:
+            if server_hostname is None:
+                raise ValueError("you have to pass server_hostname when using ssl")
+        else:
+            if server_hostname is not None:
+                raise ValueError("server_hostname is only meaningful with ssl")
+            if ssl_handshake_timeout is not None:
+                raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+            if ssl_shutdown_timeout is not None:
+                raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        if path is not None:
+            if sock is not None:
+                raise ValueError("path and sock can not be specified at the same time")
+            path = os.fspath(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
+            try:
+                sock.setblocking(False)
+                await self.sock_connect(sock, path)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            if sock is None:
+                raise ValueError("no path and sock were specified")
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+            sock.setblocking(False)
+        return await self._create_connection_transport(
+            sock, protocol_factory, ssl, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+
+    async def create_unix_server(
+            self, protocol_factory: Any, path: Any = None, *, sock: socket.socket | None = None,
+            backlog: int = 100, ssl: Any = None, ssl_handshake_timeout: float | None = None,
+            ssl_shutdown_timeout: float | None = None, start_serving: bool = True,
+            **kwargs: Any) -> base_events.Server:
+        """Serve protocol_factory on the Unix stream socket at path (or sock)."""
+        # cleanup_socket= exists from 3.13 on, like asyncio's.
+        cleanup_socket = kwargs.pop("cleanup_socket", True) if _UNIX_CLEANUP else False
+        if kwargs:
+            name = next(iter(kwargs))
+            raise TypeError(f"create_unix_server() got an unexpected keyword argument {name!r}")
+        if isinstance(ssl, bool):
+            raise TypeError("ssl argument must be an SSLContext or None")
+        if ssl_handshake_timeout is not None and not ssl:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout is not None and not ssl:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        if path is not None:
+            if sock is not None:
+                raise ValueError("path and sock can not be specified at the same time")
+            path = os.fspath(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if path[0] not in (0, "\x00"):  # not an abstract-namespace address
+                try:
+                    if stat.S_ISSOCK(os.stat(path).st_mode):
+                        os.remove(path)  # a stale socket file from an earlier run
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    _logger.error("Unable to check or remove stale UNIX socket %r: %r", path, err)
+            try:
+                sock.bind(path)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(errno.EADDRINUSE, f"Address {path!r} is already in use") from None
+                raise
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            if sock is None:
+                raise ValueError("path was not specified, and no sock specified")
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+        if cleanup_socket:
+            bound = sock.getsockname()
+            if isinstance(bound, str) and bound and bound[0] != "\x00":
+                try:
+                    self._unix_server_sockets[sock] = os.stat(bound).st_ino
+                except FileNotFoundError:
+                    pass
+        sock.setblocking(False)
+        server = base_events.Server(self, [sock], protocol_factory,  # type: ignore[arg-type]
+                                    ssl, backlog, ssl_handshake_timeout, ssl_shutdown_timeout)
+        if start_serving:
+            server._start_serving()  # type: ignore[attr-defined]
+            await asyncio.sleep(0)  # let the loop start accepting, as asyncio does
+        return server
+
+    # ---- sendfile ----------------------------------------------------------
+    async def _sock_sendfile_native(self, sock: socket.socket, file: Any, offset: int,
+                                    count: int | None) -> int:
+        try:
+            fileno = file.fileno()
+        except (AttributeError, OSError) as err:
+            raise exceptions.SendfileNotAvailableError("not a regular file") from err
+        try:
+            file_size = os.fstat(fileno).st_size
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        blocksize = count if count else file_size
+        if not blocksize:
+            return 0  # empty file
+        blocksize = min(blocksize, 0xFFFF_FFFF)
+        end = min(offset + count, file_size) if count else file_size
+        position = min(offset, file_size)
+        total = 0
+        try:
+            while True:
+                size = min(end - position, blocksize)
+                if size <= 0:
+                    return total
+                try:
+                    sent = os.sendfile(sock.fileno(), fileno, position, size)
+                except (BlockingIOError, InterruptedError):
+                    await self._wait_writable(sock)
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.ENOTCONN and type(exc) is not ConnectionError:
+                        raise ConnectionError("socket is not connected", errno.ENOTCONN) from exc
+                    if total == 0:
+                        # e.g. not an mmap-able file: BaseEventLoop falls back to send().
+                        raise exceptions.SendfileNotAvailableError("os.sendfile call failed") from exc
+                    raise
+                if sent == 0:
+                    return total  # EOF
+                position += sent
+                total += sent
+        finally:
+            if total > 0:
+                os.lseek(fileno, offset + total, os.SEEK_SET)
+
+    async def _wait_writable(self, sock: socket.socket) -> None:
+        waiter = self.create_future()
+        fd = sock.fileno()
+        self.add_writer(fd, futures._set_result_unless_cancelled,  # type: ignore[attr-defined]
+                        waiter, None)
+        try:
+            await waiter
+        finally:
+            self.remove_writer(fd)
+
+    async def _sendfile_native(self, transp: Any, file: Any, offset: int, count: int | None) -> int:
+        fd = transp._sock_fd
+        entry = self._transports.pop(fd, None)
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        try:
+            return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
+        finally:
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
+            if entry is not None:
+                self._transports[fd] = entry
+
