@@ -44,6 +44,8 @@ class Workload:
     make: MakeFn
     requires: tuple[str, ...] = ()  # primitive names taken from ``prims``
     doc: str = ""
+    # parameters of a workload that another runner runs (net/runner.py)
+    params: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 REGISTRY: dict[str, Workload] = {}
@@ -69,6 +71,7 @@ def load_registry() -> dict[str, Workload]:
     """Import the workload modules (they register themselves) and return the registry."""
     importlib.import_module("workloads_loop")
     importlib.import_module("workloads_primitives")
+    importlib.import_module("net.runner")
     return REGISTRY
 
 

@@ -1,14 +1,16 @@
 """Run the pyasync_c benchmark suite and report it.
 
     python3 benchmarks/run.py [--quick] [--only NAME[,NAME]] [--repeat N]
-                              [--loops stdlib,uvloop,pyasync_c] [--out DIR]
+                              [--loops stdlib,uvloop,pyasync_c,libuv] [--out DIR]
 
 Loop workloads run on the stdlib, uvloop and pyasync_c loops (asyncio's
 primitives); primitive workloads run asyncio's and pyasync_c's primitives on
 the stdlib and pyasync_c loops. Every cell is a fresh `child.py` process: one
 warm-up at n/10, then N timed repeats; the figure kept is the best of N
-(the median is in results.json). Writes results.json, results.md and
-results.png to --out (default benchmarks/results/).
+(the median is in results.json). Network workloads (net_*) run echo servers
+on the three loops and a raw libuv C server ("libuv") under a C load driver,
+one server and one client process per cell (net/runner.py). Writes
+results.json, results.md and results.png to --out (default benchmarks/results/).
 """
 from __future__ import annotations
 
@@ -28,16 +30,20 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from harness import LOOP_NAMES, REPO_ROOT, Workload, load_registry, summarize  # noqa: E402
+from net import runner as net  # noqa: E402
 from report import Cell, Table, render_chart, render_text, si  # noqa: E402
 
 QUICK_FACTOR = 10
+ALL_LOOPS = (*LOOP_NAMES, net.REFERENCE)  # libuv: the raw C server, network workloads only
 
 
 def cells_of(wl: Workload, loops: list[str]) -> list[tuple[str, str]]:
     """(loop, prims) pairs a workload runs on."""
+    if net.is_net(wl):
+        return [(loop, "-") for loop in loops]
     if wl.group == "loop":
-        return [(loop, "stdlib") for loop in loops]
-    return [(loop, prims) for loop in loops if loop != "uvloop" for prims in ("stdlib", "c")]
+        return [(loop, "stdlib") for loop in loops if loop in LOOP_NAMES]
+    return [(loop, prims) for loop in loops if loop in ("stdlib", "pyasync_c") for prims in ("stdlib", "c")]
 
 
 def run_child(wl: Workload, loop: str, prims: str, n: int, repeat: int, warmup: int,
@@ -78,12 +84,16 @@ def merge(old: Cell | None, new: Cell) -> Cell:
     repeats are pooled; a failure in any round makes the cell fail."""
     if old is None or old["status"] != "ok":
         return old or new
+    if old.get("group") in net.NET_GROUPS:
+        return net.merge(old, new)
     if new["status"] != "ok":
         return new
     return {**old, **summarize(old["ops"] + new["ops"], old["seconds"] + new["seconds"])}
 
 
 def describe(cell: Cell) -> str:
+    if cell["status"] == "ok" and cell.get("group") in net.NET_GROUPS:
+        return net.describe(cell)
     if cell["status"] == "ok":
         return (f"{si(cell['best'])} {cell['unit']}/s  (median {si(cell['median'])}, "
                 f"spread {cell['spread']:.0%})")
@@ -127,6 +137,8 @@ def metadata(args: argparse.Namespace, cells: list[Cell]) -> dict[str, Any]:
         "warmup": args.warmup,
         "statistic": "best",
         "pyasync_c": ", ".join(sorted(shown(o) for o in origins)),
+        **({"net": net.meta(QUICK_FACTOR, args.quick, args.warmup, args.conns)}
+           if any(net.is_net(w) for w in args.workloads) else {}),
     }
 
 
@@ -134,7 +146,11 @@ def parse_args(registry: dict[str, Workload], argv: list[str] | None) -> argpars
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"sizes / {QUICK_FACTOR}, 3 repeats: a smoke run")
     ap.add_argument("--only", help="comma-separated workload names (see --list)")
-    ap.add_argument("--loops", default=",".join(LOOP_NAMES), help="comma-separated loops to run on")
+    ap.add_argument("--loops", default=",".join(ALL_LOOPS),
+                    help="comma-separated loops to run on (libuv: the raw C reference server, "
+                         "network workloads only)")
+    ap.add_argument("--conns", type=int,
+                    help=f"concurrent connections of the network echo workloads (default {net.DEFAULT_CONNS})")
     ap.add_argument("--repeat", type=int, help="timed repeats per cell (default 5, 3 with --quick)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the whole plan this many times, interleaved, pooling the repeats "
@@ -154,9 +170,11 @@ def parse_args(registry: dict[str, Workload], argv: list[str] | None) -> argpars
         ap.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(registry)}")
     args.workloads = [registry[n] for n in names]
     args.loop_list = [s for s in args.loops.split(",") if s]
-    bad = [s for s in args.loop_list if s not in LOOP_NAMES]
+    bad = [s for s in args.loop_list if s not in ALL_LOOPS]
     if bad:
-        ap.error(f"unknown loop(s) {', '.join(bad)}; known: {', '.join(LOOP_NAMES)}")
+        ap.error(f"unknown loop(s) {', '.join(bad)}; known: {', '.join(ALL_LOOPS)}")
+    if args.conns is not None and args.conns < 1:
+        ap.error("--conns must be at least 1")
     return args
 
 
@@ -165,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(registry, argv)
     if args.list:
         for wl in registry.values():
-            print(f"{wl.name:18} {wl.group:10} n={wl.n:<9,} {wl.unit}/s  {wl.doc}")
+            per = "" if wl.group == "net_memory" else "/s"
+            size = f"{wl.n:,} ms" if wl.group == "net" else f"{wl.n:,}"
+            print(f"{wl.name:21} {wl.group:10} n={size:<9} {wl.unit}{per}  {wl.doc}")
         return 0
 
     plan = [(wl, loop, prims) for wl in args.workloads for loop, prims in cells_of(wl, args.loop_list)]
@@ -178,9 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # unavailable or failing: once is enough
             n = max(1, wl.n // QUICK_FACTOR) if args.quick else wl.n
             tag = f"r{rnd} " if args.rounds > 1 else ""
-            print(f"[{tag}{i:2}/{len(plan)}] {wl.name:17} {loop:9} prims={prims:6} n={n:<9,} ",
+            print(f"[{tag}{i:2}/{len(plan)}] {wl.name:20} {loop:9} prims={prims:6} n={n:<9,} ",
                   end="", flush=True)
-            cell = run_child(wl, loop, prims, n, args.repeat, args.warmup, args.timeout)
+            if net.is_net(wl):
+                cell = net.run_cell(wl, loop, n, args.repeat, args.warmup, args.timeout, args.conns)
+            else:
+                cell = run_child(wl, loop, prims, n, args.repeat, args.warmup, args.timeout)
             cell["group"] = wl.group
             results[key] = merge(results.get(key), cell)
             print(describe(cell), flush=True)
@@ -199,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.md").write_text(render_text(table, markdown=True, meta=meta))
     written = [args.out / "results.json", args.out / "results.md"]
     try:
-        render_chart(table, args.out / "results.png", meta)
-        written.append(args.out / "results.png")
+        if render_chart(table, args.out / "results.png", meta):
+            written.append(args.out / "results.png")
     except ImportError as exc:
         print(f"no chart: {exc} (pip install -r benchmarks/requirements.txt)")
     print("wrote " + ", ".join(str(p) for p in written))
