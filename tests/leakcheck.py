@@ -567,6 +567,110 @@ def sc_gather_outside_loop() -> None:
         del pending
 
 
+# ---- network transports ---------------------------------------------------
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class _BufferedEcho(asyncio.BufferedProtocol):
+    def __init__(self) -> None:
+        self.buffer = bytearray(512)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> Any:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.transport.write(bytes(self.buffer[:nbytes]))
+
+
+async def _tcp_echo() -> None:
+    """Protocol and BufferedProtocol servers, stream clients, close/abort/eof
+    paths, a protocol that raises, and an unclosed transport collected."""
+    loop = asyncio.get_running_loop()
+    for factory in (_Echo, _BufferedEcho):
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        for i in range(N // 20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"x" * 3000)
+            await reader.readexactly(3000)
+            if i % 3 == 0:
+                writer.transport.abort()
+            elif i % 3 == 1:
+                writer.write_eof()
+                writer.close()
+            else:
+                writer.writelines([b"a", bytearray(b"b"), memoryview(b"c")])
+                writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+        server.close()
+        await server.wait_closed()
+
+    class Raises(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            raise ValueError("boom")
+
+    server = await loop.create_server(Raises, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for _ in range(N // 20):
+        transport, _proto = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        transport.write(b"data")
+        transport.close()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            lost, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            lost.pause_reading()   # no poll left: the transport can be collected
+            del lost
+            collect()
+    await asyncio.sleep(0.01)
+    server.close()
+    await server.wait_closed()
+
+
+async def _udp_and_pipes() -> None:
+    loop = asyncio.get_running_loop()
+    received: list[Any] = []
+
+    class Sink(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            received.append(data)
+
+    sink, _ = await loop.create_datagram_endpoint(Sink, local_addr=("127.0.0.1", 0))
+    sender, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=sink.get_extra_info("sockname"))
+    for _ in range(N):
+        sender.sendto(b"ping")
+    while len(received) < N // 2:
+        await asyncio.sleep(0.001)
+    sender.close()
+    sink.close()
+    for _ in range(N // 20):
+        rfd, wfd = os.pipe()
+        done = loop.create_future()
+
+        class Reader(asyncio.Protocol):
+            def connection_lost(self, exc: Any) -> None:
+                done.set_result(None)
+
+        await loop.connect_read_pipe(Reader, open(rfd, "rb", buffering=0))
+        writer, _ = await loop.connect_write_pipe(asyncio.Protocol, open(wfd, "wb", buffering=0))
+        writer.write(b"data" * 100)
+        writer.close()
+        await done
+    await asyncio.sleep(0)
+
+
 SCENARIOS: dict[str, Callable[[], None]] = {
     "loop create/close": sc_loop_create_close,
     "call_soon storm": on_loop(_call_soon_storm),
@@ -588,6 +692,8 @@ SCENARIOS: dict[str, Callable[[], None]] = {
     "gather": on_loop(_gather),
     "gather (debug loop)": on_loop(_gather, debug=True),
     "gather outside a loop": sc_gather_outside_loop,
+    "TCP transports": on_loop(_tcp_echo),
+    "UDP and pipe transports": on_loop(_udp_and_pipes),
 }
 
 
