@@ -93,7 +93,14 @@ class NetworkMixin:
     # ---- transport factories (called by BaseEventLoop) --------------------
     def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None, *,
                                extra: dict[str, Any] | None = None, server: Any = None) -> Any:
-        info = _socket_extra(sock, extra)
+        # 'socket' and 'sockname' are made by get_extra_info() on first use (C):
+        # an idle connection does not carry them.  The peer is known now.
+        info = dict(extra) if extra else {}
+        if "peername" not in info:
+            try:
+                info["peername"] = sock.getpeername()
+            except OSError:
+                info["peername"] = None
         _set_nodelay(sock)
         return _loop.SocketTransport(self, sock, protocol, waiter, info, server)
 

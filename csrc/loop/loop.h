@@ -80,6 +80,7 @@ typedef struct {
     PyTypeObject *WritePipeTransportType;  /* subclass of asyncio.WriteTransport */
     PyTypeObject *DatagramTransportType;   /* subclass of asyncio.DatagramTransport */
     PyObject *BufferedProtocolType;        /* asyncio.BufferedProtocol */
+    PyObject *TransportSocketType;         /* asyncio.trsock.TransportSocket */
     PyObject *asyncio_logger;              /* logging.getLogger("asyncio") */
     PyObject *str_data_received, *str_buffer_updated, *str_get_buffer, *str_eof_received;
     PyObject *str_connection_made, *str_connection_lost, *str_pause_writing, *str_resume_writing;

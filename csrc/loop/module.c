@@ -98,6 +98,7 @@ loop_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->WritePipeTransportType);
     Py_VISIT(state->DatagramTransportType);
     Py_VISIT(state->BufferedProtocolType);
+    Py_VISIT(state->TransportSocketType);
     Py_VISIT(state->asyncio_logger);
     return 0;
 }
@@ -129,6 +130,7 @@ loop_module_clear(PyObject *module)
     Py_CLEAR(state->WritePipeTransportType);
     Py_CLEAR(state->DatagramTransportType);
     Py_CLEAR(state->BufferedProtocolType);
+    Py_CLEAR(state->TransportSocketType);
     Py_CLEAR(state->asyncio_logger);
     PyObject **interned[] = {
         &state->str_data_received, &state->str_buffer_updated, &state->str_get_buffer,

@@ -614,6 +614,8 @@ transport_schedule_start(TransportObject *self, PyObject *waiter)
 
 /* ---- methods every kind has ---- */
 
+static void remember_socket_info(TransportObject *self);
+
 /* _connection_made(waiter): protocol.connection_made(self), then reading
  * starts and the waiter (if any) gets its result.  An exception from
  * connection_made is re-raised at the end, for the Handle to report. */
@@ -680,6 +682,9 @@ transport_call_connection_lost(TransportObject *self, PyObject *exc)
     write_queue_clear(&self->queue);
     registry_remove(self);
     if (self->sock != NULL) {
+        if (self->kind == TRANSPORT_SOCKET_STREAM) {
+            remember_socket_info(self);
+        }
         PyObject *sock = self->sock;
         self->sock = NULL;
         PyObject *r = PyObject_CallMethodNoArgs(sock, state_of(self)->str_close);
@@ -729,6 +734,75 @@ transport_call_connection_lost(TransportObject *self, PyObject *exc)
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* get_extra_info(name, default=None).  'socket' (asyncio's TransportSocket)
+ * and 'sockname' of stream sockets are made on first use and cached in the
+ * extra dict: an idle connection does not carry them. */
+static PyObject *
+transport_get_extra_info(TransportObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get_extra_info() takes a name and an optional default");
+        return NULL;
+    }
+    PyObject *name = args[0];
+    PyObject *fallback = nargs > 1 ? args[1] : Py_None;
+    PyObject *value = PyDict_GetItemWithError(self->extra, name);
+    if (value != NULL) {
+        return Py_NewRef(value);
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (self->kind != TRANSPORT_SOCKET_STREAM || self->sock == NULL || !PyUnicode_Check(name)) {
+        return Py_NewRef(fallback);
+    }
+    if (PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
+        value = PyObject_CallOneArg(state_of(self)->TransportSocketType, self->sock);
+    }
+    else if (PyUnicode_CompareWithASCIIString(name, "sockname") == 0) {
+        value = PyObject_CallMethod(self->sock, "getsockname", NULL);
+        if (value == NULL && PyErr_ExceptionMatches(PyExc_OSError)) {
+            PyErr_Clear();
+            value = Py_NewRef(Py_None);
+        }
+    }
+    else {
+        return Py_NewRef(fallback);
+    }
+    if (value == NULL || PyDict_SetItem(self->extra, name, value) < 0) {
+        Py_XDECREF(value);
+        return NULL;
+    }
+    return value;
+}
+
+/* _force_close(exc): asyncio's SSLProtocol calls it on its transport. */
+static PyObject *
+transport_force_close_method(TransportObject *self, PyObject *exc)
+{
+    transport_force_close(self, exc == Py_None ? NULL : exc);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* A closed socket cannot be asked any more: keep what get_extra_info()
+ * would have answered while it was open. */
+static void
+remember_socket_info(TransportObject *self)
+{
+    static const char *names[] = {"sockname", "socket"};
+    for (size_t i = 0; i < 2; i++) {
+        PyObject *name = PyUnicode_FromString(names[i]);
+        PyObject *args[1] = {name};
+        PyObject *value = name ? transport_get_extra_info(self, args, 1) : NULL;
+        Py_XDECREF(value);
+        Py_XDECREF(name);
+    }
+    PyErr_Clear();
 }
 
 static PyObject *
@@ -845,12 +919,15 @@ transport_reset_empty_waiter(TransportObject *self, PyObject *unused)
 }
 
 PyMethodDef transport_common_methods[] = {
+    {"get_extra_info", (PyCFunction)(void (*)(void))transport_get_extra_info, METH_FASTCALL,
+     "Return optional transport information: 'socket', 'sockname', 'peername', ..."},
     {"get_protocol", (PyCFunction)transport_get_protocol, METH_NOARGS, "Return the current protocol."},
     {"set_protocol", (PyCFunction)transport_set_protocol, METH_O, "Set a new protocol."},
     {"is_closing", (PyCFunction)transport_is_closing, METH_NOARGS,
      "Return True if the transport is closing or closed."},
     {"_connection_made", (PyCFunction)transport_connection_made, METH_O, NULL},
     {"_call_connection_lost", (PyCFunction)transport_call_connection_lost, METH_O, NULL},
+    {"_force_close", (PyCFunction)transport_force_close_method, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1195,6 +1272,15 @@ transports_init(PyObject *module, ModuleState *state)
     state->BufferedProtocolType = PyObject_GetAttrString(protocols, "BufferedProtocol");
     Py_DECREF(protocols);
     if (state->BufferedProtocolType == NULL) {
+        return -1;
+    }
+    PyObject *trsock = PyImport_ImportModule("asyncio.trsock");
+    if (trsock == NULL) {
+        return -1;
+    }
+    state->TransportSocketType = PyObject_GetAttrString(trsock, "TransportSocket");
+    Py_DECREF(trsock);
+    if (state->TransportSocketType == NULL) {
         return -1;
     }
     PyObject *logging = PyImport_ImportModule("logging");
