@@ -193,7 +193,9 @@ def render_text(table: Table, markdown: bool, meta: dict[str, Any]) -> str:
     origin = meta.get("pyasync_c")
     if origin:
         notes.append(f"pyasync_c from {origin}.")
-    notes.append(f"Python {meta['python']}, {meta['cpu']}, git {meta['git']}, {meta['date']}.")
+    load = meta.get("loadavg")
+    notes.append(f"Python {meta['python']}, {meta['cpu']}, git {meta['git']}, {meta['date']}"
+                 + (f", load average {load[0]:g} before / {load[1]:g} after" if load else "") + ".")
     if markdown:
         out += [f"_{n}_  " for n in notes]
     else:

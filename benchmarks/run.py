@@ -102,7 +102,7 @@ def describe(cell: Cell) -> str:
     return f"{cell['status'].upper()}  ({cell['reason']})"
 
 
-def metadata(args: argparse.Namespace, cells: list[Cell]) -> dict[str, Any]:
+def metadata(args: argparse.Namespace, cells: list[Cell], load_before: float) -> dict[str, Any]:
     def git() -> str:
         try:
             return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
@@ -135,6 +135,9 @@ def metadata(args: argparse.Namespace, cells: list[Cell]) -> dict[str, Any]:
         "repeat": args.repeat * args.rounds,
         "rounds": args.rounds,
         "warmup": args.warmup,
+        # 1-minute load average before and after: well above 0 means something
+        # else competed for the cores during the run
+        "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "statistic": "best",
         "pyasync_c": ", ".join(sorted(shown(o) for o in origins)),
         **({"net": net.meta(QUICK_FACTOR, args.quick, args.warmup, args.conns)}
@@ -191,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(wl, loop, prims) for wl in args.workloads for loop, prims in cells_of(wl, args.loop_list)]
     results: dict[tuple[str, str, str], Cell] = {}
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     for rnd in range(1, args.rounds + 1):
         for i, (wl, loop, prims) in enumerate(plan, 1):
             key = (wl.name, loop, prims)
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = list(results.values())
     print(f"({len(plan)} cells x {args.rounds} round(s) in {time.monotonic() - started:.0f}s)\n")
 
-    meta = metadata(args, cells)
+    meta = metadata(args, cells, load_before)
     table = Table(cells, args.workloads)
     print(render_text(table, markdown=False, meta=meta))
     for cell in table.problems():

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -273,13 +274,16 @@ def run_cell(wl: Workload, loop: str, n: int, repeat: int, warmup: int, timeout:
                     "stderr": str(exc)}
         except Unavailable as exc:
             return {**base, "status": "unavailable", "reason": str(exc)}
-        except (ProcFailed, OSError, ValueError, KeyError) as exc:
+        except Exception as exc:  # a failing cell is reported, not fatal to the run
             for p in procs:
                 if p.proc.poll() is None:
                     p.proc.kill()
                 p.finish()
             tails = "\n".join(f"[{p.label} stderr]\n{t}" for p in procs if (t := p.stderr_tail()))
-            return {**base, "status": "error", "reason": f"{type(exc).__name__}: {exc}", "stderr": tails}
+            cell = {**base, "status": "error", "reason": f"{type(exc).__name__}: {exc}", "stderr": tails}
+            if not isinstance(exc, ProcFailed):
+                cell["traceback"] = traceback.format_exc()
+            return cell
         finally:
             for p in procs:
                 if p.proc.poll() is None:
