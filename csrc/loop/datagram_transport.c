@@ -2,20 +2,28 @@
  * create_datagram_endpoint; a subclass of asyncio.DatagramTransport.
  *
  * Shares TransportObject and its lifecycle with the stream transports
- * (transport_base.c).  Receiving: one recvfrom() per readiness event through
- * the socket object (it formats addresses of every family exactly as asyncio
- * users expect), then datagram_received(data, addr).  Sending: at once when
- * nothing is queued; a datagram that would block is queued whole, with its
- * address, and sent when the fd is writable.  OSErrors of sends and receives
+ * (transport_base.c).  Receiving: one recvfrom() per readiness event into the
+ * reusable read buffer, then datagram_received(data, addr).  IPv4/IPv6
+ * addresses are converted here, to the socket module's tuples; other families
+ * go through the socket object's recvfrom_into()/sendto() (it formats every
+ * family as Python users expect), and so does any address the fast path does
+ * not parse (host names, out-of-range ports: the socket module then resolves
+ * or raises exactly as usual).  Sending: at once when nothing is queued; a
+ * datagram that would block is queued whole, with its address, and sent when
+ * the fd is writable.  OSErrors of sends and receives
  * go to protocol.error_received() and the transport stays open, as asyncio's;
  * an exception raised by the protocol's callbacks is reported to the loop's
  * exception handler and the transport goes on.
  */
 #include "transport.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #if PY_VERSION_HEX >= 0x030D0000
 #define SEND_EMPTY_DATAGRAMS 1
@@ -25,7 +33,104 @@
 #define DATAGRAM_HEADER_BYTES 0
 #endif
 
-static PyObject *str_recvfrom, *str_sendto, *str_send;
+static PyObject *str_recvfrom_into, *str_sendto, *str_send;
+static PyObject *read_buffer_view;  /* memoryview over transport_read_buffer */
+
+/* The socket module's address tuple for an IPv4/IPv6 sockaddr, or NULL
+ * without an exception for other families. */
+static PyObject *
+address_to_python(const struct sockaddr_storage *address, socklen_t length)
+{
+    char host[NI_MAXHOST];
+    if (address->ss_family == AF_INET && length >= (socklen_t)sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)address;
+        if (inet_ntop(AF_INET, &in4->sin_addr, host, sizeof(host)) == NULL) {
+            return NULL;
+        }
+        return Py_BuildValue("(si)", host, ntohs(in4->sin_port));
+    }
+    if (address->ss_family == AF_INET6 && length >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)address;
+        if (getnameinfo((const struct sockaddr *)address, length, host, sizeof(host), NULL, 0,
+                        NI_NUMERICHOST) != 0) {
+            return NULL;
+        }
+        return Py_BuildValue("(siII)", host, ntohs(in6->sin6_port),
+                             (unsigned int)ntohl(in6->sin6_flowinfo), (unsigned int)in6->sin6_scope_id);
+    }
+    return NULL;
+}
+
+/* Parses a numeric IPv4/IPv6 address tuple; 0 when it is not one (the
+ * caller then lets the socket object handle it). */
+static int
+address_from_python(PyObject *address, int family, struct sockaddr_storage *out, socklen_t *length)
+{
+    if (!PyTuple_Check(address) || PyTuple_GET_SIZE(address) < 2) {
+        return 0;
+    }
+    PyObject *host = PyTuple_GET_ITEM(address, 0);
+    PyObject *port_obj = PyTuple_GET_ITEM(address, 1);
+    if (!PyUnicode_Check(host) || !PyLong_CheckExact(port_obj) || !PyUnicode_IS_ASCII(host)) {
+        return 0;
+    }
+    long port = PyLong_AsLong(port_obj);
+    if (port < 0 || port > 65535) {
+        PyErr_Clear();
+        return 0;
+    }
+    const char *text = PyUnicode_AsUTF8(host);
+    if (text == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    memset(out, 0, sizeof(*out));
+    if (family == AF_INET && PyTuple_GET_SIZE(address) == 2) {
+        struct sockaddr_in *in4 = (struct sockaddr_in *)out;
+        if (inet_pton(AF_INET, text, &in4->sin_addr) != 1) {
+            return 0;
+        }
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)port);
+        *length = sizeof(*in4);
+        return 1;
+    }
+    if (family == AF_INET6 && PyTuple_GET_SIZE(address) <= 4) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)out;
+        if (inet_pton(AF_INET6, text, &in6->sin6_addr) != 1) {
+            return 0;  /* includes scoped "fe80::1%eth0": the socket module resolves those */
+        }
+        unsigned long flowinfo = 0, scope_id = 0;
+        if (PyTuple_GET_SIZE(address) > 2) {
+            flowinfo = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(address, 2));
+        }
+        if (PyTuple_GET_SIZE(address) > 3) {
+            scope_id = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(address, 3));
+        }
+        if (PyErr_Occurred() || flowinfo > 0xfffff || scope_id > 0xffffffffUL) {
+            PyErr_Clear();
+            return 0;
+        }
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        in6->sin6_flowinfo = htonl((uint32_t)flowinfo);
+        in6->sin6_scope_id = (uint32_t)scope_id;
+        *length = sizeof(*in6);
+        return 1;
+    }
+    return 0;
+}
+
+static int
+socket_family(TransportObject *self)
+{
+    int family = 0;
+    socklen_t length = sizeof(family);
+    if (getsockopt(self->fd, SOL_SOCKET, SO_DOMAIN, &family, &length) < 0) {
+        return -1;
+    }
+    return family;
+}
 
 static int
 is_would_block(void)
@@ -58,6 +163,31 @@ is_connected(TransportObject *self)
 static int
 send_one(TransportObject *self, PyObject *data, PyObject *address)
 {
+    int connected = is_connected(self) || address == NULL || address == Py_None;
+    struct sockaddr_storage target;
+    socklen_t target_length = 0;
+    if (connected || address_from_python(address, self->family, &target, &target_length)) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+            return -1;
+        }
+        ssize_t sent = connected ? send(self->fd, view.buf, (size_t)view.len, 0)
+                                 : sendto(self->fd, view.buf, (size_t)view.len, 0,
+                                          (struct sockaddr *)&target, target_length);
+        int error_number = errno;
+        PyBuffer_Release(&view);
+        if (sent >= 0) {
+            return 0;
+        }
+        if (error_number == EAGAIN || error_number == EWOULDBLOCK || error_number == EINTR) {
+            return 1;
+        }
+        PyObject *exc = transport_oserror(error_number);
+        if (exc != NULL) {
+            compat_restore_exception(exc);
+        }
+        return -1;
+    }
     PyObject *r;
     if (is_connected(self) || address == NULL || address == Py_None) {
         PyObject *args[2] = {self->sock, data};
@@ -90,46 +220,90 @@ send_failed(TransportObject *self)
     }
 }
 
-void
-datagram_on_readable(TransportObject *self)
+/* Receives through the socket object (families we do not format). */
+static PyObject *
+receive_via_socket(TransportObject *self)
 {
-    if (self->conn_lost) {
-        return;
-    }
-    PyObject *size = PyLong_FromLong(TRANSPORT_READ_BUFFER_SIZE);
-    if (size == NULL) {
-        transport_handle_error(self, "Fatal read error on datagram transport");
-        return;
-    }
-    PyObject *args[2] = {self->sock, size};
-    PyObject *pair = PyObject_VectorcallMethod(str_recvfrom, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    Py_DECREF(size);
+    PyObject *args[2] = {self->sock, read_buffer_view};
+    PyObject *pair = PyObject_VectorcallMethod(str_recvfrom_into, args,
+                                               2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (pair == NULL) {
-        if (is_would_block()) {
-            PyErr_Clear();
-        }
-        else if (PyErr_ExceptionMatches(PyExc_OSError)) {
-            error_received(self);
-        }
-        else {
-            transport_handle_error(self, "Fatal read error on datagram transport");
-        }
-        return;
+        return NULL;
     }
     if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
         Py_DECREF(pair);
-        PyErr_SetString(PyExc_TypeError, "recvfrom() did not return (data, address)");
-        transport_handle_error(self, "Fatal read error on datagram transport");
-        return;
+        PyErr_SetString(PyExc_TypeError, "recvfrom_into() did not return (nbytes, address)");
+        return NULL;
     }
-    PyObject *r = transport_call_protocol(self, self->loop->state->str_datagram_received,
-                                          &PyTuple_GET_ITEM(pair, 0), 2);
+    Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 0));
+    PyObject *data = size < 0 ? NULL : PyBytes_FromStringAndSize(transport_read_buffer, size);
+    PyObject *result = data ? PyTuple_Pack(2, data, PyTuple_GET_ITEM(pair, 1)) : NULL;
+    Py_XDECREF(data);
     Py_DECREF(pair);
-    if (r == NULL) {
-        transport_report_error(self, "Exception in protocol.datagram_received()");
-        return;
+    return result;
+}
+
+static PyObject *
+receive_datagram(TransportObject *self)
+{
+    if (self->family != AF_INET && self->family != AF_INET6) {
+        return receive_via_socket(self);
     }
-    Py_DECREF(r);
+    struct sockaddr_storage source;
+    socklen_t length = sizeof(source);
+    ssize_t received = recvfrom(self->fd, transport_read_buffer, TRANSPORT_READ_BUFFER_SIZE, 0,
+                                (struct sockaddr *)&source, &length);
+    if (received < 0) {
+        PyObject *exc = transport_oserror(errno);
+        if (exc != NULL) {
+            compat_restore_exception(exc);
+        }
+        return NULL;
+    }
+    PyObject *address = address_to_python(&source, length);
+    if (address == NULL && !PyErr_Occurred()) {
+        address = Py_NewRef(Py_None);  /* e.g. no source address */
+    }
+    PyObject *data = address ? PyBytes_FromStringAndSize(transport_read_buffer, received) : NULL;
+    PyObject *pair = data ? PyTuple_Pack(2, data, address) : NULL;
+    Py_XDECREF(data);
+    Py_XDECREF(address);
+    return pair;
+}
+
+/* Up to this many datagrams per readiness event (like libuv's own UDP
+ * handles): fewer loop iterations under load, same order of delivery. */
+#define DATAGRAMS_PER_EVENT 32
+
+void
+datagram_on_readable(TransportObject *self)
+{
+    for (int i = 0; i < DATAGRAMS_PER_EVENT && !self->conn_lost && !self->closing; i++) {
+        PyObject *pair = receive_datagram(self);
+        if (pair == NULL) {
+            if (is_would_block()) {
+                PyErr_Clear();
+            }
+            else if (PyErr_ExceptionMatches(PyExc_OSError)) {
+                error_received(self);
+            }
+            else {
+                transport_handle_error(self, "Fatal read error on datagram transport");
+            }
+            return;
+        }
+        PyObject *r = transport_call_protocol(self, self->loop->state->str_datagram_received,
+                                              &PyTuple_GET_ITEM(pair, 0), 2);
+        Py_DECREF(pair);
+        if (r == NULL) {
+            transport_report_error(self, "Exception in protocol.datagram_received()");
+            return;
+        }
+        Py_DECREF(r);
+        if (self->loop->pending_error != NULL) {
+            return;  /* KeyboardInterrupt/SystemExit on its way out of run_forever */
+        }
+    }
 }
 
 void
@@ -295,6 +469,7 @@ datagram_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         goto fail;
     }
     self->address = Py_NewRef(address);
+    self->family = socket_family(self);
     if (transport_schedule_start(self, waiter) < 0) {
         goto fail;
     }
@@ -328,7 +503,9 @@ static PyGetSetDef datagram_getsets[] = {
 int
 datagram_transport_init(PyObject *module, ModuleState *state)
 {
-    if ((str_recvfrom = PyUnicode_InternFromString("recvfrom")) == NULL
+    read_buffer_view = PyMemoryView_FromMemory(transport_read_buffer, TRANSPORT_READ_BUFFER_SIZE, PyBUF_WRITE);
+    if (read_buffer_view == NULL
+        || (str_recvfrom_into = PyUnicode_InternFromString("recvfrom_into")) == NULL
         || (str_sendto = PyUnicode_InternFromString("sendto")) == NULL
         || (str_send = PyUnicode_InternFromString("send")) == NULL) {
         return -1;

@@ -56,6 +56,7 @@ typedef struct TransportObject {
     Py_ssize_t high_water;
     Py_ssize_t low_water;
     int fd;
+    int family;               /* datagram: the socket's address family */
     int poll_events;          /* the events the poll is started with (0: stopped) */
     TransportKind kind;
     char closing;
