@@ -7,6 +7,8 @@ import errno
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -319,3 +321,53 @@ def test_eof_mid_stream_reaches_protocol_once(arun):
             assert c.protocol.names() == ["made", "data", "eof", "lost"]
             assert await recv_until_eof(c.peer) == b""
     arun(main())
+
+
+# --------------------------------------------------------------------------
+# closing a socket under a pending operation (run in a child: a crash must not
+# take the test session down)
+# --------------------------------------------------------------------------
+
+CLOSE_UNDER_PENDING = r"""
+import asyncio, socket, sys
+import pyasync_c
+
+async def main(op, delay):
+    loop = asyncio.get_running_loop()
+    if op == "accept":
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        sock.setblocking(False)
+        task = asyncio.ensure_future(loop.sock_accept(sock))
+    else:
+        sock, other = socket.socketpair()
+        sock.setblocking(False)
+        task = asyncio.ensure_future(loop.sock_recv(sock, 10))
+    await asyncio.sleep(delay)  # 0: the watcher was just started
+    sock.close()  # under the pending operation
+    await asyncio.sleep(0.05)
+    task.cancel()
+    try:
+        await task
+    except BaseException:
+        pass
+    print("survived")
+
+factory = asyncio.SelectorEventLoop if sys.argv[1] == "stdlib" else pyasync_c.new_event_loop
+with asyncio.Runner(loop_factory=factory) as runner:
+    runner.run(main(sys.argv[2], float(sys.argv[3])))
+"""
+
+
+@pytest.mark.parametrize("delay", [0, 0.01], ids=["next-iteration", "later"])
+@pytest.mark.parametrize("op", ["accept", "recv"])
+def test_closing_a_socket_under_a_pending_operation_does_not_crash(loop_name, op, delay):
+    """The stdlib shrugs (the operation just never completes); the process must not
+    die, whether or not the loop has polled the fd yet."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", CLOSE_UNDER_PENDING, loop_name, op, str(delay)],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "survived" in proc.stdout

@@ -440,3 +440,29 @@ def test_connect_accepted_socket_bad_arguments(arun):
             with pytest.raises(ValueError):
                 await loop.connect_accepted_socket(EchoProtocol, sock, ssl_handshake_timeout=1)
     arun(main())
+
+
+def test_server_protocol_callbacks_run_in_the_server_creation_context(arun):
+    import contextvars
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[tuple[str, str]] = []
+
+    class Ctx(EchoProtocol):
+        def connection_made(self, transport):
+            seen.append(("made", var.get()))
+            super().connection_made(transport)
+
+        def data_received(self, data):
+            seen.append(("data", var.get()))
+            var.set("changed-in-callback")
+            super().data_received(data)
+
+    async def main():
+        var.set("at-create_server")
+        async with tcp_server(Ctx) as server:
+            var.set("after-create_server")
+            for _ in range(2):
+                await echo_roundtrip(("127.0.0.1", server_port(server)))
+            assert var.get() == "after-create_server"
+        assert seen == [("made", "at-create_server"), ("data", "at-create_server")] * 2
+    arun(main())
