@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 
-from net_util import (PY312, Connected, EchoProtocol, ExceptionHandlerRecorder, Recorder,
+from net_util import (PY312, ExceptionHandlerRecorder, Recorder,
                       arun, connected_transport, fd_leak, free_port, full_backlog, listener,
                       localhost_addresses, open_fds, payload, recv_exactly, recv_until_eof,
                       refused_address, wait_until)
@@ -283,7 +283,6 @@ def test_write_eof_half_close(arun):
 @pytest.mark.parametrize("keep_open", [True, False])
 def test_eof_received_return_value(arun, keep_open):
     async def main():
-        loop = asyncio.get_running_loop()
         async with connected_transport(lambda: Recorder(eof_result=keep_open)) as c:
             tr, proto = c.transport, c.protocol
             c.peer.shutdown(socket.SHUT_WR)
