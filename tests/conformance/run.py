@@ -49,7 +49,14 @@ LOOP_MODULES = [
     "test_events", "test_tasks", "test_futures", "test_futures2", "test_taskgroups",
     "test_timeouts", "test_waitfor", "test_runners", "test_pep492", "test_context",
     "test_locks", "test_queues", "test_sock_lowlevel",
+    # network: transports, servers, streams, TLS, pipes
+    "test_streams", "test_sendfile", "test_server", "test_buffered_proto", "test_ssl",
+    "test_sslproto", "test_unix_events",
 ]
+# test_selector_events is not run: every test in it drives asyncio's
+# BaseSelectorEventLoop / _SelectorTransport classes directly (a mocked selector,
+# new_test_loop() TestLoops, private attributes); none goes through a loop's
+# public API, so there is nothing in it for pyasync_c's loop to run.
 
 # (module, class-name filter or None, -k substrings or None)
 PRIMITIVE_UNITS = [
@@ -67,6 +74,28 @@ EVENTS_DROPPED = ("KqueueEventLoopTests", "EPollEventLoopTests", "PollEventLoopT
                   "SelectEventLoopTests", "ProactorEventLoopTests")
 # test_sock_lowlevel: likewise, BaseSockTestsMixin on our loop.
 SOCK_CLASS = "PyasyncCSockTests"
+
+# Classes of the network modules that build a stdlib loop themselves: each is
+# replaced by a subclass (the new name given) whose loop is pyasync_c's.
+# How the class gets its loop -> what the subclass overrides:
+#   "create_event_loop" / "new_loop": that method returns pyasync_c.new_event_loop();
+#   "setUp": setUp() runs with asyncio.SelectorEventLoop patched to build ours.
+# Classes not listed and not in a SKIP: entry get their loop from
+# asyncio.new_event_loop() / the policy / IsolatedAsyncioTestCase, i.e. ours.
+SWAP_CLASSES: dict[str, list[tuple[str, str, str]]] = {
+    "test_sendfile": [("EPollEventLoopTests", "create_event_loop", "PyasyncCSendfileTests")],
+    "test_server": [("SelectorStartServerTests", "new_loop", "PyasyncCStartServerTests")],
+    "test_buffered_proto": [("BufferedProtocolSelectorTests", "new_loop",
+                             "PyasyncCBufferedProtocolTests")],
+    "test_sslproto": [("SelectorStartTLSTests", "new_loop", "PyasyncCStartTLSTests")],
+    "test_unix_events": [("SelectorEventLoopUnixSocketTests", "setUp", "PyasyncCUnixSocketTests")],
+}
+# Per-selector duplicates of a swapped class (same tests on another stdlib
+# selector) and Windows-only classes: removed.
+SWAP_DROPPED = ("KqueueEventLoopTests", "PollEventLoopTests", "SelectEventLoopTests",
+                "ProactorEventLoopTests", "ProactorStartServerTests",
+                "BufferedProtocolProactorTests", "ProactorStartTLSTests")
+
 
 # Modules whose tests mostly build test_utils.TestLoop via new_test_loop(): run them
 # a second time with new_test_loop() (without a time generator) giving our loop.
@@ -255,6 +284,27 @@ def child_main(args: argparse.Namespace) -> int:
         })
         setattr(mod, SOCK_CLASS, cls)
         for name in EVENTS_DROPPED + ("SelectEventLoopTests",):
+            if hasattr(mod, name):
+                delattr(mod, name)
+
+    if ours and args.module in SWAP_CLASSES:
+        from unittest import mock
+        for old_name, how, new_name in SWAP_CLASSES[args.module]:
+            old = getattr(mod, old_name, None)
+            if old is None:
+                continue
+            ns: dict = {"__module__": mod.__name__}
+            if how in ("create_event_loop", "new_loop"):
+                ns[how] = lambda self, *a, **kw: pyasync_c.new_event_loop()
+            elif how == "setUp":
+                def setUp(self, _old=old):  # type: ignore[no-untyped-def]
+                    with mock.patch("asyncio.SelectorEventLoop",
+                                    lambda *a, **kw: pyasync_c.new_event_loop()):
+                        _old.setUp(self)
+                ns["setUp"] = setUp
+            setattr(mod, new_name, type(new_name, (old,), ns))
+            delattr(mod, old_name)
+        for name in SWAP_DROPPED:
             if hasattr(mod, name):
                 delattr(mod, name)
 
@@ -603,7 +653,8 @@ def parent_main(args: argparse.Namespace) -> int:
     workdir = tempfile.mkdtemp(prefix="pyasync_c-conformance-")
     t0 = time.monotonic()
     # Longest first so the slow modules overlap with the many short ones.
-    order = {"test_events": 0, "test_tasks": 1, "test_locks": 2, "test_queues": 3}
+    order = {"test_events": 0, "test_ssl": 0, "test_sslproto": 0, "test_tasks": 1,
+             "test_streams": 1, "test_sendfile": 1, "test_locks": 2, "test_queues": 3}
     pending = sorted(units, key=lambda u: order.get(u.module, 9))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [pool.submit(run_unit, u, xfails[u.suite], workdir, args) for u in pending]
