@@ -221,7 +221,8 @@ def make_fastapi_app() -> Any:
 
 
 @contextlib.contextmanager
-def uvicorn_subprocess(loop: str, extra_env: dict[str, str] | None = None
+def uvicorn_subprocess(loop: str, extra_env: dict[str, str] | None = None,
+                       graceful_timeout: float | None = None
                        ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """``python -m uvicorn --factory integration_util:make_fastapi_app --loop LOOP``."""
     port = free_port()
@@ -232,7 +233,8 @@ def uvicorn_subprocess(loop: str, extra_env: dict[str, str] | None = None
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "integration_util:make_fastapi_app",
          "--host", "127.0.0.1", "--port", str(port), "--loop", loop,
-         "--log-level", "warning", "--no-access-log"],
+         "--log-level", "info" if graceful_timeout else "warning", "--no-access-log"]
+        + (["--timeout-graceful-shutdown", str(graceful_timeout)] if graceful_timeout else []),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
     try:
         try:

@@ -2,24 +2,31 @@
 against real peers on loopback.
 
 Every test is parametrised over both loops (conftest.py's ``loop_factory`` /
-``run``, bounded by net_util's ``arun``).  A test skips when its library is not
+``run``, bounded by ``arun`` below).  A test skips when its library is not
 installed (``pytest.importorskip``) or its server binary is missing
 (integration_util's ``redis_server`` / ``pg_server`` fixtures); .ci/integration-deps
 installs them all.
 
 - aiohttp server + client: GET/POST, streaming both ways, FileResponse (which
   goes through loop.sendfile), websocket echo, keep-alive reuse, 100 concurrent
-  requests, TLS.
-- uvicorn serving a FastAPI app in-process on the running loop, hit with
-  httpx.AsyncClient; and ``python -m uvicorn --loop pyasync_c:new_event_loop``
-  in a subprocess.
-- websockets server + client echo.
+  requests, TLS, a slow reader (sendfile EAGAIN, pause_writing) and abandoned
+  downloads, unix sockets (UnixSite/UnixConnector, and httpx over uds).
+- httpx (anyio's own TLS over a plain transport) against aiohttp over TLS.
+- uvicorn serving a FastAPI app in-process on the running loop (TCP and unix
+  socket), hit with httpx.AsyncClient; ``python -m uvicorn --loop
+  pyasync_c:new_event_loop`` in a subprocess; graceful shutdown on
+  SIGINT/SIGTERM with ``--loop asyncio`` / ``--loop pyasync_c:new_event_loop``.
+- websockets server + client: echo, a client that does not read
+  (pause_reading), server shutdown with a client connected.
 - redis-py's asyncio client against a throwaway redis-server: set/get,
-  pipeline, pubsub, 200 concurrent commands, unix socket.
+  pipeline, pubsub, 200 concurrent commands, unix socket, a connection killed
+  by the server, a cancelled blocking command.
 - asyncpg against a throwaway PostgreSQL cluster: simple query, prepared
-  statement, COPY, transactions, a pool under concurrency, TLS (start_tls),
-  unix socket.
+  statement, cursor, COPY, transactions, a pool under concurrency, TLS
+  (start_tls), unix socket, query cancellation, killed/terminated connections.
 - plain asyncio streams with TLS, and a STARTTLS upgrade on both sides.
+
+Every test also fails if the loop's exception handler was called.
 """
 from __future__ import annotations
 
@@ -36,9 +43,35 @@ import pytest
 
 from integration_util import (PgServer, RedisServer, pg_server, redis_server,  # noqa: F401
                               uvicorn_subprocess)
-from net_util import TLSFiles, arun, client_context, server_context, tls_files  # noqa: F401
+from net_util import TLSFiles, client_context, server_context, tls_files  # noqa: F401
 
 TIMEOUT = 20.0
+
+
+@pytest.fixture
+def arun(run: Any) -> Any:
+    """Like net_util's ``arun`` (conftest's ``run`` bounded by asyncio.timeout),
+    and also fails the test when the loop's exception handler was called (an
+    error a library or the loop reported but did not raise: "Fatal error on
+    transport", "Exception in callback"...)."""
+    def checked(coro: Any, timeout: float = TIMEOUT, debug: bool = False) -> Any:
+        contexts: list[dict[str, Any]] = []
+
+        async def main() -> Any:
+            loop = asyncio.get_running_loop()
+            default = loop.default_exception_handler
+
+            def handler(loop: Any, context: dict[str, Any]) -> None:
+                contexts.append(context)
+                default(context)
+            loop.set_exception_handler(handler)
+            async with asyncio.timeout(timeout):
+                return await coro
+
+        result = run(main(), debug=debug)
+        assert not contexts, [(c.get("message"), repr(c.get("exception"))) for c in contexts]
+        return result
+    return checked
 
 
 def blob(size: int, seed: int = 0) -> bytes:
@@ -314,6 +347,106 @@ def test_aiohttp_tls(arun: Any, loop_name: str, tmp_path: Path, tls_files: TLSFi
     arun(main(), timeout=TIMEOUT)
 
 
+def test_aiohttp_slow_reader_backpressure(arun: Any, loop_name: str, tmp_path: Path) -> None:
+    """A client reading slowly: the server's sendfile() meets EAGAIN and its
+    streamed writes meet pause_writing(); cancelled downloads leave the
+    session usable."""
+    aiohttp = pytest.importorskip("aiohttp")
+
+    async def main() -> None:
+        async with AiohttpApp(tmp_path) as srv:
+            big = blob(12 * 1024 * 1024, seed=21)
+            (tmp_path / "big.bin").write_bytes(big)
+            srv.file_path = tmp_path / "big.bin"
+            async with aiohttp.ClientSession(read_bufsize=2 ** 16) as session:
+                got = bytearray()
+                async with session.get(srv.base + "/file") as resp:
+                    async for chunk in resp.content.iter_chunked(65536):
+                        got += chunk
+                        if len(got) < 2 * 1024 * 1024:
+                            await asyncio.sleep(0.002)
+                assert bytes(got) == big
+                n = 0
+                async with session.get(srv.base + "/stream",
+                                       params={"chunks": 200, "size": 65536}) as resp:
+                    async for chunk in resp.content.iter_chunked(65536):
+                        n += len(chunk)
+                        if n < 3 * 1024 * 1024:
+                            await asyncio.sleep(0.001)
+                assert n == 200 * 65536
+                for _ in range(5):  # abandon downloads half-way
+                    with pytest.raises(TimeoutError):
+                        async with asyncio.timeout(0.01):
+                            async with session.get(srv.base + "/file") as resp:
+                                await resp.read()
+                async with session.get(srv.base + "/file") as resp:
+                    assert await resp.read() == big
+
+    arun(main(), timeout=TIMEOUT)
+
+
+def test_aiohttp_unix_socket_and_httpx_uds(arun: Any, loop_name: str, tmp_path: Path) -> None:
+    """aiohttp's UnixSite (create_unix_server) hit by aiohttp's UnixConnector
+    (create_unix_connection) and by httpx over a unix socket (anyio:
+    sock_connect + add_reader/add_writer on the raw socket)."""
+    aiohttp = pytest.importorskip("aiohttp")
+    httpx = pytest.importorskip("httpx")
+    from aiohttp import web
+
+    async def main() -> None:
+        srv = AiohttpApp(tmp_path)
+        await srv.__aenter__()
+        try:
+            import tempfile
+            path = os.path.join(tempfile.mkdtemp(prefix="pyac"), "aiohttp.sock")
+            site = web.UnixSite(srv.runner, path)
+            await site.start()
+            connector = aiohttp.UnixConnector(path=path)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                async with session.get("http://unix/hello") as resp:
+                    assert await resp.text() == "hello world"
+                body = blob(3 * 1024 * 1024, seed=12)
+                async with session.post("http://unix/echo", data=body) as resp:
+                    assert await resp.read() == body
+                async with session.get("http://unix/file") as resp:  # sendfile on AF_UNIX
+                    assert await resp.read() == srv.file_data
+            transport = httpx.AsyncHTTPTransport(uds=path)
+            async with httpx.AsyncClient(transport=transport, base_url="http://unix") as client:
+                resp = await client.post("/echo", content=body)
+                assert resp.content == body
+                resp = await client.get("/file")
+                assert resp.content == srv.file_data
+                resps = await asyncio.gather(*(client.get("/hello", params={"name": str(i)})
+                                               for i in range(30)))
+                assert [r.text for r in resps] == [f"hello {i}" for i in range(30)]
+        finally:
+            await srv.__aexit__()
+
+    arun(main(), timeout=TIMEOUT)
+
+
+def test_httpx_tls_against_aiohttp(arun: Any, loop_name: str, tmp_path: Path,
+                                   tls_files: TLSFiles) -> None:
+    """httpx/anyio does TLS itself (ssl.MemoryBIO over a plain transport);
+    the server side is asyncio's SSLProtocol."""
+    pytest.importorskip("aiohttp")
+    httpx = pytest.importorskip("httpx")
+
+    async def main() -> None:
+        async with AiohttpApp(tmp_path, ssl_context=server_context(tls_files)) as srv:
+            async with httpx.AsyncClient(verify=client_context(tls_files),
+                                         base_url=srv.base) as client:
+                resp = await client.get("/file")
+                assert resp.content == srv.file_data
+                body = blob(2 * 1024 * 1024, seed=13)
+                resp = await client.post("/echo", content=body)
+                assert resp.content == body
+                resps = await asyncio.gather(*(client.get("/hello") for _ in range(30)))
+                assert all(r.text == "hello world" for r in resps)
+
+    arun(main(), timeout=TIMEOUT)
+
+
 # --------------------------------------------------------------------------
 # uvicorn + FastAPI + httpx
 # --------------------------------------------------------------------------
@@ -393,6 +526,79 @@ def test_uvicorn_subprocess_pyasync_c_loop(arun: Any, loop_name: str) -> None:
         assert proc.poll() is None, "uvicorn exited while serving"
 
 
+def test_uvicorn_unix_socket(arun: Any, loop_name: str) -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    import tempfile
+    from integration_util import make_fastapi_app
+
+    async def main() -> None:
+        path = os.path.join(tempfile.mkdtemp(prefix="pyac"), "uvicorn.sock")
+        config = uvicorn.Config(make_fastapi_app(), uds=path, loop="none", log_level="warning",
+                                access_log=False)
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        try:
+            async with asyncio.timeout(10):
+                while not server.started:
+                    assert not task.done()
+                    await asyncio.sleep(0.01)
+            transport = httpx.AsyncHTTPTransport(uds=path)
+            async with httpx.AsyncClient(transport=transport, base_url="http://unix") as client:
+                assert (await client.get("/loop")).json() == {"loop": loop_class_name()}
+                body = blob(2 * 1024 * 1024, seed=14)
+                resp = await client.post("/raw", content=body)
+                assert resp.json() == {"size": len(body), "sum": sum(body) % 65521}
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 10)
+
+    arun(main(), timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_uvicorn_graceful_shutdown_on_signal(loop_name: str, signame: str) -> None:
+    """`uvicorn --loop asyncio` / `--loop pyasync_c:new_event_loop` in a
+    subprocess: a signal during a request lets the request finish, runs the
+    lifespan shutdown and exits."""
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("fastapi")
+    import http.client
+    import signal
+    import threading
+    import time
+
+    loop_arg = "pyasync_c:new_event_loop" if loop_name == "pyasync_c" else "asyncio"
+    with uvicorn_subprocess(loop_arg, graceful_timeout=5) as (port, proc):
+        result: dict[str, Any] = {}
+
+        def request() -> None:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", "/sleep?seconds=0.5")
+                resp = conn.getresponse()
+                result["response"] = (resp.status, resp.read())
+            except Exception as exc:  # pragma: no cover - reported below
+                result["error"] = exc
+
+        thread = threading.Thread(target=request)
+        thread.start()
+        time.sleep(0.2)
+        proc.send_signal(getattr(signal, signame))
+        try:
+            returncode = proc.wait(10)
+        except Exception:
+            proc.kill()
+            raise
+        thread.join(10)
+        output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    assert result.get("response") == (200, b'{"slept":0.5}'), (result, output)
+    assert returncode in (0, -signal.SIGTERM), (returncode, output)
+    assert "Application shutdown complete" in output, output
+    assert "Traceback" not in output, output
+
+
 # --------------------------------------------------------------------------
 # websockets
 # --------------------------------------------------------------------------
@@ -433,6 +639,48 @@ def test_websockets_echo(arun: Any, loop_name: str) -> None:
                 with pytest.raises(ConnectionClosedOK):
                     await ws.recv()
             assert ws.close_code == 1000
+
+    arun(main(), timeout=TIMEOUT)
+
+
+def test_websockets_backpressure_and_server_close(arun: Any, loop_name: str) -> None:
+    """A client that does not read (websockets pauses the transport's reading
+    when its queue is full), then a server shutdown with a client connected."""
+    pytest.importorskip("websockets")
+    try:
+        from websockets.asyncio.client import connect
+        from websockets.asyncio.server import serve
+    except ImportError:
+        pytest.skip("websockets >= 13 (websockets.asyncio) is needed")
+    from websockets.exceptions import ConnectionClosedOK
+
+    async def flood(ws: Any) -> None:
+        for i in range(2000):
+            await ws.send(i.to_bytes(4, "big") * 2500)
+        await ws.close()
+
+    async def echo(ws: Any) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async def main() -> None:
+        async with serve(flood, "127.0.0.1", 0, compression=None) as server:
+            port = list(server.sockets)[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}", max_queue=4) as ws:
+                await asyncio.sleep(0.3)  # let the server fill every buffer
+                received = [m async for m in ws]
+            assert received == [i.to_bytes(4, "big") * 2500 for i in range(2000)]
+        server = await serve(echo, "127.0.0.1", 0)  # permessage-deflate on
+        port = list(server.sockets)[0].getsockname()[1]
+        ws = await connect(f"ws://127.0.0.1:{port}")
+        for i in range(50):
+            await ws.send("abc" * 1000 + str(i))
+            assert await ws.recv() == "abc" * 1000 + str(i)
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 5)
+        with pytest.raises(ConnectionClosedOK):
+            await ws.recv()
+        assert ws.close_code == 1001
 
     arun(main(), timeout=TIMEOUT)
 
@@ -553,6 +801,34 @@ def test_redis_unix_socket(arun: Any, loop_name: str, redis_server: RedisServer)
             await r.delete(f"pyac:{loop_name}:unix")
         finally:
             await r.aclose()
+
+    arun(main(), timeout=TIMEOUT)
+
+
+def test_redis_killed_connection_and_cancelled_command(arun: Any, loop_name: str,
+                                                       redis_server: RedisServer) -> None:
+    """The server closes a client's connection (CLIENT KILL): redis-py sees
+    the EOF/reset and reconnects; a blocking command cancelled by a timeout
+    leaves the client usable."""
+    async def main() -> None:
+        victim, admin = _redis(redis_server), _redis(redis_server)
+        try:
+            await victim.client_setname(f"victim-{loop_name}")
+            assert await victim.ping() is True
+            for client in await admin.client_list():
+                if client.get("name") == f"victim-{loop_name}":
+                    await admin.client_kill_filter(_id=client["id"])
+            assert await victim.ping() is True  # reconnected (retry on ConnectionError)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await victim.blpop([f"pyac:{loop_name}:nothing"], timeout=5)
+            assert await victim.ping() is True
+            await victim.set(f"pyac:{loop_name}:after", "ok")
+            assert await victim.get(f"pyac:{loop_name}:after") == b"ok"
+            await victim.delete(f"pyac:{loop_name}:after")
+        finally:
+            await victim.aclose()
+            await admin.aclose()
 
     arun(main(), timeout=TIMEOUT)
 
@@ -709,6 +985,43 @@ def test_asyncpg_unix_socket(arun: Any, loop_name: str, pg_server: PgServer) -> 
                 "SELECT client_addr IS NULL FROM pg_stat_activity WHERE pid = pg_backend_pid()")
         finally:
             await conn.close()
+
+    arun(main(), timeout=TIMEOUT)
+
+
+def test_asyncpg_cancel_and_terminate(arun: Any, loop_name: str, pg_server: PgServer) -> None:
+    """A query cancelled by a timeout (asyncpg sends a CancelRequest on a new
+    connection and resynchronises), a backend killed by the server, a
+    connection terminated mid-query, a pool closed with queries in flight."""
+    asyncpg = pytest.importorskip("asyncpg")
+
+    async def main() -> None:
+        conn = await _pg_connect(pg_server)
+        try:
+            for _ in range(3):
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(conn.fetch("SELECT pg_sleep(5)"), 0.1)
+                assert await conn.fetchval("SELECT 1") == 1
+            other = await _pg_connect(pg_server)
+            await other.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+            await other.close()
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+                await conn.fetchval("SELECT 1")
+        finally:
+            await conn.close()
+        conn = await _pg_connect(pg_server)
+        query = asyncio.ensure_future(conn.fetch("SELECT pg_sleep(5)"))
+        await asyncio.sleep(0.1)
+        conn.terminate()
+        with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+            await query
+        assert conn.is_closed()
+        pool = await asyncpg.create_pool(pg_server.dsn, ssl=False, min_size=3, max_size=3)
+        queries = [asyncio.ensure_future(pool.fetchval("SELECT pg_sleep(0.2)"))
+                   for _ in range(3)]
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(pool.close(), 5)
+        await asyncio.gather(*queries, return_exceptions=True)
 
     arun(main(), timeout=TIMEOUT)
 
