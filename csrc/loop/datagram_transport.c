@@ -344,14 +344,28 @@ datagram_on_writable(TransportObject *self)
 }
 
 static PyObject *
-datagram_sendto(TransportObject *self, PyObject *const *args, Py_ssize_t nargs)
+datagram_sendto(TransportObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "sendto() takes data and an optional address");
+    PyObject *data = nargs > 0 ? args[0] : NULL;
+    PyObject *address = nargs > 1 ? args[1] : NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        PyObject **slot = PyUnicode_CompareWithASCIIString(key, "data") == 0 ? &data
+                          : PyUnicode_CompareWithASCIIString(key, "addr") == 0 ? &address : NULL;
+        if (slot == NULL || *slot != NULL) {
+            PyErr_Format(PyExc_TypeError, "sendto() got an unexpected or repeated keyword argument %R", key);
+            return NULL;
+        }
+        *slot = args[nargs + i];
+    }
+    if (data == NULL || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "sendto() takes data and an optional addr");
         return NULL;
     }
-    PyObject *data = args[0];
-    PyObject *address = nargs > 1 ? args[1] : Py_None;
+    if (address == NULL) {
+        address = Py_None;
+    }
     if (!PyBytes_Check(data) && !PyByteArray_Check(data) && !PyMemoryView_Check(data)) {
         PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not '%.100s'",
                      Py_TYPE(data)->tp_name);
@@ -487,7 +501,7 @@ get_address(TransportObject *self, void *closure)
 }
 
 static PyMethodDef datagram_methods[] = {
-    {"sendto", (PyCFunction)(void (*)(void))datagram_sendto, METH_FASTCALL,
+    {"sendto", (PyCFunction)(void (*)(void))datagram_sendto, METH_FASTCALL | METH_KEYWORDS,
      "Send data to addr (or to the connected peer when addr is None) without blocking."},
     {"close", (PyCFunction)datagram_close, METH_NOARGS,
      "Close after sending queued datagrams; connection_lost(None) follows."},
@@ -551,12 +565,17 @@ datagram_transport_init(PyObject *module, ModuleState *state)
     if (transports == NULL) {
         return -1;
     }
-    PyObject *base = PyObject_GetAttrString(transports, "DatagramTransport");
+    /* (_FlowControlMixin, DatagramTransport), like asyncio's selector one. */
+    PyObject *flow_control = PyObject_GetAttrString(transports, "_FlowControlMixin");
+    PyObject *datagram = flow_control ? PyObject_GetAttrString(transports, "DatagramTransport") : NULL;
     Py_DECREF(transports);
-    if (base == NULL) {
+    PyObject *bases = datagram ? PyTuple_Pack(2, flow_control, datagram) : NULL;
+    Py_XDECREF(flow_control);
+    Py_XDECREF(datagram);
+    if (bases == NULL) {
         return -1;
     }
-    state->DatagramTransportType = transport_make_type(module, &spec, base);
-    Py_DECREF(base);
+    state->DatagramTransportType = transport_make_type(module, &spec, bases);
+    Py_DECREF(bases);
     return state->DatagramTransportType ? 0 : -1;
 }

@@ -9,9 +9,11 @@
  * stdlib's selectors: a ready fd queues its handle on every iteration.
  */
 #include "loop.h"
-#include "transport.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     PyObject_HEAD
@@ -28,11 +30,37 @@ free_poll(uv_handle_t *handle)
     free(handle);
 }
 
+/* asyncio's rule for a file object: an int, or int(obj.fileno()); anything
+ * else is ValueError('Invalid file object: ...'). */
+int
+loop_fileobj_to_fd(PyObject *fileobj)
+{
+    int fd = PyObject_AsFileDescriptor(fileobj);
+    if (fd >= 0) {
+        return fd;
+    }
+    if (PyLong_Check(fileobj)) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %S", fileobj);
+        }
+        return -1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_ValueError)
+        || PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "Invalid file object: %R", fileobj);
+    }
+    return -1;
+}
+
+
 static void
 watcher_stop_poll(WatcherObject *self)
 {
     if (self->poll != NULL) {
         uv_poll_stop(self->poll);
+        loop_forget_poll(self->loop, self->poll);
         uv_close((uv_handle_t *)self->poll, free_poll);
         self->poll = NULL;
         self->loop->active_io--;
@@ -40,6 +68,13 @@ watcher_stop_poll(WatcherObject *self)
 }
 
 static void on_poll(uv_poll_t *poll, int status, int events);
+
+static void
+watcher_bad_fd(void *owner)
+{
+    /* Closed under us: like a selector, just never report it again. */
+    watcher_stop_poll((WatcherObject *)owner);
+}
 
 /* Starts watching for whichever of reader/writer is set. */
 static int
@@ -72,7 +107,7 @@ watcher_restart(WatcherObject *self)
     }
     self->poll = poll;
     self->loop->active_io++;
-    return 0;
+    return loop_note_poll_change(self->loop, poll, self->fd, watcher_bad_fd, self);
 }
 
 /* Detaches reader or writer; drops the watcher from the loop when idle. */
@@ -171,8 +206,8 @@ loop_add_watcher(LoopObject *loop, PyObject *const *args, Py_ssize_t nargs, int 
         PyErr_Format(PyExc_TypeError, "%s() takes at least 2 arguments (fd, callback)", name);
         return NULL;
     }
-    int fd = PyObject_AsFileDescriptor(args[0]);
-    if (fd < 0 || transport_check_fd_free(loop, fd) < 0) {
+    int fd = loop_fileobj_to_fd(args[0]);
+    if (fd < 0) {
         return NULL;
     }
     if (loop->closed || !loop->uv_ready) {
@@ -227,7 +262,7 @@ loop_add_watcher(LoopObject *loop, PyObject *const *args, Py_ssize_t nargs, int 
 PyObject *
 loop_remove_watcher(LoopObject *loop, PyObject *fileobj, int events)
 {
-    int fd = PyObject_AsFileDescriptor(fileobj);
+    int fd = loop_fileobj_to_fd(fileobj);
     if (fd < 0) {
         return NULL;
     }
@@ -331,4 +366,65 @@ watchers_init_type(PyObject *module, ModuleState *state)
 {
     state->WatcherType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &watcher_spec, NULL);
     return state->WatcherType ? 0 : -1;
+}
+
+/* ---- guard against fds closed under a started poll ----
+ * libuv registers a started poll's fd with epoll only in the next uv_run,
+ * and abort()s if epoll_ctl fails, e.g. because the fd was closed meanwhile
+ * (a user closing a socket with a pending sock_recv, say).  Every poll
+ * started or changed is noted here; just before uv_run each noted fd is
+ * checked, and a closed one is handed to its owner, which stops the poll. */
+
+int
+loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_bad_fd)(void *), void *owner)
+{
+    if (loop->changed_polls_count == loop->changed_polls_capacity) {
+        Py_ssize_t capacity = loop->changed_polls_capacity ? loop->changed_polls_capacity * 2 : 16;
+        ChangedPoll *items = PyMem_Realloc(loop->changed_polls, capacity * sizeof(ChangedPoll));
+        if (items == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        loop->changed_polls = items;
+        loop->changed_polls_capacity = capacity;
+    }
+    ChangedPoll *entry = &loop->changed_polls[loop->changed_polls_count++];
+    entry->poll = poll;
+    entry->fd = fd;
+    entry->on_bad_fd = on_bad_fd;
+    entry->owner = owner;
+    return 0;
+}
+
+void
+loop_forget_poll(LoopObject *loop, uv_poll_t *poll)
+{
+    for (Py_ssize_t i = 0; i < loop->changed_polls_count; i++) {
+        if (loop->changed_polls[i].poll == poll) {
+            loop->changed_polls[i].poll = NULL;
+        }
+    }
+}
+
+void
+loop_check_changed_polls(LoopObject *loop)
+{
+    /* Owners may note or forget polls while we walk: take the list first. */
+    Py_ssize_t count = loop->changed_polls_count;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        ChangedPoll entry = loop->changed_polls[i];
+        if (entry.poll == NULL || !uv_is_active((uv_handle_t *)entry.poll)
+            || uv_is_closing((uv_handle_t *)entry.poll)) {
+            continue;
+        }
+        if (fcntl(entry.fd, F_GETFD) < 0 && errno == EBADF) {
+            entry.on_bad_fd(entry.owner);
+        }
+    }
+    /* Entries noted by the owners above are checked next time. */
+    Py_ssize_t added = loop->changed_polls_count - count;
+    if (added > 0) {
+        memmove(loop->changed_polls, loop->changed_polls + count, added * sizeof(ChangedPoll));
+    }
+    loop->changed_polls_count = added;
 }

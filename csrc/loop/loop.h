@@ -157,6 +157,14 @@ void timer_heap_remove(TimerHeap *heap, HandleObject *timer);    /* drops the he
 void timer_heap_clear(TimerHeap *heap);
 int timer_heap_traverse(TimerHeap *heap, visitproc visit, void *arg);
 
+/* A poll started or changed since the last uv_run (io_watchers.c). */
+typedef struct {
+    uv_poll_t *poll;            /* NULL once forgotten */
+    int fd;
+    void (*on_bad_fd)(void *owner);
+    void *owner;
+} ChangedPoll;
+
 /* ---- the loop (loop_core.c) ---- */
 struct LoopObject {
     PyObject_HEAD
@@ -178,6 +186,9 @@ struct LoopObject {
     PyObject *transports;        /* dict fd -> int address of the TransportObject using fd
                                   * (borrowed: a transport removes itself when it lets go of fd) */
     long active_io;              /* user I/O sources: while 0, a busy loop may skip the poll */
+    ChangedPoll *changed_polls;  /* fds to check before the next uv_run (io_watchers.c) */
+    Py_ssize_t changed_polls_count;
+    Py_ssize_t changed_polls_capacity;
     long pid;                    /* process that created the loop (fork detection) */
     char uv_ready;               /* uv loop and our handles are initialised */
     char closed;
@@ -210,6 +221,12 @@ int watchers_init_type(PyObject *module, ModuleState *state);
 PyObject *loop_add_watcher(LoopObject *loop, PyObject *const *args, Py_ssize_t nargs, int events);
 PyObject *loop_remove_watcher(LoopObject *loop, PyObject *fileobj, int events);
 void loop_close_watchers(LoopObject *loop);
+/* asyncio's file object rule: int or fileno(); ValueError otherwise. */
+int loop_fileobj_to_fd(PyObject *fileobj);
+/* Closed-fd guard: note every poll started/changed; checked before uv_run. */
+int loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_bad_fd)(void *), void *owner);
+void loop_forget_poll(LoopObject *loop, uv_poll_t *poll);
+void loop_check_changed_polls(LoopObject *loop);
 /* The reader (UV_READABLE) or writer Handle watching fd; borrowed, NULL if none. */
 HandleObject *loop_watcher_handle(LoopObject *loop, int fd, int events);
 

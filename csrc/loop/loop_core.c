@@ -143,6 +143,7 @@ loop_close_uv(LoopObject *self)
     uv_close((uv_handle_t *)&self->wake_timer, NULL);
     uv_close((uv_handle_t *)&self->async_handle, NULL);
     self->may_block = 0;
+    self->changed_polls_count = 0;  /* every poll is closing now */
     uv_run(&self->uv, UV_RUN_DEFAULT);  /* runs the close callbacks */
     uv_loop_close(&self->uv);
 }
@@ -206,6 +207,7 @@ loop_dealloc(LoopObject *self)
     Py_CLEAR(self->thread_id);
     Py_CLEAR(self->watchers);
     Py_CLEAR(self->transports);
+    PyMem_Free(self->changed_polls);
     type->tp_free((PyObject *)self);
     Py_DECREF(type);
 }
@@ -485,6 +487,9 @@ arm_wake_timer(LoopObject *self, double delay)
 static int
 poll_io(LoopObject *self)
 {
+    if (self->changed_polls_count > 0) {
+        loop_check_changed_polls(self);  /* may schedule callbacks: before deciding to block */
+    }
     int block = self->ready.count == 0 && !self->stopping;
     if (block && self->timers.count > 0) {
         double delay = self->timers.items[0]->when - loop_monotonic();
@@ -641,27 +646,48 @@ loop_close_core(LoopObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* The public add/remove_reader/writer refuse an fd a transport uses, as
+ * asyncio does (sock_ops.c calls the watcher functions directly). */
+static int
+check_fd_not_transport(LoopObject *self, PyObject *fileobj)
+{
+    int fd = loop_fileobj_to_fd(fileobj);
+    return fd < 0 ? -1 : transport_check_fd_free(self, fd);
+}
+
 static PyObject *
 loop_add_reader(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (nargs > 0 && check_fd_not_transport(self, args[0]) < 0) {
+        return NULL;
+    }
     return loop_add_watcher(self, args, nargs, UV_READABLE);
 }
 
 static PyObject *
 loop_add_writer(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (nargs > 0 && check_fd_not_transport(self, args[0]) < 0) {
+        return NULL;
+    }
     return loop_add_watcher(self, args, nargs, UV_WRITABLE);
 }
 
 static PyObject *
 loop_remove_reader(LoopObject *self, PyObject *fileobj)
 {
+    if (check_fd_not_transport(self, fileobj) < 0) {
+        return NULL;
+    }
     return loop_remove_watcher(self, fileobj, UV_READABLE);
 }
 
 static PyObject *
 loop_remove_writer(LoopObject *self, PyObject *fileobj)
 {
+    if (check_fd_not_transport(self, fileobj) < 0) {
+        return NULL;
+    }
     return loop_remove_watcher(self, fileobj, UV_WRITABLE);
 }
 

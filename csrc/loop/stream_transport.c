@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -579,8 +580,12 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         goto fail;
     }
     if (kind == TRANSPORT_WRITE_PIPE) {
-        /* The reader going away shows as readable (or POLLERR) on the fd. */
-        self->watch_peer_close = 1;
+        /* The reader going away shows as readable (or POLLERR) on a socket or
+         * FIFO; a character device (a pty) is readable when input arrives. */
+        struct stat info;
+        if (fstat(self->fd, &info) == 0 && (S_ISSOCK(info.st_mode) || S_ISFIFO(info.st_mode))) {
+            self->watch_peer_close = 1;
+        }
     }
     if (transport_schedule_start(self, waiter) < 0) {
         goto fail;
@@ -677,9 +682,12 @@ stream_transports_init(PyObject *module, ModuleState *state)
     if (asyncio == NULL) {
         return -1;
     }
-    PyObject *transport = PyObject_GetAttrString(asyncio, "Transport");
+    /* As asyncio's own: socket and write-pipe transports are
+     * _FlowControlMixin (a Transport; sendfile's fallback checks it), read
+     * pipes only ReadTransport. */
+    PyObject *transport = PyObject_GetAttrString(asyncio, "_FlowControlMixin");
     PyObject *read_transport = PyObject_GetAttrString(asyncio, "ReadTransport");
-    PyObject *write_transport = PyObject_GetAttrString(asyncio, "WriteTransport");
+    PyObject *write_transport = transport ? Py_NewRef(transport) : NULL;
     Py_DECREF(asyncio);
     int rc = -1;
     if (transport == NULL || read_transport == NULL || write_transport == NULL) {

@@ -9,10 +9,12 @@
 
 #include <structmember.h>
 
-/* asyncio.BaseTransport has __slots__ = ('_extra',): its storage sits, unused,
- * in asyncio_slot_storage; our `_extra` getset shadows it (module init checks
- * the layout fits). */
-#define TRANSPORT_RESERVED_SLOTS 1
+/* asyncio's transport classes have __slots__: BaseTransport ('_extra',) and
+ * _FlowControlMixin ('_loop', '_protocol_paused', '_high_water',
+ * '_low_water').  Their storage sits, unused, in asyncio_slot_storage; our
+ * getsets of the same names shadow them (module init checks the layout
+ * fits). */
+#define TRANSPORT_RESERVED_SLOTS 5
 
 typedef enum {
     TRANSPORT_SOCKET_STREAM,  /* TCP / Unix stream socket: asyncio.Transport */
@@ -73,8 +75,8 @@ typedef struct TransportObject {
 
 /* ---- transport_base.c ---- */
 int transports_init(PyObject *module, ModuleState *state);
-/* Creates one of our transport types with `base` (an asyncio class) as base. */
-PyTypeObject *transport_make_type(PyObject *module, PyType_Spec *spec, PyObject *base);
+/* Creates one of our transport types with `bases` (an asyncio class or a tuple of them). */
+PyTypeObject *transport_make_type(PyObject *module, PyType_Spec *spec, PyObject *bases);
 /* Fills the fields every kind shares; registers fd with the loop. */
 int transport_setup(TransportObject *self, LoopObject *loop, PyObject *sock, PyObject *protocol,
                     PyObject *extra, PyObject *server, TransportKind kind);

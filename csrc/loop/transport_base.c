@@ -202,6 +202,28 @@ free_poll(uv_handle_t *handle)
 }
 
 static void on_poll(uv_poll_t *poll, int status, int events);
+static void poll_stopped(TransportObject *self);
+
+/* The fd was closed under the transport (not through it). */
+static void
+transport_bad_fd(void *owner)
+{
+    TransportObject *self = owner;
+    Py_INCREF(self);
+    if (self->poll_events != 0) {
+        uv_poll_stop(self->poll);
+        poll_stopped(self);
+    }
+    PyObject *exc = transport_oserror(EBADF);
+    if (exc != NULL) {
+        transport_fatal_error(self, exc, "Fatal error: the transport's file descriptor was closed");
+        Py_DECREF(exc);
+    }
+    else {
+        PyErr_Clear();
+    }
+    Py_DECREF(self);
+}
 
 int
 transport_wants_read(TransportObject *self)
@@ -277,7 +299,7 @@ transport_update_poll(TransportObject *self)
         }
     }
     self->poll_events = events;
-    return 0;
+    return loop_note_poll_change(self->loop, self->poll, self->fd, transport_bad_fd, self);
 }
 
 /* Closes the poll for good (before the fd is closed). */
@@ -293,6 +315,7 @@ transport_release_poll(TransportObject *self)
         poll_stopped(self);
     }
     self->poll->data = NULL;
+    loop_forget_poll(self->loop, self->poll);
     uv_close((uv_handle_t *)self->poll, free_poll);
     self->poll = NULL;
     Py_DECREF(self);
@@ -1016,6 +1039,18 @@ get_protocol_paused(TransportObject *self, void *closure)
 }
 
 static PyObject *
+get_high_water(TransportObject *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->high_water);
+}
+
+static PyObject *
+get_low_water(TransportObject *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->low_water);
+}
+
+static PyObject *
 get_server(TransportObject *self, void *closure)
 {
     return Py_NewRef(self->server ? self->server : Py_None);
@@ -1039,6 +1074,8 @@ PyGetSetDef transport_getsets[] = {
     {"_conn_lost", (getter)get_conn_lost, NULL, NULL, NULL},
     {"_paused", (getter)get_paused, NULL, NULL, NULL},
     {"_protocol_paused", (getter)get_protocol_paused, NULL, NULL, NULL},
+    {"_high_water", (getter)get_high_water, NULL, NULL, NULL},
+    {"_low_water", (getter)get_low_water, NULL, NULL, NULL},
     {"_server", (getter)get_server, NULL, NULL, NULL},
     {"_empty_waiter", (getter)get_empty_waiter, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -1063,6 +1100,16 @@ transport_init(PyObject *self, PyObject *args, PyObject *kwargs)
 PyObject *
 transport_repr(TransportObject *self)
 {
+    if (self->kind == TRANSPORT_READ_PIPE || self->kind == TRANSPORT_WRITE_PIPE) {
+        /* asyncio's pipe transports on a loop without a selector */
+        const char *pipe_state = self->sock == NULL ? " closed" : (self->closing ? " closing" : "");
+        if (self->kind == TRANSPORT_WRITE_PIPE && self->sock != NULL) {
+            return PyUnicode_FromFormat("<%s%s fd=%d open bufsize=%zd>", _PyType_Name(Py_TYPE(self)),
+                                        pipe_state, self->fd, self->queue.bytes);
+        }
+        return PyUnicode_FromFormat("<%s%s fd=%d %s>", _PyType_Name(Py_TYPE(self)), pipe_state,
+                                    self->fd, self->sock == NULL ? "closed" : "open");
+    }
     const char *state = self->sock == NULL ? " closed" : (self->closing ? " closing" : "");
     const char *reading = (self->poll_events & UV_READABLE) ? "polling" : "idle";
     const char *writing = (self->poll_events & UV_WRITABLE) ? "polling" : "idle";
@@ -1144,6 +1191,7 @@ transport_dealloc(TransportObject *self)
     if (self->poll != NULL) {
         /* Stopped (an active poll holds a reference), but still a libuv handle. */
         self->poll->data = NULL;
+        loop_forget_poll(self->loop, self->poll);
         uv_close((uv_handle_t *)self->poll, free_poll);
         self->poll = NULL;
     }
@@ -1214,20 +1262,28 @@ transport_join_methods(const PyMethodDef *const *tables, int count)
 }
 
 PyTypeObject *
-transport_make_type(PyObject *module, PyType_Spec *spec, PyObject *base)
+transport_make_type(PyObject *module, PyType_Spec *spec, PyObject *bases)
 {
-    if (((PyTypeObject *)base)->tp_basicsize > (Py_ssize_t)offsetof(TransportObject, dict)) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "pyasync_c: %s's layout does not fit the space reserved for it; "
-                     "this Python version is not supported", ((PyTypeObject *)base)->tp_name);
+    PyObject *tuple = PyTuple_Check(bases) ? Py_NewRef(bases) : PyTuple_Pack(1, bases);
+    if (tuple == NULL) {
         return NULL;
     }
-    PyObject *type = PyType_FromModuleAndSpec(module, spec, base);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tuple); i++) {
+        PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(tuple, i);
+        if (base->tp_basicsize > (Py_ssize_t)offsetof(TransportObject, dict)) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "pyasync_c: %s's layout does not fit the space reserved for it; "
+                         "this Python version is not supported", base->tp_name);
+            Py_DECREF(tuple);
+            return NULL;
+        }
+    }
+    PyObject *type = PyType_FromModuleAndSpec(module, spec, tuple);
+    Py_DECREF(tuple);
     if (type == NULL) {
         return NULL;
     }
-    if (PyModule_AddObjectRef(module, strchr(spec->name, '.') ? strrchr(spec->name, '.') + 1 : spec->name,
-                              type) < 0) {
+    if (PyModule_AddObjectRef(module, strrchr(spec->name, '.') + 1, type) < 0) {
         Py_DECREF(type);
         return NULL;
     }
