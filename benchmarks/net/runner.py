@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from harness import REGISTRY, REPO_ROOT, Workload, summarize
+from harness import REGISTRY, REPO_ROOT, Unavailable, Workload, summarize
 
 HERE = Path(__file__).resolve().parent
 BUILD_DIR = REPO_ROOT / "build" / "bench"
@@ -212,13 +212,9 @@ class Proc:
 # One cell
 
 
-class Unavailable(Exception):
-    pass
-
-
 def _server_cmd(loop: str, spec: NetSpec, sock_path: Path) -> list[str]:
     if loop == REFERENCE:
-        mode = {"protocol": "tcp", "buffered": "tcp", "streams": "tcp", "unix": "unix", "udp": "udp"}[spec.server]
+        mode = "tcp" if spec.transport == "idle" else spec.transport  # one TCP server for every flavour
         return [str(binary("echo_server_libuv")), mode] + ([str(sock_path)] if mode == "unix" else [])
     cmd = [sys.executable, str(HERE / "servers.py"), spec.server, "--loop", loop]
     return cmd + (["--path", str(sock_path)] if spec.server == "unix" else [])
@@ -291,7 +287,10 @@ def run_cell(wl: Workload, loop: str, n: int, repeat: int, warmup: int, timeout:
                     p.proc.wait()
 
 
-def _echo(server: Proc, start_client: Callable[[list[str]], tuple[Proc, dict[str, Any]]], spec: NetSpec, n: int, repeat: int, warmup: int,
+StartClient = Callable[[list[str]], tuple["Proc", dict[str, Any]]]  # extra args -> (client, first line)
+
+
+def _echo(server: Proc, start_client: StartClient, spec: NetSpec, n: int, repeat: int, warmup: int,
           timeout: float, conns: int) -> dict[str, Any]:
     window = n / 1000
     client, ready = start_client(["--conns", str(conns), "--size", str(spec.size), "--control",
@@ -311,7 +310,7 @@ def _echo(server: Proc, start_client: Callable[[list[str]], tuple[Proc, dict[str
             "warmup_round_trips": ready.get("warmup_round_trips"), **summarize_windows(windows)}
 
 
-def _idle_memory(server: Proc, start_client: Callable[[list[str]], tuple[Proc, dict[str, Any]]], n: int) -> dict[str, Any]:
+def _idle_memory(server: Proc, start_client: StartClient, n: int) -> dict[str, Any]:
     before = server.ask()
     client, ready = start_client(["--conns", str(n)])
     if ready.get("connections") != n:
