@@ -196,6 +196,8 @@ struct LoopObject {
     char debug;
     char may_block;              /* this uv_run may block: prepare releases the GIL */
     char polling;                /* the GIL is released in poll: threadsafe callers must wake us */
+    char defer_io;               /* callbacks were ready before this poll: transports queue
+                                  * their I/O behind them (transport_base.c) */
 };
 
 static inline void

@@ -504,8 +504,10 @@ poll_io(LoopObject *self)
         uv_timer_stop(&self->wake_timer);
     }
     self->may_block = (char)block;
+    self->defer_io = self->ready.count > 0;
     uv_run(&self->uv, block ? UV_RUN_ONCE : UV_RUN_NOWAIT);
     self->may_block = 0;
+    self->defer_io = 0;
     loop_take_gil(self);
     if (self->pending_error != NULL) {
         PyObject *exc = self->pending_error;

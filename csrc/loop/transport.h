@@ -52,6 +52,7 @@ typedef struct TransportObject {
     PyObject *context;        /* contextvars.Context the protocol callbacks run in */
     PyObject *empty_waiter;   /* sendfile: Future done when the write queue empties */
     PyObject *address;        /* datagram: the connected peer address, or NULL */
+    PyObject *io_ready_method;/* bound _io_ready, made on first deferred event */
     uv_poll_t *poll;          /* malloc'd on first use; its close callback frees it */
     WriteQueue queue;
     Py_ssize_t conn_lost;     /* >0 once connection_lost is scheduled; counts writes after */

@@ -321,30 +321,10 @@ transport_release_poll(TransportObject *self)
     Py_DECREF(self);
 }
 
+/* Runs the transport's handlers for `events`; the context is entered. */
 static void
-on_poll(uv_poll_t *poll, int status, int events)
+dispatch_events(TransportObject *self, int events)
 {
-    TransportObject *self = poll->data;
-    if (self == NULL) {
-        return;
-    }
-    LoopObject *loop = self->loop;
-    loop_take_gil(loop);
-    Py_INCREF(self);
-    if (status < 0) {
-        /* libuv stopped the poll (e.g. POLLERR): retry what we wanted; the
-         * syscalls report the real error or EOF. */
-        events = self->poll_events;
-        if (self->poll_events != 0) {
-            uv_poll_stop(poll);
-            poll_stopped(self);
-        }
-    }
-    if (PyContext_Enter(self->context) < 0) {
-        transport_handle_error(self, "Fatal error: cannot enter the transport's context");
-        Py_DECREF(self);
-        return;
-    }
     int datagram = self->kind == TRANSPORT_DATAGRAM;
     if ((events & UV_READABLE) && !self->lost) {
         if (datagram) {
@@ -365,6 +345,61 @@ on_poll(uv_poll_t *poll, int status, int events)
     if (transport_update_poll(self) < 0) {
         transport_handle_error(self, "Fatal error: cannot poll the transport's file descriptor");
     }
+}
+
+/* Queues _io_ready(events) behind the callbacks that were ready before this
+ * poll, so they run first, as on asyncio (whose selector queues a handle per
+ * event).  When nothing was ready the handlers run at once (no Handle). */
+static int
+defer_events(TransportObject *self, int events)
+{
+    if (self->io_ready_method == NULL) {
+        self->io_ready_method = PyObject_GetAttrString((PyObject *)self, "_io_ready");
+        if (self->io_ready_method == NULL) {
+            return -1;
+        }
+    }
+    PyObject *events_obj = PyLong_FromLong(events);
+    if (events_obj == NULL) {
+        return -1;
+    }
+    int rc = transport_schedule_call(self, self->io_ready_method, events_obj);
+    Py_DECREF(events_obj);
+    return rc;
+}
+
+static void
+on_poll(uv_poll_t *poll, int status, int events)
+{
+    TransportObject *self = poll->data;
+    if (self == NULL) {
+        return;
+    }
+    LoopObject *loop = self->loop;
+    loop_take_gil(loop);
+    Py_INCREF(self);
+    if (status < 0) {
+        /* libuv stopped the poll (e.g. POLLERR): retry what we wanted; the
+         * syscalls report the real error or EOF. */
+        events = self->poll_events;
+        if (self->poll_events != 0) {
+            uv_poll_stop(poll);
+            poll_stopped(self);
+        }
+    }
+    if (loop->defer_io) {
+        if (defer_events(self, events) < 0) {
+            loop_defer_error(loop);
+        }
+        Py_DECREF(self);
+        return;
+    }
+    if (PyContext_Enter(self->context) < 0) {
+        transport_handle_error(self, "Fatal error: cannot enter the transport's context");
+        Py_DECREF(self);
+        return;
+    }
+    dispatch_events(self, events);
     PyObject *exc = PyErr_Occurred() ? compat_fetch_exception() : NULL;
     if (PyContext_Exit(self->context) < 0) {
         PyErr_WriteUnraisable((PyObject *)self);
@@ -374,6 +409,25 @@ on_poll(uv_poll_t *poll, int status, int events)
         loop_defer_error(loop);
     }
     Py_DECREF(self);
+}
+
+/* _io_ready(events): the deferred form of on_poll, run by a Handle in the
+ * transport's context. */
+static PyObject *
+transport_io_ready(TransportObject *self, PyObject *events_obj)
+{
+    int events = (int)PyLong_AsLong(events_obj);
+    if (events == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (self->lost || self->loop == NULL) {
+        Py_RETURN_NONE;
+    }
+    dispatch_events(self, events);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 /* ---- protocol calls and errors ---- */
@@ -718,6 +772,7 @@ transport_call_connection_lost(TransportObject *self, PyObject *exc)
         Py_XDECREF(r);
     }
     Py_CLEAR(self->protocol);
+    Py_CLEAR(self->io_ready_method);
     if (self->server != NULL) {
         PyObject *server = self->server;
         self->server = NULL;
@@ -951,6 +1006,7 @@ PyMethodDef transport_common_methods[] = {
     {"_connection_made", (PyCFunction)transport_connection_made, METH_O, NULL},
     {"_call_connection_lost", (PyCFunction)transport_call_connection_lost, METH_O, NULL},
     {"_force_close", (PyCFunction)transport_force_close_method, METH_O, NULL},
+    {"_io_ready", (PyCFunction)transport_io_ready, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -991,6 +1047,23 @@ static PyObject *
 get_sock(TransportObject *self, void *closure)
 {
     return Py_NewRef(self->sock ? self->sock : Py_None);
+}
+
+/* Setting _sock/_pipe to None makes the transport forget its socket without
+ * closing it (asyncio's own tests do that to silence the ResourceWarning). */
+static int
+set_sock(TransportObject *self, PyObject *value, void *closure)
+{
+    if (value == NULL || value != Py_None) {
+        PyErr_SetString(PyExc_AttributeError, "only None can be assigned to the transport's socket");
+        return -1;
+    }
+    if (self->sock != NULL) {
+        transport_release_poll(self);
+        registry_remove(self);
+        Py_CLEAR(self->sock);
+    }
+    return 0;
 }
 
 static PyObject *
@@ -1064,8 +1137,8 @@ get_empty_waiter(TransportObject *self, void *closure)
 
 PyGetSetDef transport_getsets[] = {
     {"_extra", (getter)get_extra, (setter)set_extra, NULL, NULL},
-    {"_sock", (getter)get_sock, NULL, NULL, NULL},
-    {"_pipe", (getter)get_sock, NULL, NULL, NULL},
+    {"_sock", (getter)get_sock, (setter)set_sock, NULL, NULL},
+    {"_pipe", (getter)get_sock, (setter)set_sock, NULL, NULL},
     {"_sock_fd", (getter)get_fd, NULL, NULL, NULL},
     {"_fileno", (getter)get_fd, NULL, NULL, NULL},
     {"_loop", (getter)get_loop, NULL, NULL, NULL},
@@ -1131,6 +1204,7 @@ transport_traverse(TransportObject *self, visitproc visit, void *arg)
     Py_VISIT(self->context);
     Py_VISIT(self->empty_waiter);
     Py_VISIT(self->address);
+    Py_VISIT(self->io_ready_method);
     for (Py_ssize_t i = 0; i < self->queue.count; i++) {
         WriteEntry *entry = &self->queue.items[(self->queue.head + i) & (self->queue.capacity - 1)];
         Py_VISIT(entry->address);
@@ -1141,6 +1215,7 @@ transport_traverse(TransportObject *self, visitproc visit, void *arg)
 int
 transport_clear(TransportObject *self)
 {
+    Py_CLEAR(self->io_ready_method);
     Py_CLEAR(self->dict);
     Py_CLEAR(self->protocol);
     Py_CLEAR(self->extra);
