@@ -55,6 +55,16 @@ def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[Any] | No
             time.sleep(0.05)
 
 
+def server_env(**extra: str) -> dict[str, str]:
+    """The environment for a server binary: without the sanitizer runtime that
+    `make asan` preloads (an uninstrumented postgres or redis-server under
+    LD_PRELOAD=libasan hangs or aborts)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "PYTHONMALLOC")}
+    env.update(extra)
+    return env
+
+
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -87,7 +97,7 @@ def redis_server() -> Iterator[RedisServer]:
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--daemonize", "no", "--dir", directory,
          "--unixsocket", sock, "--unixsocketperm", "700", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_env())
     try:
         wait_port(port, proc=proc)
         yield RedisServer(port, sock)
@@ -113,12 +123,13 @@ class PgServer:
 
 
 def _pg_bindir() -> str | None:
-    initdb = shutil.which("initdb")
-    if initdb:
-        return os.path.dirname(initdb)
+    # Debian's versioned directory first (its /usr/bin has only some wrappers).
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
                    key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
-    return os.path.dirname(found[-1]) if found else None
+    if found:
+        return os.path.dirname(found[-1])
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
 
 
 @pytest.fixture(scope="session")
@@ -147,7 +158,7 @@ def pg_server(tls_files: TLSFiles) -> Iterator[PgServer]:
             os.chown(path, owner.pw_uid, owner.pw_gid)
     port = free_port()
     log = os.path.join(directory, "pg.log")
-    env = dict(os.environ, LC_ALL="C", LANG="C")
+    env = server_env(LC_ALL="C", LANG="C")
     try:
         subprocess.run(run_as + [os.path.join(bindir, "initdb"), "-D", data, "-U", "test",
                                  "-A", "trust", "--no-sync", "-E", "UTF8"],
