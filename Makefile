@@ -2,7 +2,8 @@
 #
 #   make build    in-place build of both extensions for $(PYTHON)
 #   make deps     install what a fresh machine lacks (apt: libuv1-dev, pkg-config; pip: setuptools, pytest)
-#   make test     build + pytest on every Python 3.11/3.12/3.13 present + CPython test_asyncio conformance
+#   make test     build + integration test deps (.ci/integration-deps) + pytest on every
+#                 Python 3.11/3.12/3.13 present + CPython test_asyncio conformance
 #   make asan     ASan+UBSan build in build/asan (not in place) + full pytest with it,
 #                 then tests/leakcheck.py --smoke; any sanitizer report fails it
 #                 (PYTHON=/path/to/python3.12 works too: per-ABI .so names)
@@ -54,7 +55,7 @@ DBG_DIR    := build/dbg
 DBG_TMP    := build/dbg-tmp
 LEAK_ARGS  ?=
 
-.PHONY: deps build-all build test asan asan-build leaks leaks-build bench demo clean
+.PHONY: test-deps deps build-all build test asan asan-build leaks leaks-build bench demo clean
 
 build:
 	$(PYTHON) setup.py build_ext --inplace
@@ -69,7 +70,12 @@ build-all: deps
 
 # The README's test command: pytest on every Python 3.11/3.12/3.13 present,
 # then CPython's test_asyncio conformance on each (its total is the last line).
-test: build-all
+# Real peers for tests/test_integration.py (redis-server, PostgreSQL, aiohttp,
+# uvicorn, asyncpg...): only `make test` needs them, not the demo.
+test-deps:
+	bash .ci/integration-deps $(PYTHONS)
+
+test: build-all test-deps
 	for py in $(PYTHONS); do echo "== pytest on $$py"; $$py -m pytest $(PYTEST_ARGS) tests/ || exit 1; done
 	$(TEST_EXTRA)
 	$(PYTHON) tests/conformance/run.py --pythons --suite all
