@@ -69,7 +69,9 @@ class NetworkMixin:
 
     if TYPE_CHECKING:
         _debug: bool
-        _transports: dict[int, int]
+
+        @property
+        def _transports(self) -> dict[int, int]: ...
 
         def create_future(self) -> asyncio.Future[Any]: ...
         def call_exception_handler(self, context: dict[str, Any]) -> None: ...
@@ -87,6 +89,10 @@ class NetworkMixin:
                                                ssl_handshake_timeout: Any = None,
                                                ssl_shutdown_timeout: Any = None) -> Any: ...
 
+    def _core(self) -> Any:
+        """self, typed as what it is at run time: pyasync_c.Loop (a LoopCore)."""
+        return self
+
     def _init_network(self) -> None:
         self._unix_server_sockets: dict[socket.socket, int] = {}
 
@@ -102,7 +108,7 @@ class NetworkMixin:
             except OSError:
                 info["peername"] = None
         _set_nodelay(sock)
-        return _loop.SocketTransport(self, sock, protocol, waiter, info, server)
+        return _loop.SocketTransport(self._core(), sock, protocol, waiter, info, server)
 
     def _make_ssl_transport(self, rawsock: socket.socket, protocol: Any, sslcontext: Any,
                             waiter: Any = None, *, server_side: bool = False,
@@ -112,16 +118,16 @@ class NetworkMixin:
                             ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
                             call_connection_made: bool = True) -> Any:
         ssl_protocol = sslproto.SSLProtocol(
-            self, protocol, sslcontext, waiter, server_side, server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            self._core(), protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]
+            ssl_shutdown_timeout=ssl_shutdown_timeout,  # type: ignore[arg-type]
             call_connection_made=call_connection_made)
         self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
     def _make_datagram_transport(self, sock: socket.socket, protocol: Any, address: Any = None,
                                  waiter: Any = None, extra: dict[str, Any] | None = None) -> Any:
-        return _loop.DatagramTransport(self, sock, protocol, address, waiter,
+        return _loop.DatagramTransport(self._core(), sock, protocol, address, waiter,
                                        _socket_extra(sock, extra))
 
     def _make_read_pipe_transport(self, pipe: Any, protocol: Any, waiter: Any = None,
@@ -130,7 +136,7 @@ class NetworkMixin:
         os.set_blocking(pipe.fileno(), False)
         info = dict(extra) if extra else {}
         info["pipe"] = pipe
-        return _loop.ReadPipeTransport(self, pipe, protocol, waiter, info)
+        return _loop.ReadPipeTransport(self._core(), pipe, protocol, waiter, info)
 
     def _make_write_pipe_transport(self, pipe: Any, protocol: Any, waiter: Any = None,
                                    extra: dict[str, Any] | None = None) -> Any:
@@ -138,7 +144,7 @@ class NetworkMixin:
         os.set_blocking(pipe.fileno(), False)
         info = dict(extra) if extra else {}
         info["pipe"] = pipe
-        return _loop.WritePipeTransport(self, pipe, protocol, waiter, info)
+        return _loop.WritePipeTransport(self._core(), pipe, protocol, waiter, info)
 
     # ---- serving ---------------------------------------------------------
     def _start_serving(self, protocol_factory: Any, sock: socket.socket, sslcontext: Any = None,

@@ -1,11 +1,12 @@
 """pyasync_c.Loop: the C core (``_loop.LoopCore``) plus asyncio's orchestration.
 
 The hot paths — call_soon*, call_later/call_at, time, create_future,
-create_task, the run loop, timers, add_reader/add_writer — are C methods of
-``LoopCore``, which comes first in the MRO.  One-shot orchestration is
+create_task, the run loop, timers, add_reader/add_writer, sock_*, DNS — are C
+methods of ``LoopCore``, which comes first in the MRO; the transports are C
+types created by ``NetworkMixin`` (``_network.py``).  One-shot orchestration is
 inherited from ``asyncio.BaseEventLoop`` of the running Python (run_until_complete,
-exception handlers, executors, async-generator hooks, getaddrinfo...), so its
-semantics are that version's exactly.  This file adds what is specific to a
+exception handlers, executors, async-generator hooks, create_connection,
+create_server...), so its semantics are that version's exactly.  This file adds what is specific to a
 libuv loop: run_forever's bookkeeping around the C loop, close, signals, and the
 small Python helpers the C core calls on rare paths.
 """
