@@ -418,14 +418,7 @@ datagram_sendto(TransportObject *self, PyObject *const *args, Py_ssize_t nargs, 
         return NULL;
     }
     self->queue.bytes += DATAGRAM_HEADER_BYTES;
-    if (transport_update_poll(self) < 0) {
-        return NULL;
-    }
-    transport_maybe_pause_protocol(self);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return transport_after_queued(self);
 }
 
 static PyObject *
@@ -434,27 +427,7 @@ datagram_close(TransportObject *self, PyObject *unused)
     if (self->closing) {
         Py_RETURN_NONE;
     }
-    self->closing = 1;
-    if (self->queue.count == 0) {
-        self->conn_lost++;
-        if (transport_schedule_connection_lost(self, NULL) < 0) {
-            return NULL;
-        }
-    }
-    if (transport_update_poll(self) < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-datagram_abort(TransportObject *self, PyObject *unused)
-{
-    transport_force_close(self, NULL);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return transport_close_when_flushed(self);
 }
 
 static PyObject *
@@ -466,16 +439,8 @@ datagram_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &address, &waiter, &extra)) {
         return NULL;
     }
-    PyObject *module = PyType_GetModuleByDef(type, &loop_module_def);
-    if (module == NULL) {
-        return NULL;
-    }
-    ModuleState *state = PyModule_GetState(module);
-    if (!PyObject_TypeCheck(loop, state->LoopCoreType)) {
-        PyErr_Format(PyExc_TypeError, "loop must be a pyasync_c loop, not %.100s", Py_TYPE(loop)->tp_name);
-        return NULL;
-    }
-    TransportObject *self = (TransportObject *)type->tp_alloc(type, 0);
+    ModuleState *state;
+    TransportObject *self = transport_alloc(type, loop, &state);
     if (self == NULL) {
         return NULL;
     }
@@ -489,8 +454,7 @@ datagram_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     return (PyObject *)self;
 fail:
-    Py_CLEAR(self->sock);
-    Py_DECREF(self);
+    transport_discard(self);
     return NULL;
 }
 
@@ -505,7 +469,6 @@ static PyMethodDef datagram_methods[] = {
      "Send data to addr (or to the connected peer when addr is None) without blocking."},
     {"close", (PyCFunction)datagram_close, METH_NOARGS,
      "Close after sending queued datagrams; connection_lost(None) follows."},
-    {"abort", (PyCFunction)datagram_abort, METH_NOARGS, "Close at once, dropping queued datagrams."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -388,14 +388,7 @@ stream_write(TransportObject *self, PyObject *data)
     }
     int rc = queue_rest(self, data, &view, sent);
     PyBuffer_Release(&view);
-    if (rc < 0 || transport_update_poll(self) < 0) {
-        return NULL;
-    }
-    transport_maybe_pause_protocol(self);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return rc < 0 ? NULL : transport_after_queued(self);
 }
 
 static PyObject *
@@ -433,14 +426,7 @@ stream_writelines(TransportObject *self, PyObject *list_of_data)
     if (!(self->poll_events & UV_WRITABLE)) {
         stream_flush(self);  /* nothing was waiting: try at once */
     }
-    if (transport_update_poll(self) < 0) {
-        return NULL;
-    }
-    transport_maybe_pause_protocol(self);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return transport_after_queued(self);
 }
 
 static PyObject *
@@ -462,30 +448,13 @@ socket_write_eof(TransportObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* Schedules connection_lost(None) once nothing is left to flush. */
-static PyObject *
-close_when_flushed(TransportObject *self)
-{
-    self->closing = 1;
-    if (self->queue.count == 0 && !self->conn_lost) {
-        self->conn_lost++;
-        if (transport_schedule_connection_lost(self, NULL) < 0) {
-            return NULL;
-        }
-    }
-    if (transport_update_poll(self) < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
 static PyObject *
 pipe_write_eof(TransportObject *self, PyObject *unused)
 {
     if (self->closing) {
         Py_RETURN_NONE;
     }
-    return close_when_flushed(self);
+    return transport_close_when_flushed(self);
 }
 
 static PyObject *
@@ -494,7 +463,7 @@ socket_close(TransportObject *self, PyObject *unused)
     if (self->closing) {
         Py_RETURN_NONE;
     }
-    return close_when_flushed(self);
+    return transport_close_when_flushed(self);
 }
 
 static PyObject *
@@ -503,17 +472,7 @@ write_pipe_close(TransportObject *self, PyObject *unused)
     if (self->sock == NULL || self->closing) {
         Py_RETURN_NONE;
     }
-    return close_when_flushed(self);
-}
-
-static PyObject *
-stream_abort(TransportObject *self, PyObject *unused)
-{
-    transport_force_close(self, NULL);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return transport_close_when_flushed(self);
 }
 
 static PyObject *
@@ -559,22 +518,14 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &waiter, &extra, &server)) {
         return NULL;
     }
-    PyObject *module = PyType_GetModuleByDef(type, &loop_module_def);
-    if (module == NULL) {
-        return NULL;
-    }
-    ModuleState *state = PyModule_GetState(module);
-    if (!PyObject_TypeCheck(loop, state->LoopCoreType)) {
-        PyErr_Format(PyExc_TypeError, "loop must be a pyasync_c loop, not %.100s", Py_TYPE(loop)->tp_name);
+    ModuleState *state;
+    TransportObject *self = transport_alloc(type, loop, &state);
+    if (self == NULL) {
         return NULL;
     }
     TransportKind kind = type == state->SocketTransportType ? TRANSPORT_SOCKET_STREAM
                          : type == state->ReadPipeTransportType ? TRANSPORT_READ_PIPE
                          : TRANSPORT_WRITE_PIPE;
-    TransportObject *self = (TransportObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
     if (transport_setup(self, (LoopObject *)loop, sock, protocol, extra,
                         kind == TRANSPORT_SOCKET_STREAM ? server : Py_None, kind) < 0) {
         goto fail;
@@ -592,9 +543,7 @@ stream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     return (PyObject *)self;
 fail:
-    /* Not handed out yet: the fd stays the caller's. */
-    Py_CLEAR(self->sock);
-    Py_DECREF(self);
+    transport_discard(self);
     return NULL;
 }
 
@@ -602,8 +551,6 @@ static PyMethodDef write_methods[] = {
     {"write", (PyCFunction)stream_write, METH_O, "Write data to the transport without blocking."},
     {"writelines", (PyCFunction)stream_writelines, METH_O, "Write every buffer of an iterable."},
     {"can_write_eof", (PyCFunction)stream_can_write_eof, METH_NOARGS, "Return True: write_eof() works."},
-    {"abort", (PyCFunction)stream_abort, METH_NOARGS,
-     "Close at once, dropping buffered data; connection_lost(None) follows."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -103,6 +103,15 @@ int transport_schedule_connection_lost(TransportObject *self, PyObject *exc);
 int transport_schedule_call(TransportObject *self, PyObject *callable, PyObject *arg);
 void transport_maybe_pause_protocol(TransportObject *self);
 void transport_maybe_resume_protocol(TransportObject *self);
+/* After data was queued: poll for writable, pause the protocol if over the
+ * high-water mark; None or NULL. */
+PyObject *transport_after_queued(TransportObject *self);
+/* close(): closing now, connection_lost(None) once the queue is flushed. */
+PyObject *transport_close_when_flushed(TransportObject *self);
+/* tp_new helpers: checks `loop` is ours and allocates; discard drops a
+ * transport that failed set-up without touching its socket. */
+TransportObject *transport_alloc(PyTypeObject *type, PyObject *loop, ModuleState **state_out);
+void transport_discard(TransportObject *self);
 /* Logs asyncio's warning for writes after the connection was lost. */
 void transport_warn_write_after_lost(TransportObject *self, const char *message);
 int transport_check_fd_free(LoopObject *loop, int fd);  /* RuntimeError if a transport uses fd */

@@ -1011,6 +1011,8 @@ PyMethodDef transport_common_methods[] = {
 };
 
 /* Writable kinds also get these (listed by the kinds' tables). */
+static PyObject *transport_abort(TransportObject *self, PyObject *unused);
+
 PyMethodDef transport_write_methods[] = {
     /* listed by the kinds that write */
     {"get_write_buffer_size", (PyCFunction)transport_get_write_buffer_size, METH_NOARGS,
@@ -1021,8 +1023,75 @@ PyMethodDef transport_write_methods[] = {
      METH_VARARGS | METH_KEYWORDS, "Set the high- and low-water limits for write flow control."},
     {"_make_empty_waiter", (PyCFunction)transport_make_empty_waiter, METH_NOARGS, NULL},
     {"_reset_empty_waiter", (PyCFunction)transport_reset_empty_waiter, METH_NOARGS, NULL},
+    {"abort", (PyCFunction)transport_abort, METH_NOARGS,
+     "Close at once, dropping buffered data; connection_lost(None) follows."},
     {NULL, NULL, 0, NULL},
 };
+
+/* ---- shared by the kinds' methods and constructors ---- */
+
+PyObject *
+transport_after_queued(TransportObject *self)
+{
+    if (transport_update_poll(self) < 0) {
+        return NULL;
+    }
+    transport_maybe_pause_protocol(self);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyObject *
+transport_close_when_flushed(TransportObject *self)
+{
+    self->closing = 1;
+    if (self->queue.count == 0 && !self->conn_lost) {
+        self->conn_lost++;
+        if (transport_schedule_connection_lost(self, NULL) < 0) {
+            return NULL;
+        }
+    }
+    if (transport_update_poll(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+transport_abort(TransportObject *self, PyObject *unused)
+{
+    transport_force_close(self, NULL);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+TransportObject *
+transport_alloc(PyTypeObject *type, PyObject *loop, ModuleState **state_out)
+{
+    PyObject *module = PyType_GetModuleByDef(type, &loop_module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    ModuleState *state = PyModule_GetState(module);
+    if (!PyObject_TypeCheck(loop, state->LoopCoreType)) {
+        PyErr_Format(PyExc_TypeError, "loop must be a pyasync_c loop, not %.100s", Py_TYPE(loop)->tp_name);
+        return NULL;
+    }
+    *state_out = state;
+    return (TransportObject *)type->tp_alloc(type, 0);
+}
+
+void
+transport_discard(TransportObject *self)
+{
+    /* Not handed out yet: the socket stays the caller's (no close, no warning). */
+    Py_CLEAR(self->sock);
+    Py_DECREF(self);
+}
 
 /* ---- getsets ---- */
 
