@@ -504,7 +504,9 @@ poll_io(LoopObject *self)
         uv_timer_stop(&self->wake_timer);
     }
     self->may_block = (char)block;
-    self->defer_io = self->ready.count > 0;
+    /* debug mode: every transport event runs as a Handle, so slow protocol
+     * callbacks get asyncio's slow-callback warning */
+    self->defer_io = self->ready.count > 0 || self->debug;
     uv_run(&self->uv, block ? UV_RUN_ONCE : UV_RUN_NOWAIT);
     self->may_block = 0;
     self->defer_io = 0;
