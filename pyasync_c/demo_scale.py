@@ -100,6 +100,67 @@ async def timer_storm(p: Prims, timers: int = 100_000) -> int:
     return await done
 
 
+async def stream_echo(p: Prims, clients: int = 50, messages: int = 200) -> int:
+    """asyncio streams: an echo server and many clients, line by line."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            writer.write(line)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def client(i: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        echoed = 0
+        for n in range(messages):
+            line = b"client %d message %d\n" % (i, n)
+            writer.write(line)
+            echoed += await reader.readline() == line
+        writer.close()
+        await writer.wait_closed()
+        return echoed
+
+    try:
+        return sum(await p.gather(*(client(i) for i in range(clients))))
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def crawler(p: Prims, urls: int = 2_000, limit: int = 100) -> int:
+    """The crawler pattern: many short request/response connections, a
+    Semaphore bounding how many are open at once (fits a 1024-fd limit)."""
+    class Responder(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(b"200 " + data)  # type: ignore[attr-defined]
+            self.transport.close()
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Responder, "127.0.0.1", 0, backlog=1024)
+    port = server.sockets[0].getsockname()[1]
+    sem = p.Semaphore(limit)
+
+    async def fetch(i: int) -> int:
+        async with sem:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /%d" % i)
+            reply = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+            return reply == b"200 GET /%d" % i
+
+    try:
+        return sum(await p.gather(*(fetch(i) for i in range(urls))))
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 @dataclass
 class ScalePattern:
     name: str
@@ -113,6 +174,8 @@ SCALE_PATTERNS = [
     ScalePattern("Queue 100k items", pipeline, sum(range(100_000))),
     ScalePattern("call_soon chain 300k", callback_chain, 300_000),
     ScalePattern("100k timers, half off", timer_storm, 50_000),
+    ScalePattern("streams echo 50x200", stream_echo, 50 * 200),
+    ScalePattern("crawler 2k connections", crawler, 2_000),
 ]
 
 
