@@ -634,8 +634,8 @@ transport_setup(TransportObject *self, LoopObject *loop, PyObject *sock, PyObjec
         return -1;
     }
     int fd = PyObject_AsFileDescriptor(sock);
-    if (fd < 0) {
-        return -1;
+    if (fd < 0 || transport_check_fd_free(loop, fd) < 0) {
+        return -1;  /* another live transport uses it: asyncio refuses too */
     }
     if (extra == NULL || extra == Py_None) {
         self->extra = PyDict_New();
