@@ -22,6 +22,7 @@ import errno
 import functools
 import os
 import socket
+import _socket
 import stat
 import sys
 from asyncio import base_events, constants, exceptions, futures, sslproto, trsock
@@ -34,7 +35,17 @@ from . import _loop
 _logger = logging.getLogger("asyncio")
 _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _UNIX_CLEANUP = sys.version_info >= (3, 13)
-_set_nodelay: Callable[[socket.socket], None] = getattr(base_events, "_set_nodelay")
+_raw_family: Callable[[socket.socket], int] = _socket.socket.family.__get__  # type: ignore[attr-defined]
+_raw_type: Callable[[socket.socket], int] = _socket.socket.type.__get__  # type: ignore[attr-defined]
+_raw_proto: Callable[[socket.socket], int] = _socket.socket.proto.__get__  # type: ignore[attr-defined]
+_NODELAY_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+def _set_nodelay(sock: socket.socket) -> None:
+    """TCP_NODELAY on TCP sockets, as asyncio does (same test, on raw ints)."""
+    if (_raw_family(sock) in _NODELAY_FAMILIES and _raw_type(sock) == socket.SOCK_STREAM
+            and _raw_proto(sock) == socket.IPPROTO_TCP):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 _SendfileMode: Any = getattr(constants, "_SendfileMode")
 
 # asyncio's loop code asks transports these questions through class attributes.

@@ -17,6 +17,7 @@ import errno
 import os
 import signal
 import socket
+import _socket
 import sys
 import threading
 from asyncio import base_events, events, format_helpers
@@ -35,6 +36,10 @@ _logger = logging.getLogger("asyncio")  # the logger asyncio's own code uses
 _format_callback_source: Callable[..., str] = getattr(format_helpers, "_format_callback_source")
 _format_handle: Callable[[Any], str] = getattr(base_events, "_format_handle")
 _HAS_IPv6: bool = getattr(base_events, "_HAS_IPv6")
+# The C socket's own getters: ints, without socket.socket's enum conversion.
+_raw_family: Callable[[socket.socket], int] = _socket.socket.family.__get__  # type: ignore[attr-defined]
+_raw_type: Callable[[socket.socket], int] = _socket.socket.type.__get__  # type: ignore[attr-defined]
+_raw_proto: Callable[[socket.socket], int] = _socket.socket.proto.__get__  # type: ignore[attr-defined]
 
 
 def _sighandler_noop(signum: int, frame: object) -> None:
@@ -271,10 +276,10 @@ class Loop(_loop.LoopCore, NetworkMixin, base_events.BaseEventLoop):  # type: ig
     async def sock_connect(self, sock: socket.socket, address: Any) -> None:
         """Connect sock to address; IP hosts are resolved first, as asyncio does."""
         self._sock_check(sock)
-        if sock.family == socket.AF_INET or (
-                _HAS_IPv6 and sock.family == socket.AF_INET6):
-            infos = await self._ensure_resolved(address, family=sock.family, type=sock.type,
-                                                proto=sock.proto, loop=self)
+        family = _raw_family(sock)  # an int: socket.family would build an enum member
+        if family == socket.AF_INET or (_HAS_IPv6 and family == socket.AF_INET6):
+            infos = await self._ensure_resolved(address, family=family, type=_raw_type(sock),
+                                                proto=_raw_proto(sock), loop=self)
             address = infos[0][4]
         return await self._sock_connect(sock, address)
 
