@@ -161,3 +161,70 @@ def executor(prims: Prims, n: int) -> Body:
         return n
 
     return body()
+
+
+def _self_signed_contexts() -> tuple[Any, Any]:
+    """(server, client) SSLContexts for a throwaway self-signed localhost cert
+    made with the openssl CLI (untimed set-up)."""
+    import os
+    import ssl
+    import subprocess
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="pyasync_c-bench-tls-")
+    cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=cert)
+    return server, client
+
+
+@workload("loop", "round trips", n=20_000)
+def tls_pingpong(prims: Prims, n: int) -> Body:
+    """TLS echo over loopback in one process: a Protocol client and server (asyncio's
+    SSLProtocol over each loop's transport; uvloop: its own), 1 KiB, n round trips."""
+    server_ctx, client_ctx = _self_signed_contexts()
+    message = b"x" * 1024
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    class Client(asyncio.Protocol):
+        def __init__(self, done: asyncio.Future[int]) -> None:
+            self.done, self.count, self.pending = done, 0, 0
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            transport.write(message)
+
+        def data_received(self, data: bytes) -> None:
+            self.pending += len(data)
+            if self.pending >= len(message):
+                self.pending -= len(message)
+                self.count += 1
+                if self.count == n:
+                    self.done.set_result(n)
+                else:
+                    self.transport.write(message)
+
+    async def body() -> int:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Echo, "127.0.0.1", 0, ssl=server_ctx)
+        done: asyncio.Future[int] = loop.create_future()
+        transport, _ = await loop.create_connection(
+            lambda: Client(done), "127.0.0.1", server.sockets[0].getsockname()[1],
+            ssl=client_ctx, server_hostname="localhost")
+        try:
+            return await done
+        finally:
+            transport.close()
+            server.close()
+
+    return body()
