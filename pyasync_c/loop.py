@@ -22,10 +22,11 @@ import sys
 import threading
 from asyncio import base_events, events, format_helpers
 import logging
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, TypeVarTuple, Unpack
+from typing import TYPE_CHECKING, Any, Callable, TypeVarTuple, Unpack
 
 from . import _loop
 from ._network import NetworkMixin
+from ._process import ProcessMixin
 
 __all__ = ["Loop"]
 
@@ -47,7 +48,7 @@ def _sighandler_noop(signum: int, frame: object) -> None:
     by the loop when the wakeup fd reports the signal."""
 
 
-class Loop(_loop.LoopCore, NetworkMixin, base_events.BaseEventLoop):  # type: ignore[misc]
+class Loop(_loop.LoopCore, NetworkMixin, ProcessMixin, base_events.BaseEventLoop):  # type: ignore[misc]
     """A libuv-backed asyncio event loop."""
 
     if TYPE_CHECKING:  # asyncio.BaseEventLoop internals that typeshed does not declare
@@ -65,6 +66,7 @@ class Loop(_loop.LoopCore, NetworkMixin, base_events.BaseEventLoop):  # type: ig
     def __init__(self) -> None:
         base_events.BaseEventLoop.__init__(self)
         self._init_network()
+        self._init_processes()
         self._signal_handlers: dict[int, Any] = {}
         self._wakeup_installed = False
         self._old_wakeup_fd = -1
@@ -121,6 +123,7 @@ class Loop(_loop.LoopCore, NetworkMixin, base_events.BaseEventLoop):  # type: ig
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)
         self._uninstall_wakeup_fd()
+        self._close_processes()
         self._close()
         self._executor_shutdown_called = True
         executor = self._default_executor
@@ -299,19 +302,3 @@ class Loop(_loop.LoopCore, NetworkMixin, base_events.BaseEventLoop):  # type: ig
     async def getnameinfo(self, sockaddr: Any, flags: int = 0) -> tuple[str, str]:
         """socket.getnameinfo(sockaddr, flags) without blocking the loop."""
         return await _loop.getnameinfo(self, sockaddr, flags)
-
-
-def _not_yet(name: str) -> Callable[..., NoReturn]:
-    def method(self: Loop, *args: Any, **kwargs: Any) -> NoReturn:
-        raise NotImplementedError(
-            f"pyasync_c: loop.{name}() is not implemented yet: it lands with "
-            f"native subprocess support")
-    method.__name__ = name
-    method.__qualname__ = f"Loop.{name}"
-    return method
-
-
-_NETWORK_METHODS = ("subprocess_exec", "subprocess_shell")
-for _name in _NETWORK_METHODS:
-    setattr(Loop, _name, _not_yet(_name))
-del _name
