@@ -671,6 +671,15 @@ async def _udp_and_pipes() -> None:
     await asyncio.sleep(0)
 
 
+async def _subprocesses() -> None:
+    """create_subprocess_exec with pipes (pipe transports + pidfd watch)."""
+    for i in range(N // 20):
+        proc = await asyncio.create_subprocess_exec(
+            "cat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate(b"x" * (i * 100))
+        assert len(out) == i * 100 and proc.returncode == 0
+
+
 SCENARIOS: dict[str, Callable[[], None]] = {
     "loop create/close": sc_loop_create_close,
     "call_soon storm": on_loop(_call_soon_storm),
@@ -694,6 +703,7 @@ SCENARIOS: dict[str, Callable[[], None]] = {
     "gather outside a loop": sc_gather_outside_loop,
     "TCP transports": on_loop(_tcp_echo),
     "UDP and pipe transports": on_loop(_udp_and_pipes),
+    "subprocesses": on_loop(_subprocesses),
 }
 
 
