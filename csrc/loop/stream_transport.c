@@ -350,7 +350,13 @@ stream_write(TransportObject *self, PyObject *data)
     }
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
+        /* A non-contiguous memoryview passes asyncio's type check and then
+         * fails in send(): a fatal write error there, so here too. */
+        transport_handle_error(self, write_error_message(self));
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
     }
     if (view.len == 0) {
         PyBuffer_Release(&view);
@@ -394,34 +400,42 @@ stream_write(TransportObject *self, PyObject *data)
 static PyObject *
 stream_writelines(TransportObject *self, PyObject *list_of_data)
 {
-    PyObject *iterator = PyObject_GetIter(list_of_data);
-    if (iterator == NULL) {
+#if PY_VERSION_HEX >= 0x030C0000
+    /* 3.12+: an empty (falsy) argument is a no-op, even None */
+    int truthy = PyObject_IsTrue(list_of_data);
+    if (truthy <= 0) {
+        return truthy < 0 ? NULL : Py_NewRef(Py_None);
+    }
+#endif
+    PyObject *items = PySequence_Fast(list_of_data, "writelines() argument must be iterable");
+    if (items == NULL) {
         return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
+    PyObject **item = PySequence_Fast_ITEMS(items);
+    for (Py_ssize_t i = 0; i < count; i++) {  /* type errors first, as asyncio's memoryview() */
+        if (!PyObject_CheckBuffer(item[i])) {
+            PyErr_Format(PyExc_TypeError, "memoryview: a bytes-like object is required, not '%.100s'",
+                         Py_TYPE(item[i])->tp_name);
+            Py_DECREF(items);
+            return NULL;
+        }
     }
     int go_on = check_can_write(self, "writelines");
-    if (go_on <= 0) {
-        Py_DECREF(iterator);
-        return go_on < 0 ? NULL : Py_NewRef(Py_None);
-    }
-    PyObject *item;
-    while ((item = PyIter_Next(iterator)) != NULL) {
+    for (Py_ssize_t i = 0; go_on > 0 && i < count; i++) {
         Py_buffer view;
-        if (PyObject_GetBuffer(item, &view, PyBUF_SIMPLE) < 0) {
-            Py_DECREF(item);
-            Py_DECREF(iterator);
-            return NULL;
+        if (PyObject_GetBuffer(item[i], &view, PyBUF_SIMPLE) < 0) {
+            go_on = -1;
+            break;
         }
-        int rc = view.len > 0 ? queue_rest(self, item, &view, 0) : 0;
+        if (view.len > 0 && queue_rest(self, item[i], &view, 0) < 0) {
+            go_on = -1;
+        }
         PyBuffer_Release(&view);
-        Py_DECREF(item);
-        if (rc < 0) {
-            Py_DECREF(iterator);
-            return NULL;
-        }
     }
-    Py_DECREF(iterator);
-    if (PyErr_Occurred()) {
-        return NULL;
+    Py_DECREF(items);
+    if (go_on <= 0) {
+        return go_on < 0 ? NULL : Py_NewRef(Py_None);
     }
     if (!(self->poll_events & UV_WRITABLE)) {
         stream_flush(self);  /* nothing was waiting: try at once */

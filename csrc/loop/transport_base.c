@@ -916,6 +916,21 @@ transport_get_write_buffer_limits(TransportObject *self, PyObject *unused)
     return Py_BuildValue("(nn)", self->low_water, self->high_water);
 }
 
+/* A limit as an integer: asyncio compares the number itself, and for whole
+ * byte counts `size > x` / `size <= x` equal `size > floor(x)` / `size <= floor(x)`,
+ * so floats are floored; negative values are refused below. */
+static int
+limit_value(PyObject *obj, Py_ssize_t *out)
+{
+    PyObject *number = PyFloat_Check(obj) ? PyNumber_Long(obj) : PyNumber_Index(obj);
+    if (number == NULL) {
+        return -1;
+    }
+    *out = PyLong_AsSsize_t(number);
+    Py_DECREF(number);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
 static PyObject *
 transport_set_write_buffer_limits(TransportObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -926,32 +941,19 @@ transport_set_write_buffer_limits(TransportObject *self, PyObject *args, PyObjec
         return NULL;
     }
     Py_ssize_t high, low;
-    if (high_obj == Py_None) {
-        if (low_obj == Py_None) {
-            high = DEFAULT_HIGH_WATER;
-        }
-        else {
-            low = PyNumber_AsSsize_t(low_obj, PyExc_OverflowError);
-            if (low == -1 && PyErr_Occurred()) {
-                return NULL;
-            }
-            high = 4 * low;
+    if (low_obj != Py_None && limit_value(low_obj, &low) < 0) {
+        return NULL;
+    }
+    if (high_obj != Py_None) {
+        if (limit_value(high_obj, &high) < 0) {
+            return NULL;
         }
     }
     else {
-        high = PyNumber_AsSsize_t(high_obj, PyExc_OverflowError);
-        if (high == -1 && PyErr_Occurred()) {
-            return NULL;
-        }
+        high = low_obj == Py_None ? DEFAULT_HIGH_WATER : 4 * low;
     }
     if (low_obj == Py_None) {
         low = high / 4;
-    }
-    else {
-        low = PyNumber_AsSsize_t(low_obj, PyExc_OverflowError);
-        if (low == -1 && PyErr_Occurred()) {
-            return NULL;
-        }
     }
     if (!(high >= low && low >= 0)) {
         PyErr_Format(PyExc_ValueError, "high (%zd) must be >= low (%zd) must be >= 0", high, low);
