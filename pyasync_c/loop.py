@@ -43,6 +43,23 @@ _raw_type: Callable[[socket.socket], int] = _socket.socket.type.__get__  # type:
 _raw_proto: Callable[[socket.socket], int] = _socket.socket.proto.__get__  # type: ignore[attr-defined]
 
 
+def _is_numeric(host: Any, port: Any) -> bool:
+    """True for an IPv4/IPv6 literal host (str) and an int/None/digits port."""
+    if not isinstance(host, str) or not (port is None or type(port) is int
+                                         or (isinstance(port, str) and port.isdigit())):
+        return False
+    for family in _NUMERIC_FAMILIES:
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return True
+    return False
+
+
+_NUMERIC_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
 def _sighandler_noop(signum: int, frame: object) -> None:
     """Python-level handler for add_signal_handler signals: the work is done
     by the loop when the wakeup fd reports the signal."""
@@ -297,6 +314,10 @@ class Loop(_loop.LoopCore, NetworkMixin, ProcessMixin, base_events.BaseEventLoop
         if self._debug:  # asyncio's version logs the call and its duration
             return await base_events.BaseEventLoop.getaddrinfo(
                 self, host, port, family=family, type=type, proto=proto, flags=flags)
+        if _is_numeric(host, port):
+            # An IP literal and a numeric port need no lookup: answered at once,
+            # by the same function, without a trip through the thread pool.
+            return socket.getaddrinfo(host, port, family, type, proto, flags)
         return await _loop.getaddrinfo(self, host, port, family, type, proto, flags)
 
     async def getnameinfo(self, sockaddr: Any, flags: int = 0) -> tuple[str, str]:
