@@ -52,6 +52,8 @@ LOOP_MODULES = [
     # network: transports, servers, streams, TLS, pipes
     "test_streams", "test_sendfile", "test_server", "test_buffered_proto", "test_ssl",
     "test_sslproto", "test_unix_events",
+    # subprocesses
+    "test_subprocess",
 ]
 # test_selector_events is not run: every test in it drives asyncio's
 # BaseSelectorEventLoop / _SelectorTransport classes directly (a mocked selector,
@@ -79,7 +81,9 @@ SOCK_CLASS = "PyasyncCSockTests"
 # replaced by a subclass (the new name given) whose loop is pyasync_c's.
 # How the class gets its loop -> what the subclass overrides:
 #   "create_event_loop" / "new_loop": that method returns pyasync_c.new_event_loop();
-#   "setUp": setUp() runs with asyncio.SelectorEventLoop patched to build ours.
+#   "setUp": setUp() runs with asyncio.SelectorEventLoop patched to build ours;
+#   "new_test_loop": new_test_loop() (only ever called without a time generator
+#       there) returns pyasync_c.new_event_loop() instead of a test_utils.TestLoop.
 # Classes not listed and not in a SKIP: entry get their loop from
 # asyncio.new_event_loop() / the policy / IsolatedAsyncioTestCase, i.e. ours.
 SWAP_CLASSES: dict[str, list[tuple[str, str, str]]] = {
@@ -89,6 +93,8 @@ SWAP_CLASSES: dict[str, list[tuple[str, str, str]]] = {
                              "PyasyncCBufferedProtocolTests")],
     "test_sslproto": [("SelectorStartTLSTests", "new_loop", "PyasyncCStartTLSTests")],
     "test_unix_events": [("SelectorEventLoopUnixSocketTests", "setUp", "PyasyncCUnixSocketTests")],
+    "test_subprocess": [("SubprocessTransportTests", "new_test_loop",
+                         "PyasyncCSubprocessTransportTests")],
 }
 # Per-selector duplicates of a swapped class (same tests on another stdlib
 # selector) and Windows-only classes: removed.
@@ -96,6 +102,15 @@ SWAP_DROPPED = ("KqueueEventLoopTests", "PollEventLoopTests", "SelectEventLoopTe
                 "ProactorEventLoopTests", "ProactorStartServerTests",
                 "BufferedProtocolProactorTests", "ProactorStartTLSTests")
 
+# test_subprocess: SubprocessMixin (the tests of create_subprocess_exec/_shell,
+# subprocess_exec, Process, ...) runs once, on our loop, as one class; the
+# classes that run it on a stdlib loop with each of asyncio's child watchers
+# (pyasync_c's loop uses none) are not collected.  They stay module globals:
+# test_close_dont_kill_finished names SubprocessFastWatcherTests.
+SUBPROCESS_CLASS = "PyasyncCSubprocessTests"
+SUBPROCESS_HIDDEN = ("SubprocessThreadedWatcherTests", "SubprocessMultiLoopWatcherTests",
+                     "SubprocessSafeWatcherTests", "SubprocessFastWatcherTests",
+                     "SubprocessPidfdWatcherTests", "SubprocessProactorTests")
 
 # Modules whose tests mostly build test_utils.TestLoop via new_test_loop(): run them
 # a second time with new_test_loop() (without a time generator) giving our loop.
@@ -302,11 +317,36 @@ def child_main(args: argparse.Namespace) -> int:
                                     lambda *a, **kw: pyasync_c.new_event_loop()):
                         _old.setUp(self)
                 ns["setUp"] = setUp
+            elif how == "new_test_loop":
+                def new_test_loop(self, gen=None):  # type: ignore[no-untyped-def]
+                    if gen is not None:
+                        raise AssertionError("new_test_loop() with a time generator")
+                    loop = pyasync_c.new_event_loop()
+                    self.set_event_loop(loop)
+                    return loop
+                ns["new_test_loop"] = new_test_loop
             setattr(mod, new_name, type(new_name, (old,), ns))
             delattr(mod, old_name)
         for name in SWAP_DROPPED:
             if hasattr(mod, name):
                 delattr(mod, name)
+
+    hidden: set[str] = set()
+    if args.module == "test_subprocess" and ours:
+        from test.test_asyncio import utils as test_utils
+
+        def subprocess_setUp(self):  # type: ignore[no-untyped-def]
+            # as SubprocessWatcherMixin.setUp, without installing a child watcher
+            test_utils.TestCase.setUp(self)
+            self.loop = pyasync_c.new_event_loop()
+            self.set_event_loop(self.loop)
+
+        cls = type(SUBPROCESS_CLASS, (mod.SubprocessMixin, test_utils.TestCase), {
+            "setUp": subprocess_setUp,
+            "__module__": mod.__name__,
+        })
+        setattr(mod, SUBPROCESS_CLASS, cls)
+        hidden.update(SUBPROCESS_HIDDEN)
 
     def flatten(suite):  # type: ignore[no-untyped-def]
         for t in suite:
@@ -329,6 +369,8 @@ def child_main(args: argparse.Namespace) -> int:
     selected = []
     for t in tests:
         tid = t.id()
+        if type(t).__name__ in hidden:
+            continue
         if classes is not None and type(t).__name__ not in classes:
             continue
         if ks is not None and not any(k in tid for k in ks):
@@ -654,7 +696,8 @@ def parent_main(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     # Longest first so the slow modules overlap with the many short ones.
     order = {"test_events": 0, "test_ssl": 0, "test_sslproto": 0, "test_tasks": 1,
-             "test_streams": 1, "test_sendfile": 1, "test_locks": 2, "test_queues": 3}
+             "test_streams": 1, "test_sendfile": 1, "test_subprocess": 1, "test_locks": 2,
+             "test_queues": 3}
     pending = sorted(units, key=lambda u: order.get(u.module, 9))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [pool.submit(run_unit, u, xfails[u.suite], workdir, args) for u in pending]
