@@ -190,3 +190,22 @@ def test_child_of_run_in_a_forked_child(loop_factory):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_exit_seen_without_pidfd(arun, monkeypatch, loop_name):
+    """Where os.pidfd_open fails (old kernels, some sandboxes) pyasync_c sees
+    the exit through a waiting thread instead."""
+    if loop_name == "stdlib":
+        pytest.skip("pyasync_c's fallback; the stdlib's child watcher (chosen per process, "
+                    "maybe a PidfdChildWatcher already) would break on the patched pidfd_open")
+    def no_pidfd(*args: object) -> int:
+        raise OSError(38, "Function not implemented")
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+
+    async def main():
+        procs = [await asyncio.create_subprocess_exec(PY, "-c", f"raise SystemExit({i})",
+                                                      stdout=PIPE) for i in range(5)]
+        outs = await asyncio.gather(*(p.communicate() for p in procs))
+        assert [p.returncode for p in procs] == [0, 1, 2, 3, 4]
+        assert all(out == (b"", None) for out in outs)
+    arun(main())
