@@ -13,12 +13,13 @@ reaped with waitpid(pid) on exactly its pid, so other children are left alone.
 from __future__ import annotations
 
 import os
+import logging
 import threading
-import warnings
 from asyncio import unix_events
 from typing import TYPE_CHECKING, Any, Callable
 
 _UnixSubprocessTransport: Any = getattr(unix_events, "_UnixSubprocessTransport")
+_logger = logging.getLogger("asyncio")
 
 
 def _exit_code(pid: int, blocking: bool) -> int | None:
@@ -26,9 +27,9 @@ def _exit_code(pid: int, blocking: bool) -> int | None:
     try:
         reaped, status = os.waitpid(pid, 0 if blocking else os.WNOHANG)
     except ChildProcessError:
-        # Reaped by someone else (e.g. a SIGCHLD handler): asyncio's watchers say 255.
-        warnings.warn(f"Unknown child process pid {pid}, will report returncode 255",
-                      RuntimeWarning, stacklevel=2)
+        # Reaped by someone else (e.g. a SIGCHLD handler): asyncio's watchers
+        # log this and report 255.
+        _logger.warning("Unknown child process pid %d, will report returncode 255", pid)
         return 255
     if reaped == 0:
         return None
