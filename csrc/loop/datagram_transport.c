@@ -422,15 +422,6 @@ datagram_sendto(TransportObject *self, PyObject *const *args, Py_ssize_t nargs, 
 }
 
 static PyObject *
-datagram_close(TransportObject *self, PyObject *unused)
-{
-    if (self->closing) {
-        Py_RETURN_NONE;
-    }
-    return transport_close_when_flushed(self);
-}
-
-static PyObject *
 datagram_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"loop", "sock", "protocol", "address", "waiter", "extra", NULL};
@@ -467,7 +458,7 @@ get_address(TransportObject *self, void *closure)
 static PyMethodDef datagram_methods[] = {
     {"sendto", (PyCFunction)(void (*)(void))datagram_sendto, METH_FASTCALL | METH_KEYWORDS,
      "Send data to addr (or to the connected peer when addr is None) without blocking."},
-    {"close", (PyCFunction)datagram_close, METH_NOARGS,
+    {"close", (PyCFunction)transport_close, METH_NOARGS,
      "Close after sending queued datagrams; connection_lost(None) follows."},
     {NULL, NULL, 0, NULL},
 };

@@ -463,33 +463,6 @@ socket_write_eof(TransportObject *self, PyObject *unused)
 }
 
 static PyObject *
-pipe_write_eof(TransportObject *self, PyObject *unused)
-{
-    if (self->closing) {
-        Py_RETURN_NONE;
-    }
-    return transport_close_when_flushed(self);
-}
-
-static PyObject *
-socket_close(TransportObject *self, PyObject *unused)
-{
-    if (self->closing) {
-        Py_RETURN_NONE;
-    }
-    return transport_close_when_flushed(self);
-}
-
-static PyObject *
-write_pipe_close(TransportObject *self, PyObject *unused)
-{
-    if (self->sock == NULL || self->closing) {
-        Py_RETURN_NONE;
-    }
-    return transport_close_when_flushed(self);
-}
-
-static PyObject *
 stream_pause_reading(TransportObject *self, PyObject *unused)
 {
     if (self->closing || self->reading_paused) {
@@ -578,19 +551,19 @@ static PyMethodDef read_methods[] = {
 static PyMethodDef socket_methods[] = {
     {"write_eof", (PyCFunction)socket_write_eof, METH_NOARGS,
      "Close the write end after flushing buffered data (shutdown(SHUT_WR))."},
-    {"close", (PyCFunction)socket_close, METH_NOARGS,
+    {"close", (PyCFunction)transport_close, METH_NOARGS,
      "Close after flushing buffered data; connection_lost(None) follows."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMethodDef read_pipe_methods[] = {
-    {"close", (PyCFunction)socket_close, METH_NOARGS, "Close the transport."},
+    {"close", (PyCFunction)transport_close, METH_NOARGS, "Close the transport."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMethodDef write_pipe_methods[] = {
-    {"write_eof", (PyCFunction)pipe_write_eof, METH_NOARGS, "Close the pipe after flushing buffered data."},
-    {"close", (PyCFunction)write_pipe_close, METH_NOARGS, "Close the pipe after flushing buffered data."},
+    {"write_eof", (PyCFunction)transport_close, METH_NOARGS, "Close the pipe after flushing buffered data."},
+    {"close", (PyCFunction)transport_close, METH_NOARGS, "Close the pipe after flushing buffered data."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -106,8 +106,9 @@ void transport_maybe_resume_protocol(TransportObject *self);
 /* After data was queued: poll for writable, pause the protocol if over the
  * high-water mark; None or NULL. */
 PyObject *transport_after_queued(TransportObject *self);
-/* close(): closing now, connection_lost(None) once the queue is flushed. */
-PyObject *transport_close_when_flushed(TransportObject *self);
+/* close() (and a write pipe's write_eof()): closing now, connection_lost(None)
+ * once the queue is flushed; a no-op when already closing.  METH_NOARGS. */
+PyObject *transport_close(TransportObject *self, PyObject *unused);
 /* tp_new helpers: checks `loop` is ours and allocates; discard drops a
  * transport that failed set-up without touching its socket. */
 TransportObject *transport_alloc(PyTypeObject *type, PyObject *loop, ModuleState **state_out);

@@ -1046,8 +1046,11 @@ transport_after_queued(TransportObject *self)
 }
 
 PyObject *
-transport_close_when_flushed(TransportObject *self)
+transport_close(TransportObject *self, PyObject *unused)
 {
+    if (self->closing || self->sock == NULL) {
+        Py_RETURN_NONE;  /* already closing, or the socket was forgotten (`_sock = None`) */
+    }
     self->closing = 1;
     if (self->queue.count == 0 && !self->conn_lost) {
         self->conn_lost++;
