@@ -175,21 +175,37 @@ def test_cancelled_communicate_then_kill_leaves_no_fd(arun):
     arun(main())
 
 
-def test_child_of_run_in_a_forked_child(loop_factory):
-    """A child process can run its own loop and subprocesses after fork()."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            async def main() -> int:
-                proc = await asyncio.create_subprocess_exec("true")
-                return await proc.wait()
-            with asyncio.Runner(loop_factory=loop_factory) as runner:
-                code = runner.run(main())
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+_FORK_SCRIPT = r"""
+import asyncio, os, sys
+import pyasync_c
+factory = pyasync_c.new_event_loop if sys.argv[1] == "pyasync_c" else asyncio.SelectorEventLoop
+async def main():
+    proc = await asyncio.create_subprocess_exec("true")
+    return await proc.wait()
+with asyncio.Runner(loop_factory=factory) as runner:   # a loop in the parent first
+    runner.run(main())
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            code = runner.run(main())
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_subprocess_in_a_forked_child(loop_name):
+    """After fork() the child runs its own loop and subprocesses (a fresh
+    interpreter forks, not the multi-threaded pytest process)."""
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # the parent's own path first (e.g. make asan's build), this checkout as a fallback
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), repo])))
+    done = subprocess.run([PY, "-c", _FORK_SCRIPT, loop_name], env=env, timeout=60)
+    assert done.returncode == 0
 
 
 def test_exit_seen_without_pidfd(arun, monkeypatch, loop_name):
