@@ -16,7 +16,10 @@
  *      while the write queue is non-empty).  While the poll is active it holds
  *      a reference to the transport, so an open connection is never collected;
  *      the poll callback enters `context` and calls the protocol directly (no
- *      Handle per event).
+ *      Handle per event) -- unless callbacks were already ready when the poll
+ *      began (or the loop is in debug mode): then it queues `_io_ready(events)`
+ *      behind them, which is asyncio's order.  Fds closed under a started poll
+ *      are caught before libuv sees them (loop_check_changed_polls).
  *   4. close()/abort()/errors schedule _call_connection_lost(exc) exactly once
  *      (after the queue is flushed for close()): it calls
  *      protocol.connection_lost, uv_close()s the poll (its close callback frees
