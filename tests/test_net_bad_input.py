@@ -92,3 +92,19 @@ def test_datagram_bad_addresses_are_fatal_errors(arun, address, reported):
         finally:
             transport.close()
     arun(main())
+
+
+@pytest.mark.parametrize("first", ["close", "abort"])
+def test_transport_of_a_closed_loop(loop, first):
+    """After loop.close(), ending a transport raises RuntimeError('Event loop is
+    closed') as asyncio's call_soon does; a second attempt is a no-op."""
+    a, b = socket.socketpair()
+    with a, b:
+        transport, _ = loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=a))
+        loop.close()
+        transport.write(b"x")  # still goes out: the socket is open
+        assert b.recv(1) == b"x"
+        with pytest.raises(RuntimeError, match="Event loop is closed"):
+            getattr(transport, first)()
+        assert transport.is_closing()
+        transport.close()

@@ -505,6 +505,11 @@ transport_fatal_error(TransportObject *self, PyObject *exc, const char *message)
 int
 transport_schedule_call(TransportObject *self, PyObject *callable, PyObject *arg)
 {
+    if (self->loop->closed) {
+        /* as asyncio's transports, whose call_soon() refuses a closed loop */
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
     PyObject *args[1] = {arg};
     HandleObject *handle = handle_new(self->loop, self->loop->state->HandleType, callable, args,
                                       arg ? 1 : 0, self->context);
@@ -1070,6 +1075,14 @@ transport_close(TransportObject *self, PyObject *unused)
 static PyObject *
 transport_abort(TransportObject *self, PyObject *unused)
 {
+    if (self->loop->closed && !self->conn_lost) {
+        /* asyncio gets this far before its call_soon() refuses the closed loop */
+        write_queue_clear(&self->queue);
+        self->closing = 1;
+        self->conn_lost++;
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return NULL;
+    }
     transport_force_close(self, NULL);
     if (PyErr_Occurred()) {
         return NULL;
