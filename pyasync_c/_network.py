@@ -54,13 +54,18 @@ setattr(_loop.SocketTransport, "_sendfile_compatible", _SendfileMode.TRY_NATIVE)
 setattr(_loop.SocketTransport, "max_size", 256 * 1024)
 
 
-def _socket_extra(sock: socket.socket, extra: dict[str, Any] | None) -> dict[str, Any]:
+def _socket_extra(sock: socket.socket, extra: dict[str, Any] | None,
+                  eager: bool) -> dict[str, Any]:
+    """The extra dict of a socket transport: the peer always (it can't be asked
+    after a disconnect); 'socket' and 'sockname' too when eager (datagram
+    transports read them), else get_extra_info() makes them on first use."""
     info = dict(extra) if extra else {}
-    info["socket"] = trsock.TransportSocket(sock)
-    try:
-        info["sockname"] = sock.getsockname()
-    except OSError:
-        info["sockname"] = None
+    if eager:
+        info["socket"] = trsock.TransportSocket(sock)
+        try:
+            info["sockname"] = sock.getsockname()
+        except OSError:
+            info["sockname"] = None
     if "peername" not in info:
         try:
             info["peername"] = sock.getpeername()
@@ -69,10 +74,16 @@ def _socket_extra(sock: socket.socket, extra: dict[str, Any] | None) -> dict[str
     return info
 
 
-def _check_pipe(pipe: Any, message: str) -> None:
+def _pipe_extra(pipe: Any, extra: dict[str, Any] | None, message: str) -> dict[str, Any]:
+    """Checks pipe is a FIFO, socket or character device (ValueError(message)
+    otherwise), makes it non-blocking; the extra dict with 'pipe'."""
     mode = os.fstat(pipe.fileno()).st_mode
     if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
         raise ValueError(message)
+    os.set_blocking(pipe.fileno(), False)
+    info = dict(extra) if extra else {}
+    info["pipe"] = pipe
+    return info
 
 
 class NetworkMixin:
@@ -110,14 +121,8 @@ class NetworkMixin:
     # ---- transport factories (called by BaseEventLoop) --------------------
     def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None, *,
                                extra: dict[str, Any] | None = None, server: Any = None) -> Any:
-        # 'socket' and 'sockname' are made by get_extra_info() on first use (C):
-        # an idle connection does not carry them.  The peer is known now.
-        info = dict(extra) if extra else {}
-        if "peername" not in info:
-            try:
-                info["peername"] = sock.getpeername()
-            except OSError:
-                info["peername"] = None
+        # an idle connection does not carry 'socket'/'sockname' (made on first use)
+        info = _socket_extra(sock, extra, eager=False)
         _set_nodelay(sock)
         return _loop.SocketTransport(self._core(), sock, protocol, waiter, info, server)
 
@@ -139,22 +144,16 @@ class NetworkMixin:
     def _make_datagram_transport(self, sock: socket.socket, protocol: Any, address: Any = None,
                                  waiter: Any = None, extra: dict[str, Any] | None = None) -> Any:
         return _loop.DatagramTransport(self._core(), sock, protocol, address, waiter,
-                                       _socket_extra(sock, extra))
+                                       _socket_extra(sock, extra, eager=True))
 
     def _make_read_pipe_transport(self, pipe: Any, protocol: Any, waiter: Any = None,
                                   extra: dict[str, Any] | None = None) -> Any:
-        _check_pipe(pipe, "Pipe transport is for pipes/sockets only.")
-        os.set_blocking(pipe.fileno(), False)
-        info = dict(extra) if extra else {}
-        info["pipe"] = pipe
+        info = _pipe_extra(pipe, extra, "Pipe transport is for pipes/sockets only.")
         return _loop.ReadPipeTransport(self._core(), pipe, protocol, waiter, info)
 
     def _make_write_pipe_transport(self, pipe: Any, protocol: Any, waiter: Any = None,
                                    extra: dict[str, Any] | None = None) -> Any:
-        _check_pipe(pipe, "Pipe transport is only for pipes, sockets and character devices")
-        os.set_blocking(pipe.fileno(), False)
-        info = dict(extra) if extra else {}
-        info["pipe"] = pipe
+        info = _pipe_extra(pipe, extra, "Pipe transport is only for pipes, sockets and character devices")
         return _loop.WritePipeTransport(self._core(), pipe, protocol, waiter, info)
 
     # ---- serving ---------------------------------------------------------
