@@ -49,19 +49,6 @@ write_some(TransportObject *self, const char *data, Py_ssize_t size)
 }
 
 static void
-set_future(TransportObject *self, PyObject *future, PyObject *method, PyObject *value)
-{
-    PyObject *done = PyObject_CallMethod(future, "done", NULL);
-    int is_done = done ? PyObject_IsTrue(done) : 1;
-    Py_XDECREF(done);
-    if (!is_done) {
-        PyObject *r = PyObject_CallMethodOneArg(future, method, value);
-        Py_XDECREF(r);
-    }
-    PyErr_Clear();
-}
-
-static void
 write_failed(TransportObject *self, int error_number)
 {
     PyObject *exc = transport_oserror(error_number);
@@ -72,7 +59,7 @@ write_failed(TransportObject *self, int error_number)
     write_queue_clear(&self->queue);
     transport_fatal_error(self, exc, write_error_message(self));
     if (self->empty_waiter != NULL) {
-        set_future(self, self->empty_waiter, self->loop->state->str_set_exception, exc);
+        transport_settle_future(self->empty_waiter, self->loop->state->str_set_exception, exc);
     }
     Py_DECREF(exc);
 }
@@ -117,7 +104,7 @@ stream_flush(TransportObject *self)
         return;
     }
     if (self->empty_waiter != NULL) {
-        set_future(self, self->empty_waiter, self->loop->state->str_set_result, Py_None);
+        transport_settle_future(self->empty_waiter, self->loop->state->str_set_result, Py_None);
     }
     if (self->closing) {
         self->conn_lost++;

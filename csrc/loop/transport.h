@@ -100,6 +100,8 @@ void transport_force_close(TransportObject *self, PyObject *exc);
 /* Schedules _call_connection_lost(exc) (exc may be NULL for None).
  * transport_schedule_call: callable(arg), or callable() when arg is NULL. */
 int transport_schedule_connection_lost(TransportObject *self, PyObject *exc);
+/* future.<method>(value) unless the future is done; errors are dropped. */
+void transport_settle_future(PyObject *future, PyObject *method, PyObject *value);
 int transport_schedule_call(TransportObject *self, PyObject *callable, PyObject *arg);
 void transport_maybe_pause_protocol(TransportObject *self);
 void transport_maybe_resume_protocol(TransportObject *self);

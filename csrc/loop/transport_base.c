@@ -502,6 +502,19 @@ transport_fatal_error(TransportObject *self, PyObject *exc, const char *message)
     transport_force_close(self, exc);
 }
 
+void
+transport_settle_future(PyObject *future, PyObject *method, PyObject *value)
+{
+    PyObject *done = PyObject_CallMethod(future, "done", NULL);
+    int is_done = done ? PyObject_IsTrue(done) : 1;
+    Py_XDECREF(done);
+    if (!is_done) {
+        PyObject *r = PyObject_CallMethodOneArg(future, method, value);
+        Py_XDECREF(r);
+    }
+    PyErr_Clear();
+}
+
 int
 transport_schedule_call(TransportObject *self, PyObject *callable, PyObject *arg)
 {
@@ -801,18 +814,12 @@ transport_call_connection_lost(TransportObject *self, PyObject *exc)
     if (self->empty_waiter != NULL) {
         PyObject *waiter = self->empty_waiter;
         self->empty_waiter = NULL;
-        PyObject *done = PyObject_CallMethod(waiter, "done", NULL);
-        int is_done = done ? PyObject_IsTrue(done) : 1;
-        Py_XDECREF(done);
-        PyErr_Clear();
-        if (!is_done) {
-            PyObject *lost = PyObject_CallFunction(PyExc_ConnectionError, "s",
-                                                   "Connection is closed by peer");
-            PyObject *r = lost ? PyObject_CallMethodOneArg(waiter, state_of(self)->str_set_exception, lost) : NULL;
-            Py_XDECREF(r);
-            Py_XDECREF(lost);
-            PyErr_Clear();
+        PyObject *lost = PyObject_CallFunction(PyExc_ConnectionError, "s", "Connection is closed by peer");
+        if (lost != NULL) {
+            transport_settle_future(waiter, state_of(self)->str_set_exception, lost);
+            Py_DECREF(lost);
         }
+        PyErr_Clear();
         Py_DECREF(waiter);
     }
     if (error != NULL) {
