@@ -31,6 +31,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -95,6 +96,30 @@ def open_fds() -> set[int]:
     """The file descriptors open in this process right now."""
     gc.collect()
     return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+def process_fd_report() -> str:
+    """What holds this process's fds and which threads run: a failure message
+    for tests about descriptor limits (works with no fd left: /proc is read
+    through os.readlink; listing /proc needs one free fd)."""
+    try:
+        fds = sorted(int(n) for n in os.listdir("/proc/self/fd"))
+    except OSError as e:
+        return f"/proc/self/fd unreadable: {e}"
+    kinds: dict[str, int] = {}
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = "?"
+        kind = target.split(":")[0] if ":" in target else target
+        kinds[kind] = kinds.get(kind, 0) + 1
+    threads = [t.name for t in threading.enumerate()]
+    try:
+        native = len(os.listdir("/proc/self/task"))
+    except OSError:
+        native = -1
+    return f"{len(fds)} fds (max {max(fds, default=-1)}) {kinds}; threads {threads}, native {native}"
 
 
 def fd_leak(before: set[int]) -> set[int]:
