@@ -508,6 +508,70 @@ def test_debug_mode(run: Run, prims) -> None:
     assert run(main(), debug=True) == [1, 2, 3]
 
 
+def test_children_made_by_the_task_factory(run: Run, prims) -> None:
+    made: list[str] = []
+
+    def factory(loop, coro, **kwargs):
+        made.append(coro.__name__)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def main():
+        asyncio.get_running_loop().set_task_factory(factory)
+        return await prims.gather(value_after(1), value_after(2))
+    assert run(main()) == [1, 2]
+    assert made[:2] == ["value_after", "value_after"]
+
+
+def test_children_made_by_an_overridden_create_task(prims) -> None:
+    made: list[Any] = []
+
+    class Loop(asyncio.SelectorEventLoop):
+        def create_task(self, coro, **kwargs):
+            made.append(coro.__name__)
+            return super().create_task(coro, **kwargs)
+
+    async def main():
+        return await prims.gather(value_after(1), value_after(2))
+    with asyncio.Runner(loop_factory=Loop) as runner:
+        assert runner.run(main()) == [1, 2]
+    assert made[:3] == ["main", "value_after", "value_after"]
+
+
+def test_children_made_by_create_task_set_on_the_instance(run: Run, prims) -> None:
+    made: list[Any] = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        orig = loop.create_task
+
+        def spy(coro, **kwargs):
+            made.append(coro)
+            return orig(coro, **kwargs)
+        loop.create_task = spy  # type: ignore[method-assign]
+        try:
+            return await prims.gather(value_after(1), value_after(2))
+        finally:
+            del loop.create_task
+    assert run(main()) == [1, 2]
+    assert len(made) == 2
+
+
+def test_debug_children_have_a_source_traceback(run: Run, prims) -> None:
+    """In debug mode every child remembers where it was created, and not in
+    the loop's create_task (asyncio drops that frame)."""
+    async def outer():
+        seen: list[Any] = []
+        gathered = prims.gather(value_after(1), value_after(2))
+        seen.extend(t for t in asyncio.all_tasks() if t is not asyncio.current_task())
+        await gathered
+        return seen
+    tasks = run(outer(), debug=True)
+    assert len(tasks) == 2
+    for t in tasks:
+        assert t._source_traceback
+        assert not t._source_traceback[-1].filename.endswith("base_events.py")
+
+
 def test_done_future_of_closed_loop(prims) -> None:
     loop = asyncio.new_event_loop()
     fut = loop.create_future()

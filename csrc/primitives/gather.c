@@ -45,6 +45,7 @@ enum {
     S__log_destroy_pending, S_create_task, S_close, S_create_future,
     S_set_result, S_call_soon, S_return_exceptions, S__asyncio_future_blocking,
     S_ensure_future, S_get_event_loop, S_loop, S_msg,
+    S__check_closed, S__closed, S__task_factory, S__debug, S_Task,
     S__COUNT
 };
 
@@ -59,6 +60,7 @@ static const char *const name_strs[S__COUNT] = {
     "_ensure_future", "_get_event_loop",
 #endif
     "loop", "msg",
+    "_check_closed", "_closed", "_task_factory", "_debug", "Task",
 };
 
 /* Methods of _asyncio.Future/Task called on children; cached as unbound
@@ -78,6 +80,8 @@ typedef struct {
     PyObject *get_running_loop;  /* _asyncio._get_running_loop */
     PyObject *events_mod;        /* asyncio.events */
     PyObject *tasks_mod;         /* asyncio.tasks */
+    PyObject *base_create_task;  /* BaseEventLoop.create_task (function) */
+    PyObject *base_check_closed; /* BaseEventLoop._check_closed (function) */
     PyObject *m_done;            /* Future.done (method descriptor) */
     PyObject *m_set_result;
     PyObject *m_set_exception;
@@ -522,6 +526,59 @@ future_loop(GatherState *st, PyObject *fut)
     return PyObject_GetAttr(fut, st->s[S__loop]);
 }
 
+/* The attribute `name` of obj is exactly `expected` (False/None); a
+ * missing attribute counts as "no". -1 on other errors. */
+static int
+attr_is(PyObject *obj, PyObject *name, PyObject *expected)
+{
+    PyObject *value;
+#if PY_VERSION_HEX >= 0x030D0000
+    if (PyObject_GetOptionalAttr(obj, name, &value) < 0) return -1;
+#else
+    if (_PyObject_LookupAttr(obj, name, &value) < 0) return -1;
+#endif
+    int r = value == expected;
+    Py_XDECREF(value);
+    return r;
+}
+
+/* loop.create_task(coro). When the loop's create_task is asyncio's
+ * BaseEventLoop one (the stdlib loops; not overridden by the class or the
+ * instance), its _check_closed too, and the loop is open, has no task
+ * factory and no debug mode, that method does nothing but
+ * `tasks.Task(coro, loop=loop)`: call that directly and save a Python frame
+ * per child. Anything else (closed, factory, debug, overridden methods,
+ * other loops) goes through the method itself. */
+static PyObject *
+create_task(GatherState *st, PyObject *loop, PyObject *coro)
+{
+    PyObject *meth = PyObject_GetAttr(loop, st->s[S_create_task]);
+    if (meth == NULL) return NULL;
+    if (PyMethod_Check(meth) && PyMethod_GET_FUNCTION(meth) == st->base_create_task
+        && PyMethod_GET_SELF(meth) == loop
+        && _PyType_Lookup(Py_TYPE(loop), st->s[S__check_closed]) == st->base_check_closed) {
+        int plain = attr_is(loop, st->s[S__closed], Py_False);
+        if (plain > 0) plain = attr_is(loop, st->s[S__task_factory], Py_None);
+        if (plain > 0) plain = attr_is(loop, st->s[S__debug], Py_False);
+        if (plain < 0) {
+            Py_DECREF(meth);
+            return NULL;
+        }
+        if (plain) {
+            Py_DECREF(meth);
+            PyObject *task_cls = PyObject_GetAttr(st->tasks_mod, st->s[S_Task]);
+            if (task_cls == NULL) return NULL;
+            PyObject *args[2] = {coro, loop};
+            PyObject *task = PyObject_Vectorcall(task_cls, args, 1, st->kw_loop);
+            Py_DECREF(task_cls);
+            return task;
+        }
+    }
+    PyObject *task = PyObject_CallOneArg(meth, coro);
+    Py_DECREF(meth);
+    return task;
+}
+
 /* ensure_future(arg, loop=loop) with asyncio's rules; loop may be NULL.
  * Sets *scheduled when something may have been queued on the loop. */
 static PyObject *
@@ -545,7 +602,7 @@ ensure_child(GatherState *st, PyObject *arg, PyObject *loop, int *scheduled)
     if (PyCoro_CheckExact(arg)) {
         PyObject *l = loop != NULL ? Py_NewRef(loop) : default_loop(st);
         if (l == NULL) return NULL;
-        PyObject *task = call1(l, st->s[S_create_task], arg);
+        PyObject *task = create_task(st, l, arg);
         Py_DECREF(l);
         if (task == NULL && PyErr_ExceptionMatches(PyExc_RuntimeError)) {
             PyObject *exc = prim_exc_fetch();
@@ -792,6 +849,8 @@ state_traverse(PyObject *holder, visitproc visit, void *arg)
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->events_mod);
     Py_VISIT(st->tasks_mod);
+    Py_VISIT(st->base_create_task);
+    Py_VISIT(st->base_check_closed);
     Py_VISIT(st->m_done);
     Py_VISIT(st->m_set_result);
     Py_VISIT(st->m_set_exception);
@@ -814,6 +873,8 @@ state_clear(PyObject *holder)
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->events_mod);
     Py_CLEAR(st->tasks_mod);
+    Py_CLEAR(st->base_create_task);
+    Py_CLEAR(st->base_check_closed);
     Py_CLEAR(st->m_done);
     Py_CLEAR(st->m_set_result);
     Py_CLEAR(st->m_set_exception);
@@ -875,6 +936,12 @@ state_fill(GatherState *st, PyObject *module)
         return -1;
     if ((st->events_mod = PyImport_ImportModule("asyncio.events")) == NULL) return -1;
     if ((st->tasks_mod = PyImport_ImportModule("asyncio.tasks")) == NULL) return -1;
+    PyObject *base_loop = prim_import_attr("asyncio.base_events", "BaseEventLoop");
+    if (base_loop == NULL) return -1;
+    st->base_create_task = PyObject_GetAttr(base_loop, st->s[S_create_task]);
+    st->base_check_closed = PyObject_GetAttr(base_loop, st->s[S__check_closed]);
+    Py_DECREF(base_loop);
+    if (st->base_create_task == NULL || st->base_check_closed == NULL) return -1;
     for (int m = 0; m < M__COUNT; m++) {
         st->fut_m[m] = PyObject_GetAttr((PyObject *)st->future_type, st->s[method_names[m]]);
         if (st->fut_m[m] == NULL) return -1;
