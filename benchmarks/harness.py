@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable, Coroutine, Iterable
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 LOOP_NAMES = ("stdlib", "uvloop", "pyasync_c")
-PRIMITIVE_SETS = ("stdlib", "c")
+PRIMITIVE_SETS = ("stdlib", "c", "installed")
 
 Prims = types.SimpleNamespace
 Body = Coroutine[Any, Any, int]
@@ -103,9 +103,18 @@ def loop_factory(name: str) -> LoopFactory:
 
 
 def primitives(name: str, required: Iterable[str]) -> Prims:
-    """The primitives a workload needs, from asyncio ("stdlib") or pyasync_c._primitives ("c")."""
+    """The primitives a workload needs, from asyncio ("stdlib"), pyasync_c._primitives
+    ("c"), or asyncio after pyasync_c.install_primitives() ("installed": what
+    `python -m pyasync_c script.py` gives unmodified code, asyncio.sleep/gather/...
+    being the C ones)."""
     if name == "stdlib":
         source: Any = asyncio
+    elif name == "installed":
+        try:
+            _import_pyasync_c("pyasync_c").install_primitives()
+        except (ImportError, AttributeError) as exc:
+            raise Unavailable(f"primitives installed: {type(exc).__name__}: {exc}") from exc
+        source = asyncio
     elif name == "c":
         try:
             source = _import_pyasync_c("pyasync_c._primitives")
@@ -124,7 +133,7 @@ def module_origin(loop: str, prims: str) -> dict[str, str]:
     origin = {"python": sys.version.split()[0]}
     names = {"uvloop": "uvloop", "pyasync_c": "pyasync_c"}
     wanted = [names[loop]] if loop in names else []
-    if prims == "c":
+    if prims in ("c", "installed"):
         wanted.append("pyasync_c._primitives")
     for mod in wanted:
         m = sys.modules.get(mod)

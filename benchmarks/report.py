@@ -21,6 +21,7 @@ LOOP_COLUMNS: list[tuple[str, str, str]] = [
     ("stdlib", "stdlib", "stdlib"),
     ("uvloop", "uvloop", "stdlib"),
     ("pyasync_c", "pyasync_c", "stdlib"),
+    ("pyasync_c + install()", "pyasync_c", "installed"),
 ]
 PRIM_COLUMNS: list[tuple[str, str, str]] = [
     ("stdlib loop · asyncio", "stdlib", "stdlib"),
@@ -35,7 +36,8 @@ NET_COLUMNS: list[tuple[str, str, str]] = [
     ("raw libuv", "libuv", "-"),
 ]
 # Ratios of each group: (label, numerator column index, denominator column index)
-LOOP_RATIOS = [("pyasync_c/uvloop", 2, 1), ("pyasync_c/stdlib", 2, 0), ("uvloop/stdlib", 1, 0)]
+LOOP_RATIOS = [("pyasync_c/uvloop", 2, 1), ("installed/uvloop", 3, 1), ("pyasync_c/stdlib", 2, 0),
+               ("uvloop/stdlib", 1, 0)]
 PRIM_RATIOS = [("C/asyncio on stdlib loop", 1, 0), ("C/asyncio on pyasync_c loop", 3, 2)]
 NET_RATIOS = [("pyasync_c/uvloop", 2, 1), ("pyasync_c/libuv", 2, 3), ("uvloop/libuv", 1, 3),
               ("stdlib/libuv", 0, 3)]
@@ -70,7 +72,8 @@ class Group:
 
 
 GROUPS = [
-    Group("Event loop (asyncio primitives)", "loop", LOOP_COLUMNS, LOOP_RATIOS),
+    Group("Event loop (asyncio primitives; last column: C primitives installed)", "loop",
+          LOOP_COLUMNS, LOOP_RATIOS),
     Group("Primitives (asyncio's vs pyasync_c._primitives')", "primitives", PRIM_COLUMNS, PRIM_RATIOS),
     Group("Network echo: round trips/s", "net", NET_COLUMNS, NET_RATIOS, unit_header="load",
           axis="round trips/s (best of N, log)"),

@@ -41,8 +41,9 @@ def cells_of(wl: Workload, loops: list[str]) -> list[tuple[str, str]]:
     """(loop, prims) pairs a workload runs on."""
     if net.is_net(wl):
         return [(loop, "-") for loop in loops]
-    if wl.group == "loop":
-        return [(loop, "stdlib") for loop in loops if loop in LOOP_NAMES]
+    if wl.group == "loop":  # plus pyasync_c as `python -m pyasync_c` runs code: C primitives installed
+        return ([(loop, "stdlib") for loop in loops if loop in LOOP_NAMES]
+                + [("pyasync_c", "installed")] * ("pyasync_c" in loops))
     return [(loop, prims) for loop in loops if loop in ("stdlib", "pyasync_c") for prims in ("stdlib", "c")]
 
 
