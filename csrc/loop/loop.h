@@ -54,6 +54,23 @@ compat_restore_exception(PyObject *exc)  /* steals the reference */
 typedef struct LoopObject LoopObject;
 typedef struct HandleObject HandleObject;
 
+/* asyncio.streams objects behind the StreamReaderProtocol fast path
+ * (streams_fast.c). */
+enum {
+    SF__stream_reader_wr, SF__stream_reader, SF_feed_data, SF__wakeup_waiter, SF__eof,
+    SF__buffer, SF__waiter, SF__transport, SF__paused, SF__limit, SF_pause_reading,
+    STREAMS_FAST_N
+};
+typedef struct {
+    PyTypeObject *protocol_type;      /* asyncio.StreamReaderProtocol */
+    PyTypeObject *reader_type;        /* asyncio.StreamReader */
+    PyObject *data_received;          /* StreamReaderProtocol.data_received (function) */
+    PyObject *stream_reader_property; /* StreamReaderProtocol._stream_reader */
+    PyObject *feed_data;              /* StreamReader.feed_data (function) */
+    PyObject *wakeup_waiter;          /* StreamReader._wakeup_waiter (function) */
+    PyObject *names[STREAMS_FAST_N];  /* interned attribute names */
+} StreamsFast;
+
 /* ---- module state (module.c) ---- */
 typedef struct {
     PyTypeObject *LoopCoreType;
@@ -87,6 +104,7 @@ typedef struct {
     PyObject *str_datagram_received, *str_error_received, *str_close;
     PyObject *str_call_exception_handler, *str_attach, *str_detach, *str_call_connection_lost;
     PyObject *str_connection_made_cb, *str_set_result, *str_set_exception, *str_cancelled;
+    StreamsFast streams;
     double clock_resolution;
 } ModuleState;
 

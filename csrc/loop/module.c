@@ -100,7 +100,7 @@ loop_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->BufferedProtocolType);
     Py_VISIT(state->TransportSocketType);
     Py_VISIT(state->asyncio_logger);
-    return 0;
+    return streams_fast_traverse(state, visit, arg);
 }
 
 static int
@@ -132,6 +132,7 @@ loop_module_clear(PyObject *module)
     Py_CLEAR(state->BufferedProtocolType);
     Py_CLEAR(state->TransportSocketType);
     Py_CLEAR(state->asyncio_logger);
+    streams_fast_clear(state);
     PyObject **interned[] = {
         &state->str_data_received, &state->str_buffer_updated, &state->str_get_buffer,
         &state->str_eof_received, &state->str_connection_made, &state->str_connection_lost,

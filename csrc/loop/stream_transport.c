@@ -10,7 +10,8 @@
  *
  * Read path: one read() per readiness event into a reusable buffer, then one
  * bytes object for data_received (or get_buffer/read/buffer_updated for a
- * BufferedProtocol).  Write path: write() at once when nothing is queued;
+ * BufferedProtocol; or, for asyncio's StreamReaderProtocol, a copy straight
+ * into its StreamReader's buffer: streams_fast.c).  Write path: write() at once when nothing is queued;
  * only the unsent rest is queued (bytes by reference, other buffers copied)
  * and flushed with one sendmsg()/writev() of many entries when the fd is
  * writable.  Lifecycle and ownership: transport_base.c.
@@ -262,6 +263,13 @@ stream_on_readable(TransportObject *self)
     }
     if (received == 0) {
         on_eof(self);
+        return;
+    }
+    int handled = stream_fast_data_received(self, transport_read_buffer, received);
+    if (handled != 0) {
+        if (handled < 0) {
+            transport_handle_error(self, "Fatal error: protocol.data_received() call failed.");
+        }
         return;
     }
     PyObject *data = PyBytes_FromStringAndSize(transport_read_buffer, received);

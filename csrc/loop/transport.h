@@ -149,6 +149,14 @@ void write_queue_clear(WriteQueue *queue);
 
 /* ---- stream_transport.c / datagram_transport.c ---- */
 int stream_transports_init(PyObject *module, ModuleState *state);
+
+/* streams_fast.c: hands `size` received bytes to asyncio's
+ * StreamReaderProtocol/StreamReader without their Python frames.
+ * 1 handled, 0 not applicable (call data_received), -1 error. */
+int stream_fast_data_received(TransportObject *self, const char *bytes, Py_ssize_t size);
+int streams_fast_init(ModuleState *state);
+int streams_fast_traverse(ModuleState *state, visitproc visit, void *arg);
+void streams_fast_clear(ModuleState *state);
 int datagram_transport_init(PyObject *module, ModuleState *state);
 
 /* Reusable read buffer (one per process; only touched with the GIL held). */

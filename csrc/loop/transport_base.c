@@ -1520,7 +1520,8 @@ transports_init(PyObject *module, ModuleState *state)
     if (state->asyncio_logger == NULL) {
         return -1;
     }
-    if (stream_transports_init(module, state) < 0 || datagram_transport_init(module, state) < 0) {
+    if (stream_transports_init(module, state) < 0 || datagram_transport_init(module, state) < 0
+        || streams_fast_init(state) < 0) {
         return -1;
     }
     return 0;
