@@ -105,10 +105,11 @@ def quiet_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> N
     pass
 
 
-def on_loop(coro_fn: Callable[[], Any], debug: bool = False) -> Callable[[], None]:
-    """A round = one fresh pyasync_c loop running coro_fn() to completion."""
+def on_loop(coro_fn: Callable[[], Any], debug: bool = False,
+            factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> Callable[[], None]:
+    """A round = one fresh pyasync_c loop (or ``factory()``) running coro_fn() to completion."""
     def round_() -> None:
-        loop = new_loop()
+        loop = factory() if factory is not None else new_loop()
         loop.set_debug(debug)
         loop.set_exception_handler(quiet_handler)
         try:
@@ -638,6 +639,42 @@ async def _tcp_echo() -> None:
     await server.wait_closed()
 
 
+async def _streams_reader() -> None:
+    """asyncio StreamReaders fed by the C fast path and its fallbacks: pausing
+    past the limit, a subclass, a transport that cannot pause, data after
+    feed_eof and a pause_reading that raises (fatal errors)."""
+    loop = asyncio.get_running_loop()
+
+    class Sub(asyncio.StreamReader):
+        pass
+
+    def cannot_pause() -> None:
+        raise NotImplementedError
+
+    def broken_pause() -> None:
+        raise ValueError("no")
+
+    for i in range(N // 20):
+        ours, peer = socket.socketpair()
+        reader = (Sub if i % 5 == 1 else asyncio.StreamReader)(limit=8, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, ours)
+        if i % 5 == 2:
+            transport.pause_reading = cannot_pause
+        elif i % 5 == 3:
+            transport.pause_reading = broken_pause
+        elif i % 5 == 4:
+            reader.feed_eof()
+        peer.sendall(b"z" * 40)
+        if i % 5 < 3:
+            assert await reader.readexactly(40) == b"z" * 40
+        else:
+            await asyncio.sleep(0.001)
+        transport.close()
+        peer.close()
+        await asyncio.sleep(0)
+
+
 async def _udp_and_pipes() -> None:
     loop = asyncio.get_running_loop()
     received: list[Any] = []
@@ -701,7 +738,9 @@ SCENARIOS: dict[str, Callable[[], None]] = {
     "gather": on_loop(_gather),
     "gather (debug loop)": on_loop(_gather, debug=True),
     "gather outside a loop": sc_gather_outside_loop,
+    "gather (stdlib loop)": on_loop(_gather, factory=asyncio.SelectorEventLoop),
     "TCP transports": on_loop(_tcp_echo),
+    "stream readers": on_loop(_streams_reader),
     "UDP and pipe transports": on_loop(_udp_and_pipes),
     "subprocesses": on_loop(_subprocesses),
 }
