@@ -604,10 +604,12 @@ static int
 sem_wake_next(SemObject *self)
 {
     if (waitq_len(&self->waiters) == 0) return 0;
-    PyObject *fut = waitq_first_pending(&self->waiters);
+    Py_ssize_t at;
+    PyObject *fut = waitq_first_pending(&self->waiters, &at);
     if (fut == NULL) return PyErr_Occurred() ? -1 : 0;
     self->value--;
     int r = prim_fut_set_result(fut, Py_True);
+    if (r == 0) waitq_mark_done(&self->waiters, fut, at);
     Py_DECREF(fut);
     return r < 0 ? -1 : 1;
 }
