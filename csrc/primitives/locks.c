@@ -149,7 +149,15 @@ with_waiters(PyObject *extra, waitq_t *q)
 /* __aexit__(exc_type, exc, tb): `async with` awaits it immediately, so the
  * release happens on the call (no per-call awaitable); the result is the
  * shared awaitable that completes at once with None.  self.release() is
- * looked up so a subclass overriding release() is honoured. */
+ * looked up so a subclass overriding release() is honoured; our own types
+ * (immutable, no instance dict) call their C release directly.  They are
+ * recognised by their tp_methods array, which subclasses do not inherit
+ * (and which survives a re-import of the module, unlike a type pointer). */
+static PyMethodDef lock_methods[], sem_methods[], bsem_methods[];
+static PyObject *lock_release(PyObject *, PyObject *);
+static PyObject *sem_release(PyObject *, PyObject *);
+static PyObject *bsem_release(PyObject *, PyObject *);
+
 static PyObject *
 generic_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -157,7 +165,12 @@ generic_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    PyObject *r = PyObject_CallMethod(self, "release", NULL);
+    PyMethodDef *own = Py_TYPE(self)->tp_methods;
+    PyObject *r;
+    if (own == sem_methods) r = sem_release(self, NULL);
+    else if (own == bsem_methods) r = bsem_release(self, NULL);
+    else if (own == lock_methods) r = lock_release(self, NULL);
+    else r = PyObject_CallMethodNoArgs(self, prim_shared.s_release);
     if (r == NULL) return NULL;
     Py_DECREF(r);
     return prim_done_none();
