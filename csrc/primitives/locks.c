@@ -153,10 +153,7 @@ with_waiters(PyObject *extra, waitq_t *q)
  * (immutable, no instance dict) call their C release directly.  They are
  * recognised by their tp_methods array, which subclasses do not inherit
  * (and which survives a re-import of the module, unlike a type pointer). */
-static PyMethodDef lock_methods[], sem_methods[], bsem_methods[];
-static PyObject *lock_release(PyObject *, PyObject *);
-static PyObject *sem_release(PyObject *, PyObject *);
-static PyObject *bsem_release(PyObject *, PyObject *);
+static PyObject *call_release(PyObject *self);   /* after the method tables */
 
 static PyObject *
 generic_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -165,12 +162,7 @@ generic_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    PyMethodDef *own = Py_TYPE(self)->tp_methods;
-    PyObject *r;
-    if (own == sem_methods) r = sem_release(self, NULL);
-    else if (own == bsem_methods) r = bsem_release(self, NULL);
-    else if (own == lock_methods) r = lock_release(self, NULL);
-    else r = PyObject_CallMethodNoArgs(self, prim_shared.s_release);
+    PyObject *r = call_release(self);
     if (r == NULL) return NULL;
     Py_DECREF(r);
     return prim_done_none();
@@ -823,6 +815,17 @@ static PyType_Spec bsem_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = bsem_slots,
 };
+
+/* self.release() for __aexit__ (see generic_aexit) */
+static PyObject *
+call_release(PyObject *self)
+{
+    PyMethodDef *own = Py_TYPE(self)->tp_methods;
+    if (own == sem_methods) return sem_release(self, NULL);
+    if (own == bsem_methods) return bsem_release(self, NULL);
+    if (own == lock_methods) return lock_release(self, NULL);
+    return PyObject_CallMethodNoArgs(self, prim_shared.s_release);
+}
 
 /* ------------------------------------------------------------------ */
 
