@@ -167,6 +167,119 @@ def test_semaphore_release_many_wakes_all(run, prims):
     assert order_c[0] == [1, 2, 3, 4, 5]
 
 
+def _replay_with_asyncio(run, prims, name, main):
+    """run(main()) with prims' class, then with asyncio's own: both outcomes."""
+    ours = run(main())
+    ref = getattr(prims, name)
+    setattr(prims, name, getattr(asyncio, name))
+    try:
+        theirs = run(main())
+    finally:
+        setattr(prims, name, ref)
+    return ours, theirs
+
+
+def test_semaphore_woken_waiters_skipped_by_later_releases(run, prims):
+    """Releases while woken waiters have not run yet: each release must skip the
+    futures already handed a permit (and the cancelled ones) and wake the next
+    pending one; a woken waiter cancelled before running gives its permit back;
+    waiters leave the queue out of order (a woken one in the middle, a cancelled
+    one behind it), then more releases follow."""
+    async def main():
+        sem = prims.Semaphore(0)
+        order = []
+        trace = []
+
+        async def waiter(i):
+            try:
+                await sem.acquire()
+            except asyncio.CancelledError:
+                order.append(("cancelled", i))
+                raise
+            order.append(i)
+
+        tasks = [asyncio.create_task(waiter(i)) for i in range(10)]
+        await spin()
+        sem.release()
+        sem.release()
+        sem.release()                     # 0, 1, 2 woken, none has run
+        trace.append((sem.locked(), len(sem._waiters)))
+        tasks[1].cancel()                 # woken: gives the permit back when it runs
+        tasks[5].cancel()                 # pending: its future is cancelled
+        sem.release()                     # skips 0, 1, 2 (woken) -> wakes 3
+        trace.append([f.done() for f in sem._waiters])
+        sem._waiters[6].cancel()          # waiter 6's future directly (not woken yet)
+        await asyncio.sleep(0)            # woken ones run; 1 hands its permit on
+        trace.append((sem.locked(), len(sem._waiters), sorted(order, key=str)))
+        sem.release()
+        sem.release()
+        await spin(10)
+        for _ in range(4):
+            sem.release()
+        await spin(10)
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+        return order, trace, sem.locked(), sem._value
+
+    ours, theirs = _replay_with_asyncio(run, prims, "Semaphore", main)
+    assert ours == theirs
+    order = ours[0]
+    assert [i for i in order if isinstance(i, int)] == [0, 2, 3, 4, 7, 8, 9]
+    assert sorted(i for (_, i) in (x for x in order if isinstance(x, tuple))) == [1, 5, 6]
+
+
+def test_semaphore_wake_scan_after_waiters_leave_from_the_head(run, prims):
+    """The woken head leaves the queue while later releases still scan it."""
+    async def main():
+        sem = prims.Semaphore(0)
+        order = []
+
+        async def waiter(i):
+            await sem.acquire()
+            order.append(i)
+
+        tasks = [asyncio.create_task(waiter(i)) for i in range(12)]
+        await spin()
+        for rnd in range(4):
+            sem.release()
+            sem.release()
+            order.append(("released", rnd, len(sem._waiters)))
+            await asyncio.sleep(0)        # the two woken run and leave the queue
+            sem.release()                 # woken but still queued
+            order.append(("round", rnd, len(sem._waiters), sem.locked()))
+            await spin(3)
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        return order, sem._value
+
+    ours, theirs = _replay_with_asyncio(run, prims, "Semaphore", main)
+    assert ours == theirs
+    assert [i for i in ours[0] if isinstance(i, int)] == list(range(12))
+
+
+@pytest.mark.parametrize("name", ["Lock", "Semaphore", "BoundedSemaphore"])
+def test_async_with_calls_overridden_release(run, prims, name):
+    """__aexit__ releases through self.release(): a subclass override is used."""
+    base = getattr(prims, name)
+    calls = []
+
+    class Sub(base):
+        def release(self):
+            calls.append("release")
+            super().release()
+
+    class Plain(base):
+        pass
+
+    async def main():
+        for cls in (Sub, Plain, base):
+            p = cls()
+            async with p:
+                assert p.locked()
+            assert not p.locked()
+        return calls
+
+    assert run(main()) == ["release"]
+
+
 @pytest.mark.skipif(not PY313, reason="gh-111694 wake-up rules are 3.13+")
 def test_semaphore_313_cancel_of_unwoken_waiter_keeps_fifo(run, prims):
     async def main():

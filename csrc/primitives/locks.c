@@ -149,7 +149,12 @@ with_waiters(PyObject *extra, waitq_t *q)
 /* __aexit__(exc_type, exc, tb): `async with` awaits it immediately, so the
  * release happens on the call (no per-call awaitable); the result is the
  * shared awaitable that completes at once with None.  self.release() is
- * looked up so a subclass overriding release() is honoured. */
+ * looked up so a subclass overriding release() is honoured; our own types
+ * (immutable, no instance dict) call their C release directly.  They are
+ * recognised by their tp_methods array, which subclasses do not inherit
+ * (and which survives a re-import of the module, unlike a type pointer). */
+static PyObject *call_release(PyObject *self);   /* after the method tables */
+
 static PyObject *
 generic_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -157,7 +162,7 @@ generic_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    PyObject *r = PyObject_CallMethod(self, "release", NULL);
+    PyObject *r = call_release(self);
     if (r == NULL) return NULL;
     Py_DECREF(r);
     return prim_done_none();
@@ -604,10 +609,12 @@ static int
 sem_wake_next(SemObject *self)
 {
     if (waitq_len(&self->waiters) == 0) return 0;
-    PyObject *fut = waitq_first_pending(&self->waiters);
+    Py_ssize_t at;
+    PyObject *fut = waitq_first_pending(&self->waiters, &at);
     if (fut == NULL) return PyErr_Occurred() ? -1 : 0;
     self->value--;
     int r = prim_fut_set_result(fut, Py_True);
+    if (r == 0) waitq_mark_done(&self->waiters, fut, at);
     Py_DECREF(fut);
     return r < 0 ? -1 : 1;
 }
@@ -808,6 +815,17 @@ static PyType_Spec bsem_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = bsem_slots,
 };
+
+/* self.release() for __aexit__ (see generic_aexit) */
+static PyObject *
+call_release(PyObject *self)
+{
+    PyMethodDef *own = Py_TYPE(self)->tp_methods;
+    if (own == sem_methods) return sem_release(self, NULL);
+    if (own == bsem_methods) return bsem_release(self, NULL);
+    if (own == lock_methods) return lock_release(self, NULL);
+    return PyObject_CallMethodNoArgs(self, prim_shared.s_release);
+}
 
 /* ------------------------------------------------------------------ */
 

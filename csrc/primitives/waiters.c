@@ -73,13 +73,44 @@ call_bool(PyObject *obj, PyObject *name)
     return b;
 }
 
-int prim_fut_done(PyObject *fut) { return call_bool(fut, prim_shared.s_done); }
-int prim_fut_cancelled(PyObject *fut) { return call_bool(fut, prim_shared.s_cancelled); }
+/* On an exact _asyncio.Future (an immutable type) its own method
+ * descriptor is called directly: what fut.done() would run, minus the
+ * lookup.  Any other future gets a real method call. */
+int
+prim_fut_done(PyObject *fut)
+{
+    if (prim_is_cfuture(fut)) {
+        PyObject *r = PyObject_Vectorcall(prim_shared.cf_done, &fut, 1, NULL);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+        return r == Py_True;        /* the C method returns a bool */
+    }
+    return call_bool(fut, prim_shared.s_done);
+}
+
+int
+prim_fut_cancelled(PyObject *fut)
+{
+    if (prim_is_cfuture(fut)) {
+        PyObject *r = PyObject_Vectorcall(prim_shared.cf_cancelled, &fut, 1, NULL);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+        return r == Py_True;
+    }
+    return call_bool(fut, prim_shared.s_cancelled);
+}
 
 int
 prim_fut_set_result(PyObject *fut, PyObject *value)
 {
-    PyObject *r = PyObject_CallMethodOneArg(fut, prim_shared.s_set_result, value);
+    PyObject *r;
+    if (prim_is_cfuture(fut)) {
+        PyObject *args[2] = {fut, value};
+        r = PyObject_Vectorcall(prim_shared.cf_set_result, args, 2, NULL);
+    }
+    else {
+        r = PyObject_CallMethodOneArg(fut, prim_shared.s_set_result, value);
+    }
     if (r == NULL) return -1;
     Py_DECREF(r);
     return 0;
@@ -92,6 +123,23 @@ prim_fut_cancel(PyObject *fut)
     if (r == NULL) return -1;
     Py_DECREF(r);
     return 0;
+}
+
+PyObject *
+prim_fut_result(PyObject *fut)
+{
+    if (prim_is_cfuture(fut)) return PyObject_Vectorcall(prim_shared.cf_result, &fut, 1, NULL);
+    return PyObject_CallMethodNoArgs(fut, prim_shared.s_result);
+}
+
+int
+prim_fut_set_blocking(PyObject *fut)
+{
+    if (prim_is_cfuture(fut)) {
+        PyObject *d = prim_shared.cf_blocking;
+        return Py_TYPE(d)->tp_descr_set(d, fut, Py_True);
+    }
+    return PyObject_SetAttr(fut, prim_shared.s_blocking, Py_True);
 }
 
 PyObject *
@@ -152,6 +200,7 @@ waitq_remove(waitq_t *q, PyObject *fut)
     }
     if (i == q->len) return 0;
     PyObject *victim = WQ_AT(q, i);
+    if (i < q->ndone) q->ndone--;
     if (i < q->len / 2) {
         for (Py_ssize_t j = i; j > 0; j--) WQ_AT(q, j) = WQ_AT(q, j - 1);
         q->head = (q->head + 1) % q->cap;
@@ -171,23 +220,37 @@ waitq_popleft(waitq_t *q)
     PyObject *f = q->items[q->head];
     q->head = (q->head + 1) % q->cap;
     q->len--;
+    if (q->ndone > 0) q->ndone--;
     return f;
 }
 
 PyObject *
-waitq_first_pending(waitq_t *q)
+waitq_first_pending(waitq_t *q, Py_ssize_t *index)
 {
-    for (Py_ssize_t i = 0; i < q->len; i++) {
+    for (Py_ssize_t i = q->ndone; i < q->len; i++) {
         PyObject *f = Py_NewRef(WQ_AT(q, i));
         int d = prim_fut_done(f);
         if (d < 0) {
             Py_DECREF(f);
             return NULL;
         }
-        if (!d) return f;
+        if (!d) {
+            if (index != NULL) *index = i;
+            return f;
+        }
+        waitq_mark_done(q, f, i);
         Py_DECREF(f);
     }
     return NULL;
+}
+
+void
+waitq_mark_done(waitq_t *q, PyObject *fut, Py_ssize_t index)
+{
+    /* Entries are only appended at the tail, so if fut is still at `index`
+     * the entries before it are the ones scanned (all done) before. */
+    if (index == q->ndone && index < q->len && WQ_AT(q, index) == fut && prim_is_cfuture(fut))
+        q->ndone = index + 1;
 }
 
 int
@@ -264,7 +327,7 @@ waitq_clear(waitq_t *q)
     PyObject **items = q->items;
     Py_ssize_t head = q->head, len = q->len, cap = q->cap;
     q->items = NULL;
-    q->head = q->len = q->cap = 0;
+    q->head = q->len = q->cap = q->ndone = 0;
     for (Py_ssize_t i = 0; i < len; i++) Py_DECREF(items[(head + i) % cap]);
     PyMem_Free(items);
 }
@@ -463,7 +526,7 @@ waitop_advance(WaitOp *op, PyObject *exc, PyObject **out)
         }
         else {
             /* woken up: the outcome of the future is the outcome of the await */
-            PyObject *r = PyObject_CallMethodNoArgs(op->fut, prim_shared.s_result);
+            PyObject *r = prim_fut_result(op->fut);
             if (r == NULL) exc = prim_exc_fetch();
             else Py_DECREF(r);
         }
@@ -474,7 +537,7 @@ waitop_advance(WaitOp *op, PyObject *exc, PyObject **out)
         int st = op->kind->step(op, exc, &res);
         Py_CLEAR(exc);
         if (st == WOP_WAIT) {
-            if (PyObject_SetAttr(op->fut, prim_shared.s_blocking, Py_True) < 0) {
+            if (prim_fut_set_blocking(op->fut) < 0) {
                 /* cannot be awaited by a Task: fail at the await point */
                 exc = prim_exc_fetch();
                 continue;
@@ -759,7 +822,7 @@ prim_shared_init(PyObject *module)
         || intern(&s->s_popleft, "popleft") || intern(&s->s_pop, "pop")
         || intern(&s->s__init, "_init") || intern(&s->s__get, "_get") || intern(&s->s__put, "_put")
         || intern(&s->s_qsize, "qsize") || intern(&s->s_empty, "empty") || intern(&s->s_full, "full")
-        || intern(&s->s__format, "_format"))
+        || intern(&s->s__format, "_format") || intern(&s->s_release, "release"))
         return -1;
     if ((s->CancelledError = prim_import_attr("asyncio", "CancelledError")) == NULL) return -1;
     if ((s->QueueEmpty = prim_import_attr("asyncio", "QueueEmpty")) == NULL) return -1;
@@ -773,6 +836,29 @@ prim_shared_init(PyObject *module)
     if ((s->deque_popleft = PyObject_GetAttrString(s->deque_type, "popleft")) == NULL) return -1;
     if ((s->heappush = prim_import_attr("heapq", "heappush")) == NULL) return -1;
     if ((s->heappop = prim_import_attr("heapq", "heappop")) == NULL) return -1;
+    PyObject *cf = prim_import_attr("_asyncio", "Future");
+    if (cf == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_ImportError) && !PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear();          /* no accelerator: method calls only */
+    }
+    else if (!PyType_Check(cf)) {
+        Py_DECREF(cf);
+    }
+    else {
+        PyObject *o = (PyObject *)cf;
+        if ((s->cf_done = PyObject_GetAttr(o, s->s_done)) == NULL
+            || (s->cf_cancelled = PyObject_GetAttr(o, s->s_cancelled)) == NULL
+            || (s->cf_result = PyObject_GetAttr(o, s->s_result)) == NULL
+            || (s->cf_set_result = PyObject_GetAttr(o, s->s_set_result)) == NULL
+            || (s->cf_blocking = PyObject_GetAttr(o, s->s_blocking)) == NULL)
+            return -1;
+        if (Py_TYPE(s->cf_blocking)->tp_descr_set == NULL) {
+            PyErr_SetString(PyExc_TypeError, "_asyncio.Future._asyncio_future_blocking is not settable");
+            return -1;
+        }
+        s->CFutureType = (PyTypeObject *)cf;   /* set last: enables the fast paths */
+    }
     s->WaitOpType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &waitop_spec, NULL);
     if (s->WaitOpType == NULL) return -1;
     PyTypeObject *done_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &done_spec, NULL);

@@ -43,11 +43,17 @@ typedef struct {
     PyObject *heappop;            /* heapq.heappop */
     PyTypeObject *WaitOpType;
     PyObject *done_none;          /* shared awaitable that completes at once with None */
+    /* _asyncio.Future and its own methods, for calling them on futures of
+     * exactly that (immutable) type without a method lookup; NULL when the
+     * _asyncio accelerator is missing (then every call is a method call) */
+    PyTypeObject *CFutureType;
+    PyObject *cf_done, *cf_cancelled, *cf_result, *cf_set_result;
+    PyObject *cf_blocking;        /* the _asyncio_future_blocking getset descriptor */
     /* interned method/attribute names */
     PyObject *s_done, *s_cancelled, *s_set_result, *s_cancel, *s_result,
              *s_create_future, *s_blocking, *s_append, *s_popleft, *s_pop,
              *s__init, *s__get, *s__put, *s_qsize, *s_empty, *s_full,
-             *s__format;
+             *s__format, *s_release;
 } prim_shared_t;
 
 extern prim_shared_t prim_shared;
@@ -70,6 +76,14 @@ int prim_fut_done(PyObject *fut);        /* 1/0, -1 on error */
 int prim_fut_cancelled(PyObject *fut);
 int prim_fut_set_result(PyObject *fut, PyObject *value);
 int prim_fut_cancel(PyObject *fut);
+/* fut.result(): new reference, or NULL with the future's exception raised */
+PyObject *prim_fut_result(PyObject *fut);
+/* fut._asyncio_future_blocking = True */
+int prim_fut_set_blocking(PyObject *fut);
+static inline int prim_is_cfuture(PyObject *fut)
+{
+    return prim_shared.CFutureType != NULL && Py_IS_TYPE(fut, prim_shared.CFutureType);
+}
 
 /* The mixin's _get_loop(): bind *slot to the running loop on first use and
  * raise RuntimeError when used from another loop.  Returns a new future
@@ -80,6 +94,10 @@ PyObject *prim_new_waiter(PyObject *self, PyObject **loop_slot);
 typedef struct {
     PyObject **items;
     Py_ssize_t head, len, cap;
+    /* The first ndone futures are known to be done (a future stays done), so
+     * waitq_first_pending() need not ask them again.  Kept by every
+     * mutation: popping or removing inside the prefix shrinks it. */
+    Py_ssize_t ndone;
 } waitq_t;
 
 static inline Py_ssize_t waitq_len(const waitq_t *q) { return q->len; }
@@ -90,8 +108,14 @@ static inline PyObject *waitq_peek(const waitq_t *q, Py_ssize_t i)
 int waitq_append(waitq_t *q, PyObject *fut);            /* -1 + MemoryError */
 int waitq_remove(waitq_t *q, PyObject *fut);            /* 1 removed, 0 absent */
 PyObject *waitq_popleft(waitq_t *q);                    /* new ref, NULL if empty (no error) */
-/* First future that is not done, new reference; NULL + no error when none. */
-PyObject *waitq_first_pending(waitq_t *q);
+/* First future that is not done, new reference; NULL + no error when none.
+ * *index (may be NULL) receives its position, for waitq_mark_done(). */
+PyObject *waitq_first_pending(waitq_t *q, Py_ssize_t *index);
+/* The caller just completed fut, found at `index` by waitq_first_pending():
+ * grow the known-done prefix over it if it is still there (the queue may
+ * have changed meanwhile) and is an _asyncio.Future (whose done() cannot
+ * be overridden to say otherwise). */
+void waitq_mark_done(waitq_t *q, PyObject *fut, Py_ssize_t index);
 /* Pop futures from the head until one is not done, set its result: 1 woke, 0 none, -1 error. */
 int waitq_pop_wake(waitq_t *q, PyObject *result);
 /* Set result on every pending future (queue untouched); pop=1 also empties the queue. */
