@@ -204,6 +204,9 @@ struct LoopObject {
     PyObject *transports;        /* dict fd -> int address of the TransportObject using fd
                                   * (borrowed: a transport removes itself when it lets go of fd) */
     long active_io;              /* user I/O sources: while 0, a busy loop may skip the poll */
+    PyObject *spare_bytes;       /* a received bytes object nobody kept, reused for the next
+                                  * read that fits (stream_transport.c); NULL if none */
+    Py_ssize_t spare_capacity;   /* the size spare_bytes was allocated with */
     ChangedPoll *changed_polls;  /* fds to check before the next uv_run (io_watchers.c) */
     Py_ssize_t changed_polls_count;
     Py_ssize_t changed_polls_capacity;

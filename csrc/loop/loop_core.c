@@ -207,6 +207,7 @@ loop_dealloc(LoopObject *self)
     Py_CLEAR(self->thread_id);
     Py_CLEAR(self->watchers);
     Py_CLEAR(self->transports);
+    Py_CLEAR(self->spare_bytes);
     PyMem_Free(self->changed_polls);
     type->tp_free((PyObject *)self);
     Py_DECREF(type);

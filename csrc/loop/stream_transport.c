@@ -232,6 +232,56 @@ read_into_protocol_buffer(TransportObject *self)
     Py_DECREF(r);
 }
 
+/* The bytes handed to data_received.  A protocol that does not keep them
+ * (an echo, a parser that copies) leaves the object with our reference
+ * only; the next read that fits is then copied into that same object
+ * instead of a new one (as CPython itself resizes a bytes object in place
+ * when it holds the only reference), which saves an allocation and a free
+ * per read.  Objects of 2 bytes and fewer may be shared singletons and are
+ * never reused. */
+#define SPARE_BYTES_MAX (64 * 1024)
+
+static PyObject *
+received_bytes(LoopObject *loop, const char *src, Py_ssize_t size, Py_ssize_t *capacity)
+{
+    PyObject *spare = loop->spare_bytes;
+    if (spare != NULL && size <= loop->spare_capacity && size > 2) {
+        loop->spare_bytes = NULL;
+        *capacity = loop->spare_capacity;
+        Py_SET_SIZE(spare, size);
+        char *dst = PyBytes_AS_STRING(spare);
+        memcpy(dst, src, (size_t)size);
+        dst[size] = '\0';
+        /* forget the hash of the previous contents */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+        ((PyBytesObject *)spare)->ob_shash = -1;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+        return spare;
+    }
+    *capacity = size;
+    return PyBytes_FromStringAndSize(src, size);
+}
+
+/* Drops our reference to data, keeping it as the loop's spare when nobody
+ * else holds it (the largest such object up to SPARE_BYTES_MAX). */
+static void
+release_received_bytes(LoopObject *loop, PyObject *data, Py_ssize_t capacity)
+{
+    if (Py_REFCNT(data) == 1 && PyBytes_CheckExact(data) && capacity > 2
+        && capacity <= SPARE_BYTES_MAX
+        && (loop->spare_bytes == NULL || capacity > loop->spare_capacity)) {
+        Py_XSETREF(loop->spare_bytes, data);
+        loop->spare_capacity = capacity;
+        return;
+    }
+    Py_DECREF(data);
+}
+
 void
 stream_on_readable(TransportObject *self)
 {
@@ -272,13 +322,14 @@ stream_on_readable(TransportObject *self)
         }
         return;
     }
-    PyObject *data = PyBytes_FromStringAndSize(transport_read_buffer, received);
+    Py_ssize_t capacity;
+    PyObject *data = received_bytes(self->loop, transport_read_buffer, received, &capacity);
     if (data == NULL) {
         transport_handle_error(self, "Fatal error: protocol.data_received() call failed.");
         return;
     }
     PyObject *r = transport_call_protocol(self, self->loop->state->str_data_received, &data, 1);
-    Py_DECREF(data);
+    release_received_bytes(self->loop, data, capacity);
     if (r == NULL) {
         transport_handle_error(self, "Fatal error: protocol.data_received() call failed.");
         return;
