@@ -18,29 +18,12 @@ import os
 import sys
 from typing import Any, Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import loop_factory  # noqa: E402
+from servers import EchoProtocol, loop_factory, stream_echo  # noqa: E402
 
 CONNS = 10
 SIZE = 1024
-
-
-async def stream_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(256 * 1024):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
-
-
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
 
 
 class Client(asyncio.Protocol):
@@ -69,7 +52,7 @@ async def main(kind: str, n: int) -> None:
     if kind == "streams":
         server = await asyncio.start_server(stream_echo, "127.0.0.1", 0)
     else:
-        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     dones = []
     for _ in range(CONNS):

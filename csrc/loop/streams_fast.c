@@ -140,17 +140,23 @@ is_own_method(PyObject *obj, PyObject *name, PyObject *function)
     return same;
 }
 
-/* Truth of obj.<name>; -1 on error. */
+/* Truth of a new reference (released); -1 on error, also when it is NULL. */
 static int
-attr_truth(PyObject *obj, PyObject *name)
+consume_truth(PyObject *value)
 {
-    PyObject *value = PyObject_GetAttr(obj, name);
     if (value == NULL) {
         return -1;
     }
     int truth = PyObject_IsTrue(value);
     Py_DECREF(value);
     return truth;
+}
+
+/* Truth of obj.<name>; -1 on error. */
+static int
+attr_truth(PyObject *obj, PyObject *name)
+{
+    return consume_truth(PyObject_GetAttr(obj, name));
 }
 
 /* len(buffer) > 2 * reader._limit, with Python's int semantics. */
@@ -196,13 +202,7 @@ buffer_over_limit(PyObject *reader, PyObject *limit_name, Py_ssize_t buffered)
 static int
 method_truth(PyObject *obj, PyObject *name)
 {
-    PyObject *value = PyObject_VectorcallMethod(name, &obj, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (value == NULL) {
-        return -1;
-    }
-    int truth = PyObject_IsTrue(value);
-    Py_DECREF(value);
-    return truth;
+    return consume_truth(PyObject_VectorcallMethod(name, &obj, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL));
 }
 
 /* StreamReader.feed_data(data) of an exact, unmodified StreamReader, for

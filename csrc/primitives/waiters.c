@@ -76,28 +76,24 @@ call_bool(PyObject *obj, PyObject *name)
 /* On an exact _asyncio.Future (an immutable type) its own method
  * descriptor is called directly: what fut.done() would run, minus the
  * lookup.  Any other future gets a real method call. */
-int
-prim_fut_done(PyObject *fut)
+static int
+fut_predicate(PyObject *fut, PyObject *c_method, PyObject *name)
 {
     if (prim_is_cfuture(fut)) {
-        PyObject *r = PyObject_Vectorcall(prim_shared.cf_done, &fut, 1, NULL);
+        PyObject *r = PyObject_Vectorcall(c_method, &fut, 1, NULL);
         if (r == NULL) return -1;
         Py_DECREF(r);
         return r == Py_True;        /* the C method returns a bool */
     }
-    return call_bool(fut, prim_shared.s_done);
+    return call_bool(fut, name);
 }
+
+int prim_fut_done(PyObject *fut) { return fut_predicate(fut, prim_shared.cf_done, prim_shared.s_done); }
 
 int
 prim_fut_cancelled(PyObject *fut)
 {
-    if (prim_is_cfuture(fut)) {
-        PyObject *r = PyObject_Vectorcall(prim_shared.cf_cancelled, &fut, 1, NULL);
-        if (r == NULL) return -1;
-        Py_DECREF(r);
-        return r == Py_True;
-    }
-    return call_bool(fut, prim_shared.s_cancelled);
+    return fut_predicate(fut, prim_shared.cf_cancelled, prim_shared.s_cancelled);
 }
 
 int
