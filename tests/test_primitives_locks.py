@@ -21,6 +21,14 @@ async def spin(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
+def acquiring_tasks(sem, count: int, order: list) -> list:
+    """Tasks 0..count-1 that each acquire sem once, then append their index to order."""
+    async def waiter(i):
+        await sem.acquire()
+        order.append(i)
+    return [asyncio.create_task(waiter(i)) for i in range(count)]
+
+
 # --------------------------------------------------------------------------- Semaphore
 
 def test_semaphore_free_acquire_does_not_suspend(run, prims):
@@ -135,12 +143,7 @@ def test_semaphore_release_many_wakes_all(run, prims):
     async def main():
         sem = prims.Semaphore(0)
         order = []
-
-        async def waiter(i):
-            await sem.acquire()
-            order.append(i)
-
-        tasks = [asyncio.create_task(waiter(i)) for i in range(6)]
+        tasks = acquiring_tasks(sem, 6, order)
         await spin()
         for _ in range(3):
             sem.release()
@@ -232,12 +235,7 @@ def test_semaphore_wake_scan_after_waiters_leave_from_the_head(run, prims):
     async def main():
         sem = prims.Semaphore(0)
         order = []
-
-        async def waiter(i):
-            await sem.acquire()
-            order.append(i)
-
-        tasks = [asyncio.create_task(waiter(i)) for i in range(12)]
+        tasks = acquiring_tasks(sem, 12, order)
         await spin()
         for rnd in range(4):
             sem.release()
