@@ -552,6 +552,9 @@ attr_is(PyObject *obj, PyObject *name, PyObject *expected)
 static PyObject *
 create_task(GatherState *st, PyObject *loop, PyObject *coro)
 {
+    if (_PyType_Lookup(Py_TYPE(loop), st->s[S_create_task]) != st->base_create_task) {
+        return call1(loop, st->s[S_create_task], coro);  /* another loop (no bound method made) */
+    }
     PyObject *meth = PyObject_GetAttr(loop, st->s[S_create_task]);
     if (meth == NULL) return NULL;
     if (PyMethod_Check(meth) && PyMethod_GET_FUNCTION(meth) == st->base_create_task
