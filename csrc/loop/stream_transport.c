@@ -9,9 +9,10 @@
  * write_eof() on a socket is shutdown(SHUT_WR) while on a pipe it closes.
  *
  * Read path: one read() per readiness event into a reusable buffer, then one
- * bytes object for data_received (or get_buffer/read/buffer_updated for a
- * BufferedProtocol; or, for asyncio's StreamReaderProtocol, a copy straight
- * into its StreamReader's buffer: streams_fast.c).  Write path: write() at once when nothing is queued;
+ * bytes object for data_received (reused when the protocol kept none), or
+ * get_buffer/read/buffer_updated for a BufferedProtocol, or for asyncio's
+ * StreamReaderProtocol a copy straight into its StreamReader's buffer
+ * (streams_fast.c).  Write path: write() at once when nothing is queued;
  * only the unsent rest is queued (bytes by reference, other buffers copied)
  * and flushed with one sendmsg()/writev() of many entries when the fd is
  * writable.  Lifecycle and ownership: transport_base.c.
