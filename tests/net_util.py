@@ -552,6 +552,14 @@ def client_context(files: TLSFiles) -> ssl.SSLContext:
     return ctx
 
 
+async def tls_connect(server: asyncio.AbstractServer, files: TLSFiles,
+                      server_hostname: str = "localhost") -> tuple[Any, Any]:
+    """create_connection(Recorder) over TLS to a tcp_server on 127.0.0.1."""
+    return await asyncio.get_running_loop().create_connection(
+        Recorder, "127.0.0.1", server_port(server), ssl=client_context(files),
+        server_hostname=server_hostname)
+
+
 # --------------------------------------------------------------------------
 # unix sockets
 # --------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from typing import IO
 
 import pytest
 
-from net_util import (ProtocolCollector, Recorder, arun, client_context, connected_transport, listener, payload,
-                      recv_exactly, recv_until_eof, server_context, server_port, tcp_server,
+from net_util import (ProtocolCollector, Recorder, arun, connected_transport, listener, payload,
+                      recv_exactly, recv_until_eof, server_context, tcp_server, tls_connect,
                       tls_files)
 
 __all__ = ["arun", "tls_files"]  # fixtures, imported for pytest
@@ -250,9 +250,7 @@ def test_sendfile_on_tls_transport_falls_back(arun, data_file, tls_files):
     async def main():
         loop = asyncio.get_running_loop()
         async with tcp_server(Recorder, ssl=server_context(tls_files)) as server:
-            tr, proto = await loop.create_connection(
-                Recorder, "127.0.0.1", server_port(server), ssl=client_context(tls_files),
-                server_hostname="localhost")
+            tr, proto = await tls_connect(server, tls_files)
             try:
                 with pytest.raises(RuntimeError):  # no native sendfile through TLS
                     await loop.sendfile(tr, data_file, fallback=False)
@@ -269,9 +267,7 @@ def test_sendfile_on_tls_transport_content(arun, data_file, tls_files):
         loop = asyncio.get_running_loop()
         collector = ProtocolCollector(Recorder)
         async with tcp_server(collector, ssl=server_context(tls_files)) as server:
-            tr, proto = await loop.create_connection(
-                Recorder, "127.0.0.1", server_port(server), ssl=client_context(tls_files),
-                server_hostname="localhost")
+            tr, proto = await tls_connect(server, tls_files)
             sent = await loop.sendfile(tr, data_file, offset=10, count=500_000)
             assert sent == 500_000
             sproto = await collector.next_made()

@@ -14,7 +14,8 @@ import pytest
 
 from net_util import (EchoProtocol, ExceptionHandlerRecorder, ProtocolCollector, Recorder,
                       TLSFiles, arun, client_context, fd_leak, listener, open_fds, payload,
-                      recv_until_eof, server_context, server_port, tcp_server, tls_files)
+                      recv_until_eof, server_context, server_port, tcp_server, tls_connect,
+                      tls_files)
 
 __all__ = ["arun", "tls_files"]  # fixtures, imported for pytest
 
@@ -86,9 +87,7 @@ def test_tls_large_transfer_both_ways(arun, tls_files):
     async def main():
         loop = asyncio.get_running_loop()
         async with tcp_server(ssl=server_context(tls_files)) as server:
-            tr, proto = await loop.create_connection(
-                Recorder, "127.0.0.1", server_port(server), ssl=client_context(tls_files),
-                server_hostname="localhost")
+            tr, proto = await tls_connect(server, tls_files)
             tr.write(data)
             assert await proto.wait_data(len(data), timeout=8) == data
             tr.close()
@@ -103,9 +102,7 @@ def test_tls_wrong_hostname_fails_verification(arun, tls_files):
         async with tcp_server(ssl=server_context(tls_files)) as server:
             before = open_fds()
             with pytest.raises(ssl.SSLCertVerificationError):
-                await loop.create_connection(
-                    Recorder, "127.0.0.1", server_port(server), ssl=client_context(tls_files),
-                    server_hostname="not-localhost.example")
+                await tls_connect(server, tls_files, "not-localhost.example")
             await asyncio.sleep(0.05)
             assert not fd_leak(before)
     arun(main())
@@ -184,9 +181,7 @@ def test_tls_client_close_reaches_server_as_eof(arun, tls_files):
         loop = asyncio.get_running_loop()
         collector = ProtocolCollector(lambda: Recorder(eof_result=None))
         async with tcp_server(collector, ssl=server_context(tls_files)) as server:
-            tr, proto = await loop.create_connection(
-                Recorder, "127.0.0.1", server_port(server), ssl=client_context(tls_files),
-                server_hostname="localhost")
+            tr, proto = await tls_connect(server, tls_files)
             assert not tr.can_write_eof()  # no TLS half-close
             with pytest.raises(NotImplementedError):
                 tr.write_eof()
@@ -211,9 +206,7 @@ def test_tls_server_close_reaches_client(arun, tls_files):
     async def main():
         loop = asyncio.get_running_loop()
         async with tcp_server(Greeter, ssl=server_context(tls_files)) as server:
-            tr, proto = await loop.create_connection(
-                Recorder, "127.0.0.1", server_port(server), ssl=client_context(tls_files),
-                server_hostname="localhost")
+            tr, proto = await tls_connect(server, tls_files)
             assert await proto.wait_lost() is None
             assert proto.data == b"hello and goodbye"
             assert proto.names()[-2:] == ["eof", "lost"]
@@ -225,9 +218,7 @@ def test_tls_abort(arun, tls_files):
         loop = asyncio.get_running_loop()
         collector = ProtocolCollector(Recorder)
         async with tcp_server(collector, ssl=server_context(tls_files)) as server:
-            tr, proto = await loop.create_connection(
-                Recorder, "127.0.0.1", server_port(server), ssl=client_context(tls_files),
-                server_hostname="localhost")
+            tr, proto = await tls_connect(server, tls_files)
             sproto = await collector.next_made()
             tr.abort()
             assert tr.is_closing()
