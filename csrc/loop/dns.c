@@ -401,13 +401,6 @@ check_loop(PyObject *module, PyObject *obj)
     return loop;
 }
 
-static PyObject *
-new_future(LoopObject *loop)
-{
-    PyObject *argv[2] = {NULL, (PyObject *)loop};
-    return PyObject_Vectorcall(loop->state->FutureType, argv + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                               loop->state->kwnames_loop);
-}
 
 /* The host as socket.getaddrinfo passes it: None -> NULL, str -> its 'idna'
  * encoding, bytes as they are.  *owner receives the bytes (new reference). */
@@ -523,7 +516,7 @@ dns_getaddrinfo(PyObject *module, PyObject *args, PyObject *kwargs)
         Py_XDECREF(host_owner);
         return NULL;
     }
-    PyObject *future = new_future(loop);
+    PyObject *future = loop_new_future(loop);
     DnsRequest *req = future ? request_new(loop, future) : NULL;
     int err;
     if (req == NULL) {
@@ -643,7 +636,7 @@ dns_getnameinfo(PyObject *module, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_OverflowError, "getnameinfo(): flowinfo must be 0-1048575.");
         return NULL;
     }
-    PyObject *future = new_future(loop);
+    PyObject *future = loop_new_future(loop);
     if (future == NULL) {
         return NULL;
     }

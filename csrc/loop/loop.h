@@ -19,6 +19,21 @@
 #error "pyasync_c relies on the GIL to guard the ready queue; free-threaded builds are not supported"
 #endif
 
+/* True when the keyword name `key` equals `expected`, an interned ASCII str:
+ * identity first, then length and bytes. CPython's Future/Task pass keyword
+ * names they built themselves (not interned: "context" on every callback they
+ * schedule), and PyUnicode_CompareWithASCIIString walks those char by char. */
+static inline int
+keyword_is(PyObject *key, PyObject *expected)
+{
+    if (key == expected) {
+        return 1;
+    }
+    Py_ssize_t length = PyUnicode_GET_LENGTH(expected);
+    return PyUnicode_Check(key) && PyUnicode_IS_ASCII(key) && PyUnicode_GET_LENGTH(key) == length
+        && memcmp(PyUnicode_DATA(key), PyUnicode_DATA(expected), (size_t)length) == 0;
+}
+
 /* Python 3.11 lacks the single-object exception API; these cover both. */
 static inline PyObject *
 compat_fetch_exception(void)
@@ -82,8 +97,10 @@ typedef struct {
     PyObject *TaskType;             /* _asyncio.Task */
     PyObject *base_create_task;     /* asyncio.BaseEventLoop.create_task (task factories, debug) */
     PyObject *kwnames_loop;         /* ("loop",) */
+    PyObject *empty_tuple;          /* () */
     PyObject *kwnames_task;         /* ("loop", "name", "context") */
     PyObject *str_context;          /* "context" */
+    PyObject *str_name;             /* "name" */
     PyObject *str_report_error;     /* "_report_callback_error" */
     PyObject *str_slow_callback;    /* "_warn_slow_callback" */
     PyObject *str_slow_duration;    /* "slow_callback_duration" */
@@ -200,6 +217,9 @@ struct LoopObject {
     PyObject *pending_error;     /* raised inside a libuv callback, re-raised after uv_run */
     PyObject *thread_id;         /* None, or the running thread's ident */
     PyObject *task_factory;      /* NULL means None */
+    PyObject *loop_kwargs;       /* {"loop": self}, the keywords of Future()/Task() calls made
+                                  * here: types without vectorcall turn keyword names into a
+                                  * fresh dict per call (NULL once cleared by the GC) */
     PyObject *watchers;          /* dict fd -> WatcherObject (add_reader/add_writer) */
     PyObject *transports;        /* dict fd -> int address of the TransportObject using fd
                                   * (borrowed: a transport removes itself when it lets go of fd) */
@@ -236,6 +256,7 @@ loop_take_gil(LoopObject *loop)
  * stops libuv.  Must hold the GIL. */
 void loop_defer_error(LoopObject *loop);
 int loop_schedule_handle(LoopObject *loop, HandleObject *handle);  /* ready queue + wake */
+PyObject *loop_new_future(LoopObject *loop);  /* _asyncio.Future(loop=loop) */
 double loop_monotonic(void);
 int loop_core_init_type(PyObject *module, ModuleState *state);
 

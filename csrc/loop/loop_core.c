@@ -167,7 +167,9 @@ loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->pid = (long)getpid();
     self->watchers = PyDict_New();
     self->transports = PyDict_New();
-    if (self->watchers == NULL || self->transports == NULL || loop_init_uv(self) < 0) {
+    self->loop_kwargs = PyDict_New();
+    if (self->watchers == NULL || self->transports == NULL || self->loop_kwargs == NULL
+        || PyDict_SetItemString(self->loop_kwargs, "loop", (PyObject *)self) < 0 || loop_init_uv(self) < 0) {
         Py_DECREF(self);
         return NULL;
     }
@@ -181,6 +183,7 @@ loop_traverse(LoopObject *self, visitproc visit, void *arg)
     Py_VISIT(self->pending_error);
     Py_VISIT(self->thread_id);
     Py_VISIT(self->task_factory);
+    Py_VISIT(self->loop_kwargs);
     Py_VISIT(self->watchers);
     ready_traverse(&self->ready, visit, arg);
     timer_heap_traverse(&self->timers, visit, arg);
@@ -192,6 +195,7 @@ loop_clear(LoopObject *self)
 {
     Py_CLEAR(self->pending_error);
     Py_CLEAR(self->task_factory);
+    Py_CLEAR(self->loop_kwargs);
     ready_clear(&self->ready);
     timer_heap_clear(&self->timers);
     return 0;
@@ -239,9 +243,7 @@ parse_callback_call(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, P
         Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
         for (Py_ssize_t i = 0; i < nkw; i++) {
             PyObject *key = PyTuple_GET_ITEM(kwnames, i);
-            /* Keyword names are almost always interned: try identity first. */
-            if (key != self->state->str_context
-                && (!PyUnicode_Check(key) || PyUnicode_CompareWithASCIIString(key, "context") != 0)) {
+            if (!keyword_is(key, self->state->str_context)) {
                 PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'", name, key);
                 return -1;
             }
@@ -417,12 +419,22 @@ loop_make_handle(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 /* ---- futures and tasks ---- */
 
+/* A new _asyncio.Future(loop=loop). */
+PyObject *
+loop_new_future(LoopObject *loop)
+{
+    if (loop->loop_kwargs != NULL) {
+        return PyObject_Call(loop->state->FutureType, loop->state->empty_tuple, loop->loop_kwargs);
+    }
+    PyObject *argv[2] = {NULL, (PyObject *)loop};
+    return PyObject_Vectorcall(loop->state->FutureType, argv + 1,
+                               0 | PY_VECTORCALL_ARGUMENTS_OFFSET, loop->state->kwnames_loop);
+}
+
 static PyObject *
 loop_create_future(LoopObject *self, PyObject *unused)
 {
-    PyObject *argv[2] = {NULL, (PyObject *)self};
-    return PyObject_Vectorcall(self->state->FutureType, argv + 1,
-                               0 | PY_VECTORCALL_ARGUMENTS_OFFSET, self->state->kwnames_loop);
+    return loop_new_future(self);
 }
 
 static PyObject *
@@ -437,10 +449,10 @@ loop_create_task(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     for (Py_ssize_t i = 0; i < nkw; i++) {
         PyObject *key = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_CompareWithASCIIString(key, "name") == 0) {
+        if (keyword_is(key, self->state->str_name)) {
             name = args[1 + i];
         }
-        else if (PyUnicode_CompareWithASCIIString(key, "context") == 0) {
+        else if (keyword_is(key, self->state->str_context)) {
             context = args[1 + i];
         }
         else {
@@ -466,13 +478,18 @@ loop_create_task(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
     if (check_open(self) < 0) {
         return NULL;
     }
+    if (name == Py_None && context == Py_None && self->loop_kwargs != NULL) {
+        PyObject *task_args = PyTuple_Pack(1, args[0]);
+        if (task_args == NULL) {
+            return NULL;
+        }
+        PyObject *task = PyObject_Call(self->state->TaskType, task_args, self->loop_kwargs);
+        Py_DECREF(task_args);
+        return task;
+    }
     PyObject *argv[5] = {NULL, args[0], (PyObject *)self, name, context};
-    /* Task has no vectorcall: each keyword costs a dict entry, so leave out
-     * the defaults in the common case. */
-    PyObject *kwnames_used = (name == Py_None && context == Py_None)
-        ? self->state->kwnames_loop : self->state->kwnames_task;
     return PyObject_Vectorcall(self->state->TaskType, argv + 1,
-                               1 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames_used);
+                               1 | PY_VECTORCALL_ARGUMENTS_OFFSET, self->state->kwnames_task);
 }
 
 /* ---- running ---- */

@@ -56,6 +56,7 @@ loop_module_exec(PyObject *module)
         ? resolution.tv_sec + resolution.tv_nsec * 1e-9 : 1e-9;
     if (import_asyncio_objects(state) < 0
         || intern(&state->str_context, "context") < 0
+        || intern(&state->str_name, "name") < 0
         || intern(&state->str_report_error, "_report_callback_error") < 0
         || intern(&state->str_slow_callback, "_warn_slow_callback") < 0
         || intern(&state->str_slow_duration, "slow_callback_duration") < 0
@@ -67,7 +68,8 @@ loop_module_exec(PyObject *module)
     }
     state->kwnames_loop = Py_BuildValue("(s)", "loop");
     state->kwnames_task = Py_BuildValue("(sss)", "loop", "name", "context");
-    if (state->kwnames_loop == NULL || state->kwnames_task == NULL) {
+    state->empty_tuple = PyTuple_New(0);
+    if (state->kwnames_loop == NULL || state->kwnames_task == NULL || state->empty_tuple == NULL) {
         return -1;
     }
     if (handles_init_types(module, state) < 0
@@ -117,7 +119,9 @@ loop_module_clear(PyObject *module)
     Py_CLEAR(state->base_create_task);
     Py_CLEAR(state->kwnames_loop);
     Py_CLEAR(state->kwnames_task);
+    Py_CLEAR(state->empty_tuple);
     Py_CLEAR(state->str_context);
+    Py_CLEAR(state->str_name);
     Py_CLEAR(state->str_report_error);
     Py_CLEAR(state->str_slow_callback);
     Py_CLEAR(state->str_slow_duration);

@@ -422,13 +422,6 @@ check_socket(LoopObject *loop, PyObject *sock)
     return 0;
 }
 
-static PyObject *
-new_future(LoopObject *loop)
-{
-    PyObject *argv[2] = {NULL, (PyObject *)loop};
-    return PyObject_Vectorcall(loop->state->FutureType, argv + 1,
-                               0 | PY_VECTORCALL_ARGUMENTS_OFFSET, loop->state->kwnames_loop);
-}
 
 /* Starts operation op on sock with the socket method's arguments (borrowed);
  * `view` (sendall) is moved into the waiter. */
@@ -443,7 +436,7 @@ start(LoopObject *loop, int op, PyObject *sock, PyObject *const *args, Py_ssize_
         return NULL;  /* raised by the coroutine at once, as asyncio does */
     }
     /* connect: asyncio stores the failure in the future (same for the user) */
-    PyObject *fut = new_future(loop);
+    PyObject *fut = loop_new_future(loop);
     if (fut == NULL) {
         Py_XDECREF(result);
         return NULL;
