@@ -138,6 +138,47 @@ prim_fut_set_blocking(PyObject *fut)
     return PyObject_SetAttr(fut, prim_shared.s_blocking, Py_True);
 }
 
+int
+prim_method_is(PyObject *obj, PyObject *name, PyObject *function)
+{
+    if (_PyType_Lookup(Py_TYPE(obj), name) != function) {
+        return 0;
+    }
+    PyObject *found;
+#if PRIM_PY313
+    found = PyObject_GetAttr(obj, name);   /* 3.13 keeps _PyObject_GetMethod internal */
+    if (found == NULL) return -1;
+    int same = PyMethod_Check(found) && PyMethod_GET_FUNCTION(found) == function
+               && PyMethod_GET_SELF(found) == obj;
+#else
+    int unbound = _PyObject_GetMethod(obj, name, &found);  /* no bound method made */
+    if (found == NULL) return -1;
+    int same = unbound && found == function;
+#endif
+    Py_DECREF(found);
+    return same;
+}
+
+/* loop.create_future() for the running loop. asyncio's own loops define it as
+ * `futures.Future(loop=self)`: when neither the loop's class nor the instance
+ * overrides it, that Future is made here, with no arguments (it then takes the
+ * running loop, which is this one). That skips a Python frame and the dict a
+ * keyword argument costs a type without vectorcall. */
+static PyObject *
+new_future(PyObject *loop)
+{
+    prim_shared_t *s = &prim_shared;
+    int plain = s->base_create_future != NULL
+                ? prim_method_is(loop, s->s_create_future, s->base_create_future) : 0;
+    if (plain < 0) return NULL;
+    if (!plain) return PyObject_CallMethodNoArgs(loop, s->s_create_future);
+    PyObject *future_type = PyObject_GetAttr(s->futures_module, s->s_Future);
+    if (future_type == NULL) return NULL;
+    PyObject *fut = PyObject_CallNoArgs(future_type);
+    Py_DECREF(future_type);
+    return fut;
+}
+
 PyObject *
 prim_new_waiter(PyObject *self, PyObject **loop_slot)
 {
@@ -156,7 +197,7 @@ prim_new_waiter(PyObject *self, PyObject **loop_slot)
         PyErr_Format(PyExc_RuntimeError, "%R is bound to a different event loop", self);
         return NULL;
     }
-    PyObject *fut = PyObject_CallMethodNoArgs(loop, prim_shared.s_create_future);
+    PyObject *fut = new_future(loop);
     Py_DECREF(loop);
     return fut;
 }
@@ -818,7 +859,8 @@ prim_shared_init(PyObject *module)
         || intern(&s->s_popleft, "popleft") || intern(&s->s_pop, "pop")
         || intern(&s->s__init, "_init") || intern(&s->s__get, "_get") || intern(&s->s__put, "_put")
         || intern(&s->s_qsize, "qsize") || intern(&s->s_empty, "empty") || intern(&s->s_full, "full")
-        || intern(&s->s__format, "_format") || intern(&s->s_release, "release"))
+        || intern(&s->s__format, "_format") || intern(&s->s_release, "release")
+        || intern(&s->s_Future, "Future"))
         return -1;
     if ((s->CancelledError = prim_import_attr("asyncio", "CancelledError")) == NULL) return -1;
     if ((s->QueueEmpty = prim_import_attr("asyncio", "QueueEmpty")) == NULL) return -1;
@@ -827,6 +869,12 @@ prim_shared_init(PyObject *module)
     if ((s->QueueShutDown = prim_import_attr("asyncio", "QueueShutDown")) == NULL) return -1;
 #endif
     if ((s->get_running_loop = prim_import_attr("asyncio.events", "_get_running_loop")) == NULL) return -1;
+    if ((s->futures_module = PyImport_ImportModule("asyncio.futures")) == NULL) return -1;
+    PyObject *base_loop = prim_import_attr("asyncio.base_events", "BaseEventLoop");
+    if (base_loop == NULL) return -1;
+    s->base_create_future = _PyType_Lookup((PyTypeObject *)base_loop, s->s_create_future);
+    Py_XINCREF(s->base_create_future);   /* NULL: no fast path */
+    Py_DECREF(base_loop);
     if ((s->deque_type = prim_import_attr("collections", "deque")) == NULL) return -1;
     if ((s->deque_append = PyObject_GetAttrString(s->deque_type, "append")) == NULL) return -1;
     if ((s->deque_popleft = PyObject_GetAttrString(s->deque_type, "popleft")) == NULL) return -1;

@@ -36,6 +36,8 @@ typedef struct {
     PyObject *QueueFull;
     PyObject *QueueShutDown;      /* NULL before 3.13 */
     PyObject *get_running_loop;   /* asyncio.events._get_running_loop */
+    PyObject *base_create_future; /* asyncio.BaseEventLoop.create_future (the function) */
+    PyObject *futures_module;     /* asyncio.futures */
     PyObject *deque_type;         /* collections.deque */
     PyObject *deque_append;       /* deque.append (method descriptor) */
     PyObject *deque_popleft;      /* deque.popleft */
@@ -53,7 +55,7 @@ typedef struct {
     PyObject *s_done, *s_cancelled, *s_set_result, *s_cancel, *s_result,
              *s_create_future, *s_blocking, *s_append, *s_popleft, *s_pop,
              *s__init, *s__get, *s__put, *s_qsize, *s_empty, *s_full,
-             *s__format, *s_release;
+             *s__format, *s_release, *s_Future;
 } prim_shared_t;
 
 extern prim_shared_t prim_shared;
@@ -68,6 +70,9 @@ int prim_short_tp_name(PyTypeObject *type);
 
 /* ---- exceptions held as objects (normalised, traceback attached) ---- */
 PyObject *prim_import_attr(const char *mod, const char *name);  /* new ref to mod.name */
+/* 1 when obj.name is `function` bound to obj: neither obj's class nor obj
+ * itself overrides it; 0 otherwise; -1 with an exception set. */
+int prim_method_is(PyObject *obj, PyObject *name, PyObject *function);
 PyObject *prim_exc_fetch(void);          /* takes the raised exception, NULL if none */
 void prim_exc_restore(PyObject *exc);    /* steals exc and raises it */
 
