@@ -11,7 +11,11 @@ import asyncio
 import gc
 import sys
 
+from typing import Any
+
 import pytest
+
+import pyasync_c
 
 PY313 = sys.version_info >= (3, 13)
 
@@ -380,6 +384,60 @@ def test_bound_to_first_waiting_loop(prims, loop_factory):
 
     with asyncio.Runner(loop_factory=loop_factory) as r:
         assert r.run(fast()) is True
+
+
+def blocked_waiter_future(prims):
+    """A coroutine function: a task blocks on a Semaphore(0), and the future it
+    waits on (Task._fut_waiter) is returned once the permit has come."""
+    async def main():
+        sem = prims.Semaphore(0)
+        task = asyncio.create_task(sem.acquire())
+        await spin()
+        fut = task._fut_waiter
+        sem.release()
+        assert await task is True
+        return fut
+    return main
+
+
+def test_waiter_future_belongs_to_the_running_loop(run, prims):
+    async def main():
+        fut = await blocked_waiter_future(prims)()
+        return isinstance(fut, asyncio.Future), fut.get_loop() is asyncio.get_running_loop()
+    assert run(main()) == (True, True)
+
+
+def test_waiters_come_from_an_overridden_create_future(prims, loop_name):
+    made: list[Any] = []
+
+    base = {"stdlib": asyncio.SelectorEventLoop, "pyasync_c": pyasync_c.Loop}[loop_name]
+
+    class Loop(base):  # type: ignore[misc, valid-type]
+        def create_future(self):
+            made.append(super().create_future())
+            return made[-1]
+
+    with asyncio.Runner(loop_factory=Loop) as runner:
+        fut = runner.run(blocked_waiter_future(prims)())
+    assert fut in made
+
+
+def test_waiters_come_from_create_future_set_on_the_instance(run, prims):
+    made: list[Any] = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        orig = loop.create_future
+
+        def spy():
+            made.append(orig())
+            return made[-1]
+        loop.create_future = spy  # type: ignore[method-assign]
+        try:
+            return await blocked_waiter_future(prims)()
+        finally:
+            del loop.create_future
+    assert run(main()) in made
 
 
 # --------------------------------------------------------------------------- Lock
