@@ -7,6 +7,7 @@ asserts the outcome asyncio.gather has on the running Python version.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import sys
 import warnings
@@ -554,6 +555,84 @@ def test_children_made_by_create_task_set_on_the_instance(run: Run, prims) -> No
             del loop.create_task
     assert run(main()) == [1, 2]
     assert len(made) == 2
+
+
+def test_task_factory_set_by_an_argument_between_children(run: Run, prims) -> None:
+    """User code run for one argument (here its __hash__) between coroutine
+    children: the children after it see the loop as it is then."""
+    made: list[str] = []
+
+    def factory(loop, coro, **kwargs):
+        made.append(coro.__name__)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    class SetsFactory(Awaitable):
+        def __hash__(self) -> int:
+            asyncio.get_running_loop().set_task_factory(factory)
+            return object.__hash__(self)
+
+    async def main():
+        try:
+            return await prims.gather(value_after(1), value_after(2), SetsFactory(3),
+                                      value_after(4), value_after(5))
+        finally:
+            asyncio.get_running_loop().set_task_factory(None)
+    assert run(main()) == [1, 2, 3, 4, 5]
+    assert made == ["_wrap_awaitable", "value_after", "value_after"]
+
+
+def test_task_factory_set_while_a_child_is_made(run: Run, prims) -> None:
+    """A call_soon set on the loop instance runs while each child Task is
+    made: what it changes applies to the next child."""
+    made: list[str] = []
+
+    def factory(loop, coro, **kwargs):
+        made.append(coro.__name__)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        orig = loop.call_soon
+
+        def call_soon(*args, **kwargs):
+            loop.set_task_factory(factory)
+            return orig(*args, **kwargs)
+        loop.call_soon = call_soon  # type: ignore[method-assign]
+        try:
+            return await prims.gather(value_after(1), value_after(2), value_after(3))
+        finally:
+            del loop.call_soon
+            loop.set_task_factory(None)
+    assert run(main()) == [1, 2, 3]
+    assert made == ["value_after", "value_after"]
+
+
+def test_child_callbacks_run_in_the_context_of_their_time(run: Run, prims) -> None:
+    """Each child's done callback gets the context as it is when that child
+    is added, also when an argument changes it in between."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="before")
+
+    class SetsVar(Awaitable):
+        def __hash__(self) -> int:
+            var.set("after")
+            return object.__hash__(self)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        outer = prims.gather(value_after(1), fut, value_after(2), SetsVar(3),
+                             value_after(4), fut, loop.create_future())
+        seen = [[ctx.run(var.get) for _cb, ctx in child._callbacks]
+                for child in outer._children]
+        for child in outer._children:
+            if not child.done():
+                child.cancel()
+        await asyncio.gather(outer, return_exceptions=True)
+        return seen, var.get()
+    seen, value = run(main())
+    assert seen == [["before"], ["before"], ["before"], ["after"], ["after"], ["before"],
+                    ["after"]]
+    assert value == "after"
 
 
 def test_debug_children_have_a_source_traceback(run: Run, prims) -> None:

@@ -46,6 +46,7 @@ enum {
     S_set_result, S_call_soon, S_return_exceptions, S__asyncio_future_blocking,
     S_ensure_future, S_get_event_loop, S_loop, S_msg,
     S__check_closed, S__closed, S__task_factory, S__debug, S_Task,
+    S__call_soon, S_get_debug, S__ready, S_Handle, S_events, S_context,
     S__COUNT
 };
 
@@ -61,6 +62,7 @@ static const char *const name_strs[S__COUNT] = {
 #endif
     "loop", "msg",
     "_check_closed", "_closed", "_task_factory", "_debug", "Task",
+    "_call_soon", "get_debug", "_ready", "Handle", "events", "context",
 };
 
 /* Methods of _asyncio.Future/Task called on children; cached as unbound
@@ -82,11 +84,18 @@ typedef struct {
     PyObject *tasks_mod;         /* asyncio.tasks */
     PyObject *base_create_task;  /* BaseEventLoop.create_task (function) */
     PyObject *base_check_closed; /* BaseEventLoop._check_closed (function) */
+    PyObject *base_call_soon;    /* BaseEventLoop.call_soon (function) */
+    PyObject *base__call_soon;   /* BaseEventLoop._call_soon (function) */
+    PyObject *base_get_debug;    /* BaseEventLoop.get_debug (function) */
+    PyObject *base_events_mod;   /* asyncio.base_events */
+    PyObject *handle_type;       /* asyncio.events.Handle */
+    PyObject *deque_type;        /* collections.deque */
     PyObject *m_done;            /* Future.done (method descriptor) */
     PyObject *m_set_result;
     PyObject *m_set_exception;
     PyObject *kw_msg;            /* ("msg",) */
     PyObject *kw_loop;           /* ("loop",) */
+    PyObject *kw_context;        /* ("context",) */
     PyObject *empty_tuple;
     PyObject *s[S__COUNT];
     PyObject *fut_m[M__COUNT];   /* _asyncio.Future.<method> */
@@ -542,16 +551,132 @@ attr_is(PyObject *obj, PyObject *name, PyObject *expected)
     return r;
 }
 
+/* What one gather() call carries from one child to the next.
+ *
+ * For asyncio's own loops, gather(*coros) would repeat the same checks for
+ * every child (is create_task BaseEventLoop's, is the loop open, no task
+ * factory, no debug, is tasks.Task the C Task) and copy the same current
+ * context for every child's done callback. Both answers can only change
+ * when Python code that is not asyncio's own runs, so they are worked out
+ * once and reused for as long as none can have run since:
+ * - `kw` (with `loop`) is set once loop_cacheable() said yes. From then on
+ *   each coroutine child is tasks.Task(coro, loop=loop) made straight from
+ *   `kw`. Making that Task runs only asyncio's code: _asyncio.Task.__init__
+ *   calls loop.get_debug() and loop.call_soon() (-> _check_closed,
+ *   _call_soon, events.Handle, self._ready.append), and loop_cacheable()
+ *   checked that each of these is asyncio's unmodified one, that the loop's
+ *   attributes are read without user code (generic getattr, no class-level
+ *   descriptors) and that the loop is open, without factory and debug.
+ * - `ctx` is one copy of the current context shared by the done callbacks
+ *   of "trusted" children: exact C Futures/Tasks given as arguments and the
+ *   Tasks made from `kw`. Nothing run for them is user code, so the current
+ *   context cannot change between their add_done_callback() calls, and the
+ *   callback (child_done, our C code) calls only C methods of C futures
+ *   until the last child finishes; nothing else ever runs in that context.
+ * - Any other argument (a future-like, an awaitable, a subclass instance)
+ *   may run user code (its __hash__/__eq__ in arg_to_fut, its methods, a
+ *   task factory, an overridden create_task...): it drops both, and since
+ *   its key now sits in arg_to_fut, where later lookups may call its
+ *   __eq__, `trusted` turns off and nothing is cached for the rest of the
+ *   call: every later child is checked again as before.
+ * Code that may run at any moment (other threads, signal handlers, GC
+ * finalizers) is not ordered against the children: running it after the
+ * gather() call is one of the schedules stdlib allows too. Replacing
+ * asyncio's own classes' methods (Handle.__init__, Task) is not covered. */
+typedef struct {
+    PyObject *loop;   /* the loop `kw` was checked for */
+    PyObject *kw;     /* {'loop': loop} */
+    PyObject *ctx;    /* context copy for the callbacks of trusted children */
+    char trusted;     /* no key in arg_to_fut can run Python code */
+    char refused;     /* loop_cacheable() said no: not asked again this call */
+    char fresh;       /* set by create_task(): the child is a Task made from kw */
+} ChildCache;
+
+static void
+cache_drop(ChildCache *c)
+{
+    Py_CLEAR(c->loop);
+    Py_CLEAR(c->kw);
+    Py_CLEAR(c->ctx);
+}
+
+/* loop.<name> is the bound method of asyncio's `fn` (not shadowed on the
+ * instance or overridden in a subclass). */
+static int
+method_is(PyObject *loop, PyObject *name, PyObject *fn)
+{
+    PyObject *meth = PyObject_GetAttr(loop, name);
+    if (meth == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    int r = PyMethod_Check(meth) && PyMethod_GET_FUNCTION(meth) == fn
+            && PyMethod_GET_SELF(meth) == loop;
+    Py_DECREF(meth);
+    return r;
+}
+
+/* Whether tasks.Task(coro, loop=loop) may stand for loop.create_task(coro)
+ * for all the coroutine children of one gather() call (see ChildCache). */
+static int
+loop_cacheable(GatherState *st, PyObject *loop)
+{
+    PyTypeObject *tp = Py_TYPE(loop);
+    if (tp->tp_getattro != PyObject_GenericGetAttr) return 0;
+    /* plain instance attributes, no descriptor of the class runs for them */
+    static const int data_attrs[] = {S__closed, S__task_factory, S__debug, S__ready};
+    for (size_t i = 0; i < sizeof data_attrs / sizeof data_attrs[0]; i++) {
+        if (_PyType_Lookup(tp, st->s[data_attrs[i]]) != NULL) return 0;
+    }
+    int r;
+    if ((r = method_is(loop, st->s[S_create_task], st->base_create_task)) <= 0) return r;
+    if ((r = method_is(loop, st->s[S__check_closed], st->base_check_closed)) <= 0) return r;
+    if ((r = method_is(loop, st->s[S_call_soon], st->base_call_soon)) <= 0) return r;
+    if ((r = method_is(loop, st->s[S__call_soon], st->base__call_soon)) <= 0) return r;
+    if ((r = method_is(loop, st->s[S_get_debug], st->base_get_debug)) <= 0) return r;
+    if ((r = attr_is(loop, st->s[S__closed], Py_False)) <= 0) return r;
+    if ((r = attr_is(loop, st->s[S__task_factory], Py_None)) <= 0) return r;
+    if ((r = attr_is(loop, st->s[S__debug], Py_False)) <= 0) return r;
+    PyObject *v = PyObject_GetAttr(loop, st->s[S__ready]);
+    if (v == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    r = (PyObject *)Py_TYPE(v) == st->deque_type;
+    Py_DECREF(v);
+    if (!r) return 0;
+    if ((r = attr_is(st->tasks_mod, st->s[S_Task], (PyObject *)st->task_type)) <= 0) return r;
+    if ((r = attr_is(st->base_events_mod, st->s[S_events], st->events_mod)) <= 0) return r;
+    return attr_is(st->events_mod, st->s[S_Handle], st->handle_type);
+}
+
+/* tasks.Task(coro, loop=loop) with the {'loop': loop} of the cache: calling
+ * the type with a ready dict saves building one per child. */
+static PyObject *
+task_from_cache(GatherState *st, ChildCache *cache, PyObject *coro)
+{
+    PyObject *args = PyTuple_Pack(1, coro);
+    if (args == NULL) return NULL;
+    PyObject *task = PyObject_Call((PyObject *)st->task_type, args, cache->kw);
+    Py_DECREF(args);
+    if (task != NULL) cache->fresh = 1;
+    return task;
+}
+
 /* loop.create_task(coro). When the loop's create_task is asyncio's
  * BaseEventLoop one (the stdlib loops; not overridden by the class or the
  * instance), its _check_closed too, and the loop is open, has no task
  * factory and no debug mode, that method does nothing but
  * `tasks.Task(coro, loop=loop)`: call that directly and save a Python frame
  * per child. Anything else (closed, factory, debug, overridden methods,
- * other loops) goes through the method itself. */
+ * other loops) goes through the method itself. The stricter check of
+ * loop_cacheable() lets the following children skip the check. */
 static PyObject *
-create_task(GatherState *st, PyObject *loop, PyObject *coro)
+create_task(GatherState *st, PyObject *loop, PyObject *coro, ChildCache *cache)
 {
+    if (cache->kw != NULL && cache->loop == loop) return task_from_cache(st, cache, coro);
     if (_PyType_Lookup(Py_TYPE(loop), st->s[S_create_task]) != st->base_create_task) {
         return call1(loop, st->s[S_create_task], coro);  /* another loop (no bound method made) */
     }
@@ -563,6 +688,26 @@ create_task(GatherState *st, PyObject *loop, PyObject *coro)
         int plain = attr_is(loop, st->s[S__closed], Py_False);
         if (plain > 0) plain = attr_is(loop, st->s[S__task_factory], Py_None);
         if (plain > 0) plain = attr_is(loop, st->s[S__debug], Py_False);
+        if (plain > 0 && cache->trusted && cache->kw == NULL && !cache->refused) {
+            int ok = loop_cacheable(st, loop);
+            if (ok < 0) {
+                Py_DECREF(meth);
+                return NULL;
+            }
+            cache->refused = !ok;
+            if (ok) {
+                Py_DECREF(meth);
+                PyObject *kw = PyDict_New();
+                if (kw == NULL) return NULL;
+                if (PyDict_SetItem(kw, st->s[S_loop], loop) < 0) {
+                    Py_DECREF(kw);
+                    return NULL;
+                }
+                cache->kw = kw;
+                Py_XSETREF(cache->loop, Py_NewRef(loop));
+                return task_from_cache(st, cache, coro);
+            }
+        }
         if (plain < 0) {
             Py_DECREF(meth);
             return NULL;
@@ -585,7 +730,8 @@ create_task(GatherState *st, PyObject *loop, PyObject *coro)
 /* ensure_future(arg, loop=loop) with asyncio's rules; loop may be NULL.
  * Sets *scheduled when something may have been queued on the loop. */
 static PyObject *
-ensure_child(GatherState *st, PyObject *arg, PyObject *loop, int *scheduled)
+ensure_child(GatherState *st, PyObject *arg, PyObject *loop, int *scheduled,
+             ChildCache *cache)
 {
     if (is_c_future(st, arg)) {
         if (loop != NULL) {
@@ -605,7 +751,7 @@ ensure_child(GatherState *st, PyObject *arg, PyObject *loop, int *scheduled)
     if (PyCoro_CheckExact(arg)) {
         PyObject *l = loop != NULL ? Py_NewRef(loop) : default_loop(st);
         if (l == NULL) return NULL;
-        PyObject *task = create_task(st, l, arg);
+        PyObject *task = create_task(st, l, arg, cache);
         Py_DECREF(l);
         if (task == NULL && PyErr_ExceptionMatches(PyExc_RuntimeError)) {
             PyObject *exc = prim_exc_fetch();
@@ -630,6 +776,29 @@ ensure_child(GatherState *st, PyObject *arg, PyObject *loop, int *scheduled)
     PyObject *r = PyObject_Vectorcall(fn, args, 1, st->kw_loop);
     Py_DECREF(fn);
     return r;
+}
+
+/* fut.add_done_callback(cb). A trusted child (cache != NULL) gets the
+ * cache's context copy, made at the first of them, instead of a copy of
+ * its own (see ChildCache). */
+static int
+add_callback(GatherState *st, PyObject *fut, PyObject *cb, ChildCache *cache)
+{
+    PyObject *r;
+    PyTypeObject *tp = Py_TYPE(fut);
+    if (cache != NULL && (tp == st->task_type || tp == st->future_type)) {
+        if (cache->ctx == NULL && (cache->ctx = PyContext_CopyCurrent()) == NULL) return -1;
+        PyObject *args[3] = {fut, cb, cache->ctx};
+        PyObject *m = tp == st->task_type ? st->task_m[M_add_done_callback]
+                                          : st->fut_m[M_add_done_callback];
+        r = PyObject_Vectorcall(m, args, 2, st->kw_context);
+    }
+    else {
+        r = mcall1(st, fut, M_add_done_callback, cb);
+    }
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -687,6 +856,7 @@ gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
     PyObject *arg_to_fut = PyDict_New();
     PyObject *cb = PyCFunction_NewEx(&child_done_def, outer, NULL);
     PyObject *loop = NULL;
+    ChildCache cache = {.trusted = 1};
 #if PY312
     PyObject *done_futs = NULL;
 #else
@@ -696,6 +866,12 @@ gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
 
     for (Py_ssize_t i = 0; i < nargs; i++) {
         PyObject *arg = args[i];
+        int c_arg = is_c_future(st, arg);
+        if (!c_arg && !PyCoro_CheckExact(arg) && cache.trusted) {
+            /* its __hash__/__eq__ may run right below (see ChildCache) */
+            cache.trusted = 0;
+            cache_drop(&cache);
+        }
         PyObject *fut = PyDict_GetItemWithError(arg_to_fut, arg);
         if (fut != NULL) {
             Py_INCREF(fut);
@@ -703,8 +879,12 @@ gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
         else {
             if (PyErr_Occurred()) goto error;
             int scheduled = 0;
-            fut = ensure_child(st, arg, loop, &scheduled);
+            cache.fresh = 0;
+            fut = ensure_child(st, arg, loop, &scheduled, &cache);
             if (fut == NULL) goto error;
+            /* Nothing but C code and asyncio's own ran for this child. */
+            int trusted = cache.trusted && (c_arg || cache.fresh);
+            if (!trusted) Py_CLEAR(cache.ctx);
 #if !PY312
             if (scheduled) Py_CLEAR(batch);
 #endif
@@ -718,21 +898,20 @@ gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
             d->nfuts++;
             if (PyDict_SetItem(arg_to_fut, arg, fut) < 0) goto error_fut;
 #if PY312
-            int done = mcall_truth(st, fut, M_done);
+            /* a Task just made (not eagerly) is pending */
+            int done = cache.fresh ? 0 : mcall_truth(st, fut, M_done);
             if (done < 0) goto error_fut;
             if (done) {
                 if (done_futs == NULL && (done_futs = PyList_New(0)) == NULL)
                     goto error_fut;
                 if (PyList_Append(done_futs, fut) < 0) goto error_fut;
             }
-            else {
-                PyObject *r = mcall1(st, fut, M_add_done_callback, cb);
-                if (r == NULL) goto error_fut;
-                Py_DECREF(r);
+            else if (add_callback(st, fut, cb, trusted ? &cache : NULL) < 0) {
+                goto error_fut;
             }
 #else
             int done = 0;
-            if (is_c_future(st, fut)) {
+            if (!cache.fresh && is_c_future(st, fut)) {
                 done = mcall_truth(st, fut, M_done);
                 if (done < 0) goto error_fut;
             }
@@ -755,6 +934,8 @@ gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
                     }
                     PyObject *r = call1(loop, st->s[S_call_soon], bcb);
                     Py_DECREF(bcb);
+                    /* asyncio's own call_soon if the cache holds (checked) */
+                    if (cache.kw == NULL || cache.loop != loop) Py_CLEAR(cache.ctx);
                     if (r == NULL) {
                         Py_DECREF(futs);
                         goto error_fut;
@@ -766,11 +947,10 @@ gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
             }
             else {
                 Py_CLEAR(batch);
-                PyObject *r = mcall1(st, fut, M_add_done_callback, cb);
-                if (r == NULL) goto error_fut;
-                Py_DECREF(r);
+                if (add_callback(st, fut, cb, trusted ? &cache : NULL) < 0) goto error_fut;
             }
 #endif
+            if (!trusted) Py_CLEAR(cache.ctx);
         }
         int rc = PyList_Append(d->children, fut);
         Py_DECREF(fut);
@@ -794,6 +974,7 @@ gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
         if (rc < 0) goto error;
     }
     d->ready = 1;
+    cache_drop(&cache);
     Py_DECREF(arg_to_fut);
     Py_DECREF(cb);
     Py_DECREF(loop);
@@ -823,6 +1004,7 @@ error:
 #else
     Py_XDECREF(batch);
 #endif
+    cache_drop(&cache);
     Py_XDECREF(loop);
     Py_XDECREF(cb);
     Py_XDECREF(arg_to_fut);
@@ -854,6 +1036,12 @@ state_traverse(PyObject *holder, visitproc visit, void *arg)
     Py_VISIT(st->tasks_mod);
     Py_VISIT(st->base_create_task);
     Py_VISIT(st->base_check_closed);
+    Py_VISIT(st->base_call_soon);
+    Py_VISIT(st->base__call_soon);
+    Py_VISIT(st->base_get_debug);
+    Py_VISIT(st->base_events_mod);
+    Py_VISIT(st->handle_type);
+    Py_VISIT(st->deque_type);
     Py_VISIT(st->m_done);
     Py_VISIT(st->m_set_result);
     Py_VISIT(st->m_set_exception);
@@ -878,6 +1066,12 @@ state_clear(PyObject *holder)
     Py_CLEAR(st->tasks_mod);
     Py_CLEAR(st->base_create_task);
     Py_CLEAR(st->base_check_closed);
+    Py_CLEAR(st->base_call_soon);
+    Py_CLEAR(st->base__call_soon);
+    Py_CLEAR(st->base_get_debug);
+    Py_CLEAR(st->base_events_mod);
+    Py_CLEAR(st->handle_type);
+    Py_CLEAR(st->deque_type);
     Py_CLEAR(st->m_done);
     Py_CLEAR(st->m_set_result);
     Py_CLEAR(st->m_set_exception);
@@ -896,6 +1090,7 @@ state_free(void *holder)
     (void)state_clear((PyObject *)holder);
     Py_CLEAR(st->kw_msg);
     Py_CLEAR(st->kw_loop);
+    Py_CLEAR(st->kw_context);
     Py_CLEAR(st->empty_tuple);
     for (int i = 0; i < S__COUNT; i++) Py_CLEAR(st->s[i]);
 }
@@ -923,6 +1118,7 @@ state_fill(GatherState *st, PyObject *module)
     }
     if ((st->kw_msg = PyTuple_Pack(1, st->s[S_msg])) == NULL) return -1;
     if ((st->kw_loop = PyTuple_Pack(1, st->s[S_loop])) == NULL) return -1;
+    if ((st->kw_context = PyTuple_Pack(1, st->s[S_context])) == NULL) return -1;
     if ((st->empty_tuple = PyTuple_New(0)) == NULL) return -1;
 
     st->future_type = (PyTypeObject *)prim_import_attr("_asyncio", "Future");
@@ -943,8 +1139,19 @@ state_fill(GatherState *st, PyObject *module)
     if (base_loop == NULL) return -1;
     st->base_create_task = PyObject_GetAttr(base_loop, st->s[S_create_task]);
     st->base_check_closed = PyObject_GetAttr(base_loop, st->s[S__check_closed]);
+    st->base_call_soon = PyObject_GetAttr(base_loop, st->s[S_call_soon]);
+    st->base__call_soon = PyObject_GetAttr(base_loop, st->s[S__call_soon]);
+    st->base_get_debug = PyObject_GetAttr(base_loop, st->s[S_get_debug]);
     Py_DECREF(base_loop);
-    if (st->base_create_task == NULL || st->base_check_closed == NULL) return -1;
+    if (st->base_create_task == NULL || st->base_check_closed == NULL
+        || st->base_call_soon == NULL || st->base__call_soon == NULL
+        || st->base_get_debug == NULL)
+        return -1;
+    if ((st->base_events_mod = PyImport_ImportModule("asyncio.base_events")) == NULL)
+        return -1;
+    if ((st->handle_type = PyObject_GetAttr(st->events_mod, st->s[S_Handle])) == NULL)
+        return -1;
+    if ((st->deque_type = prim_import_attr("collections", "deque")) == NULL) return -1;
     for (int m = 0; m < M__COUNT; m++) {
         st->fut_m[m] = PyObject_GetAttr((PyObject *)st->future_type, st->s[method_names[m]]);
         if (st->fut_m[m] == NULL) return -1;
