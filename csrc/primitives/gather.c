@@ -154,6 +154,13 @@ call1(PyObject *obj, PyObject *name, PyObject *arg)
     return PyObject_VectorcallMethod(name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
+static inline int
+is_c_future(GatherState *st, PyObject *obj)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    return tp == st->future_type || tp == st->task_type;
+}
+
 /* obj.<method>(), straight through the cached descriptor for exact C
  * Futures/Tasks. */
 static inline PyObject *
@@ -271,6 +278,15 @@ child_done_impl(PyObject *outer, PyObject *fut)
         PyObject *child = Py_NewRef(PyList_GET_ITEM(children, i));
         Py_XSETREF(last, child);
         PyObject *res;
+        if (!d->return_exceptions && is_c_future(st, child)) {
+            /* Checked as it finished: neither cancelled nor failed (else the
+             * outer would be done already), and a done future never changes,
+             * so cancelled()/exception() would only repeat the answer. */
+            res = mcall0(st, child, M_result);
+            if (res == NULL) goto error;
+            PyList_SET_ITEM(results, i, res);
+            continue;
+        }
         c = mcall_truth(st, child, M_cancelled);
         if (c < 0) goto error;
         if (c) {
@@ -508,13 +524,6 @@ default_loop(GatherState *st)
     loop = PyObject_CallNoArgs(fn);
     Py_DECREF(fn);
     return loop;
-}
-
-static inline int
-is_c_future(GatherState *st, PyObject *obj)
-{
-    PyTypeObject *tp = Py_TYPE(obj);
-    return tp == st->future_type || tp == st->task_type;
 }
 
 /* futures._get_loop(fut) */
@@ -852,8 +861,12 @@ gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
     GatherData *d = GD(outer);
     d->state = Py_NewRef(self);
     d->return_exceptions = (char)return_exceptions;
-    d->children = PyList_New(0);
-    PyObject *arg_to_fut = PyDict_New();
+    /* Room for every child up front: the list stays empty (no NULL items
+     * visible) and the appends below never reallocate; the same for the
+     * dict of distinct arguments. */
+    d->children = PyList_New(nargs);
+    if (d->children != NULL) Py_SET_SIZE(d->children, 0);
+    PyObject *arg_to_fut = _PyDict_NewPresized(nargs);
     PyObject *cb = PyCFunction_NewEx(&child_done_def, outer, NULL);
     PyObject *loop = NULL;
     ChildCache cache = {.trusted = 1};
