@@ -148,8 +148,15 @@ prim_method_is(PyObject *obj, PyObject *name, PyObject *function)
 #if PRIM_PY313
     found = PyObject_GetAttr(obj, name);   /* 3.13 keeps _PyObject_GetMethod internal */
     if (found == NULL) return -1;
-    int same = PyMethod_Check(found) && PyMethod_GET_FUNCTION(found) == function
-               && PyMethod_GET_SELF(found) == obj;
+    int same;
+    if (PyMethod_Check(found)) {          /* a Python function, bound */
+        same = PyMethod_GET_FUNCTION(found) == function && PyMethod_GET_SELF(found) == obj;
+    }
+    else {                                /* a C method descriptor, bound */
+        same = PyCFunction_Check(found) && PyCFunction_GET_SELF(found) == obj
+               && Py_IS_TYPE(function, &PyMethodDescr_Type)
+               && ((PyCFunctionObject *)found)->m_ml == ((PyMethodDescrObject *)function)->d_method;
+    }
 #else
     int unbound = _PyObject_GetMethod(obj, name, &found);  /* no bound method made */
     if (found == NULL) return -1;
@@ -159,11 +166,40 @@ prim_method_is(PyObject *obj, PyObject *name, PyObject *function)
     return same;
 }
 
-/* loop.create_future() for the running loop. asyncio's own loops define it as
- * `futures.Future(loop=self)`: when neither the loop's class nor the instance
- * overrides it, that Future is made here, with no arguments (it then takes the
- * running loop, which is this one). That skips a Python frame and the dict a
- * keyword argument costs a type without vectorcall. */
+/* pyasync_c's own LoopCore.create_future, once pyasync_c._loop is loaded
+ * (a pyasync_c loop cannot exist before); NULL until then. */
+static PyObject *
+own_create_future(void)
+{
+    prim_shared_t *s = &prim_shared;
+    if (s->own_create_future == NULL) {
+        PyObject *module = PyImport_GetModule(s->s_loop_module);
+        if (module == NULL) {
+            PyErr_Clear();
+            return NULL;
+        }
+        PyObject *core = PyObject_GetAttrString(module, "LoopCore");
+        Py_DECREF(module);
+        if (core == NULL) {
+            PyErr_Clear();
+            return NULL;
+        }
+        if (PyType_Check(core)) {
+            s->own_create_future = Py_XNewRef(_PyType_Lookup((PyTypeObject *)core, s->s_create_future));
+        }
+        Py_DECREF(core);
+    }
+    return s->own_create_future;
+}
+
+/* loop.create_future() for the running loop, made here when the loop's is
+ * one whose effect is known, overridden neither by the loop's class nor by
+ * the instance. The Future then gets no arguments: it takes the running loop,
+ * which is this one. That skips the method call and the dict a keyword
+ * argument costs a type without vectorcall.
+ * - asyncio's BaseEventLoop.create_future: `futures.Future(loop=self)` (a
+ *   Python frame saved too);
+ * - pyasync_c's LoopCore.create_future: `_asyncio.Future(loop=self)`. */
 static PyObject *
 new_future(PyObject *loop)
 {
@@ -171,12 +207,20 @@ new_future(PyObject *loop)
     int plain = s->base_create_future != NULL
                 ? prim_method_is(loop, s->s_create_future, s->base_create_future) : 0;
     if (plain < 0) return NULL;
-    if (!plain) return PyObject_CallMethodNoArgs(loop, s->s_create_future);
-    PyObject *future_type = PyObject_GetAttr(s->futures_module, s->s_Future);
-    if (future_type == NULL) return NULL;
-    PyObject *fut = PyObject_CallNoArgs(future_type);
-    Py_DECREF(future_type);
-    return fut;
+    if (plain) {
+        PyObject *future_type = PyObject_GetAttr(s->futures_module, s->s_Future);
+        if (future_type == NULL) return NULL;
+        PyObject *fut = PyObject_CallNoArgs(future_type);
+        Py_DECREF(future_type);
+        return fut;
+    }
+    PyObject *own = s->CFutureType != NULL ? own_create_future() : NULL;
+    if (own != NULL) {
+        plain = prim_method_is(loop, s->s_create_future, own);
+        if (plain < 0) return NULL;
+        if (plain) return PyObject_CallNoArgs((PyObject *)s->CFutureType);
+    }
+    return PyObject_CallMethodNoArgs(loop, s->s_create_future);
 }
 
 PyObject *
@@ -860,7 +904,7 @@ prim_shared_init(PyObject *module)
         || intern(&s->s__init, "_init") || intern(&s->s__get, "_get") || intern(&s->s__put, "_put")
         || intern(&s->s_qsize, "qsize") || intern(&s->s_empty, "empty") || intern(&s->s_full, "full")
         || intern(&s->s__format, "_format") || intern(&s->s_release, "release")
-        || intern(&s->s_Future, "Future"))
+        || intern(&s->s_Future, "Future") || intern(&s->s_loop_module, "pyasync_c._loop"))
         return -1;
     if ((s->CancelledError = prim_import_attr("asyncio", "CancelledError")) == NULL) return -1;
     if ((s->QueueEmpty = prim_import_attr("asyncio", "QueueEmpty")) == NULL) return -1;

@@ -38,6 +38,8 @@ typedef struct {
     PyObject *get_running_loop;   /* asyncio.events._get_running_loop */
     PyObject *base_create_future; /* asyncio.BaseEventLoop.create_future (the function) */
     PyObject *futures_module;     /* asyncio.futures */
+    PyObject *own_create_future;  /* pyasync_c._loop.LoopCore.create_future (method descriptor),
+                                   * looked up once that module is loaded; NULL before */
     PyObject *deque_type;         /* collections.deque */
     PyObject *deque_append;       /* deque.append (method descriptor) */
     PyObject *deque_popleft;      /* deque.popleft */
@@ -55,7 +57,7 @@ typedef struct {
     PyObject *s_done, *s_cancelled, *s_set_result, *s_cancel, *s_result,
              *s_create_future, *s_blocking, *s_append, *s_popleft, *s_pop,
              *s__init, *s__get, *s__put, *s_qsize, *s_empty, *s_full,
-             *s__format, *s_release, *s_Future;
+             *s__format, *s_release, *s_Future, *s_loop_module;
 } prim_shared_t;
 
 extern prim_shared_t prim_shared;
