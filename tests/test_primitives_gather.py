@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import pytest
 
+import pyasync_c
+
 PY312 = sys.version_info >= (3, 12)
 
 Run = Callable[..., Any]
@@ -523,10 +525,11 @@ def test_children_made_by_the_task_factory(run: Run, prims) -> None:
     assert made[:2] == ["value_after", "value_after"]
 
 
-def test_children_made_by_an_overridden_create_task(prims) -> None:
+def test_children_made_by_an_overridden_create_task(prims, loop_name: str) -> None:
     made: list[Any] = []
+    base = {"stdlib": asyncio.SelectorEventLoop, "pyasync_c": pyasync_c.Loop}[loop_name]
 
-    class Loop(asyncio.SelectorEventLoop):
+    class Loop(base):  # type: ignore[misc, valid-type]
         def create_task(self, coro, **kwargs):
             made.append(coro.__name__)
             return super().create_task(coro, **kwargs)

@@ -609,23 +609,6 @@ cache_drop(ChildCache *c)
     Py_CLEAR(c->ctx);
 }
 
-/* loop.<name> is the bound method of asyncio's `fn` (not shadowed on the
- * instance or overridden in a subclass). */
-static int
-method_is(PyObject *loop, PyObject *name, PyObject *fn)
-{
-    PyObject *meth = PyObject_GetAttr(loop, name);
-    if (meth == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
-        PyErr_Clear();
-        return 0;
-    }
-    int r = PyMethod_Check(meth) && PyMethod_GET_FUNCTION(meth) == fn
-            && PyMethod_GET_SELF(meth) == loop;
-    Py_DECREF(meth);
-    return r;
-}
-
 /* Whether tasks.Task(coro, loop=loop) may stand for loop.create_task(coro)
  * for all the coroutine children of one gather() call (see ChildCache). */
 static int
@@ -639,11 +622,11 @@ loop_cacheable(GatherState *st, PyObject *loop)
         if (_PyType_Lookup(tp, st->s[data_attrs[i]]) != NULL) return 0;
     }
     int r;
-    if ((r = method_is(loop, st->s[S_create_task], st->base_create_task)) <= 0) return r;
-    if ((r = method_is(loop, st->s[S__check_closed], st->base_check_closed)) <= 0) return r;
-    if ((r = method_is(loop, st->s[S_call_soon], st->base_call_soon)) <= 0) return r;
-    if ((r = method_is(loop, st->s[S__call_soon], st->base__call_soon)) <= 0) return r;
-    if ((r = method_is(loop, st->s[S_get_debug], st->base_get_debug)) <= 0) return r;
+    if ((r = prim_method_is(loop, st->s[S_create_task], st->base_create_task)) <= 0) return r;
+    if ((r = prim_method_is(loop, st->s[S__check_closed], st->base_check_closed)) <= 0) return r;
+    if ((r = prim_method_is(loop, st->s[S_call_soon], st->base_call_soon)) <= 0) return r;
+    if ((r = prim_method_is(loop, st->s[S__call_soon], st->base__call_soon)) <= 0) return r;
+    if ((r = prim_method_is(loop, st->s[S_get_debug], st->base_get_debug)) <= 0) return r;
     if ((r = attr_is(loop, st->s[S__closed], Py_False)) <= 0) return r;
     if ((r = attr_is(loop, st->s[S__task_factory], Py_None)) <= 0) return r;
     if ((r = attr_is(loop, st->s[S__debug], Py_False)) <= 0) return r;
@@ -661,6 +644,33 @@ loop_cacheable(GatherState *st, PyObject *loop)
     return attr_is(st->events_mod, st->s[S_Handle], st->handle_type);
 }
 
+/* The same question for pyasync_c's own loop (`own`: its LoopCore type).
+ * LoopCore.create_task is _asyncio.Task(coro, loop=self) when the loop is
+ * open, has no task factory and no debug mode, and making that Task calls
+ * only the loop's get_debug() and call_soon(): LoopCore's C methods unless a
+ * subclass or the instance overrides them. _closed, _task_factory and
+ * _debug are LoopCore's C getsets. */
+static int
+own_loop_cacheable(GatherState *st, PyObject *loop, PyTypeObject *own)
+{
+    PyTypeObject *tp = Py_TYPE(loop);
+    if (tp->tp_getattro != PyObject_GenericGetAttr) return 0;
+    static const int getsets[] = {S__closed, S__task_factory, S__debug};
+    for (size_t i = 0; i < sizeof getsets / sizeof getsets[0]; i++) {
+        if (_PyType_Lookup(tp, st->s[getsets[i]]) != _PyType_Lookup(own, st->s[getsets[i]])) return 0;
+    }
+    static const int methods[] = {S_call_soon, S_get_debug};
+    int r;
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+        PyObject *ours = _PyType_Lookup(own, st->s[methods[i]]);
+        if (ours == NULL) return 0;
+        if ((r = prim_method_is(loop, st->s[methods[i]], ours)) <= 0) return r;
+    }
+    if ((r = attr_is(loop, st->s[S__closed], Py_False)) <= 0) return r;
+    if ((r = attr_is(loop, st->s[S__task_factory], Py_None)) <= 0) return r;
+    return attr_is(loop, st->s[S__debug], Py_False);
+}
+
 /* tasks.Task(coro, loop=loop) with the {'loop': loop} of the cache: calling
  * the type with a ready dict saves building one per child. */
 static PyObject *
@@ -672,6 +682,21 @@ task_from_cache(GatherState *st, ChildCache *cache, PyObject *coro)
     Py_DECREF(args);
     if (task != NULL) cache->fresh = 1;
     return task;
+}
+
+/* The first child of a loop that passed the check: fill the cache. */
+static PyObject *
+task_starting_cache(GatherState *st, ChildCache *cache, PyObject *loop, PyObject *coro)
+{
+    PyObject *kw = PyDict_New();
+    if (kw == NULL) return NULL;
+    if (PyDict_SetItem(kw, st->s[S_loop], loop) < 0) {
+        Py_DECREF(kw);
+        return NULL;
+    }
+    cache->kw = kw;
+    Py_XSETREF(cache->loop, Py_NewRef(loop));
+    return task_from_cache(st, cache, coro);
 }
 
 /* loop.create_task(coro). When the loop's create_task is asyncio's
@@ -686,7 +711,17 @@ static PyObject *
 create_task(GatherState *st, PyObject *loop, PyObject *coro, ChildCache *cache)
 {
     if (cache->kw != NULL && cache->loop == loop) return task_from_cache(st, cache, coro);
-    if (_PyType_Lookup(Py_TYPE(loop), st->s[S_create_task]) != st->base_create_task) {
+    PyObject *found = _PyType_Lookup(Py_TYPE(loop), st->s[S_create_task]);
+    if (found != st->base_create_task) {
+        PyTypeObject *own = prim_own_loop_type();
+        if (own != NULL && found != NULL && found == _PyType_Lookup(own, st->s[S_create_task])
+            && cache->trusted && cache->kw == NULL && !cache->refused) {
+            int ok = prim_method_is(loop, st->s[S_create_task], found);
+            if (ok > 0) ok = own_loop_cacheable(st, loop, own);
+            if (ok < 0) return NULL;
+            cache->refused = !ok;
+            if (ok) return task_starting_cache(st, cache, loop, coro);
+        }
         return call1(loop, st->s[S_create_task], coro);  /* another loop (no bound method made) */
     }
     PyObject *meth = PyObject_GetAttr(loop, st->s[S_create_task]);
@@ -706,15 +741,7 @@ create_task(GatherState *st, PyObject *loop, PyObject *coro, ChildCache *cache)
             cache->refused = !ok;
             if (ok) {
                 Py_DECREF(meth);
-                PyObject *kw = PyDict_New();
-                if (kw == NULL) return NULL;
-                if (PyDict_SetItem(kw, st->s[S_loop], loop) < 0) {
-                    Py_DECREF(kw);
-                    return NULL;
-                }
-                cache->kw = kw;
-                Py_XSETREF(cache->loop, Py_NewRef(loop));
-                return task_from_cache(st, cache, coro);
+                return task_starting_cache(st, cache, loop, coro);
             }
         }
         if (plain < 0) {

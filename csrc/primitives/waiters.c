@@ -166,13 +166,11 @@ prim_method_is(PyObject *obj, PyObject *name, PyObject *function)
     return same;
 }
 
-/* pyasync_c's own LoopCore.create_future, once pyasync_c._loop is loaded
- * (a pyasync_c loop cannot exist before); NULL until then. */
-static PyObject *
-own_create_future(void)
+PyTypeObject *
+prim_own_loop_type(void)
 {
     prim_shared_t *s = &prim_shared;
-    if (s->own_create_future == NULL) {
+    if (s->own_loop_type == NULL) {
         PyObject *module = PyImport_GetModule(s->s_loop_module);
         if (module == NULL) {
             PyErr_Clear();
@@ -184,12 +182,13 @@ own_create_future(void)
             PyErr_Clear();
             return NULL;
         }
-        if (PyType_Check(core)) {
-            s->own_create_future = Py_XNewRef(_PyType_Lookup((PyTypeObject *)core, s->s_create_future));
+        if (!PyType_Check(core)) {
+            Py_DECREF(core);
+            return NULL;
         }
-        Py_DECREF(core);
+        s->own_loop_type = (PyTypeObject *)core;
     }
-    return s->own_create_future;
+    return s->own_loop_type;
 }
 
 /* loop.create_future() for the running loop, made here when the loop's is
@@ -214,7 +213,8 @@ new_future(PyObject *loop)
         Py_DECREF(future_type);
         return fut;
     }
-    PyObject *own = s->CFutureType != NULL ? own_create_future() : NULL;
+    PyTypeObject *own_type = s->CFutureType != NULL ? prim_own_loop_type() : NULL;
+    PyObject *own = own_type != NULL ? _PyType_Lookup(own_type, s->s_create_future) : NULL;
     if (own != NULL) {
         plain = prim_method_is(loop, s->s_create_future, own);
         if (plain < 0) return NULL;

@@ -38,8 +38,8 @@ typedef struct {
     PyObject *get_running_loop;   /* asyncio.events._get_running_loop */
     PyObject *base_create_future; /* asyncio.BaseEventLoop.create_future (the function) */
     PyObject *futures_module;     /* asyncio.futures */
-    PyObject *own_create_future;  /* pyasync_c._loop.LoopCore.create_future (method descriptor),
-                                   * looked up once that module is loaded; NULL before */
+    PyTypeObject *own_loop_type;  /* pyasync_c._loop.LoopCore, looked up once that module
+                                   * is loaded (prim_own_loop_type); NULL before */
     PyObject *deque_type;         /* collections.deque */
     PyObject *deque_append;       /* deque.append (method descriptor) */
     PyObject *deque_popleft;      /* deque.popleft */
@@ -75,6 +75,9 @@ PyObject *prim_import_attr(const char *mod, const char *name);  /* new ref to mo
 /* 1 when obj.name is `function` bound to obj: neither obj's class nor obj
  * itself overrides it; 0 otherwise; -1 with an exception set. */
 int prim_method_is(PyObject *obj, PyObject *name, PyObject *function);
+/* pyasync_c's own loop type (pyasync_c._loop.LoopCore, borrowed) once that
+ * module is loaded (no pyasync_c loop can exist before); NULL until then. */
+PyTypeObject *prim_own_loop_type(void);
 PyObject *prim_exc_fetch(void);          /* takes the raised exception, NULL if none */
 void prim_exc_restore(PyObject *exc);    /* steals exc and raises it */
 
