@@ -568,7 +568,9 @@ attr_is(PyObject *obj, PyObject *name, PyObject *expected)
  * context for every child's done callback. Both answers can only change
  * when Python code that is not asyncio's own runs, so they are worked out
  * once and reused for as long as none can have run since:
- * - `kw` (with `loop`) is set once loop_cacheable() said yes. From then on
+ * - `kw` (with `loop`) is set once loop_cacheable() said yes (or, for
+ *   pyasync_c's own loop, own_loop_cacheable(): the same reasoning with
+ *   LoopCore's C methods and getsets in place of asyncio's Python ones). From then on
  *   each coroutine child is tasks.Task(coro, loop=loop) made straight from
  *   `kw`. Making that Task runs only asyncio's code: _asyncio.Task.__init__
  *   calls loop.get_debug() and loop.call_soon() (-> _check_closed,
