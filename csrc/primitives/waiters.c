@@ -193,12 +193,15 @@ prim_own_loop_type(void)
 
 /* loop.create_future() for the running loop, made here when the loop's is
  * one whose effect is known, overridden neither by the loop's class nor by
- * the instance. The Future then gets no arguments: it takes the running loop,
- * which is this one. That skips the method call and the dict a keyword
- * argument costs a type without vectorcall.
- * - asyncio's BaseEventLoop.create_future: `futures.Future(loop=self)` (a
- *   Python frame saved too);
- * - pyasync_c's LoopCore.create_future: `_asyncio.Future(loop=self)`. */
+ * the instance:
+ * - asyncio's BaseEventLoop.create_future, `futures.Future(loop=self)`:
+ *   made here without its Python frame;
+ * - from 3.13, pyasync_c's LoopCore.create_future, `_asyncio.Future(loop=self)`.
+ * From 3.13 a Future made with no arguments takes the running loop (this
+ * one) cheaply, and that also spares the dict a keyword argument costs a type
+ * without vectorcall. 3.11 and 3.12 check the running loop's pid with a
+ * getpid() system call there, so the loop is passed instead, and pyasync_c's
+ * own create_future (which keeps that dict) is called as it is. */
 static PyObject *
 new_future(PyObject *loop)
 {
@@ -209,10 +212,17 @@ new_future(PyObject *loop)
     if (plain) {
         PyObject *future_type = PyObject_GetAttr(s->futures_module, s->s_Future);
         if (future_type == NULL) return NULL;
+#if PRIM_PY313
         PyObject *fut = PyObject_CallNoArgs(future_type);
+#else
+        PyObject *args[2] = {NULL, loop};
+        PyObject *fut = PyObject_Vectorcall(future_type, args + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                            s->kw_loop);
+#endif
         Py_DECREF(future_type);
         return fut;
     }
+#if PRIM_PY313
     PyTypeObject *own_type = s->CFutureType != NULL ? prim_own_loop_type() : NULL;
     PyObject *own = own_type != NULL ? _PyType_Lookup(own_type, s->s_create_future) : NULL;
     if (own != NULL) {
@@ -220,6 +230,7 @@ new_future(PyObject *loop)
         if (plain < 0) return NULL;
         if (plain) return PyObject_CallNoArgs((PyObject *)s->CFutureType);
     }
+#endif
     return PyObject_CallMethodNoArgs(loop, s->s_create_future);
 }
 
@@ -914,6 +925,7 @@ prim_shared_init(PyObject *module)
 #endif
     if ((s->get_running_loop = prim_import_attr("asyncio.events", "_get_running_loop")) == NULL) return -1;
     if ((s->futures_module = PyImport_ImportModule("asyncio.futures")) == NULL) return -1;
+    if ((s->kw_loop = Py_BuildValue("(s)", "loop")) == NULL) return -1;
     PyObject *base_loop = prim_import_attr("asyncio.base_events", "BaseEventLoop");
     if (base_loop == NULL) return -1;
     s->base_create_future = _PyType_Lookup((PyTypeObject *)base_loop, s->s_create_future);

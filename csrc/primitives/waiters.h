@@ -38,6 +38,7 @@ typedef struct {
     PyObject *get_running_loop;   /* asyncio.events._get_running_loop */
     PyObject *base_create_future; /* asyncio.BaseEventLoop.create_future (the function) */
     PyObject *futures_module;     /* asyncio.futures */
+    PyObject *kw_loop;            /* ("loop",) */
     PyTypeObject *own_loop_type;  /* pyasync_c._loop.LoopCore, looked up once that module
                                    * is loaded (prim_own_loop_type); NULL before */
     PyObject *deque_type;         /* collections.deque */
