@@ -144,7 +144,7 @@ prim_method_is(PyObject *obj, PyObject *name, PyObject *function)
     if (_PyType_Lookup(Py_TYPE(obj), name) != function) {
         return 0;
     }
-    PyObject *found;
+    PyObject *found = NULL;   /* _PyObject_GetMethod asserts it starts NULL */
 #if PRIM_PY313
     found = PyObject_GetAttr(obj, name);   /* 3.13 keeps _PyObject_GetMethod internal */
     if (found == NULL) return -1;
