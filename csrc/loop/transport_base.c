@@ -1353,10 +1353,12 @@ void
 transport_dealloc(TransportObject *self)
 {
     PyTypeObject *type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
+    /* Finalize while still tracked: a finalizer that resurrects the transport
+     * must leave it where the GC can see it. */
     if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
         return;  /* resurrected */
     }
+    PyObject_GC_UnTrack(self);
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
