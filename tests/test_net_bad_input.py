@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import array
 import asyncio
+import gc
 import socket
 import sys
+import warnings
 from typing import Any, Callable
 
 import pytest
@@ -108,3 +110,21 @@ def test_transport_of_a_closed_loop(loop, first):
             getattr(transport, first)()
         assert transport.is_closing()
         transport.close()
+
+
+def test_transport_resurrected_by_its_finalizer_stays_tracked(loop):
+    """An unclosed transport warns with itself as the source; a recorded
+    warning keeps it alive, and it must stay visible to the GC."""
+    a, b = socket.socketpair()
+    with a, b:
+        transport, _ = loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=a))
+        loop.close()
+        with pytest.raises(RuntimeError, match="Event loop is closed"):
+            transport.close()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del transport
+            gc.collect()
+        sources = [w.source for w in caught if w.source is not None]
+        assert sources
+        assert all(gc.is_tracked(source) for source in sources)
