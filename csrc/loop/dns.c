@@ -401,7 +401,6 @@ check_loop(PyObject *module, PyObject *obj)
     return loop;
 }
 
-
 /* The host as socket.getaddrinfo passes it: None -> NULL, str -> its 'idna'
  * encoding, bytes as they are.  *owner receives the bytes (new reference). */
 static int

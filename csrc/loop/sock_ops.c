@@ -422,7 +422,6 @@ check_socket(LoopObject *loop, PyObject *sock)
     return 0;
 }
 
-
 /* Starts operation op on sock with the socket method's arguments (borrowed);
  * `view` (sendall) is moved into the waiter. */
 static PyObject *

@@ -191,8 +191,8 @@ prim_own_loop_type(void)
     return s->own_loop_type;
 }
 
-/* loop.create_future() for the running loop, made here when the loop's is
- * one whose effect is known, overridden neither by the loop's class nor by
+/* loop.create_future() for the running loop, made here when the loop's
+ * method is one whose effect is known, overridden neither by the loop's class nor by
  * the instance:
  * - asyncio's BaseEventLoop.create_future, `futures.Future(loop=self)`:
  *   made here without its Python frame;
@@ -928,7 +928,8 @@ prim_shared_init(PyObject *module)
     if ((s->kw_loop = Py_BuildValue("(s)", "loop")) == NULL) return -1;
     PyObject *base_loop = prim_import_attr("asyncio.base_events", "BaseEventLoop");
     if (base_loop == NULL) return -1;
-    s->base_create_future = _PyType_Lookup((PyTypeObject *)base_loop, s->s_create_future);
+    s->base_create_future = PyType_Check(base_loop)
+        ? _PyType_Lookup((PyTypeObject *)base_loop, s->s_create_future) : NULL;
     Py_XINCREF(s->base_create_future);   /* NULL: no fast path */
     Py_DECREF(base_loop);
     if ((s->deque_type = prim_import_attr("collections", "deque")) == NULL) return -1;
