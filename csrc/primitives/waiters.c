@@ -192,16 +192,16 @@ prim_own_loop_type(void)
 }
 
 /* loop.create_future() for the running loop, made here when the loop's
- * method is one whose effect is known, overridden neither by the loop's class nor by
- * the instance:
+ * method is one whose effect is known, overridden neither by the loop's class
+ * nor by the instance:
  * - asyncio's BaseEventLoop.create_future, `futures.Future(loop=self)`:
  *   made here without its Python frame;
- * - from 3.13, pyasync_c's LoopCore.create_future, `_asyncio.Future(loop=self)`.
- * From 3.13 a Future made with no arguments takes the running loop (this
+ * - from 3.12, pyasync_c's LoopCore.create_future, `_asyncio.Future(loop=self)`.
+ * From 3.12 a Future made with no arguments takes the running loop (this
  * one) cheaply, and that also spares the dict a keyword argument costs a type
- * without vectorcall. 3.11 and 3.12 check the running loop's pid with a
- * getpid() system call there, so the loop is passed instead, and pyasync_c's
- * own create_future (which keeps that dict) is called as it is. */
+ * without vectorcall. 3.11 checks the running loop's pid with a getpid()
+ * system call there, so the loop is passed instead, and pyasync_c's own
+ * create_future (which keeps that dict) is called as it is. */
 static PyObject *
 new_future(PyObject *loop)
 {
@@ -212,7 +212,7 @@ new_future(PyObject *loop)
     if (plain) {
         PyObject *future_type = PyObject_GetAttr(s->futures_module, s->s_Future);
         if (future_type == NULL) return NULL;
-#if PRIM_PY313
+#if PRIM_PY312
         PyObject *fut = PyObject_CallNoArgs(future_type);
 #else
         PyObject *args[2] = {NULL, loop};
@@ -222,7 +222,7 @@ new_future(PyObject *loop)
         Py_DECREF(future_type);
         return fut;
     }
-#if PRIM_PY313
+#if PRIM_PY312
     PyTypeObject *own_type = s->CFutureType != NULL ? prim_own_loop_type() : NULL;
     PyObject *own = own_type != NULL ? _PyType_Lookup(own_type, s->s_create_future) : NULL;
     if (own != NULL) {
