@@ -611,6 +611,17 @@ cache_drop(ChildCache *c)
     Py_CLEAR(c->ctx);
 }
 
+/* The loop is open, has no task factory and no debug mode: the state in
+ * which create_task() is nothing but Task(coro, loop=loop). 1/0, -1 on error. */
+static int
+loop_is_plain(GatherState *st, PyObject *loop)
+{
+    int r = attr_is(loop, st->s[S__closed], Py_False);
+    if (r > 0) r = attr_is(loop, st->s[S__task_factory], Py_None);
+    if (r > 0) r = attr_is(loop, st->s[S__debug], Py_False);
+    return r;
+}
+
 /* Whether tasks.Task(coro, loop=loop) may stand for loop.create_task(coro)
  * for all the coroutine children of one gather() call (see ChildCache). */
 static int
@@ -629,9 +640,7 @@ loop_cacheable(GatherState *st, PyObject *loop)
     if ((r = prim_method_is(loop, st->s[S_call_soon], st->base_call_soon)) <= 0) return r;
     if ((r = prim_method_is(loop, st->s[S__call_soon], st->base__call_soon)) <= 0) return r;
     if ((r = prim_method_is(loop, st->s[S_get_debug], st->base_get_debug)) <= 0) return r;
-    if ((r = attr_is(loop, st->s[S__closed], Py_False)) <= 0) return r;
-    if ((r = attr_is(loop, st->s[S__task_factory], Py_None)) <= 0) return r;
-    if ((r = attr_is(loop, st->s[S__debug], Py_False)) <= 0) return r;
+    if ((r = loop_is_plain(st, loop)) <= 0) return r;
     PyObject *v = PyObject_GetAttr(loop, st->s[S__ready]);
     if (v == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
@@ -668,9 +677,7 @@ own_loop_cacheable(GatherState *st, PyObject *loop, PyTypeObject *own)
         if (ours == NULL) return 0;
         if ((r = prim_method_is(loop, st->s[methods[i]], ours)) <= 0) return r;
     }
-    if ((r = attr_is(loop, st->s[S__closed], Py_False)) <= 0) return r;
-    if ((r = attr_is(loop, st->s[S__task_factory], Py_None)) <= 0) return r;
-    return attr_is(loop, st->s[S__debug], Py_False);
+    return loop_is_plain(st, loop);
 }
 
 /* tasks.Task(coro, loop=loop) with the {'loop': loop} of the cache: calling
@@ -731,9 +738,7 @@ create_task(GatherState *st, PyObject *loop, PyObject *coro, ChildCache *cache)
     if (PyMethod_Check(meth) && PyMethod_GET_FUNCTION(meth) == st->base_create_task
         && PyMethod_GET_SELF(meth) == loop
         && _PyType_Lookup(Py_TYPE(loop), st->s[S__check_closed]) == st->base_check_closed) {
-        int plain = attr_is(loop, st->s[S__closed], Py_False);
-        if (plain > 0) plain = attr_is(loop, st->s[S__task_factory], Py_None);
-        if (plain > 0) plain = attr_is(loop, st->s[S__debug], Py_False);
+        int plain = loop_is_plain(st, loop);
         if (plain > 0 && cache->trusted && cache->kw == NULL && !cache->refused) {
             int ok = loop_cacheable(st, loop);
             if (ok < 0) {
