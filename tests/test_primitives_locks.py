@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import sys
+import warnings
 
 from typing import Any
 
@@ -384,6 +386,72 @@ def test_bound_to_first_waiting_loop(prims, loop_factory):
 
     with asyncio.Runner(loop_factory=loop_factory) as r:
         assert r.run(fast()) is True
+
+
+def test_waiting_from_another_thread_sees_that_threads_loop(run, prims):
+    """The running loop is per thread: a primitive bound to this loop, waited on
+    from a thread with no loop and from a thread running another loop, raises."""
+    async def main():
+        sem = prims.Semaphore(0)
+        task = asyncio.create_task(sem.acquire())
+        await spin()                        # bound to this loop, one waiter
+
+        def no_loop() -> str:
+            coro = sem.acquire()
+            try:
+                coro.send(None)
+            except RuntimeError:
+                return "RuntimeError"
+            finally:
+                coro.close()
+            return "waited"
+
+        def other_loop() -> str:
+            try:
+                asyncio.run(sem.acquire())
+            except RuntimeError as exc:
+                return str(exc).split(" is ")[-1]
+            return "waited"
+
+        results = [await asyncio.to_thread(no_loop), await asyncio.to_thread(other_loop)]
+        sem.release()
+        await task
+        return results
+
+    assert run(main()) == ["RuntimeError", "bound to a different event loop"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_has_no_running_loop(run, prims):
+    """After fork() inside a running loop, the child sees no running loop
+    (3.11: the record's pid is the parent's; 3.12+: reset at fork), so a
+    primitive bound to that loop cannot wait there."""
+    async def main():
+        sem = prims.Semaphore(0)
+        task = asyncio.create_task(sem.acquire())
+        await spin()                        # bound, and the running loop was looked up
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)   # fork with threads
+            pid = os.fork()
+        if pid == 0:                        # child: report, never return into pytest
+            code = 3
+            try:
+                coro = sem.acquire()
+                try:
+                    coro.send(None)
+                    code = 1                # waited on the parent's loop
+                except RuntimeError:
+                    code = 0
+                finally:
+                    coro.close()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        sem.release()
+        await task
+        return os.waitstatus_to_exitcode(status)
+
+    assert run(main()) == 0
 
 
 def blocked_waiter_future(prims):

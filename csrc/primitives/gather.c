@@ -79,7 +79,6 @@ typedef struct {
     PyTypeObject *future_type;   /* _asyncio.Future */
     PyTypeObject *task_type;     /* _asyncio.Task */
     PyObject *cancelled_error;   /* asyncio.CancelledError */
-    PyObject *get_running_loop;  /* _asyncio._get_running_loop */
     PyObject *events_mod;        /* asyncio.events */
     PyObject *tasks_mod;         /* asyncio.tasks */
     PyObject *base_create_task;  /* BaseEventLoop.create_task (function) */
@@ -516,7 +515,7 @@ static PyType_Slot gf_slots[] = {
 static PyObject *
 default_loop(GatherState *st)
 {
-    PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
+    PyObject *loop = prim_running_loop();
     if (loop == NULL || loop != Py_None) return loop;
     Py_DECREF(loop);
     PyObject *fn = PyObject_GetAttr(st->events_mod, st->s[S_get_event_loop]);
@@ -1078,7 +1077,6 @@ state_traverse(PyObject *holder, visitproc visit, void *arg)
     Py_VISIT(st->future_type);
     Py_VISIT(st->task_type);
     Py_VISIT(st->cancelled_error);
-    Py_VISIT(st->get_running_loop);
     Py_VISIT(st->events_mod);
     Py_VISIT(st->tasks_mod);
     Py_VISIT(st->base_create_task);
@@ -1108,7 +1106,6 @@ state_clear(PyObject *holder)
     Py_CLEAR(st->future_type);
     Py_CLEAR(st->task_type);
     Py_CLEAR(st->cancelled_error);
-    Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->events_mod);
     Py_CLEAR(st->tasks_mod);
     Py_CLEAR(st->base_create_task);
@@ -1176,8 +1173,6 @@ state_fill(GatherState *st, PyObject *module)
         PyErr_SetString(PyExc_TypeError, "_asyncio.Future/Task are not types");
         return -1;
     }
-    if ((st->get_running_loop = prim_import_attr("_asyncio", "_get_running_loop")) == NULL)
-        return -1;
     if ((st->cancelled_error = prim_import_attr("asyncio.exceptions", "CancelledError")) == NULL)
         return -1;
     if ((st->events_mod = PyImport_ImportModule("asyncio.events")) == NULL) return -1;

@@ -59,6 +59,7 @@ typedef struct {
              *s_create_future, *s_blocking, *s_append, *s_popleft, *s_pop,
              *s__init, *s__get, *s__put, *s_qsize, *s_empty, *s_full,
              *s__format, *s_release, *s_Future, *s_loop_module;
+    PyObject *s_running_loop_key; /* 3.11: "__asyncio_running_event_loop__" (prim_running_loop) */
 } prim_shared_t;
 
 extern prim_shared_t prim_shared;
@@ -95,6 +96,10 @@ static inline int prim_is_cfuture(PyObject *fut)
 {
     return prim_shared.CFutureType != NULL && Py_IS_TYPE(fut, prim_shared.CFutureType);
 }
+
+/* asyncio._get_running_loop(): the running loop or None (new reference),
+ * NULL on error.  On 3.11 without its getpid() system call (see waiters.c). */
+PyObject *prim_running_loop(void);
 
 /* The mixin's _get_loop(): bind *slot to the running loop on first use and
  * raise RuntimeError when used from another loop.  Returns a new future
