@@ -2,7 +2,7 @@
 """Run CPython's own test_asyncio (the running interpreter's ``test`` package)
 against pyasync_c, apply the checked-in expected-failure lists, and report.
 
-    python tests/conformance/run.py [--suite loop|primitives|all] [--strict]
+    python tests/conformance/run.py [--suite loop|primitives|installed|all] [--strict]
                                     [-j N] [-m MODULE ...] [-k SUBSTR ...] [-v]
     python tests/conformance/run.py --pythons [--build] [same options]
 
@@ -11,7 +11,9 @@ Suites (see README.md in this folder):
   primitives  test_locks (Lock/Event/Semaphore), test_queues, the gather tests of
               test_tasks, with asyncio's names patched to pyasync_c._primitives,
               once on the stdlib loop and once on pyasync_c's loop
-  all         both
+  installed   the loop suite's modules on pyasync_c.Loop with every C primitive
+              put into asyncio (what `python -m pyasync_c` gives unmodified code)
+  all         the three
 
 Every module runs in its own child process (this same file with --child),
 which streams one JSON line per test event to a file.  The parent watches
@@ -66,6 +68,12 @@ PRIMITIVE_UNITS = [
     ("test_queues", None, None),
     ("test_tasks", None, ("gather", "Gather", "sleep")),
 ]
+
+# The "installed" suite: LOOP_MODULES once more on our loop with the C primitives put
+# into asyncio (pyasync_c.install(), as `python -m pyasync_c` runs code), so CPython's
+# tests of tasks, timeouts, streams, Condition/Barrier... run on top of the C
+# Lock/Event/Semaphore/Queue/gather/sleep, not just the primitives' own tests.
+INSTALLED_TAG = "installed"
 
 VARIANT_OURS = "pyasync_c-loop"
 VARIANT_STDLIB = "stdlib-loop"
@@ -469,6 +477,8 @@ class Unit:
         self.swap_test_loop = swap_test_loop
         if swap_test_loop:
             self.variant += "+" + SWAP_TAG
+        if suite == "installed":
+            self.variant += "+" + INSTALLED_TAG
         self.primitives, self.classes, self.ks = primitives, classes, ks
         self.results: dict[str, dict] = {}  # test id -> end event (ids with [variant] for primitives)
         self.collected: list[str] = []
@@ -481,7 +491,8 @@ class Unit:
         return f"{self.suite}:{self.module}{extra} [{self.variant}]"
 
     def key(self, tid: str) -> str:
-        return f"{tid}[{self.variant}]" if self.suite == "primitives" or self.swap_test_loop else tid
+        tagged = self.suite in ("primitives", "installed") or self.swap_test_loop
+        return f"{tid}[{self.variant}]" if tagged else tid
 
 
 def child_cmd(unit: Unit, out: str, exclude: str | None, only: str | None) -> list[str]:
@@ -655,6 +666,10 @@ def build_units(suite: str, modules: list[str] | None, ks: list[str] | None) -> 
             if m in SWAP_TEST_LOOP_MODULES:
                 units.append(Unit("loop", m, VARIANT_OURS, False, None, tuple(ks) if ks else None,
                                   swap_test_loop=True))
+    if suite in ("installed", "all"):
+        for m in LOOP_MODULES:
+            if m not in NOT_ON_OUR_LOOP:
+                units.append(Unit("installed", m, VARIANT_OURS, True, None, tuple(ks) if ks else None))
     if suite in ("primitives", "all"):
         for variant in (VARIANT_STDLIB, VARIANT_OURS):
             for m, classes, uks in PRIMITIVE_UNITS:
@@ -683,8 +698,14 @@ def classify_loops(loops: list[str]) -> str:
 
 def parent_main(args: argparse.Namespace) -> int:
     version = platform.python_version()
-    suites = ["loop", "primitives"] if args.suite == "all" else [args.suite]
-    xfails = {s: load_xfails(os.path.join(HERE, f"xfail_{s}.txt"), version) for s in suites}
+    suites = ["loop", "primitives", "installed"] if args.suite == "all" else [args.suite]
+    # An installed unit runs the loop suite's modules with the primitives suite's
+    # patches: both lists apply to it (their entries without a [variant] match
+    # every variant); it has no list of its own.
+    needed = {"loop", "primitives"} if "installed" in suites else set(suites)
+    lists = {s: load_xfails(os.path.join(HERE, f"xfail_{s}.txt"), version) for s in needed}
+    xfails = {s: (lists["loop"] + lists["primitives"]) if s == "installed" else lists[s]
+              for s in suites}
     units = build_units(args.suite, args.module, args.k)
     if not units:
         sys.exit("no module selected")
@@ -757,7 +778,7 @@ def parent_main(args: argparse.Namespace) -> int:
         print(f"\nunexpected passes — xfail entries to remove ({len(xpasses)}):")
         for u, tid, e in xpasses:
             print(f"  {tid}  ({e.where()}: {e.pattern})")
-    unused = [e for s in suites for e in xfails[s] if not e.used]
+    unused = [e for s in suites if s in lists for e in lists[s] if not e.used]
     if unused and not args.module and not args.k:
         print(f"\nxfail entries that matched no test on Python {version} ({len(unused)}):")
         for e in unused:
@@ -824,7 +845,7 @@ def pythons_main(args: argparse.Namespace, argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=("loop", "primitives", "all"), default="loop")
+    p.add_argument("--suite", choices=("loop", "primitives", "installed", "all"), default="loop")
     p.add_argument("--strict", action="store_true", help="unexpected passes fail the run")
     p.add_argument("-j", "--jobs", type=int, default=2, help="modules run at once (default 2)")
     p.add_argument("-m", "--module", action="append", help="only this test_asyncio module (repeatable)")
