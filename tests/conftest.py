@@ -1,6 +1,8 @@
 """Shared fixtures: every behaviour test runs on the stdlib loop and on pyasync_c's.
 
-- ``loop_name``: "stdlib" or "pyasync_c" (parametrised).
+- ``loop_name``: "stdlib" or "pyasync_c" (parametrised); in the primitives'
+  modules (test_primitives_*) also "uvloop" when it is installed (they
+  import that fixture from primitive_loops.py).
 - ``loop_factory``: a zero-argument callable making a fresh loop of that kind.
 - ``loop``: a fresh loop, closed after the test.
 - ``run``: ``run(coro, debug=False)`` runs a coroutine to completion on a fresh
@@ -17,12 +19,7 @@ from typing import Any, Callable, Coroutine
 
 import pytest
 
-import pyasync_c
-
-LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "stdlib": asyncio.SelectorEventLoop,
-    "pyasync_c": pyasync_c.new_event_loop,
-}
+from primitive_loops import LOOP_FACTORIES, PRIMITIVE_LOOP_FACTORIES
 
 PRIMITIVE_NAMES = ("Lock", "Event", "Semaphore", "BoundedSemaphore",
                    "Queue", "LifoQueue", "PriorityQueue", "gather")
@@ -35,7 +32,7 @@ def loop_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def loop_factory(loop_name: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    return LOOP_FACTORIES[loop_name]
+    return PRIMITIVE_LOOP_FACTORIES[loop_name]
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import pytest
 
-import pyasync_c
+from primitive_loops import LOOP_CLASSES, loop_name_with_uvloop, skip_eager_factory_on_broken_uvloop  # noqa: F401  (fixture: loop_name plus uvloop)
+
 
 PY312 = sys.version_info >= (3, 12)
 
@@ -378,7 +379,8 @@ def test_done_and_pending_children(run: Run, prims) -> None:
 
 
 @pytest.mark.skipif(not PY312, reason="eager_task_factory is 3.12+")
-def test_eager_tasks_complete_outer_eagerly(run: Run, prims) -> None:
+def test_eager_tasks_complete_outer_eagerly(run: Run, loop_name: str, prims) -> None:
+    skip_eager_factory_on_broken_uvloop(loop_name)
     async def now(x):
         return x
 
@@ -390,7 +392,8 @@ def test_eager_tasks_complete_outer_eagerly(run: Run, prims) -> None:
 
 
 @pytest.mark.skipif(not PY312, reason="eager_task_factory is 3.12+")
-def test_eager_done_child_exception(run: Run, prims) -> None:
+def test_eager_done_child_exception(run: Run, loop_name: str, prims) -> None:
+    skip_eager_factory_on_broken_uvloop(loop_name)
     async def boom():
         raise KeyError("eager")
 
@@ -527,7 +530,7 @@ def test_children_made_by_the_task_factory(run: Run, prims) -> None:
 
 def test_children_made_by_an_overridden_create_task(prims, loop_name: str) -> None:
     made: list[Any] = []
-    base = {"stdlib": asyncio.SelectorEventLoop, "pyasync_c": pyasync_c.Loop}[loop_name]
+    base = LOOP_CLASSES[loop_name]
 
     class Loop(base):  # type: ignore[misc, valid-type]
         def create_task(self, coro, **kwargs):

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-import pyasync_c
+from primitive_loops import LOOP_CLASSES, loop_name_with_uvloop  # noqa: F401  (fixture: loop_name plus uvloop)
+
 
 PY313 = sys.version_info >= (3, 13)
 
@@ -478,7 +479,7 @@ def test_waiter_future_belongs_to_the_running_loop(run, prims):
 def test_waiters_come_from_an_overridden_create_future(prims, loop_name):
     made: list[Any] = []
 
-    base = {"stdlib": asyncio.SelectorEventLoop, "pyasync_c": pyasync_c.Loop}[loop_name]
+    base = LOOP_CLASSES[loop_name]
 
     class Loop(base):  # type: ignore[misc, valid-type]
         def create_future(self):

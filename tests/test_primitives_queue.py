@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from primitive_loops import loop_name_with_uvloop  # noqa: F401  (fixture: loop_name plus uvloop)
+
 PY313 = sys.version_info >= (3, 13)
 
 

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import pytest
 
+from primitive_loops import loop_name_with_uvloop, skip_eager_factory_on_broken_uvloop  # noqa: F401  (fixture: loop_name plus uvloop)
+
 from pyasync_c import _primitives
 
 Run = Callable[..., Any]
@@ -140,7 +142,8 @@ def test_debug_mode(run: Run, sleep) -> None:
 
 
 @pytest.mark.skipif(not hasattr(asyncio, "eager_task_factory"), reason="3.12+")
-def test_eager_task_factory_matches_stdlib(run: Run, sleep) -> None:
+def test_eager_task_factory_matches_stdlib(run: Run, loop_name: str, sleep) -> None:
+    skip_eager_factory_on_broken_uvloop(loop_name)
     async def main(s):
         loop = asyncio.get_running_loop()
         loop.set_task_factory(asyncio.eager_task_factory)

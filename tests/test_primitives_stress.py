@@ -8,6 +8,8 @@ import random
 
 import pytest
 
+from primitive_loops import loop_name_with_uvloop  # noqa: F401  (fixture: loop_name plus uvloop)
+
 N_TASKS = 2000
 
 

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import pytest
 
+from primitive_loops import loop_name_with_uvloop  # noqa: F401  (fixture: loop_name plus uvloop)
+
 from pyasync_c import _primitives
 
 # kind -> make(module) -> (awaitable that must wait, wake() that lets it finish)
