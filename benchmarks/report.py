@@ -28,6 +28,8 @@ PRIM_COLUMNS: list[tuple[str, str, str]] = [
     ("stdlib loop · C", "stdlib", "c"),
     ("pyasync_c loop · asyncio", "pyasync_c", "stdlib"),
     ("pyasync_c loop · C", "pyasync_c", "c"),
+    ("uvloop · asyncio", "uvloop", "stdlib"),
+    ("uvloop · C", "uvloop", "c"),
 ]
 NET_COLUMNS: list[tuple[str, str, str]] = [
     ("stdlib", "stdlib", "-"),
@@ -38,7 +40,8 @@ NET_COLUMNS: list[tuple[str, str, str]] = [
 # Ratios of each group: (label, numerator column index, denominator column index)
 LOOP_RATIOS = [("pyasync_c/uvloop", 2, 1), ("installed/uvloop", 3, 1), ("pyasync_c/stdlib", 2, 0),
                ("uvloop/stdlib", 1, 0)]
-PRIM_RATIOS = [("C/asyncio on stdlib loop", 1, 0), ("C/asyncio on pyasync_c loop", 3, 2)]
+PRIM_RATIOS = [("C/asyncio on stdlib loop", 1, 0), ("C/asyncio on pyasync_c loop", 3, 2),
+               ("C/asyncio on uvloop", 5, 4)]
 NET_RATIOS = [("pyasync_c/uvloop", 2, 1), ("pyasync_c/libuv", 2, 3), ("uvloop/libuv", 1, 3),
               ("stdlib/libuv", 0, 3)]
 
@@ -241,7 +244,7 @@ def render_chart(table: Table, path: Path, meta: dict[str, Any]) -> bool:
     return True
 
 
-RATE_COLORS = ["#7f7f7f", "#1f77b4", "#d62728", "#2ca02c"]
+RATE_COLORS = ["#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#bcbd22", "#e377c2"]
 RATIO_COLORS = ["#9467bd", "#ff7f0e", "#17becf", "#8c564b"]
 
 

@@ -5,7 +5,7 @@
 
 Loop workloads run on the stdlib, uvloop and pyasync_c loops (asyncio's
 primitives); primitive workloads run asyncio's and pyasync_c's primitives on
-the stdlib and pyasync_c loops. Every cell is a fresh `child.py` process: one
+the stdlib, pyasync_c and uvloop loops. Every cell is a fresh `child.py` process: one
 warm-up at n/10, then N timed repeats; the figure kept is the best of N
 (the median is in results.json). Network workloads (net_*) run echo servers
 on the three loops and a raw libuv C server ("libuv") under a C load driver,
@@ -44,7 +44,8 @@ def cells_of(wl: Workload, loops: list[str]) -> list[tuple[str, str]]:
     if wl.group == "loop":  # plus pyasync_c as `python -m pyasync_c` runs code: C primitives installed
         return ([(loop, "stdlib") for loop in loops if loop in LOOP_NAMES]
                 + [("pyasync_c", "installed")] * ("pyasync_c" in loops))
-    return [(loop, prims) for loop in loops if loop in ("stdlib", "pyasync_c") for prims in ("stdlib", "c")]
+    # The primitives work on any loop: asyncio's and the C ones on each of the three.
+    return [(loop, prims) for loop in loops if loop in LOOP_NAMES for prims in ("stdlib", "c")]
 
 
 def run_child(wl: Workload, loop: str, prims: str, n: int, repeat: int, warmup: int,
