@@ -269,15 +269,20 @@ refresh_pid_after_fork(void)
     this_process = getpid();
 }
 
-/* The record of this thread (borrowed), NULL when there is none. */
-static PyObject *
-running_loop_record_get(void)
+/* This thread's record (borrowed) in *record, NULL if it has none: 0.
+ * -1 when the thread-state dict could not be read (the caller then asks
+ * _get_running_loop()). */
+static int
+running_loop_record_get(PyObject **record)
 {
     PyObject *tstate_dict = PyThreadState_GetDict();   /* borrowed */
-    if (tstate_dict == NULL) return NULL;
-    PyObject *record = PyDict_GetItemWithError(tstate_dict, prim_shared.s_running_loop_key);
-    if (record == NULL) PyErr_Clear();   /* a str key: cannot fail in practice */
-    return record;
+    if (tstate_dict == NULL) return -1;
+    *record = PyDict_GetItemWithError(tstate_dict, prim_shared.s_running_loop_key);
+    if (*record == NULL && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    return 0;
 }
 
 /* After a lookup by the call returned `loop`: trust the record from now on if
@@ -285,8 +290,8 @@ running_loop_record_get(void)
 static void
 running_loop_record_verify(PyObject *loop)
 {
-    PyObject *record = running_loop_record_get();
-    if (record == NULL || loop == Py_None) return;
+    PyObject *record;
+    if (loop == Py_None || running_loop_record_get(&record) < 0 || record == NULL) return;
     PyTypeObject *type = Py_TYPE(record);
     const char *name = strrchr(type->tp_name, '.');
     name = name != NULL ? name + 1 : type->tp_name;
@@ -306,8 +311,8 @@ PyObject *
 prim_running_loop(void)
 {
 #if !PRIM_PY312
-    if (running_loop_record_type != NULL) {
-        PyObject *record = running_loop_record_get();
+    PyObject *record;
+    if (running_loop_record_type != NULL && running_loop_record_get(&record) == 0) {
         if (record == NULL) Py_RETURN_NONE;   /* no loop was ever set in this thread */
         if (Py_IS_TYPE(record, running_loop_record_type)) {
             running_loop_record *r = (running_loop_record *)record;
