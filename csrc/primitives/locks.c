@@ -42,6 +42,8 @@ typedef struct {
     int waiters_made;
     Py_ssize_t value;
     Py_ssize_t bound_value;
+    char locked_hook;        /* a Python subclass overrides locked(): acquire and
+                              * repr call it, as asyncio's do */
 } SemObject;
 
 static PyTypeObject *EventType;
@@ -168,6 +170,29 @@ generic_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return prim_done_none();
 }
 
+/* __aenter__ of a Python subclass that overrides acquire(): asyncio's is
+ * `await self.acquire()`, so the override runs under `async with` too.  Our
+ * own types (and subclasses that leave acquire() alone) take the C path;
+ * for the others this returns the coroutine of a two-line Python
+ * __aenter__ with asyncio's body (made once, by prim_locks_init).
+ * Returns 0 when the C path applies, 1 with *result set, -1 on error. */
+static int is_own_type(PyTypeObject *type);   /* after the method tables */
+static PyObject *aenter_via_acquire;          /* async def __aenter__(self): await self.acquire() */
+
+static int
+subclass_aenter(PyObject *self, PyObject **result)
+{
+    PyTypeObject *own = Py_TYPE(self);
+    if (is_own_type(own)) return 0;
+    while (own != NULL && !is_own_type(own)) own = own->tp_base;
+    PyObject *ours = own != NULL ? _PyType_Lookup(own, prim_shared.s_acquire) : NULL;
+    if (ours == NULL) return 0;
+    int same = prim_method_is(self, prim_shared.s_acquire, ours);
+    if (same != 0) return same < 0 ? -1 : 0;
+    *result = PyObject_CallOneArg(aenter_via_acquire, self);
+    return *result != NULL ? 1 : -1;
+}
+
 #define MEMBERS_WEAKREF(T) \
     {"__weaklistoffset__", T_PYSSIZET, offsetof(T, weakreflist), READONLY, NULL}
 
@@ -270,6 +295,9 @@ static PyObject *
 lock_aenter(PyObject *op, PyObject *Py_UNUSED(a))
 {
     LockObject *self = (LockObject *)op;
+    PyObject *via_acquire;
+    int overridden = subclass_aenter(op, &via_acquire);
+    if (overridden != 0) return overridden > 0 ? via_acquire : NULL;
     if (!self->locked && waitq_len(&self->waiters) == 0) {
         self->locked = 1;
         return prim_done_none();
@@ -519,11 +547,19 @@ static PyType_Spec event_spec = {
 /* ------------------------------------------------------------------ */
 /* Semaphore / BoundedSemaphore                                        */
 
+static PyObject *sem_locked(PyObject *self, PyObject *Py_UNUSED(a));
+
 static PyObject *
 sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     SemObject *self = (SemObject *)type->tp_alloc(type, 0);
-    if (self != NULL) self->value = self->bound_value = 1;
+    if (self == NULL) return NULL;
+    self->value = self->bound_value = 1;
+    if (!is_own_type(type)) {
+        PyObject *f = _PyType_Lookup(type, prim_shared.s_locked);
+        self->locked_hook = !(f != NULL && Py_IS_TYPE(f, &PyMethodDescr_Type)
+                              && ((PyMethodDescrObject *)f)->d_method->ml_meth == sem_locked);
+    }
     return (PyObject *)self;
 }
 
@@ -604,6 +640,18 @@ sem_is_locked(SemObject *self)
     return waitq_any_not_cancelled(&self->waiters);
 }
 
+/* self.locked(): the C test, or a subclass's override */
+static int
+sem_call_locked(SemObject *self)
+{
+    if (!self->locked_hook) return sem_is_locked(self);
+    PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, prim_shared.s_locked);
+    if (r == NULL) return -1;
+    int t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t;
+}
+
 /* _wake_up_next(): hand a permit to the first pending waiter: 1/0/-1 */
 static int
 sem_wake_next(SemObject *self)
@@ -624,7 +672,7 @@ sem_acquire_step(WaitOp *op, PyObject *exc, PyObject **res)
 {
     SemObject *self = (SemObject *)op->owner;
     if (op->fut == NULL) {
-        int locked = sem_is_locked(self);
+        int locked = sem_call_locked(self);
         if (locked < 0) return WOP_ERROR;
         if (!locked) {
             self->value--;
@@ -690,7 +738,10 @@ static PyObject *
 sem_aenter(PyObject *op, PyObject *Py_UNUSED(a))
 {
     SemObject *self = (SemObject *)op;
-    if (self->value > 0 && waitq_len(&self->waiters) == 0) {   /* see lock_aenter */
+    PyObject *via_acquire;
+    int overridden = subclass_aenter(op, &via_acquire);
+    if (overridden != 0) return overridden > 0 ? via_acquire : NULL;
+    if (self->value > 0 && waitq_len(&self->waiters) == 0 && !self->locked_hook) {   /* see lock_aenter */
         self->value--;
         return prim_done_none();
     }
@@ -730,7 +781,7 @@ static PyObject *
 sem_repr(PyObject *op)
 {
     SemObject *self = (SemObject *)op;
-    int l = sem_is_locked(self);
+    int l = sem_call_locked(self);
     if (l < 0) return NULL;
     PyObject *extra = l ? PyUnicode_FromString("locked")
                         : PyUnicode_FromFormat("unlocked, value:%zd", self->value);
@@ -816,6 +867,13 @@ static PyType_Spec bsem_spec = {
     .slots = bsem_slots,
 };
 
+static int
+is_own_type(PyTypeObject *type)
+{
+    PyMethodDef *own = type->tp_methods;
+    return own == lock_methods || own == sem_methods || own == bsem_methods;
+}
+
 /* self.release() for __aexit__ (see generic_aexit) */
 static PyObject *
 call_release(PyObject *self)
@@ -825,6 +883,27 @@ call_release(PyObject *self)
     if (own == bsem_methods) return bsem_release(self, NULL);
     if (own == lock_methods) return lock_release(self, NULL);
     return PyObject_CallMethodNoArgs(self, prim_shared.s_release);
+}
+
+/* asyncio's _ContextManagerMixin.__aenter__, for subclass_aenter() */
+static PyObject *
+make_aenter_via_acquire(void)
+{
+    static const char source[] =
+        "async def __aenter__(self):\n"
+        "    await self.acquire()\n";
+    PyObject *globals = PyDict_New();
+    if (globals == NULL) return NULL;
+    PyObject *fn = NULL;
+    if (PyDict_SetItemString(globals, "__builtins__", PyEval_GetBuiltins()) == 0) {
+        PyObject *code = Py_CompileString(source, "<pyasync_c._primitives>", Py_file_input);
+        PyObject *done = code != NULL ? PyEval_EvalCode(code, globals, globals) : NULL;
+        Py_XDECREF(code);
+        Py_XDECREF(done);
+        if (done != NULL) fn = Py_XNewRef(PyDict_GetItemString(globals, "__aenter__"));
+    }
+    Py_DECREF(globals);
+    return fn;
 }
 
 /* ------------------------------------------------------------------ */
@@ -852,6 +931,8 @@ prim_locks_init(PyObject *module)
 {
     PyTypeObject *sem_type = NULL;
     if (prim_shared_init(module) < 0) return -1;
+    if (aenter_via_acquire == NULL && (aenter_via_acquire = make_aenter_via_acquire()) == NULL)
+        return -1;
     if (add_type(module, &lock_spec, NULL, NULL) < 0) return -1;
     if (EventType == NULL) {
         if (add_type(module, &event_spec, NULL, &EventType) < 0) return -1;

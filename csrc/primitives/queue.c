@@ -14,7 +14,7 @@
  * descriptors, list API, heapq functions); otherwise (a Python subclass
  * overriding any of them) every storage access calls the Python methods, as
  * asyncio does.  Likewise qsize/empty/full overrides are honoured by calling
- * them.  put()/get() return a WaitOp (waiters.c) whose step functions below
+ * them, and put()/get() end with an overridden put_nowait()/get_nowait().  put()/get() return a WaitOp (waiters.c) whose step functions below
  * are the coroutine bodies; join() is the `_finished` Event's wait.
  * Objects are GC-tracked; tp_clear drops storage, waiters, event and loop.
  */
@@ -38,6 +38,8 @@ typedef struct {
     waitq_t putters;
     int mode;
     int size_hooks;           /* qsize/empty/full overridden in Python */
+    int nowait_hooks;         /* put_nowait (NOWAIT_PUT) / get_nowait (NOWAIT_GET) overridden:
+                               * put()/get() then end with them, as asyncio's do */
     char is_shutdown;
 } QueueObject;
 
@@ -45,6 +47,10 @@ static PyTypeObject *QueueType, *LifoType, *PrioType;
 /* C method descriptors for override detection: [class][_init,_get,_put] */
 static PyObject *hook_desc[3][3];
 static PyObject *size_desc[3];   /* Queue.qsize, empty, full */
+static PyObject *nowait_desc[2]; /* Queue.put_nowait, get_nowait */
+static const char *const size_names[3] = {"qsize", "empty", "full"};
+static const char *const nowait_names[2] = {"put_nowait", "get_nowait"};
+enum { NOWAIT_PUT = 1, NOWAIT_GET = 2 };
 
 /* ------------------------------------------------------------------ */
 /* storage                                                              */
@@ -293,10 +299,25 @@ q_empty(QueueObject *self)
 /* ------------------------------------------------------------------ */
 /* construction                                                         */
 
+/* Bit i set when type's names[i] is not Queue's own descs[i] (a Python override). */
+static int
+overrides(PyTypeObject *type, const char *const *names, PyObject **descs, int n)
+{
+    int bits = 0;
+    for (int i = 0; i < n; i++) {
+        PyObject *f = PyObject_GetAttrString((PyObject *)type, names[i]);
+        if (f == NULL) PyErr_Clear();
+        if (f != descs[i]) bits |= 1 << i;
+        Py_XDECREF(f);
+    }
+    return bits;
+}
+
 static void
 detect_mode(QueueObject *self, PyTypeObject *type)
 {
     self->size_hooks = 0;
+    self->nowait_hooks = 0;
     if (type == QueueType) { self->mode = QM_FIFO; return; }
     if (type == LifoType) { self->mode = QM_LIFO; return; }
     if (type == PrioType) { self->mode = QM_HEAP; return; }
@@ -314,13 +335,8 @@ detect_mode(QueueObject *self, PyTypeObject *type)
         }
     }
     for (int i = 0; i < 3; i++) Py_XDECREF(found[i]);
-    static const char *sizes[3] = {"qsize", "empty", "full"};
-    for (int i = 0; i < 3; i++) {
-        PyObject *f = PyObject_GetAttrString((PyObject *)type, sizes[i]);
-        if (f == NULL) PyErr_Clear();
-        if (f != size_desc[i]) self->size_hooks = 1;
-        Py_XDECREF(f);
-    }
+    self->size_hooks = overrides(type, size_names, size_desc, 3) != 0;
+    self->nowait_hooks = overrides(type, nowait_names, nowait_desc, 2);
 }
 
 static PyObject *
@@ -513,6 +529,10 @@ put_step(WaitOp *op, PyObject *exc, PyObject **res)
         waitop_set_fut(op, fut);
         return WOP_WAIT;
     }
+    if (self->nowait_hooks & NOWAIT_PUT) {   /* `return self.put_nowait(item)` */
+        *res = PyObject_CallMethodOneArg(op->owner, prim_shared.s_put_nowait, op->arg);
+        return *res ? WOP_DONE : WOP_ERROR;
+    }
     if (do_put_nowait(self, op->arg) < 0) return WOP_ERROR;
     *res = Py_NewRef(Py_None);
     return WOP_DONE;
@@ -540,7 +560,10 @@ get_step(WaitOp *op, PyObject *exc, PyObject **res)
         waitop_set_fut(op, fut);
         return WOP_WAIT;
     }
-    *res = do_get_nowait(self);
+    if (self->nowait_hooks & NOWAIT_GET)    /* `return self.get_nowait()` */
+        *res = PyObject_CallMethodNoArgs(op->owner, prim_shared.s_get_nowait);
+    else
+        *res = do_get_nowait(self);
     return *res ? WOP_DONE : WOP_ERROR;
 }
 static const waitop_kind get_kind = {get_step, "Queue.get"};
@@ -917,7 +940,6 @@ prim_queue_init(PyObject *module)
     if ((PrioType = make_type(module, &heap_spec, QueueType)) == NULL) return -1;
     PyTypeObject *classes[3] = {QueueType, LifoType, PrioType};
     static const char *hooks[3] = {"_init", "_get", "_put"};
-    static const char *sizes[3] = {"qsize", "empty", "full"};
     for (int c = 0; c < 3; c++) {
         for (int i = 0; i < 3; i++) {
             hook_desc[c][i] = PyObject_GetAttrString((PyObject *)classes[c], hooks[i]);
@@ -925,8 +947,12 @@ prim_queue_init(PyObject *module)
         }
     }
     for (int i = 0; i < 3; i++) {
-        size_desc[i] = PyObject_GetAttrString((PyObject *)QueueType, sizes[i]);
+        size_desc[i] = PyObject_GetAttrString((PyObject *)QueueType, size_names[i]);
         if (size_desc[i] == NULL) return -1;
+    }
+    for (int i = 0; i < 2; i++) {
+        nowait_desc[i] = PyObject_GetAttrString((PyObject *)QueueType, nowait_names[i]);
+        if (nowait_desc[i] == NULL) return -1;
     }
     return 0;
 }

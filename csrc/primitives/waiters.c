@@ -1009,6 +1009,8 @@ prim_shared_init(PyObject *module)
         || intern(&s->s__init, "_init") || intern(&s->s__get, "_get") || intern(&s->s__put, "_put")
         || intern(&s->s_qsize, "qsize") || intern(&s->s_empty, "empty") || intern(&s->s_full, "full")
         || intern(&s->s__format, "_format") || intern(&s->s_release, "release")
+        || intern(&s->s_acquire, "acquire") || intern(&s->s_locked, "locked") || intern(&s->s_put_nowait, "put_nowait")
+        || intern(&s->s_get_nowait, "get_nowait")
         || intern(&s->s_Future, "Future") || intern(&s->s_loop_module, "pyasync_c._loop"))
         return -1;
     if ((s->CancelledError = prim_import_attr("asyncio", "CancelledError")) == NULL) return -1;

@@ -58,7 +58,8 @@ typedef struct {
     PyObject *s_done, *s_cancelled, *s_set_result, *s_cancel, *s_result,
              *s_create_future, *s_blocking, *s_append, *s_popleft, *s_pop,
              *s__init, *s__get, *s__put, *s_qsize, *s_empty, *s_full,
-             *s__format, *s_release, *s_Future, *s_loop_module;
+             *s__format, *s_release, *s_acquire, *s_locked, *s_put_nowait, *s_get_nowait,
+             *s_Future, *s_loop_module;
     PyObject *s_running_loop_key; /* 3.11: "__asyncio_running_event_loop__" (prim_running_loop) */
 } prim_shared_t;
 
