@@ -19,7 +19,7 @@ from typing import Any, Callable, Coroutine
 
 import pytest
 
-from primitive_loops import LOOP_FACTORIES, PRIMITIVE_LOOP_FACTORIES
+from primitive_loops import ALL_LOOP_FACTORIES, LOOP_FACTORIES
 
 PRIMITIVE_NAMES = ("Lock", "Event", "Semaphore", "BoundedSemaphore",
                    "Queue", "LifoQueue", "PriorityQueue", "gather")
@@ -32,7 +32,7 @@ def loop_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def loop_factory(loop_name: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    return PRIMITIVE_LOOP_FACTORIES[loop_name]
+    return ALL_LOOP_FACTORIES[loop_name]
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@
   authentication; skips when the binaries are missing.
 - ``make_fastapi_app()``: the FastAPI app the uvicorn tests serve, in process
   and in a ``python -m uvicorn --factory integration_util:make_fastapi_app``
-  subprocess.  ``/loop`` answers the class of the loop serving it.
+  subprocess.  ``/loop`` answers the class of the loop serving it, ``/primitives``
+  the module asyncio's Queue and Lock come from.
 
 Everything listens on 127.0.0.1 (or a unix socket) only, and is stopped at
 the end of the session.
@@ -206,6 +207,10 @@ def make_fastapi_app() -> Any:
         cls = type(asyncio.get_running_loop())
         return {"loop": f"{cls.__module__}.{cls.__qualname__}"}
 
+    @app.get("/primitives")
+    async def primitives() -> dict[str, str]:
+        return {"Queue": asyncio.Queue.__module__, "Lock": asyncio.Lock.__module__}
+
     @app.post("/items")
     async def items(item: Item) -> dict[str, Any]:
         return {"name": item.name.upper(), "count": item.count * 2}
@@ -233,16 +238,18 @@ def make_fastapi_app() -> Any:
 
 @contextlib.contextmanager
 def uvicorn_subprocess(loop: str, extra_env: dict[str, str] | None = None,
-                       graceful_timeout: float | None = None
+                       graceful_timeout: float | None = None, under_pyasync_c: bool = False
                        ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """``python -m uvicorn --factory integration_util:make_fastapi_app --loop LOOP``."""
+    """``python -m uvicorn --factory integration_util:make_fastapi_app --loop LOOP``;
+    with under_pyasync_c, ``python -m pyasync_c -m uvicorn ...`` (the C primitives
+    put into asyncio before uvicorn and the app are imported)."""
     port = free_port()
     env = dict(os.environ, **(extra_env or {}))
     # The in-place pyasync_c build (the repo root) and this directory.
     env["PYTHONPATH"] = os.pathsep.join(
         ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []) + [str(ROOT), str(HERE)])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "integration_util:make_fastapi_app",
+        [sys.executable, *(["-m", "pyasync_c"] if under_pyasync_c else []), "-m", "uvicorn", "--factory", "integration_util:make_fastapi_app",
          "--host", "127.0.0.1", "--port", str(port), "--loop", loop,
          "--log-level", "info" if graceful_timeout else "warning", "--no-access-log"]
         + (["--timeout-graceful-shutdown", str(graceful_timeout)] if graceful_timeout else []),

@@ -2,6 +2,10 @@
 pyasync_c) and, as the primitives must work on any asyncio loop, the loops
 their tests run on (PRIMITIVE_LOOP_FACTORIES: those and uvloop).
 
+The integration tests add a third kind, "installed": pyasync_c's loop with the
+C primitives put into asyncio for the test (``loop_name_with_installed``),
+which is what unmodified libraries get under ``python -m pyasync_c``.
+
 A test module of the primitives imports ``loop_name_with_uvloop``: that
 fixture, registered under the name ``loop_name``, overrides conftest's for
 the module and adds "uvloop" (when it is installed: it is a test dependency)
@@ -36,6 +40,30 @@ LOOP_CLASSES: dict[str, type[asyncio.AbstractEventLoop]] = {
 if uvloop is not None:
     PRIMITIVE_LOOP_FACTORIES["uvloop"] = uvloop.new_event_loop
     LOOP_CLASSES["uvloop"] = uvloop.Loop
+
+
+INSTALLED = "installed"
+# Every loop_name any fixture gives -> its loop factory (conftest's loop_factory).
+ALL_LOOP_FACTORIES = dict(PRIMITIVE_LOOP_FACTORIES, **{INSTALLED: pyasync_c.new_event_loop})
+
+
+@pytest.fixture(name="loop_name", params=[*LOOP_FACTORIES, INSTALLED])
+def loop_name_with_installed(request: pytest.FixtureRequest,
+                             monkeypatch: pytest.MonkeyPatch) -> str:
+    """stdlib, pyasync_c, and pyasync_c with pyasync_c.install_primitives()
+    applied for the test (asyncio's own names are put back afterwards)."""
+    if request.param == INSTALLED:
+        import asyncio.locks
+        import asyncio.queues
+        import asyncio.tasks
+        for module in (asyncio, asyncio.locks, asyncio.queues, asyncio.tasks):
+            for name in pyasync_c.PRIMITIVE_NAMES:
+                if hasattr(module, name):
+                    monkeypatch.setattr(module, name, getattr(module, name))
+        pyasync_c.install_primitives()
+        from pyasync_c import _primitives
+        assert asyncio.Queue is _primitives.Queue and asyncio.queues.Queue is _primitives.Queue
+    return request.param
 
 
 @pytest.fixture(name="loop_name", params=list(PRIMITIVE_LOOP_FACTORIES))

@@ -2,7 +2,11 @@
 against real peers on loopback.
 
 Every test is parametrised over both loops (conftest.py's ``loop_factory`` /
-``run``, bounded by ``arun`` below).  A test skips when its library is not
+``run``, bounded by ``arun`` below), and a third time as ``installed``: on
+pyasync_c's loop with the C Lock/Event/Semaphore/Queue/gather/sleep put into
+asyncio (primitive_loops.py), which the libraries then use as they would
+under ``python -m pyasync_c``; its uvicorn subprocesses run under
+``python -m pyasync_c -m uvicorn``.  A test skips when its library is not
 installed (``pytest.importorskip``) or its server binary is missing
 (integration_util's ``redis_server`` / ``pg_server`` fixtures); .ci/integration-deps
 installs them all.
@@ -44,12 +48,13 @@ import pytest
 from integration_util import (PgServer, RedisServer, pg_server, redis_server,  # noqa: F401
                               uvicorn_subprocess)
 from net_util import TLSFiles, client_context, server_context, tls_files  # noqa: F401
+from primitive_loops import INSTALLED, loop_name_with_installed  # noqa: F401  (fixture: loop_name)
 
 TIMEOUT = 20.0
 
 
 @pytest.fixture
-def arun(run: Any) -> Any:
+def arun(run: Any, loop_name: str) -> Any:
     """Like net_util's ``arun`` (conftest's ``run`` bounded by asyncio.timeout),
     and also fails the test when the loop's exception handler was called (an
     error a library or the loop reported but did not raise: "Fatal error on
@@ -58,6 +63,7 @@ def arun(run: Any) -> Any:
         contexts: list[dict[str, Any]] = []
 
         async def main() -> Any:
+            expect_loop(loop_name)
             loop = asyncio.get_running_loop()
             default = loop.default_exception_handler
 
@@ -92,8 +98,11 @@ def loop_class_name() -> str:
 def expect_loop(loop_name: str) -> None:
     """The test really runs on the loop it claims to."""
     name = loop_class_name()
-    if loop_name == "pyasync_c":
+    if loop_name in ("pyasync_c", INSTALLED):
         assert name.startswith("pyasync_c."), name
+        if loop_name == INSTALLED:
+            from pyasync_c import _primitives
+            assert asyncio.Lock is _primitives.Lock and asyncio.gather is _primitives.gather
     else:
         assert name.startswith("asyncio."), name
 
@@ -512,11 +521,15 @@ def test_uvicorn_subprocess_pyasync_c_loop(arun: Any, loop_name: str) -> None:
     if version < (0, 36):
         pytest.skip("uvicorn < 0.36 has no custom --loop factory")
 
-    with uvicorn_subprocess("pyasync_c:new_event_loop") as (port, proc):
+    installed = loop_name == INSTALLED   # then under `python -m pyasync_c`
+    with uvicorn_subprocess("pyasync_c:new_event_loop", under_pyasync_c=installed) as (port, proc):
         async def main() -> None:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
                 resp = await client.get("/loop")
                 assert resp.json() == {"loop": "pyasync_c.loop.Loop"}
+                module = "pyasync_c._primitives" if installed else "asyncio."
+                resp = await client.get("/primitives")
+                assert all(m.startswith(module) for m in resp.json().values()), resp.json()
                 resp = await client.post("/items", json={"name": "x", "count": 1})
                 assert resp.json() == {"name": "X", "count": 2}
                 body = blob(512 * 1024, seed=11)
@@ -573,8 +586,9 @@ def test_uvicorn_graceful_shutdown_on_signal(loop_name: str, signame: str) -> No
     import threading
     import time
 
-    loop_arg = "pyasync_c:new_event_loop" if loop_name == "pyasync_c" else "asyncio"
-    with uvicorn_subprocess(loop_arg, graceful_timeout=5) as (port, proc):
+    loop_arg = "asyncio" if loop_name == "stdlib" else "pyasync_c:new_event_loop"
+    with uvicorn_subprocess(loop_arg, graceful_timeout=5,
+                            under_pyasync_c=loop_name == INSTALLED) as (port, proc):
         result: dict[str, Any] = {}
 
         def request() -> None:
