@@ -5,7 +5,8 @@
 #   make test     build + integration test deps (.ci/integration-deps) + pytest on every
 #                 Python 3.11/3.12/3.13 present + CPython test_asyncio conformance
 #   make asan     ASan+UBSan build in build/asan (not in place) + full pytest with it,
-#                 then tests/leakcheck.py --smoke; any sanitizer report fails it
+#                 then tests/leakcheck.py --smoke and tests/fuzz_primitives.py;
+#                 any sanitizer report fails it
 #                 (PYTHON=/path/to/python3.12 works too: per-ABI .so names)
 #   make leaks    refcount-leak check (tests/leakcheck.py) on Debian's python3.11-dbg,
 #                 extension built in build/dbg, pytest in the venv build/dbg-venv
@@ -97,6 +98,8 @@ asan: asan-build
 	    $(ASAN_PYTEST_ARGS) $(addprefix $(CURDIR)/,$(ASAN_TESTS))
 	# The leak-check scenarios (storms of every C path) as a sanitizer smoke test.
 	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P $(CURDIR)/tests/leakcheck.py --smoke --rounds 2
+	# Odd arguments and re-entrant subclass overrides thrown at the C primitives.
+	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P $(CURDIR)/tests/fuzz_primitives.py --seeds 10
 
 $(DBG_VENV)/bin/python:
 	$(DBG_PYTHON) -m venv $(DBG_VENV)
