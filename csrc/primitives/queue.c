@@ -14,8 +14,9 @@
  * descriptors, list API, heapq functions); otherwise (a Python subclass
  * overriding any of them) every storage access calls the Python methods, as
  * asyncio does.  Likewise qsize/empty/full overrides are honoured by calling
- * them, and put()/get() end with an overridden put_nowait()/get_nowait().  put()/get() return a WaitOp (waiters.c) whose step functions below
- * are the coroutine bodies; join() is the `_finished` Event's wait.
+ * them, and put()/get() end with an overridden put_nowait()/get_nowait().
+ * put()/get() return a WaitOp (waiters.c) whose step functions below are
+ * the coroutine bodies; join() is the `_finished` Event's wait.
  * Objects are GC-tracked; tp_clear drops storage, waiters, event and loop.
  */
 #include "waiters.h"
