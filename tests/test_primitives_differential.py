@@ -245,10 +245,18 @@ def gather_program(prims: Any, seed: int) -> Callable[[], Awaitable[Trace]]:
             trace.append(("child done", tag))
             return tag
 
-        def arg(i: int, j: int) -> Any:
+        def arg(i: int, j: int, depth: int = 0) -> Any:
             r = rnd.random()
-            if r < 0.6:
+            if r < 0.45:
                 return child((i, j))
+            if r < 0.52:
+                return asyncio.ensure_future(child((i, j, "task")))
+            if r < 0.6 and depth < 2:          # a nested gather, sometimes cancelled
+                inner = prims.gather(*[arg(i, j * 10 + k, depth + 1) for k in range(rnd.randint(0, 3))],
+                                     return_exceptions=rnd.random() < 0.5)
+                if rnd.random() < 0.2:
+                    loop.call_soon(inner.cancel)
+                return inner
             fut = loop.create_future()
             if r < 0.75:
                 fut.set_result((i, j))
