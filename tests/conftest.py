@@ -1,8 +1,9 @@
 """Shared fixtures: every behaviour test runs on the stdlib loop and on pyasync_c's.
 
 - ``loop_name``: "stdlib" or "pyasync_c" (parametrised); in the primitives'
-  modules (test_primitives_*) also "uvloop" when it is installed (they
-  import that fixture from primitive_loops.py).
+  modules (test_primitives_*) also "uvloop" when it is installed, and in the
+  integration tests also "installed" (pyasync_c's loop with the C primitives
+  put into asyncio): those modules import these fixtures from primitive_loops.py.
 - ``loop_factory``: a zero-argument callable making a fresh loop of that kind.
 - ``loop``: a fresh loop, closed after the test.
 - ``run``: ``run(coro, debug=False)`` runs a coroutine to completion on a fresh

@@ -56,6 +56,7 @@ def loop_name_with_installed(request: pytest.FixtureRequest,
         import asyncio.locks
         import asyncio.queues
         import asyncio.tasks
+        # set each name to itself: monkeypatch then puts asyncio's back at teardown
         for module in (asyncio, asyncio.locks, asyncio.queues, asyncio.tasks):
             for name in pyasync_c.PRIMITIVE_NAMES:
                 if hasattr(module, name):
