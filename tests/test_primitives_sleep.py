@@ -60,8 +60,14 @@ def test_c_sleep0_is_not_a_python_coroutine() -> None:
     big = _primitives.sleep(-10**30)
     assert type(big) is type(s)
     big.close()
-    # delay > 0 and NaN: stdlib's own coroutine
+    # an int or float delay > 0 (and NaN): the C timed sleep, also coroutine-like
     for delay in (1, 10**30, 0.5, float("nan")):
+        c = _primitives.sleep(delay)
+        assert type(c).__name__ == "_SleepFor" and c.__name__ == c.__qualname__ == "sleep"
+        assert asyncio.iscoroutine(c) and isinstance(c, collections.abc.Coroutine)
+        c.close()
+    # any other delay type: stdlib's own coroutine
+    for delay in (Fraction(1, 2), Decimal("0.5"), True):
         c = _primitives.sleep(delay)
         assert asyncio.iscoroutine(c) and c.cr_code is STDLIB_SLEEP.__code__
         c.close()
@@ -410,3 +416,142 @@ def state_action_outcome(sleep, prep: str, action: str) -> tuple[Any, ...]:
 def test_state_action_matrix_matches_stdlib(prep: str, action: str) -> None:
     assert (state_action_outcome(_primitives.sleep, prep, action)
             == state_action_outcome(STDLIB_SLEEP, prep, action))
+
+
+# ------------------------------------------------------------------ delay > 0
+# The C timed sleep (_SleepFor) runs asyncio.sleep's body: a future, a
+# call_later timer whose callback sets the result unless cancelled, and
+# `finally: h.cancel()`.  Its outcomes and its timer are compared with
+# asyncio's coroutine in every state, on every loop.
+
+TIMED_PREPS: dict[str, Callable[[Any, Callable[[], None]], Any]] = {
+    "fresh": lambda s, fire: None,
+    "suspended": lambda s, fire: s.send(None),
+    "fired": lambda s, fire: (s.send(None), fire()),       # timer ran, not resumed yet
+    "returned": lambda s, fire: (s.send(None), fire(), s.send(None)),
+    "future-cancelled": lambda s, fire: s.send(None).cancel(),
+    "closed-fresh": lambda s, fire: s.close(),
+    "closed-suspended": lambda s, fire: (s.send(None), s.close()),
+    "thrown-suspended": lambda s, fire: (s.send(None), s.throw(KeyError("t"))),
+}
+
+
+def describe(value: Any) -> Any:
+    if asyncio.isfuture(value):
+        return ("future", type(value).__name__, value.done(), value._asyncio_future_blocking)
+    return value
+
+
+def timed_outcome(run: Run, sleep: Callable[..., Any], prep: str, action: str) -> Any:
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        timers: list[tuple[Any, Any, tuple[Any, ...]]] = []
+        call_later = loop.call_later
+
+        def spy(delay: float, callback: Any, *args: Any) -> Any:
+            handle = call_later(delay, callback, *args)
+            timers.append((handle, callback, args))
+            return handle
+        loop.call_later = spy  # type: ignore[method-assign]
+
+        def fire() -> None:
+            _, callback, args = timers[-1]
+            callback(*args)
+
+        s = sleep(10, "res")
+        try:
+            TIMED_PREPS[prep](s, fire)
+        except BaseException:  # noqa: BLE001 - the state is what matters
+            pass
+        try:
+            out: Any = ("ok", describe(ACTIONS[action](s)))
+        except StopIteration as e:
+            out = ("stop", e.value)
+        except BaseException as e:  # noqa: BLE001 - compared as data
+            out = ("raise", type(e), str(e))
+        finally:
+            s.close()
+        return out, [(handle.cancelled(), args[1]) for handle, _, args in timers]
+    return run(main())
+
+
+@pytest.mark.parametrize("action", list(ACTIONS))
+@pytest.mark.parametrize("prep", list(TIMED_PREPS))
+def test_timed_state_action_matrix_matches_stdlib(run: Run, prep: str, action: str) -> None:
+    assert (timed_outcome(run, _primitives.sleep, prep, action)
+            == timed_outcome(run, STDLIB_SLEEP, prep, action))
+
+
+def test_timed_sleep_cancelled_task_cancels_its_timer(run: Run, sleep) -> None:
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        handles: list[Any] = []
+        call_later = loop.call_later
+        loop.call_later = lambda *a: handles.append(call_later(*a)) or handles[-1]  # type: ignore
+        task = asyncio.ensure_future(sleep(10, "x"))
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        cancelled_timer = handles[0].cancelled()
+        done = await sleep(0.01, "late")
+        return task.cancelled(), cancelled_timer, done, handles[-1].cancelled()
+    # the finished sleep cancels its (already run) timer too, as `finally: h.cancel()` does
+    assert run(main()) == (True, True, "late", True)
+
+
+def test_timed_sleep_dropped_while_suspended_cancels_its_timer(run: Run, sleep) -> None:
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        handles: list[Any] = []
+        call_later = loop.call_later
+        loop.call_later = lambda *a: handles.append(call_later(*a)) or handles[-1]  # type: ignore
+        s = sleep(10)
+        s.send(None)
+        del s                       # as a coroutine's finalizer closes it
+        gc.collect()
+        return [h.cancelled() for h in handles]
+    assert run(main()) == [True]
+
+
+@pytest.mark.parametrize("delay", [1, 0.25, 10**30, float("nan"), float("inf")])
+def test_timed_sleep_first_step_matches_stdlib(run: Run, delay: Any) -> None:
+    """Outside a loop: no running loop; inside: a future (or 3.13's NaN error)."""
+    def first_step(sleep: Callable[..., Any]) -> Any:
+        s = sleep(delay)
+        try:
+            return ("ok", describe(s.send(None)))
+        except BaseException as e:  # noqa: BLE001 - compared as data
+            return ("raise", type(e), str(e))
+        finally:
+            s.close()
+
+    async def in_loop(sleep: Callable[..., Any]) -> Any:
+        return first_step(sleep)
+
+    outside = first_step(STDLIB_SLEEP)
+    assert outside[:2] == ("raise", RuntimeError if delay == delay else outside[1])
+    assert first_step(_primitives.sleep) == outside
+    assert run(in_loop(_primitives.sleep)) == run(in_loop(STDLIB_SLEEP))
+
+
+def test_timed_sleep_uses_the_loops_own_methods(run: Run) -> None:
+    """create_future and call_later overridden on the instance are called."""
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        calls: list[str] = []
+        create_future, call_later = loop.create_future, loop.call_later
+
+        def spy_future() -> Any:
+            calls.append("create_future")
+            return create_future()
+
+        def spy_later(*args: Any) -> Any:
+            calls.append("call_later")
+            return call_later(*args)
+        loop.create_future, loop.call_later = spy_future, spy_later  # type: ignore[method-assign]
+        result = await _primitives.sleep(0.001, "r")
+        return result, calls
+    assert run(main()) == ("r", ["create_future", "call_later"])

@@ -8,7 +8,14 @@
  *   has the four methods collections.abc.Coroutine's subclass hook looks
  *   for, so asyncio.iscoroutine()/create_task()/ensure_future() accept it
  *   (the same way waiters.c's _WaitOp is accepted).
- * - delay > 0: returns the coroutine of asyncio.tasks.sleep as it was when
+ * - delay > 0, an int or a float: returns a _SleepFor object, a
+ *   coroutine-like awaitable running asyncio.sleep's body in C: on the first
+ *   send it finds the running loop, makes a future, arms
+ *   loop.call_later(delay, _set_result_unless_cancelled, future, result) and
+ *   yields the future (as `await future` does); when resumed it returns the
+ *   future's result; on resume, throw or close the timer is cancelled (the
+ *   coroutine's `finally: h.cancel()`).  3.13's NaN check is made first.
+ * - any other delay > 0: the coroutine of asyncio.tasks.sleep as it was when
  *   this module was first executed (not asyncio.sleep, which may have been
  *   patched to us).
  * - the comparison raises (wrong type): the same stdlib coroutine is
@@ -28,6 +35,14 @@
  *   awaited" RuntimeWarning from its finalizer, like a native coroutine.
  *   Dead objects' memory goes to a small process-wide freelist (as the
  *   loop's handles do), since a busy program makes one per task switch.
+ * - _SleepFor: one per sleep(>0) call.  INIT owns delay and result; after
+ *   the first send, SUSPENDED owns the future and the timer handle (result
+ *   was handed to call_later); DONE owns only delay (for the repr).  Its
+ *   steps call back into Python (call_later, cancel, result), so a
+ *   `running` flag refuses re-entry ("coroutine already executing").  One
+ *   dropped in INIT warns "never awaited"; one dropped while SUSPENDED
+ *   cancels its timer in the finalizer, as a coroutine's close() would run
+ *   its `finally`.
  */
 #include "waiters.h"
 
@@ -48,6 +63,9 @@ static PyObject *stdlib_sleep;        /* asyncio.tasks.sleep as first seen */
 static PyObject *s_delay, *s_result;  /* interned keyword names */
 static PyObject *s_name;              /* "sleep" */
 static PyObject *s_zero;              /* the cached small int 0 */
+static PyTypeObject *SleepForType;    /* process-wide, see above */
+static PyObject *set_result_unless_cancelled;   /* our _set_result_unless_cancelled */
+static PyObject *s_call_later, *s_cancel;
 
 /* Freelist of dead _Sleep0 memory (GC header intact, untracked, no type
  * reference).  Only touched with the GIL held.  Off under sanitizers and
@@ -255,6 +273,333 @@ static PyType_Spec sleep0_spec = {
 };
 
 /* ------------------------------------------------------------------ */
+/* _SleepFor: sleep(delay > 0)                                         */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *delay;
+    PyObject *result;            /* INIT only */
+    PyObject *future;            /* SUSPENDED only */
+    PyObject *timer;             /* SUSPENDED only: the call_later handle */
+    PyObject *weakreflist;
+    int state;
+    int running;
+} SleepFor;
+
+/* futures._set_result_unless_cancelled(fut, result), the timer's callback */
+static PyObject *
+sleep_set_result_unless_cancelled(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "_set_result_unless_cancelled() takes 2 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    int cancelled = prim_fut_cancelled(args[0]);
+    if (cancelled < 0) return NULL;
+    if (!cancelled && prim_fut_set_result(args[0], args[1]) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* The first send: `loop = get_running_loop(); future = loop.create_future();
+ * h = loop.call_later(...)`, then yield the future. */
+static PySendResult
+sleep_for_start(SleepFor *self, PyObject **out)
+{
+#if PRIM_PY313
+    double d = PyFloat_AsDouble(self->delay);   /* an int or a float: cannot fail */
+    if (d == -1.0 && PyErr_Occurred()) return PYGEN_ERROR;
+    if (Py_IS_NAN(d)) {
+        PyErr_SetString(PyExc_ValueError, "Invalid delay: NaN (not a number)");
+        return PYGEN_ERROR;
+    }
+#endif
+    PyObject *loop = prim_running_loop();
+    if (loop == NULL) return PYGEN_ERROR;
+    if (loop == Py_None) {
+        Py_DECREF(loop);
+        PyErr_SetString(PyExc_RuntimeError, "no running event loop");
+        return PYGEN_ERROR;
+    }
+    PyObject *future = prim_loop_new_future(loop);
+    if (future == NULL) {
+        Py_DECREF(loop);
+        return PYGEN_ERROR;
+    }
+    PyObject *args[5] = {loop, self->delay, set_result_unless_cancelled, future, self->result};
+    PyObject *timer = PyObject_VectorcallMethod(s_call_later, args, 5, NULL);
+    Py_DECREF(loop);
+    if (timer == NULL || prim_fut_set_blocking(future) < 0) {
+        Py_XDECREF(timer);
+        Py_DECREF(future);
+        return PYGEN_ERROR;
+    }
+    Py_CLEAR(self->result);
+    self->future = future;
+    self->timer = timer;
+    self->state = SL_SUSPENDED;
+    *out = Py_NewRef(future);
+    return PYGEN_NEXT;
+}
+
+/* `finally: h.cancel()`: 0, or -1 with the error set */
+static int
+sleep_for_cancel_timer(SleepFor *self)
+{
+    PyObject *timer = self->timer;
+    self->timer = NULL;
+    Py_CLEAR(self->future);
+    self->state = SL_DONE;
+    if (timer == NULL) return 0;
+    PyObject *r = PyObject_CallMethodNoArgs(timer, s_cancel);
+    Py_DECREF(timer);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Resumed at the await: send -> the future's result (asyncio's "await
+ * wasn't used with future" if it is not done); throw -> re-raise.  The
+ * timer is cancelled either way; an error from that replaces the outcome,
+ * as one raised in a `finally` does. */
+static PySendResult
+sleep_for_resume(SleepFor *self, PyObject *exc, PyObject **out)
+{
+    PyObject *value = NULL;
+    if (exc == NULL) {
+        int done = prim_fut_done(self->future);
+        if (done > 0) value = prim_fut_result(self->future);
+        else if (done == 0) PyErr_SetString(PyExc_RuntimeError, "await wasn't used with future");
+    }
+    PyObject *pending = value == NULL ? (exc != NULL ? Py_NewRef(exc) : prim_exc_fetch()) : NULL;
+    if (sleep_for_cancel_timer(self) < 0) {
+        Py_XDECREF(value);
+        Py_XDECREF(pending);
+        return PYGEN_ERROR;
+    }
+    if (value == NULL) {
+        prim_exc_restore(pending);
+        return PYGEN_ERROR;
+    }
+    *out = value;
+    return PYGEN_RETURN;
+}
+
+static PySendResult
+sleep_for_step(SleepFor *self, PyObject *exc, PyObject **out)
+{
+    *out = NULL;
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return PYGEN_ERROR;
+    }
+    PySendResult r;
+    switch (self->state) {
+    case SL_INIT:
+        if (exc != NULL) {      /* thrown in before the first send: nothing ran */
+            self->state = SL_DONE;
+            Py_CLEAR(self->result);
+            prim_exc_restore(Py_NewRef(exc));
+            return PYGEN_ERROR;
+        }
+        self->running = 1;
+        r = sleep_for_start(self, out);
+        self->running = 0;
+        if (r == PYGEN_ERROR) {
+            self->state = SL_DONE;
+            Py_CLEAR(self->result);
+        }
+        return r;
+    case SL_SUSPENDED:
+        self->running = 1;
+        r = sleep_for_resume(self, exc, out);
+        self->running = 0;
+        return r;
+    default:
+        return prim_coro_reused(out);
+    }
+}
+
+static PySendResult
+sleep_for_am_send(PyObject *op, PyObject *arg, PyObject **out)
+{
+    SleepFor *self = (SleepFor *)op;
+    if (self->state == SL_INIT && arg != Py_None && !self->running)
+        return prim_coro_bad_first_send(out);
+    return sleep_for_step(self, NULL, out);
+}
+
+static PyObject *
+sleep_for_iternext(PyObject *op)
+{
+    PyObject *out;
+    PySendResult r = sleep_for_step((SleepFor *)op, NULL, &out);
+    return prim_coro_result(r, out, 1);
+}
+
+static PyObject *
+sleep_for_send(PyObject *op, PyObject *arg)
+{
+    PyObject *out;
+    PySendResult r = sleep_for_am_send(op, arg, &out);
+    return prim_coro_result(r, out, 0);
+}
+
+static PyObject *
+sleep_for_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    SleepFor *self = (SleepFor *)op;
+    PyObject *exc = prim_coro_throw_exc(args, nargs, self->state == SL_SUSPENDED);
+    if (exc == NULL) return NULL;
+    PyObject *out;
+    PySendResult r = sleep_for_step(self, exc, &out);
+    Py_DECREF(exc);
+    return prim_coro_result(r, out, 0);
+}
+
+/* GeneratorExit at the await propagates out after `finally: h.cancel()`. */
+static PyObject *
+sleep_for_close(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    SleepFor *self = (SleepFor *)op;
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return NULL;
+    }
+    Py_CLEAR(self->result);
+    if (sleep_for_cancel_timer(self) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static void
+sleep_for_finalize(PyObject *op)
+{
+    SleepFor *self = (SleepFor *)op;
+    if (self->state == SL_DONE) return;
+    PyObject *saved = prim_exc_fetch();
+    if (self->state == SL_INIT) {
+        if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                             "coroutine '%U' was never awaited", s_name) < 0)
+            PyErr_WriteUnraisable(op);
+    }
+    else if (!self->running && sleep_for_cancel_timer(self) < 0) {
+        PyErr_WriteUnraisable(op);
+    }
+    if (saved != NULL) prim_exc_restore(saved);
+}
+
+static int
+sleep_for_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    SleepFor *self = (SleepFor *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->delay);
+    Py_VISIT(self->result);
+    Py_VISIT(self->future);
+    Py_VISIT(self->timer);
+    return 0;
+}
+
+static int
+sleep_for_clear(PyObject *op)
+{
+    SleepFor *self = (SleepFor *)op;
+    Py_CLEAR(self->delay);
+    Py_CLEAR(self->result);
+    Py_CLEAR(self->future);
+    Py_CLEAR(self->timer);
+    return 0;
+}
+
+static void
+sleep_for_dealloc(PyObject *op)
+{
+    if (((SleepFor *)op)->state != SL_DONE) {
+        if (PyObject_CallFinalizerFromDealloc(op) < 0) return;   /* resurrected */
+    }
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (((SleepFor *)op)->weakreflist != NULL) PyObject_ClearWeakRefs(op);
+    sleep_for_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+sleep_for_get_running(PyObject *op, void *closure)
+{
+    return PyBool_FromLong(((SleepFor *)op)->running);
+}
+
+static PyObject *
+sleep_for_repr(PyObject *op)
+{
+    SleepFor *self = (SleepFor *)op;
+    if (self->delay == NULL) return PyUnicode_FromFormat("<coroutine-like object %U at %p>", s_name, op);
+    return PyUnicode_FromFormat("<coroutine-like object %U(%R) at %p>", s_name, self->delay, op);
+}
+
+
+static PyMethodDef sleep_for_methods[] = {
+    {"send", sleep_for_send, METH_O, "send(value): start the sleep, or finish it."},
+    {"throw", (PyCFunction)(void (*)(void))sleep_for_throw, METH_FASTCALL,
+     "throw(exc) -> raise exc at the suspension point (the timer is cancelled)."},
+    {"close", sleep_for_close, METH_NOARGS, "close() -> cancel the timer and finish."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef sleep_for_getset[] = {
+    {"__name__", sleep0_get_name, NULL, NULL, NULL},
+    {"__qualname__", sleep0_get_name, NULL, NULL, NULL},
+    {"cr_running", sleep_for_get_running, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef sleep_for_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(SleepFor, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+
+static PyType_Slot sleep_for_slots[] = {
+    {Py_am_await, sleep0_await},
+    {Py_am_send, sleep_for_am_send},
+    {Py_tp_iter, sleep0_await},
+    {Py_tp_iternext, sleep_for_iternext},
+    {Py_tp_methods, sleep_for_methods},
+    {Py_tp_getset, sleep_for_getset},
+    {Py_tp_members, sleep_for_members},
+    {Py_tp_traverse, sleep_for_traverse},
+    {Py_tp_clear, sleep_for_clear},
+    {Py_tp_dealloc, sleep_for_dealloc},
+    {Py_tp_finalize, sleep_for_finalize},
+    {Py_tp_repr, sleep_for_repr},
+    {0, NULL},
+};
+
+static PyType_Spec sleep_for_spec = {
+    .name = "pyasync_c._primitives._SleepFor",
+    .basicsize = sizeof(SleepFor),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE
+             | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = sleep_for_slots,
+};
+
+static PyObject *
+sleep_for_new(PyObject *delay, PyObject *result)
+{
+    SleepFor *self = PyObject_GC_New(SleepFor, SleepForType);
+    if (self == NULL) return NULL;
+    self->delay = Py_NewRef(delay);
+    self->result = Py_NewRef(result != NULL ? result : Py_None);
+    self->future = self->timer = self->weakreflist = NULL;
+    self->state = SL_INIT;
+    self->running = 0;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+/* ------------------------------------------------------------------ */
 /* sleep()                                                             */
 
 /* 1 if delay <= 0, 0 if not, -1 with an exception set. */
@@ -318,7 +663,10 @@ prim_sleep(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject 
         PyErr_Clear();          /* stdlib's coroutine raises it again when awaited */
         le = 0;
     }
-    if (!le) return PyObject_Vectorcall(stdlib_sleep, args, nargsf, kwnames);
+    if (!le) {
+        if (PyFloat_CheckExact(delay) || PyLong_CheckExact(delay)) return sleep_for_new(delay, result);
+        return PyObject_Vectorcall(stdlib_sleep, args, nargsf, kwnames);
+    }
 
     Sleep0 *self;
     if (sleep0_freelist_size > 0) {
@@ -340,7 +688,11 @@ static PyMethodDef sleep_functions[] = {
      "sleep(delay, result=None)\n--\n\n"
      "Coroutine that completes after a given time (in seconds); same as asyncio.sleep.\n"
      "sleep(0) (any delay <= 0) yields to the event loop once without creating a\n"
-     "Python coroutine."},
+     "Python coroutine; an int or float delay > 0 waits on a future and a\n"
+     "call_later timer driven from C."},
+    {"_set_result_unless_cancelled",
+     (PyCFunction)(void (*)(void))sleep_set_result_unless_cancelled, METH_FASTCALL,
+     "_set_result_unless_cancelled(fut, result): sleep()'s timer callback (as asyncio.futures')."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -357,11 +709,20 @@ prim_sleep_init(PyObject *module)
         stdlib_sleep = PyObject_GetAttr(tasks, s_name);
         Py_DECREF(tasks);
         if (stdlib_sleep == NULL) return -1;
+        if ((s_call_later = PyUnicode_InternFromString("call_later")) == NULL) return -1;
+        if ((s_cancel = PyUnicode_InternFromString("cancel")) == NULL) return -1;
         Sleep0Type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &sleep0_spec, NULL);
         if (Sleep0Type == NULL) {
             Py_CLEAR(stdlib_sleep);
             return -1;
         }
+        SleepForType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &sleep_for_spec, NULL);
+        if (SleepForType == NULL) return -1;
     }
-    return PyModule_AddFunctions(module, sleep_functions);
+    if (PyModule_AddFunctions(module, sleep_functions) < 0) return -1;
+    if (set_result_unless_cancelled == NULL) {
+        set_result_unless_cancelled = PyObject_GetAttrString(module, "_set_result_unless_cancelled");
+        if (set_result_unless_cancelled == NULL) return -1;
+    }
+    return 0;
 }

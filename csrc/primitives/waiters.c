@@ -206,8 +206,8 @@ prim_own_loop_type(void)
  * without vectorcall. 3.11 checks the running loop's pid with a getpid()
  * system call there, so the loop is passed instead, and pyasync_c's own
  * create_future (which keeps that dict) is called as it is. */
-static PyObject *
-new_future(PyObject *loop)
+PyObject *
+prim_loop_new_future(PyObject *loop)
 {
     prim_shared_t *s = &prim_shared;
     int plain = s->base_create_future != NULL
@@ -347,7 +347,7 @@ prim_new_waiter(PyObject *self, PyObject **loop_slot)
         PyErr_Format(PyExc_RuntimeError, "%R is bound to a different event loop", self);
         return NULL;
     }
-    PyObject *fut = new_future(loop);
+    PyObject *fut = prim_loop_new_future(loop);
     Py_DECREF(loop);
     return fut;
 }

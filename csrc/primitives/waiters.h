@@ -98,6 +98,10 @@ static inline int prim_is_cfuture(PyObject *fut)
     return prim_shared.CFutureType != NULL && Py_IS_TYPE(fut, prim_shared.CFutureType);
 }
 
+/* loop.create_future(), made directly when that method is asyncio's or
+ * pyasync_c's own and not overridden (see waiters.c). */
+PyObject *prim_loop_new_future(PyObject *loop);
+
 /* asyncio._get_running_loop(): the running loop or None (new reference),
  * NULL on error.  On 3.11 without its getpid() system call (see waiters.c). */
 PyObject *prim_running_loop(void);
