@@ -102,9 +102,13 @@ def gather(*coros_or_futures: Awaitable[_T], return_exceptions: Literal[False] =
 @overload
 def gather(*coros_or_futures: Awaitable[_T], return_exceptions: bool) -> Future[list[_T | BaseException]]: ...
 
-# sleep(): same signature and behaviour as asyncio.sleep; delay <= 0 returns a
-# native coroutine-like object (yields to the loop once, then returns result)
+# sleep(): same signature and behaviour as asyncio.sleep; it returns a native
+# coroutine-like object (delay <= 0: yields to the loop once, then returns
+# result; an int or float delay > 0: waits on a future and a call_later timer)
 @overload
 def sleep(delay: float, result: None = None) -> Coroutine[Any, Any, None]: ...
 @overload
 def sleep(delay: float, result: _T) -> Coroutine[Any, Any, _T]: ...
+
+# sleep()'s timer callback: set fut's result unless it was cancelled
+def _set_result_unless_cancelled(fut: Future[_T], result: _T) -> None: ...
