@@ -442,17 +442,23 @@ def describe(value: Any) -> Any:
     return value
 
 
+def record_timers(loop: asyncio.AbstractEventLoop) -> list[tuple[Any, Any, tuple[Any, ...]]]:
+    """Make the loop's call_later (an instance attribute, as sleep looks it up)
+    record each (handle, callback, args) in the list returned."""
+    timers: list[tuple[Any, Any, tuple[Any, ...]]] = []
+    call_later = loop.call_later
+
+    def spy(delay: float, callback: Any, *args: Any) -> Any:
+        handle = call_later(delay, callback, *args)
+        timers.append((handle, callback, args))
+        return handle
+    loop.call_later = spy  # type: ignore[method-assign]
+    return timers
+
+
 def timed_outcome(run: Run, sleep: Callable[..., Any], prep: str, action: str) -> Any:
     async def main() -> Any:
-        loop = asyncio.get_running_loop()
-        timers: list[tuple[Any, Any, tuple[Any, ...]]] = []
-        call_later = loop.call_later
-
-        def spy(delay: float, callback: Any, *args: Any) -> Any:
-            handle = call_later(delay, callback, *args)
-            timers.append((handle, callback, args))
-            return handle
-        loop.call_later = spy  # type: ignore[method-assign]
+        timers = record_timers(asyncio.get_running_loop())
 
         def fire() -> None:
             _, callback, args = timers[-1]
@@ -484,10 +490,7 @@ def test_timed_state_action_matrix_matches_stdlib(run: Run, prep: str, action: s
 
 def test_timed_sleep_cancelled_task_cancels_its_timer(run: Run, sleep) -> None:
     async def main() -> Any:
-        loop = asyncio.get_running_loop()
-        handles: list[Any] = []
-        call_later = loop.call_later
-        loop.call_later = lambda *a: handles.append(call_later(*a)) or handles[-1]  # type: ignore
+        timers = record_timers(asyncio.get_running_loop())
         task = asyncio.ensure_future(sleep(10, "x"))
         await asyncio.sleep(0)
         task.cancel()
@@ -495,24 +498,21 @@ def test_timed_sleep_cancelled_task_cancels_its_timer(run: Run, sleep) -> None:
             await task
         except asyncio.CancelledError:
             pass
-        cancelled_timer = handles[0].cancelled()
+        cancelled_timer = timers[0][0].cancelled()
         done = await sleep(0.01, "late")
-        return task.cancelled(), cancelled_timer, done, handles[-1].cancelled()
+        return task.cancelled(), cancelled_timer, done, timers[-1][0].cancelled()
     # the finished sleep cancels its (already run) timer too, as `finally: h.cancel()` does
     assert run(main()) == (True, True, "late", True)
 
 
 def test_timed_sleep_dropped_while_suspended_cancels_its_timer(run: Run, sleep) -> None:
     async def main() -> Any:
-        loop = asyncio.get_running_loop()
-        handles: list[Any] = []
-        call_later = loop.call_later
-        loop.call_later = lambda *a: handles.append(call_later(*a)) or handles[-1]  # type: ignore
+        timers = record_timers(asyncio.get_running_loop())
         s = sleep(10)
         s.send(None)
         del s                       # as a coroutine's finalizer closes it
         gc.collect()
-        return [h.cancelled() for h in handles]
+        return [handle.cancelled() for handle, _, _ in timers]
     assert run(main()) == [True]
 
 
