@@ -179,12 +179,19 @@ generic_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static int is_own_type(PyTypeObject *type);   /* after the method tables */
 static PyObject *aenter_via_acquire;          /* async def __aenter__(self): await self.acquire() */
 
+/* The nearest of our own types among type's bases, type itself included. */
+static PyTypeObject *
+own_base(PyTypeObject *type)
+{
+    while (type != NULL && !is_own_type(type)) type = type->tp_base;
+    return type;
+}
+
 static int
 subclass_aenter(PyObject *self, PyObject **result)
 {
-    PyTypeObject *own = Py_TYPE(self);
-    if (is_own_type(own)) return 0;
-    while (own != NULL && !is_own_type(own)) own = own->tp_base;
+    PyTypeObject *own = own_base(Py_TYPE(self));
+    if (own == Py_TYPE(self)) return 0;
     PyObject *ours = own != NULL ? _PyType_Lookup(own, prim_shared.s_acquire) : NULL;
     if (ours == NULL) return 0;
     int same = prim_method_is(self, prim_shared.s_acquire, ours);
@@ -547,19 +554,16 @@ static PyType_Spec event_spec = {
 /* ------------------------------------------------------------------ */
 /* Semaphore / BoundedSemaphore                                        */
 
-static PyObject *sem_locked(PyObject *self, PyObject *Py_UNUSED(a));
-
 static PyObject *
 sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     SemObject *self = (SemObject *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
     self->value = self->bound_value = 1;
-    if (!is_own_type(type)) {
-        PyObject *f = _PyType_Lookup(type, prim_shared.s_locked);
-        self->locked_hook = !(f != NULL && Py_IS_TYPE(f, &PyMethodDescr_Type)
-                              && ((PyMethodDescrObject *)f)->d_method->ml_meth == sem_locked);
-    }
+    PyTypeObject *own = own_base(type);
+    if (own != type && own != NULL)
+        self->locked_hook = _PyType_Lookup(type, prim_shared.s_locked)
+                            != _PyType_Lookup(own, prim_shared.s_locked);
     return (PyObject *)self;
 }
 

@@ -301,10 +301,7 @@ running_loop_record_verify(PyObject *loop)
         || (type->tp_flags & Py_TPFLAGS_HEAPTYPE))
         return;
     running_loop_record *r = (running_loop_record *)record;
-    if (r->loop == loop && r->pid == getpid()) {
-        this_process = r->pid;
-        running_loop_record_type = type;
-    }
+    if (r->loop == loop && r->pid == this_process) running_loop_record_type = type;
 }
 #endif
 
@@ -1010,8 +1007,8 @@ prim_shared_init(PyObject *module)
         || intern(&s->s__init, "_init") || intern(&s->s__get, "_get") || intern(&s->s__put, "_put")
         || intern(&s->s_qsize, "qsize") || intern(&s->s_empty, "empty") || intern(&s->s_full, "full")
         || intern(&s->s__format, "_format") || intern(&s->s_release, "release")
-        || intern(&s->s_acquire, "acquire") || intern(&s->s_locked, "locked") || intern(&s->s_put_nowait, "put_nowait")
-        || intern(&s->s_get_nowait, "get_nowait")
+        || intern(&s->s_acquire, "acquire") || intern(&s->s_locked, "locked")
+        || intern(&s->s_put_nowait, "put_nowait") || intern(&s->s_get_nowait, "get_nowait")
         || intern(&s->s_Future, "Future") || intern(&s->s_loop_module, "pyasync_c._loop"))
         return -1;
     if ((s->CancelledError = prim_import_attr("asyncio", "CancelledError")) == NULL) return -1;
