@@ -33,8 +33,7 @@
 #define DATAGRAM_HEADER_BYTES 0
 #endif
 
-static PyObject *str_recvfrom_into, *str_sendto, *str_send;
-static PyObject *read_buffer_view;  /* memoryview over transport_read_buffer */
+static PyObject *str_recvfrom, *str_sendto, *str_send;  /* interned, immutable */
 
 /* The socket module's address tuple for an IPv4/IPv6 sockaddr, or NULL
  * without an exception for other families. */
@@ -220,27 +219,25 @@ send_failed(TransportObject *self)
     }
 }
 
-/* Receives through the socket object (families we do not format). */
+/* Receives through the socket object (families we do not format):
+ * recvfrom() returns a fresh bytes object, so no buffer of ours is exposed
+ * to Python code or written while the socket module releases the GIL. */
 static PyObject *
 receive_via_socket(TransportObject *self)
 {
-    PyObject *args[2] = {self->sock, read_buffer_view};
-    PyObject *pair = PyObject_VectorcallMethod(str_recvfrom_into, args,
-                                               2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (pair == NULL) {
+    PyObject *size = PyLong_FromLong(TRANSPORT_READ_BUFFER_SIZE);
+    if (size == NULL) {
         return NULL;
     }
-    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+    PyObject *args[2] = {self->sock, size};
+    PyObject *pair = PyObject_VectorcallMethod(str_recvfrom, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(size);
+    if (pair != NULL && (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2)) {
         Py_DECREF(pair);
-        PyErr_SetString(PyExc_TypeError, "recvfrom_into() did not return (nbytes, address)");
+        PyErr_SetString(PyExc_TypeError, "recvfrom() did not return (data, address)");
         return NULL;
     }
-    Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 0));
-    PyObject *data = size < 0 ? NULL : PyBytes_FromStringAndSize(transport_read_buffer, size);
-    PyObject *result = data ? PyTuple_Pack(2, data, PyTuple_GET_ITEM(pair, 1)) : NULL;
-    Py_XDECREF(data);
-    Py_DECREF(pair);
-    return result;
+    return pair;
 }
 
 static PyObject *
@@ -249,23 +246,30 @@ receive_datagram(TransportObject *self)
     if (self->family != AF_INET && self->family != AF_INET6) {
         return receive_via_socket(self);
     }
+    char *buffer = transport_take_read_buffer(self->loop);
+    if (buffer == NULL) {
+        return NULL;
+    }
     struct sockaddr_storage source;
     socklen_t length = sizeof(source);
-    ssize_t received = recvfrom(self->fd, transport_read_buffer, TRANSPORT_READ_BUFFER_SIZE, 0,
+    ssize_t received = recvfrom(self->fd, buffer, TRANSPORT_READ_BUFFER_SIZE, 0,
                                 (struct sockaddr *)&source, &length);
     if (received < 0) {
-        PyObject *exc = transport_oserror(errno);
+        int error_number = errno;
+        transport_give_back_read_buffer(self->loop, buffer);
+        PyObject *exc = transport_oserror(error_number);
         if (exc != NULL) {
             compat_restore_exception(exc);
         }
         return NULL;
     }
-    PyObject *address = address_to_python(&source, length);
-    if (address == NULL && !PyErr_Occurred()) {
+    PyObject *data = PyBytes_FromStringAndSize(buffer, received);
+    transport_give_back_read_buffer(self->loop, buffer);
+    PyObject *address = data ? address_to_python(&source, length) : NULL;
+    if (data != NULL && address == NULL && !PyErr_Occurred()) {
         address = Py_NewRef(Py_None);  /* e.g. no source address */
     }
-    PyObject *data = address ? PyBytes_FromStringAndSize(transport_read_buffer, received) : NULL;
-    PyObject *pair = data ? PyTuple_Pack(2, data, address) : NULL;
+    PyObject *pair = address ? PyTuple_Pack(2, data, address) : NULL;
     Py_XDECREF(data);
     Py_XDECREF(address);
     return pair;
@@ -395,6 +399,13 @@ datagram_sendto(TransportObject *self, PyObject *const *args, Py_ssize_t nargs, 
             Py_RETURN_NONE;
         }
     }
+    if (self->lost) {
+        /* Socket closed, protocol and loop dropped: asyncio's sendto() raises
+         * (an AttributeError from its _fatal_error) instead of calling the
+         * protocol, so this raises the same type. */
+        PyErr_SetString(PyExc_AttributeError, "sendto() on a closed transport: it has no loop any more");
+        return NULL;
+    }
     if (self->queue.count == 0) {
         int rc = send_one(self, data, address);
         if (rc == 0) {
@@ -406,6 +417,10 @@ datagram_sendto(TransportObject *self, PyObject *const *args, Py_ssize_t nargs, 
                 return NULL;
             }
             Py_RETURN_NONE;
+        }
+        /* asyncio's sendto() adds its writer before it buffers */
+        if (transport_check_can_poll(self, UV_WRITABLE) < 0) {
+            return NULL;
         }
     }
     PyObject *copy = PyBytes_CheckExact(data) ? Py_NewRef(data) : PyBytes_FromObject(data);
@@ -471,9 +486,7 @@ static PyGetSetDef datagram_getsets[] = {
 int
 datagram_transport_init(PyObject *module, ModuleState *state)
 {
-    read_buffer_view = PyMemoryView_FromMemory(transport_read_buffer, TRANSPORT_READ_BUFFER_SIZE, PyBUF_WRITE);
-    if (read_buffer_view == NULL
-        || (str_recvfrom_into = PyUnicode_InternFromString("recvfrom_into")) == NULL
+    if ((str_recvfrom = PyUnicode_InternFromString("recvfrom")) == NULL
         || (str_sendto = PyUnicode_InternFromString("sendto")) == NULL
         || (str_send = PyUnicode_InternFromString("send")) == NULL) {
         return -1;
@@ -498,8 +511,7 @@ datagram_transport_init(PyObject *module, ModuleState *state)
     PyType_Slot slots[] = {
         {Py_tp_new, datagram_new},
         {Py_tp_init, transport_init},
-        {Py_tp_init, transport_init},
-    {Py_tp_dealloc, transport_dealloc},
+        {Py_tp_dealloc, transport_dealloc},
         {Py_tp_finalize, transport_finalize},
         {Py_tp_traverse, transport_traverse},
         {Py_tp_clear, transport_clear},

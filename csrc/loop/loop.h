@@ -68,6 +68,7 @@ compat_restore_exception(PyObject *exc)  /* steals the reference */
 
 typedef struct LoopObject LoopObject;
 typedef struct HandleObject HandleObject;
+struct TransportObject;
 
 /* asyncio.streams objects behind the StreamReaderProtocol fast path
  * (streams_fast.c). */
@@ -224,6 +225,10 @@ struct LoopObject {
     PyObject *transports;        /* dict fd -> int address of the TransportObject using fd
                                   * (borrowed: a transport removes itself when it lets go of fd) */
     long active_io;              /* user I/O sources: while 0, a busy loop may skip the poll */
+    struct TransportObject *polled_transports;  /* transports whose poll is started: owned
+                                  * references, visited by tp_traverse (transport_base.c) */
+    char *read_buffer;           /* the transports' reusable read buffer; NULL while lent out
+                                  * or not allocated yet (transport_base.c) */
     PyObject *spare_bytes;       /* a received bytes object nobody kept, reused for the next
                                   * read that fits (stream_transport.c); NULL if none */
     Py_ssize_t spare_capacity;   /* the size spare_bytes was allocated with */

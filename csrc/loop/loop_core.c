@@ -187,7 +187,7 @@ loop_traverse(LoopObject *self, visitproc visit, void *arg)
     Py_VISIT(self->watchers);
     ready_traverse(&self->ready, visit, arg);
     timer_heap_traverse(&self->timers, visit, arg);
-    return 0;
+    return transports_traverse(self, visit, arg);
 }
 
 static int
@@ -198,6 +198,7 @@ loop_clear(LoopObject *self)
     Py_CLEAR(self->loop_kwargs);
     ready_clear(&self->ready);
     timer_heap_clear(&self->timers);
+    transports_clear(self);
     return 0;
 }
 

@@ -305,26 +305,36 @@ stream_on_readable(TransportObject *self)
         read_into_protocol_buffer(self);
         return;
     }
-    ssize_t received = read(self->fd, transport_read_buffer, TRANSPORT_READ_BUFFER_SIZE);
-    if (received < 0) {
-        if (!would_block(errno)) {
-            read_failed(self, errno);
+    /* The loop's buffer is ours until given back: Python code run meanwhile
+     * (the fast path's attribute lookups, a GC pass) cannot reach it. */
+    char *buffer = transport_take_read_buffer(self->loop);
+    if (buffer == NULL) {
+        transport_handle_error(self, "Fatal read error on socket transport");
+        return;
+    }
+    ssize_t received = read(self->fd, buffer, TRANSPORT_READ_BUFFER_SIZE);
+    int error_number = errno;
+    if (received <= 0) {
+        transport_give_back_read_buffer(self->loop, buffer);
+        if (received == 0) {
+            on_eof(self);
+        }
+        else if (!would_block(error_number)) {
+            read_failed(self, error_number);
         }
         return;
     }
-    if (received == 0) {
-        on_eof(self);
-        return;
-    }
-    int handled = stream_fast_data_received(self, transport_read_buffer, received);
+    int handled = stream_fast_data_received(self, buffer, received);
     if (handled != 0) {
+        transport_give_back_read_buffer(self->loop, buffer);
         if (handled < 0) {
             transport_handle_error(self, "Fatal error: protocol.data_received() call failed.");
         }
         return;
     }
     Py_ssize_t capacity;
-    PyObject *data = received_bytes(self->loop, transport_read_buffer, received, &capacity);
+    PyObject *data = received_bytes(self->loop, buffer, received, &capacity);
+    transport_give_back_read_buffer(self->loop, buffer);
     if (data == NULL) {
         transport_handle_error(self, "Fatal error: protocol.data_received() call failed.");
         return;
@@ -438,56 +448,157 @@ stream_write(TransportObject *self, PyObject *data)
             Py_RETURN_NONE;
         }
         sent = n;
+        /* asyncio's write() adds its writer before it buffers the rest */
+        if (transport_check_can_poll(self, UV_WRITABLE) < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
     }
     int rc = queue_rest(self, data, &view, sent);
     PyBuffer_Release(&view);
     return rc < 0 ? NULL : transport_after_queued(self);
 }
 
+/* writelines() as asyncio's WriteTransport (3.11, and pipes on every
+ * version): b''.join(list_of_data), then write().  The join runs over a
+ * tuple of our own, so a buffer exporter that mutates the caller's list
+ * (__buffer__, 3.12+) cannot pull items from under it, and an error queues
+ * nothing. */
+static PyObject *
+writelines_joined(TransportObject *self, PyObject *list_of_data)
+{
+    PyObject *iterator = PyObject_GetIter(list_of_data);
+    if (iterator == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_SetString(PyExc_TypeError, "can only join an iterable");
+        }
+        return NULL;
+    }
+    PyObject *items = PySequence_Tuple(iterator);
+    Py_DECREF(iterator);
+    if (items == NULL) {
+        return NULL;
+    }
+    PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+    PyObject *joined = NULL;
+    if (empty != NULL) {
+        PyObject *args[2] = {empty, items};
+        PyObject *name = PyUnicode_InternFromString("join");
+        joined = name ? PyObject_VectorcallMethod(name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                      : NULL;
+        Py_XDECREF(name);
+        Py_DECREF(empty);
+    }
+    Py_DECREF(items);
+    if (joined == NULL) {
+        return NULL;
+    }
+    PyObject *result = stream_write(self, joined);
+    Py_DECREF(joined);
+    return result;
+}
+
+#if PY_VERSION_HEX >= 0x030C0000
+/* writelines() of a 3.12+ socket transport, as asyncio's: every item
+ * through memoryview() first (an error there raises and queues nothing),
+ * then all are buffered and sent with one sendmsg().  Items are owned
+ * references taken from the iterator: __buffer__ may mutate the argument. */
+static PyObject *
+writelines_buffers(TransportObject *self, PyObject *list_of_data)
+{
+    if (self->eof_written) {
+        PyErr_SetString(PyExc_RuntimeError, "Cannot call writelines() after write_eof()");
+        return NULL;
+    }
+    if (self->empty_waiter != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "unable to writelines; sendfile is in progress");
+        return NULL;
+    }
+    int truthy = PyObject_IsTrue(list_of_data);  /* an empty (falsy) argument: no-op, even None */
+    if (truthy <= 0) {
+        return truthy < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *iterator = PyObject_GetIter(list_of_data);
+    PyObject *chunks = iterator ? PyList_New(0) : NULL;
+    if (chunks == NULL) {
+        Py_XDECREF(iterator);
+        return NULL;
+    }
+    int contiguous = 1;
+    PyObject *item;
+    while ((item = PyIter_Next(iterator)) != NULL) {
+        Py_buffer view;
+        int rc = -1;
+        if (!PyObject_CheckBuffer(item)) {
+            PyErr_Format(PyExc_TypeError, "memoryview: a bytes-like object is required, not '%.100s'",
+                         Py_TYPE(item)->tp_name);
+        }
+        else if (PyObject_GetBuffer(item, &view, PyBUF_FULL_RO) == 0) {
+            rc = 0;
+            if (!PyBuffer_IsContiguous(&view, 'C')) {
+                contiguous = 0;  /* accepted by memoryview(), refused by sendmsg() below */
+            }
+            else if (view.len > 0) {
+                /* bytes by reference, anything else copied (it may change after we return) */
+                PyObject *chunk = PyBytes_CheckExact(item) ? Py_NewRef(item)
+                                  : PyBytes_FromStringAndSize(view.buf, view.len);
+                rc = chunk ? PyList_Append(chunks, chunk) : -1;
+                Py_XDECREF(chunk);
+            }
+            PyBuffer_Release(&view);
+        }
+        Py_DECREF(item);
+        if (rc < 0) {
+            break;
+        }
+    }
+    Py_DECREF(iterator);
+    if (PyErr_Occurred()) {
+        Py_DECREF(chunks);
+        return NULL;
+    }
+    if (!contiguous) {
+        /* asyncio's sendmsg() fails on the whole buffer: a fatal write error */
+        Py_DECREF(chunks);
+        write_queue_clear(&self->queue);
+        PyErr_SetString(PyExc_BufferError, "memoryview: underlying buffer is not C-contiguous");
+        transport_handle_error(self, write_error_message(self));
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    }
+    int go_on = check_can_write(self, "writelines");
+    for (Py_ssize_t i = 0; go_on > 0 && i < PyList_GET_SIZE(chunks); i++) {
+        if (write_queue_push(&self->queue, PyList_GET_ITEM(chunks, i), 0, NULL) < 0) {
+            go_on = -1;  /* MemoryError: what was queued is sent */
+        }
+    }
+    Py_DECREF(chunks);
+    if (go_on == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *error = go_on < 0 ? compat_fetch_exception() : NULL;
+    if (!(self->poll_events & UV_WRITABLE)) {
+        stream_flush(self);  /* nothing was waiting: try at once */
+    }
+    PyObject *result = transport_after_queued(self);
+    if (error != NULL) {
+        Py_XDECREF(result);
+        PyErr_Clear();
+        compat_restore_exception(error);
+        return NULL;
+    }
+    return result;
+}
+#endif
+
 static PyObject *
 stream_writelines(TransportObject *self, PyObject *list_of_data)
 {
 #if PY_VERSION_HEX >= 0x030C0000
-    /* 3.12+: an empty (falsy) argument is a no-op, even None */
-    int truthy = PyObject_IsTrue(list_of_data);
-    if (truthy <= 0) {
-        return truthy < 0 ? NULL : Py_NewRef(Py_None);
+    if (self->kind == TRANSPORT_SOCKET_STREAM) {
+        return writelines_buffers(self, list_of_data);
     }
 #endif
-    PyObject *items = PySequence_Fast(list_of_data, "writelines() argument must be iterable");
-    if (items == NULL) {
-        return NULL;
-    }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
-    PyObject **item = PySequence_Fast_ITEMS(items);
-    for (Py_ssize_t i = 0; i < count; i++) {  /* type errors first, as asyncio's memoryview() */
-        if (!PyObject_CheckBuffer(item[i])) {
-            PyErr_Format(PyExc_TypeError, "memoryview: a bytes-like object is required, not '%.100s'",
-                         Py_TYPE(item[i])->tp_name);
-            Py_DECREF(items);
-            return NULL;
-        }
-    }
-    int go_on = check_can_write(self, "writelines");
-    for (Py_ssize_t i = 0; go_on > 0 && i < count; i++) {
-        Py_buffer view;
-        if (PyObject_GetBuffer(item[i], &view, PyBUF_SIMPLE) < 0) {
-            go_on = -1;
-            break;
-        }
-        if (view.len > 0 && queue_rest(self, item[i], &view, 0) < 0) {
-            go_on = -1;
-        }
-        PyBuffer_Release(&view);
-    }
-    Py_DECREF(items);
-    if (go_on <= 0) {
-        return go_on < 0 ? NULL : Py_NewRef(Py_None);
-    }
-    if (!(self->poll_events & UV_WRITABLE)) {
-        stream_flush(self);  /* nothing was waiting: try at once */
-    }
-    return transport_after_queued(self);
+    return writelines_joined(self, list_of_data);
 }
 
 static PyObject *

@@ -39,6 +39,19 @@ typedef struct {
     Py_ssize_t bytes;     /* unsent bytes over all entries */
 } WriteQueue;
 
+/* The libuv poll of an fd that transports use.  libuv allows one poll per
+ * fd, so a read pipe and a write pipe on the same fd (a pty master driven
+ * both ways) share one: it is started with the union of its users' events
+ * and each user gets the events it asked for.  malloc'd; uv_close()d when
+ * its last user detaches, and freed by the close callback. */
+typedef struct TransportPoll {
+    uv_poll_t handle;                  /* first: the close callback frees the struct */
+    LoopObject *loop;                  /* borrowed: every user holds the loop */
+    struct TransportObject *users[2];  /* borrowed: a user detaches before it lets go */
+    int events;                        /* the events the handle is started with */
+    int fd;
+} TransportPoll;
+
 typedef struct TransportObject {
     PyObject_HEAD
     PyObject *asyncio_slot_storage[TRANSPORT_RESERVED_SLOTS];
@@ -53,14 +66,21 @@ typedef struct TransportObject {
     PyObject *empty_waiter;   /* sendfile: Future done when the write queue empties */
     PyObject *address;        /* datagram: the connected peer address, or NULL */
     PyObject *io_ready_method;/* bound _io_ready, made on first deferred event */
-    uv_poll_t *poll;          /* malloc'd on first use; its close callback frees it */
+    TransportPoll *poll;      /* attached on first use (shared with fd_partner) */
+    struct TransportObject *fd_partner; /* the other pipe transport on this fd (borrowed,
+                                         * both ways; cleared when either lets go of it) */
+    struct TransportObject *polled_prev, *polled_next; /* loop->polled_transports list */
+    PyObject *watcher_callback; /* context.run given to a loop watcher writer (see
+                                 * transport_check_fd_free), or NULL */
     WriteQueue queue;
     Py_ssize_t conn_lost;     /* >0 once connection_lost is scheduled; counts writes after */
     Py_ssize_t high_water;
     Py_ssize_t low_water;
     int fd;
     int family;               /* datagram: the socket's address family */
-    int poll_events;          /* the events the poll is started with (0: stopped) */
+    int poll_events;          /* the events this transport polls (0: stopped) */
+    int want_events;          /* the events last asked for, kept when the loop closes:
+                               * asking for more then raises, as asyncio's _add_reader */
     TransportKind kind;
     char closing;
     char reading_paused;      /* pause_reading() */
@@ -71,7 +91,10 @@ typedef struct TransportObject {
     char buffered_protocol;   /* protocol is an asyncio.BufferedProtocol */
     char lost;                /* _call_connection_lost ran */
     char watch_peer_close;    /* write pipe: poll readable to see the reader go away */
-    char holds_self_ref;      /* an active poll keeps the transport alive */
+    char polled;              /* in loop->polled_transports (owns a reference) */
+    char writes_via_watcher;  /* closing, its fd handed over to add_reader & co: the
+                               * rest of the queue is flushed by a loop watcher writer */
+    char watcher_writer;      /* that writer is registered (by us) */
 } TransportObject;
 
 /* ---- transport_base.c ---- */
@@ -117,8 +140,22 @@ TransportObject *transport_alloc(PyTypeObject *type, PyObject *loop, ModuleState
 void transport_discard(TransportObject *self);
 /* Logs asyncio's warning for writes after the connection was lost. */
 void transport_warn_write_after_lost(TransportObject *self, const char *message);
-int transport_check_fd_free(LoopObject *loop, int fd);  /* RuntimeError if a transport uses fd */
+/* add_reader/add_writer/sock_* on fd: RuntimeError if a transport that is
+ * not closing uses it (as asyncio); a closing one hands the fd over. */
+int transport_check_fd_free(LoopObject *loop, int fd);
 void transports_close_all(LoopObject *loop);            /* loop close: release every poll */
+/* The loop's tp_traverse / tp_clear: its polled transports. */
+int transports_traverse(LoopObject *loop, visitproc visit, void *arg);
+void transports_clear(LoopObject *loop);
+/* The loop's read buffer, lent to one read at a time (a nested read gets a
+ * fresh one): nothing else can reach it while the kernel or a protocol
+ * callback has it.  NULL with MemoryError. */
+char *transport_take_read_buffer(LoopObject *loop);
+void transport_give_back_read_buffer(LoopObject *loop, char *buffer);
+/* RuntimeError('Event loop is closed') when the loop is closed and the
+ * transport would start polling for `events` anew (asyncio's transports call
+ * _add_reader/_add_writer then, which refuse a closed loop). */
+int transport_check_can_poll(TransportObject *self, int events);
 PyObject *transport_oserror(int error_number);          /* new OSError subclass instance */
 /* Shared methods and getsets, listed in each type's tables. */
 extern PyMethodDef transport_common_methods[];
@@ -159,8 +196,7 @@ int streams_fast_traverse(ModuleState *state, visitproc visit, void *arg);
 void streams_fast_clear(ModuleState *state);
 int datagram_transport_init(PyObject *module, ModuleState *state);
 
-/* Reusable read buffer (one per process; only touched with the GIL held). */
+/* Size of a loop's read buffer (transport_take_read_buffer). */
 #define TRANSPORT_READ_BUFFER_SIZE (256 * 1024)
-extern char transport_read_buffer[TRANSPORT_READ_BUFFER_SIZE];
 
 #endif

@@ -36,8 +36,6 @@
 #include <string.h>
 #include <structmember.h>
 
-char transport_read_buffer[TRANSPORT_READ_BUFFER_SIZE];
-
 #define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
 #define DEFAULT_HIGH_WATER (64 * 1024)
 
@@ -138,7 +136,39 @@ state_of(TransportObject *self)
     return self->loop->state;
 }
 
-/* ---- fd registry ---- */
+/* ---- the loop's read buffer ---- */
+
+char *
+transport_take_read_buffer(LoopObject *loop)
+{
+    char *buffer = loop->read_buffer;
+    if (buffer != NULL) {
+        loop->read_buffer = NULL;
+        return buffer;
+    }
+    /* first use, or a read nested in a protocol callback of another read */
+    buffer = malloc(TRANSPORT_READ_BUFFER_SIZE);
+    if (buffer == NULL) {
+        PyErr_NoMemory();
+    }
+    return buffer;
+}
+
+void
+transport_give_back_read_buffer(LoopObject *loop, char *buffer)
+{
+    if (loop->read_buffer == NULL && loop->uv_ready) {
+        loop->read_buffer = buffer;
+    }
+    else {
+        free(buffer);
+    }
+}
+
+/* ---- fd registry ----
+ * loop->transports maps fd -> the address of the transport using it.  A read
+ * pipe and a write pipe may share an fd: the entry names the first, which
+ * links the second as its fd_partner. */
 
 static int
 registry_add(TransportObject *self)
@@ -151,6 +181,26 @@ registry_add(TransportObject *self)
     return rc;
 }
 
+/* The transport registered for fd (borrowed), or NULL (with an exception on error). */
+static TransportObject *
+registry_get(LoopObject *loop, int fd)
+{
+    if (loop->transports == NULL || PyDict_GET_SIZE(loop->transports) == 0) {
+        return NULL;
+    }
+    PyObject *key = PyLong_FromLong(fd);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *value = PyDict_GetItemWithError(loop->transports, key);
+    Py_DECREF(key);
+    return value == NULL ? NULL : PyLong_AsVoidPtr(value);
+}
+
+static void update_poll_quietly(TransportObject *self);
+
+/* The transport lets go of its fd: leaves the registry (its partner, if
+ * any, takes the entry over) and unlinks the partner. */
 static void
 registry_remove(TransportObject *self)
 {
@@ -158,42 +208,149 @@ registry_remove(TransportObject *self)
         return;
     }
     PyObject *exc = compat_fetch_exception();
+    TransportObject *partner = self->fd_partner;
+    if (partner != NULL) {
+        partner->fd_partner = NULL;
+        self->fd_partner = NULL;
+    }
     PyObject *key = PyLong_FromLong(self->fd);
     if (key != NULL) {
         PyObject *value = PyDict_GetItemWithError(self->loop->transports, key);
         if (value != NULL && PyLong_AsVoidPtr(value) == (void *)self) {
-            PyDict_DelItem(self->loop->transports, key);
+            if (partner != NULL) {
+                registry_add(partner);
+            }
+            else {
+                PyDict_DelItem(self->loop->transports, key);
+            }
         }
         Py_DECREF(key);
     }
     PyErr_Clear();
+    if (partner != NULL) {
+        update_poll_quietly(partner);  /* a write pipe alone watches for its reader again */
+    }
     if (exc != NULL) {
         compat_restore_exception(exc);
     }
 }
 
+static int hand_over_fd(TransportObject *self);
+
 int
 transport_check_fd_free(LoopObject *loop, int fd)
 {
-    if (loop->transports == NULL || PyDict_GET_SIZE(loop->transports) == 0) {
-        return 0;
-    }
-    PyObject *key = PyLong_FromLong(fd);
-    if (key == NULL) {
-        return -1;
-    }
-    PyObject *value = PyDict_GetItemWithError(loop->transports, key);
-    Py_DECREF(key);
-    if (value == NULL) {
+    TransportObject *transport = registry_get(loop, fd);
+    if (transport == NULL) {
         return PyErr_Occurred() ? -1 : 0;
     }
-    TransportObject *transport = PyLong_AsVoidPtr(value);
-    if (transport == NULL || transport->closing) {
+    TransportObject *users[2] = {transport, transport->fd_partner};
+    for (int i = 0; i < 2; i++) {
+        if (users[i] != NULL && !users[i]->closing) {
+            PyErr_Format(PyExc_RuntimeError, "File descriptor %d is used by transport %R",
+                         fd, (PyObject *)users[i]);
+            return -1;
+        }
+    }
+    /* Closing transports allow it, as asyncio's: they give their poll up. */
+    Py_INCREF(users[0]);
+    Py_XINCREF(users[1]);
+    int rc = hand_over_fd(users[0]);
+    if (rc == 0 && users[1] != NULL) {
+        rc = hand_over_fd(users[1]);
+    }
+    Py_DECREF(users[0]);
+    Py_XDECREF(users[1]);
+    return rc;
+}
+
+/* transport_setup: may `self` (of `kind`) use fd?  A read pipe and a write
+ * pipe share an fd as partners. */
+static int
+registry_enter(TransportObject *self, int fd)
+{
+    TransportObject *existing = registry_get(self->loop, fd);
+    if (existing == NULL) {
+        return PyErr_Occurred() ? -1 : registry_add(self);
+    }
+    int pipes = (existing->kind == TRANSPORT_READ_PIPE && self->kind == TRANSPORT_WRITE_PIPE)
+                || (existing->kind == TRANSPORT_WRITE_PIPE && self->kind == TRANSPORT_READ_PIPE);
+    if (pipes && existing->fd_partner == NULL && !existing->closing) {
+        existing->fd_partner = self;
+        self->fd_partner = existing;
+        update_poll_quietly(existing);  /* a write pipe stops watching for its reader */
         return 0;
     }
-    PyErr_Format(PyExc_RuntimeError, "File descriptor %d is used by transport %R",
-                 fd, (PyObject *)transport);
-    return -1;
+    if (!existing->closing || (existing->fd_partner != NULL && !existing->fd_partner->closing)) {
+        PyErr_Format(PyExc_RuntimeError, "File descriptor %d is used by transport %R", fd,
+                     (PyObject *)(existing->closing ? existing->fd_partner : existing));
+        return -1;
+    }
+    return registry_add(self);  /* the closing one keeps its poll until it is done */
+}
+
+/* ---- the loop's polled transports ----
+ * A transport whose poll is started is owned by its loop (a list the loop's
+ * tp_traverse visits), as a selector's handle keeps asyncio's transport
+ * alive: an open connection of a live loop is never collected, while an
+ * abandoned loop and its connections form a cycle the GC frees (loop and
+ * transport finalizers then release the polls and close the fds). */
+
+static void
+polled_link(TransportObject *self)
+{
+    if (self->polled) {
+        return;
+    }
+    LoopObject *loop = self->loop;
+    self->polled = 1;
+    Py_INCREF(self);
+    self->polled_prev = NULL;
+    self->polled_next = loop->polled_transports;
+    if (loop->polled_transports != NULL) {
+        loop->polled_transports->polled_prev = self;
+    }
+    loop->polled_transports = self;
+}
+
+/* The caller holds another reference. */
+static void
+polled_unlink(TransportObject *self)
+{
+    if (!self->polled) {
+        return;
+    }
+    self->polled = 0;
+    if (self->polled_prev != NULL) {
+        self->polled_prev->polled_next = self->polled_next;
+    }
+    else {
+        self->loop->polled_transports = self->polled_next;
+    }
+    if (self->polled_next != NULL) {
+        self->polled_next->polled_prev = self->polled_prev;
+    }
+    self->polled_prev = self->polled_next = NULL;
+    Py_DECREF(self);
+}
+
+int
+transports_traverse(LoopObject *loop, visitproc visit, void *arg)
+{
+    for (TransportObject *t = loop->polled_transports; t != NULL; t = t->polled_next) {
+        Py_VISIT((PyObject *)t);
+    }
+    return 0;
+}
+
+static void transport_release_poll(TransportObject *self);
+
+void
+transports_clear(LoopObject *loop)
+{
+    while (loop->polled_transports != NULL) {
+        transport_release_poll(loop->polled_transports);
+    }
 }
 
 /* ---- poll ---- */
@@ -201,127 +358,329 @@ transport_check_fd_free(LoopObject *loop, int fd)
 static void
 free_poll(uv_handle_t *handle)
 {
-    free(handle);
+    free(handle);  /* the TransportPoll it starts */
 }
 
 static void on_poll(uv_poll_t *poll, int status, int events);
-static void poll_stopped(TransportObject *self);
 
-/* The fd was closed under the transport (not through it). */
+/* This transport's poll is stopped (the caller holds another reference). */
+static void
+poll_stopped(TransportObject *self)
+{
+    if (self->poll_events == 0) {
+        return;
+    }
+    self->poll_events = 0;
+    self->loop->active_io--;
+    polled_unlink(self);
+}
+
+static void transport_bad_fd(void *owner);
+
+/* Starts, changes or stops the shared handle to what its users poll. */
+static int
+shared_poll_apply(TransportPoll *shared)
+{
+    int events = 0;
+    for (int i = 0; i < 2; i++) {
+        if (shared->users[i] != NULL) {
+            events |= shared->users[i]->poll_events;
+        }
+    }
+    if (events == shared->events) {
+        return 0;
+    }
+    if (events == 0) {
+        uv_poll_stop(&shared->handle);
+        shared->events = 0;
+        return 0;
+    }
+    int err = uv_poll_start(&shared->handle, events, on_poll);
+    if (err < 0) {
+        errno = -err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    shared->events = events;
+    return loop_note_poll_change(shared->loop, &shared->handle, shared->fd, transport_bad_fd, shared);
+}
+
+/* libuv stopped the handle (an error), or we do: every user is stopped. */
+static void
+shared_poll_stopped(TransportPoll *shared)
+{
+    if (shared->events != 0) {
+        uv_poll_stop(&shared->handle);
+        shared->events = 0;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (shared->users[i] != NULL) {
+            poll_stopped(shared->users[i]);
+        }
+    }
+}
+
+/* The fd was closed under the transports (not through them). */
 static void
 transport_bad_fd(void *owner)
 {
-    TransportObject *self = owner;
-    Py_INCREF(self);
-    if (self->poll_events != 0) {
-        uv_poll_stop(self->poll);
-        poll_stopped(self);
+    TransportPoll *shared = owner;
+    TransportObject *users[2] = {shared->users[0], shared->users[1]};
+    Py_XINCREF(users[0]);
+    Py_XINCREF(users[1]);
+    shared_poll_stopped(shared);
+    for (int i = 0; i < 2; i++) {
+        if (users[i] == NULL) {
+            continue;
+        }
+        PyObject *exc = transport_oserror(EBADF);
+        if (exc != NULL) {
+            transport_fatal_error(users[i], exc, "Fatal error: the transport's file descriptor was closed");
+            Py_DECREF(exc);
+        }
+        else {
+            PyErr_Clear();
+        }
     }
-    PyObject *exc = transport_oserror(EBADF);
+    Py_XDECREF(users[0]);
+    Py_XDECREF(users[1]);
+}
+
+/* Gives the transport a poll: its partner's, or a new one. */
+static int
+attach_poll(TransportObject *self)
+{
+    TransportObject *partner = self->fd_partner;
+    if (partner != NULL && partner->poll != NULL) {
+        TransportPoll *shared = partner->poll;
+        shared->users[shared->users[0] == NULL ? 0 : 1] = self;
+        self->poll = shared;
+        return 0;
+    }
+    TransportPoll *shared = calloc(1, sizeof(TransportPoll));
+    if (shared == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int err = uv_poll_init(&self->loop->uv, &shared->handle, self->fd);
+    if (err < 0) {
+        free(shared);
+        if (err == UV_EEXIST) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "File descriptor %d is already watched by add_reader()/add_writer()",
+                         self->fd);
+        }
+        else {
+            errno = -err;
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return -1;
+    }
+    shared->handle.data = shared;
+    shared->loop = self->loop;
+    shared->fd = self->fd;
+    shared->users[0] = self;
+    self->poll = shared;
+    return 0;
+}
+
+/* Detaches the transport from its poll, closing the poll when nobody else
+ * uses it.  No reference counting: dealloc calls it too. */
+static void
+detach_poll(TransportObject *self)
+{
+    TransportPoll *shared = self->poll;
+    if (shared == NULL) {
+        return;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (shared->users[i] == self) {
+            shared->users[i] = NULL;
+        }
+    }
+    self->poll = NULL;
+    if (shared->users[0] == NULL && shared->users[1] == NULL) {
+        shared->handle.data = NULL;
+        loop_forget_poll(shared->loop, &shared->handle);
+        uv_close((uv_handle_t *)&shared->handle, free_poll);  /* stops it too */
+        return;
+    }
+    PyObject *exc = compat_fetch_exception();
+    if (shared_poll_apply(shared) < 0) {
+        PyErr_Clear();  /* the partner finds out at its next syscall */
+    }
     if (exc != NULL) {
-        transport_fatal_error(self, exc, "Fatal error: the transport's file descriptor was closed");
-        Py_DECREF(exc);
+        compat_restore_exception(exc);
     }
-    else {
-        PyErr_Clear();
-    }
-    Py_DECREF(self);
 }
 
 int
 transport_wants_read(TransportObject *self)
 {
     if (self->kind == TRANSPORT_WRITE_PIPE) {
-        return self->started && self->watch_peer_close && !self->conn_lost;
+        /* readable means the reader went away -- unless a read pipe shares the fd */
+        return self->started && self->watch_peer_close && !self->conn_lost && self->fd_partner == NULL;
     }
     return self->started && !self->closing && !self->reading_paused && !self->read_eof
            && !self->conn_lost;
 }
 
-static void
-poll_stopped(TransportObject *self)
+int
+transport_check_can_poll(TransportObject *self, int events)
 {
-    self->poll_events = 0;
-    self->loop->active_io--;
-    if (self->holds_self_ref) {
-        self->holds_self_ref = 0;
-        Py_DECREF(self);  /* the caller holds another reference */
+    if ((self->loop->closed || !self->loop->uv_ready) && (events & ~self->want_events)) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
     }
+    return 0;
 }
+
+static int update_watcher_writer(TransportObject *self, int events);
 
 int
 transport_update_poll(TransportObject *self)
 {
-    if (self->lost || self->loop == NULL || !self->loop->uv_ready) {
+    if (self->lost || self->loop == NULL) {
         return 0;
     }
     int events = (transport_wants_read(self) ? UV_READABLE : 0)
                  | (self->queue.count > 0 && !self->conn_lost ? UV_WRITABLE : 0);
+    if (self->loop->closed || !self->loop->uv_ready) {
+        int refused = transport_check_can_poll(self, events);
+        self->want_events = events;
+        return refused;
+    }
+    self->want_events = events;
+    if (self->writes_via_watcher) {
+        return update_watcher_writer(self, events);
+    }
     if (events == self->poll_events) {
         return 0;
     }
-    if (events == 0) {
-        uv_poll_stop(self->poll);
-        poll_stopped(self);
-        return 0;
-    }
-    if (self->poll == NULL) {
-        uv_poll_t *poll = malloc(sizeof(uv_poll_t));
-        if (poll == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        int err = uv_poll_init(&self->loop->uv, poll, self->fd);
-        if (err < 0) {
-            free(poll);
-            if (err == UV_EEXIST) {
-                PyErr_Format(PyExc_RuntimeError,
-                             "File descriptor %d is already watched by add_reader()/add_writer()",
-                             self->fd);
-            }
-            else {
-                errno = -err;
-                PyErr_SetFromErrno(PyExc_OSError);
-            }
-            return -1;
-        }
-        poll->data = self;
-        self->poll = poll;
-    }
-    int err = uv_poll_start(self->poll, events, on_poll);
-    if (err < 0) {
-        errno = -err;
-        PyErr_SetFromErrno(PyExc_OSError);
+    if (self->poll == NULL && attach_poll(self) < 0) {
         return -1;
     }
-    if (self->poll_events == 0) {
-        self->loop->active_io++;
-        if (!self->holds_self_ref) {
-            self->holds_self_ref = 1;
-            Py_INCREF(self);
-        }
-    }
+    int previous = self->poll_events;
     self->poll_events = events;
-    return loop_note_poll_change(self->loop, self->poll, self->fd, transport_bad_fd, self);
+    if (shared_poll_apply(self->poll) < 0) {
+        self->poll_events = previous;
+        PyObject *exc = compat_fetch_exception();
+        if (shared_poll_apply(self->poll) < 0) {
+            PyErr_Clear();
+        }
+        compat_restore_exception(exc);
+        return -1;
+    }
+    if (previous == 0) {
+        self->loop->active_io++;
+        polled_link(self);
+    }
+    else if (events == 0) {
+        self->poll_events = previous;
+        poll_stopped(self);
+    }
+    return 0;
+}
+
+/* transport_update_poll for callers that cannot report an error. */
+static void
+update_poll_quietly(TransportObject *self)
+{
+    PyObject *exc = compat_fetch_exception();
+    Py_INCREF(self);
+    if (transport_update_poll(self) < 0) {
+        PyErr_Clear();
+    }
+    Py_DECREF(self);
+    if (exc != NULL) {
+        compat_restore_exception(exc);
+    }
 }
 
 /* Closes the poll for good (before the fd is closed). */
 static void
 transport_release_poll(TransportObject *self)
 {
-    if (self->poll == NULL) {
-        return;
-    }
     Py_INCREF(self);
-    if (self->poll_events != 0) {
-        uv_poll_stop(self->poll);
-        poll_stopped(self);
+    if (self->watcher_writer) {
+        /* our writer is still the fd's (add_writer may have replaced it) */
+        self->watcher_writer = 0;
+        HandleObject *writer = loop_watcher_handle(self->loop, self->fd, UV_WRITABLE);
+        if (writer != NULL && writer->callback == self->watcher_callback && self->loop->uv_ready) {
+            PyObject *exc = compat_fetch_exception();
+            PyObject *fd = PyLong_FromLong(self->fd);
+            PyObject *r = fd ? loop_remove_watcher(self->loop, fd, UV_WRITABLE) : NULL;
+            Py_XDECREF(r);
+            Py_XDECREF(fd);
+            PyErr_Clear();
+            if (exc != NULL) {
+                compat_restore_exception(exc);
+            }
+        }
     }
-    self->poll->data = NULL;
-    loop_forget_poll(self->loop, self->poll);
-    uv_close((uv_handle_t *)self->poll, free_poll);
-    self->poll = NULL;
+    poll_stopped(self);
+    detach_poll(self);
     Py_DECREF(self);
+}
+
+/* ---- handing a closing transport's fd over to add_reader & co ----
+ * asyncio lets add_reader/add_writer/sock_* use the fd of a closing
+ * transport: its selector then holds the user's reader next to the
+ * transport's writer.  libuv allows one poll per fd, so the transport gives
+ * its own up and flushes the rest of its queue through a writer of the
+ * loop's watcher for the fd (run in the transport's context); the user's
+ * callbacks join that watcher. */
+
+static int
+hand_over_fd(TransportObject *self)
+{
+    if (self->writes_via_watcher || self->lost) {
+        return 0;
+    }
+    transport_release_poll(self);
+    self->writes_via_watcher = 1;
+    return transport_update_poll(self);
+}
+
+static int
+update_watcher_writer(TransportObject *self, int events)
+{
+    if (events & UV_WRITABLE) {
+        if (self->watcher_writer) {
+            return 0;
+        }
+        if (self->watcher_callback == NULL) {
+            self->watcher_callback = PyObject_GetAttrString(self->context, "run");
+            if (self->watcher_callback == NULL) {
+                return -1;
+            }
+        }
+        if (self->io_ready_method == NULL) {
+            self->io_ready_method = PyObject_GetAttrString((PyObject *)self, "_io_ready");
+            if (self->io_ready_method == NULL) {
+                return -1;
+            }
+        }
+        PyObject *fd = PyLong_FromLong(self->fd);
+        PyObject *writable = fd ? PyLong_FromLong(UV_WRITABLE) : NULL;
+        PyObject *r = NULL;
+        if (writable != NULL) {
+            PyObject *args[4] = {fd, self->watcher_callback, self->io_ready_method, writable};
+            r = loop_add_watcher(self->loop, args, 4, UV_WRITABLE);
+        }
+        Py_XDECREF(fd);
+        Py_XDECREF(writable);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+        self->watcher_writer = 1;
+        return 0;
+    }
+    if (self->watcher_writer) {
+        transport_release_poll(self);  /* removes our writer; the transport has no poll */
+    }
+    return 0;
 }
 
 /* Runs the transport's handlers for `events`; the context is entered. */
@@ -371,35 +730,19 @@ defer_events(TransportObject *self, int events)
     return rc;
 }
 
+/* One user's share of a poll event; the caller holds a reference. */
 static void
-on_poll(uv_poll_t *poll, int status, int events)
+transport_poll_event(TransportObject *self, int events)
 {
-    TransportObject *self = poll->data;
-    if (self == NULL) {
-        return;
-    }
     LoopObject *loop = self->loop;
-    loop_take_gil(loop);
-    Py_INCREF(self);
-    if (status < 0) {
-        /* libuv stopped the poll (e.g. POLLERR): retry what we wanted; the
-         * syscalls report the real error or EOF. */
-        events = self->poll_events;
-        if (self->poll_events != 0) {
-            uv_poll_stop(poll);
-            poll_stopped(self);
-        }
-    }
     if (loop->defer_io) {
         if (defer_events(self, events) < 0) {
             loop_defer_error(loop);
         }
-        Py_DECREF(self);
         return;
     }
     if (PyContext_Enter(self->context) < 0) {
         transport_handle_error(self, "Fatal error: cannot enter the transport's context");
-        Py_DECREF(self);
         return;
     }
     dispatch_events(self, events);
@@ -411,7 +754,39 @@ on_poll(uv_poll_t *poll, int status, int events)
         compat_restore_exception(exc);
         loop_defer_error(loop);
     }
-    Py_DECREF(self);
+}
+
+static void
+on_poll(uv_poll_t *poll, int status, int events)
+{
+    TransportPoll *shared = poll->data;
+    if (shared == NULL) {
+        return;
+    }
+    loop_take_gil(shared->loop);
+    TransportObject *users[2] = {shared->users[0], shared->users[1]};
+    int wanted[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        if (users[i] != NULL) {
+            Py_INCREF(users[i]);
+            wanted[i] = users[i]->poll_events;
+        }
+    }
+    if (status < 0) {
+        /* libuv stopped the poll (e.g. POLLERR): each user retries what it
+         * wanted; the syscalls report the real error or EOF. */
+        shared_poll_stopped(shared);
+    }
+    for (int i = 0; i < 2; i++) {
+        TransportObject *user = users[i];
+        int user_events = status < 0 ? wanted[i] : (events & wanted[i]);
+        /* the other user's callbacks may have closed this one meanwhile */
+        if (user != NULL && user_events != 0 && user->poll == shared && !user->lost) {
+            transport_poll_event(user, user_events);
+        }
+    }
+    Py_XDECREF(users[0]);
+    Py_XDECREF(users[1]);
 }
 
 /* _io_ready(events): the deferred form of on_poll, run by a Handle in the
@@ -655,7 +1030,12 @@ transport_setup(TransportObject *self, LoopObject *loop, PyObject *sock, PyObjec
         return -1;
     }
     int fd = PyObject_AsFileDescriptor(sock);
-    if (fd < 0 || transport_check_fd_free(loop, fd) < 0) {
+    if (fd < 0) {
+        return -1;
+    }
+    self->fd = fd;
+    if (registry_enter(self, fd) < 0) {
+        self->fd = -1;
         return -1;  /* another live transport uses it: asyncio refuses too */
     }
     if (extra == NULL || extra == Py_None) {
@@ -678,7 +1058,6 @@ transport_setup(TransportObject *self, LoopObject *loop, PyObject *sock, PyObjec
     self->high_water = DEFAULT_HIGH_WATER;
     self->low_water = DEFAULT_HIGH_WATER / 4;
     self->sock = Py_NewRef(sock);
-    self->fd = fd;
     if (server != NULL && server != Py_None) {
         self->server = Py_NewRef(server);
         PyObject *args[2] = {server, (PyObject *)self};
@@ -695,7 +1074,7 @@ transport_setup(TransportObject *self, LoopObject *loop, PyObject *sock, PyObjec
         }
         Py_DECREF(r);
     }
-    return registry_add(self);
+    return 0;
 }
 
 int
@@ -1302,6 +1681,7 @@ transport_traverse(TransportObject *self, visitproc visit, void *arg)
     Py_VISIT(self->empty_waiter);
     Py_VISIT(self->address);
     Py_VISIT(self->io_ready_method);
+    Py_VISIT(self->watcher_callback);
     for (Py_ssize_t i = 0; i < self->queue.count; i++) {
         WriteEntry *entry = &self->queue.items[(self->queue.head + i) & (self->queue.capacity - 1)];
         Py_VISIT(entry->address);
@@ -1313,6 +1693,7 @@ int
 transport_clear(TransportObject *self)
 {
     Py_CLEAR(self->io_ready_method);
+    Py_CLEAR(self->watcher_callback);
     Py_CLEAR(self->dict);
     Py_CLEAR(self->protocol);
     Py_CLEAR(self->extra);
@@ -1362,13 +1743,9 @@ transport_dealloc(TransportObject *self)
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
-    if (self->poll != NULL) {
-        /* Stopped (an active poll holds a reference), but still a libuv handle. */
-        self->poll->data = NULL;
-        loop_forget_poll(self->loop, self->poll);
-        uv_close((uv_handle_t *)self->poll, free_poll);
-        self->poll = NULL;
-    }
+    /* A started poll owns a reference: this one is stopped, but may still
+     * be a libuv handle (or shared with the fd's other pipe transport). */
+    detach_poll(self);
     registry_remove(self);
     transport_clear(self);
     write_queue_free(&self->queue);
@@ -1383,31 +1760,36 @@ transport_dealloc(TransportObject *self)
 void
 transports_close_all(LoopObject *loop)
 {
-    if (loop->transports == NULL || PyDict_GET_SIZE(loop->transports) == 0) {
-        return;
-    }
-    PyObject *values = PyDict_Values(loop->transports);
-    if (values == NULL) {
-        PyErr_Clear();
-        return;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(values);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        TransportObject *transport = PyLong_AsVoidPtr(PyList_GET_ITEM(values, i));
-        if (transport != NULL) {
-            Py_INCREF(transport);
-            PyList_SET_ITEM(values, i, (PyObject *)transport);  /* hold it while we work */
+    PyObject *exc = compat_fetch_exception();
+    /* every registered transport (with its fd partner), held while we work */
+    PyObject *held = PyList_New(0);
+    if (held != NULL && loop->transports != NULL) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(loop->transports, &pos, &key, &value)) {
+            TransportObject *transport = PyLong_AsVoidPtr(value);
+            if (transport == NULL) {
+                continue;
+            }
+            if (PyList_Append(held, (PyObject *)transport) < 0
+                || (transport->fd_partner != NULL
+                    && PyList_Append(held, (PyObject *)transport->fd_partner) < 0)) {
+                break;
+            }
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(held); i++) {
+            transport_release_poll((TransportObject *)PyList_GET_ITEM(held, i));
         }
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(values, i);
-        if (PyLong_Check(item)) {
-            continue;
-        }
-        transport_release_poll((TransportObject *)item);
-    }
-    Py_DECREF(values);
+    Py_XDECREF(held);
+    /* and any other polled one (e.g. out of the registry during sendfile) */
+    transports_clear(loop);
+    free(loop->read_buffer);
+    loop->read_buffer = NULL;
     PyErr_Clear();
+    if (exc != NULL) {
+        compat_restore_exception(exc);
+    }
 }
 
 /* ---- types ---- */
