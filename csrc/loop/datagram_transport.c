@@ -155,7 +155,14 @@ static int
 is_connected(TransportObject *self)
 {
     PyObject *peer = PyDict_GetItemString(self->extra, "peername");
-    return peer != NULL && PyObject_IsTrue(peer) == 1;
+    if (peer == NULL) {
+        return 0;
+    }
+    Py_INCREF(peer);  /* its __bool__ may change _extra */
+    int connected = PyObject_IsTrue(peer) == 1;
+    Py_DECREF(peer);
+    PyErr_Clear();
+    return connected;
 }
 
 /* One send; 0 sent, 1 would block, -1 error set. */
@@ -188,14 +195,16 @@ send_one(TransportObject *self, PyObject *data, PyObject *address)
         return -1;
     }
     PyObject *r;
+    PyObject *sock = Py_NewRef(self->sock);  /* `_sock = None` may drop ours meanwhile */
     if (is_connected(self) || address == NULL || address == Py_None) {
-        PyObject *args[2] = {self->sock, data};
+        PyObject *args[2] = {sock, data};
         r = PyObject_VectorcallMethod(str_send, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
     else {
-        PyObject *args[3] = {self->sock, data, address};
+        PyObject *args[3] = {sock, data, address};
         r = PyObject_VectorcallMethod(str_sendto, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
+    Py_DECREF(sock);
     if (r != NULL) {
         Py_DECREF(r);
         return 0;
@@ -229,8 +238,10 @@ receive_via_socket(TransportObject *self)
     if (size == NULL) {
         return NULL;
     }
-    PyObject *args[2] = {self->sock, size};
+    PyObject *sock = Py_NewRef(self->sock);
+    PyObject *args[2] = {sock, size};
     PyObject *pair = PyObject_VectorcallMethod(str_recvfrom, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(sock);
     Py_DECREF(size);
     if (pair != NULL && (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2)) {
         Py_DECREF(pair);
@@ -320,15 +331,19 @@ datagram_on_writable(TransportObject *self)
         PyObject *address = Py_XNewRef(entry->address);
         write_queue_pop(queue);
         queue->bytes -= DATAGRAM_HEADER_BYTES;
-        int rc = send_one(self, data, address);
+        int rc = send_one(self, data, address);  /* a socket subclass may run Python */
         if (rc == 1) {
-            /* put it back at the head */
-            queue->head = (queue->head - 1) & (queue->capacity - 1);
-            queue->count++;
-            queue->items[queue->head].data = data;
-            queue->items[queue->head].offset = 0;
-            queue->items[queue->head].address = address;
-            queue->bytes += PyBytes_GET_SIZE(data) + DATAGRAM_HEADER_BYTES;
+            /* put it back at the head, unless the transport was aborted meanwhile */
+            int failed = !self->conn_lost && write_queue_push_front(queue, data, address) < 0;
+            if (!self->conn_lost && !failed) {
+                queue->bytes += DATAGRAM_HEADER_BYTES;
+            }
+            Py_DECREF(data);
+            Py_XDECREF(address);
+            if (failed) {
+                transport_handle_error(self, "Fatal write error on datagram transport");
+                return;
+            }
             break;
         }
         Py_DECREF(data);
@@ -384,12 +399,13 @@ datagram_sendto(TransportObject *self, PyObject *const *args, Py_ssize_t nargs, 
     }
     if (self->address != NULL && self->address != Py_None) {
         if (address != Py_None) {
-            int same = PyObject_RichCompareBool(address, self->address, Py_EQ);
-            if (same < 0) {
-                return NULL;
+            PyObject *own = Py_NewRef(self->address);  /* __eq__ runs Python */
+            int same = PyObject_RichCompareBool(address, own, Py_EQ);
+            if (same == 0) {
+                PyErr_Format(PyExc_ValueError, "Invalid address: must be None or %R", own);
             }
-            if (!same) {
-                PyErr_Format(PyExc_ValueError, "Invalid address: must be None or %R", self->address);
+            Py_DECREF(own);
+            if (same <= 0) {
                 return NULL;
             }
         }

@@ -136,7 +136,9 @@ on_eof(TransportObject *self)
     if (self->kind == TRANSPORT_READ_PIPE) {
         self->closing = 1;
         self->conn_lost++;
-        PyObject *eof_received = PyObject_GetAttr(self->protocol, state->str_eof_received);
+        PyObject *protocol = Py_NewRef(self->protocol ? self->protocol : Py_None);
+        PyObject *eof_received = PyObject_GetAttr(protocol, state->str_eof_received);
+        Py_DECREF(protocol);
         if (eof_received == NULL || transport_schedule_call(self, eof_received, NULL) < 0
             || transport_schedule_connection_lost(self, NULL) < 0) {
             PyErr_WriteUnraisable((PyObject *)self);

@@ -290,6 +290,9 @@ feed_reader(ModuleState *state, PyObject *reader, const char *bytes, Py_ssize_t 
     return result;
 }
 
+static int protocol_data_received(ModuleState *state, PyObject *protocol, const char *bytes,
+                                  Py_ssize_t size);
+
 int
 stream_fast_data_received(TransportObject *self, const char *bytes, Py_ssize_t size)
 {
@@ -301,6 +304,18 @@ stream_fast_data_received(TransportObject *self, const char *bytes, Py_ssize_t s
         || size == 0) {
         return 0;
     }
+    /* owned from here: a GC pass during the lookups may run set_protocol() */
+    Py_INCREF(protocol);
+    int result = protocol_data_received(state, protocol, bytes, size);
+    Py_DECREF(protocol);
+    return result;
+}
+
+/* stream_fast_data_received() for an exact StreamReaderProtocol (owned by the caller). */
+static int
+protocol_data_received(ModuleState *state, PyObject *protocol, const char *bytes, Py_ssize_t size)
+{
+    StreamsFast *sf = &state->streams;
     int own = is_own_method(protocol, state->str_data_received, sf->data_received);
     if (own <= 0) {
         return own;

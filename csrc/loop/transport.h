@@ -180,6 +180,7 @@ void datagram_on_writable(TransportObject *self);
 
 /* ---- write queue (transport_base.c) ---- */
 int write_queue_push(WriteQueue *queue, PyObject *data, Py_ssize_t offset, PyObject *address);
+int write_queue_push_front(WriteQueue *queue, PyObject *data, PyObject *address);
 void write_queue_consume(WriteQueue *queue, Py_ssize_t nbytes);  /* stream: drop sent bytes */
 void write_queue_pop(WriteQueue *queue);                          /* drop the head entry */
 void write_queue_clear(WriteQueue *queue);

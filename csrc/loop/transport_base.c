@@ -41,8 +41,8 @@
 
 /* ---- write queue ---- */
 
-int
-write_queue_push(WriteQueue *queue, PyObject *data, Py_ssize_t offset, PyObject *address)
+static int
+write_queue_reserve(WriteQueue *queue)
 {
     if (queue->count == queue->capacity) {
         Py_ssize_t capacity = queue->capacity ? queue->capacity * 2 : 8;
@@ -59,12 +59,38 @@ write_queue_push(WriteQueue *queue, PyObject *data, Py_ssize_t offset, PyObject 
         queue->head = 0;
         queue->capacity = capacity;
     }
+    return 0;
+}
+
+int
+write_queue_push(WriteQueue *queue, PyObject *data, Py_ssize_t offset, PyObject *address)
+{
+    if (write_queue_reserve(queue) < 0) {
+        return -1;
+    }
     WriteEntry *entry = &queue->items[(queue->head + queue->count) & (queue->capacity - 1)];
     entry->data = Py_NewRef(data);
     entry->offset = offset;
     entry->address = Py_XNewRef(address);
     queue->count++;
     queue->bytes += PyBytes_GET_SIZE(data) - offset;
+    return 0;
+}
+
+/* Puts a datagram taken from the head back there (whole: offset 0). */
+int
+write_queue_push_front(WriteQueue *queue, PyObject *data, PyObject *address)
+{
+    if (write_queue_reserve(queue) < 0) {
+        return -1;
+    }
+    queue->head = (queue->head - 1) & (queue->capacity - 1);
+    WriteEntry *entry = &queue->items[queue->head];
+    entry->data = Py_NewRef(data);
+    entry->offset = 0;
+    entry->address = Py_XNewRef(address);
+    queue->count++;
+    queue->bytes += PyBytes_GET_SIZE(data);
     return 0;
 }
 
@@ -247,8 +273,9 @@ transport_check_fd_free(LoopObject *loop, int fd)
     TransportObject *users[2] = {transport, transport->fd_partner};
     for (int i = 0; i < 2; i++) {
         if (users[i] != NULL && !users[i]->closing) {
-            PyErr_Format(PyExc_RuntimeError, "File descriptor %d is used by transport %R",
-                         fd, (PyObject *)users[i]);
+            PyObject *user = Py_NewRef((PyObject *)users[i]);  /* a Python __repr__ runs */
+            PyErr_Format(PyExc_RuntimeError, "File descriptor %d is used by transport %R", fd, user);
+            Py_DECREF(user);
             return -1;
         }
     }
@@ -282,8 +309,9 @@ registry_enter(TransportObject *self, int fd)
         return 0;
     }
     if (!existing->closing || (existing->fd_partner != NULL && !existing->fd_partner->closing)) {
-        PyErr_Format(PyExc_RuntimeError, "File descriptor %d is used by transport %R", fd,
-                     (PyObject *)(existing->closing ? existing->fd_partner : existing));
+        PyObject *user = Py_NewRef((PyObject *)(existing->closing ? existing->fd_partner : existing));
+        PyErr_Format(PyExc_RuntimeError, "File descriptor %d is used by transport %R", fd, user);
+        Py_DECREF(user);
         return -1;
     }
     return registry_add(self);  /* the closing one keeps its poll until it is done */
@@ -815,15 +843,19 @@ transport_call_protocol(TransportObject *self, PyObject *name, PyObject *const *
 {
     PyObject *stack[4];
     assert(nargs <= 3);
-    stack[0] = self->protocol;
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        stack[i + 1] = args[i];
-    }
     if (self->protocol == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "transport has no protocol");
         return NULL;
     }
-    return PyObject_VectorcallMethod(name, stack, (nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    /* owned while the method runs: it may set_protocol() another one */
+    PyObject *protocol = Py_NewRef(self->protocol);
+    stack[0] = protocol;
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        stack[i + 1] = args[i];
+    }
+    PyObject *result = PyObject_VectorcallMethod(name, stack, (nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(protocol);
+    return result;
 }
 
 void
@@ -880,6 +912,8 @@ transport_fatal_error(TransportObject *self, PyObject *exc, const char *message)
 void
 transport_settle_future(PyObject *future, PyObject *method, PyObject *value)
 {
+    Py_INCREF(future);  /* callers pass self->empty_waiter, which Python code may reset */
+    Py_INCREF(value);
     PyObject *done = PyObject_CallMethod(future, "done", NULL);
     int is_done = done ? PyObject_IsTrue(done) : 1;
     Py_XDECREF(done);
@@ -888,6 +922,8 @@ transport_settle_future(PyObject *future, PyObject *method, PyObject *value)
         Py_XDECREF(r);
     }
     PyErr_Clear();
+    Py_DECREF(value);
+    Py_DECREF(future);
 }
 
 int
@@ -1220,33 +1256,41 @@ transport_get_extra_info(TransportObject *self, PyObject *const *args, Py_ssize_
     }
     PyObject *name = args[0];
     PyObject *fallback = nargs > 1 ? args[1] : Py_None;
-    PyObject *value = PyDict_GetItemWithError(self->extra, name);
-    if (value != NULL) {
-        return Py_NewRef(value);
-    }
-    if (PyErr_Occurred()) {
-        return NULL;
+    /* owned: name's __eq__/__hash__ may replace _extra meanwhile */
+    PyObject *extra = Py_NewRef(self->extra);
+    PyObject *value = PyDict_GetItemWithError(extra, name);
+    if (value != NULL || PyErr_Occurred()) {
+        Py_XINCREF(value);
+        Py_DECREF(extra);
+        return value;
     }
     if (self->kind != TRANSPORT_SOCKET_STREAM || self->sock == NULL || !PyUnicode_Check(name)) {
+        Py_DECREF(extra);
         return Py_NewRef(fallback);
     }
+    PyObject *sock = Py_NewRef(self->sock);
     if (PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
-        value = PyObject_CallOneArg(state_of(self)->TransportSocketType, self->sock);
+        value = PyObject_CallOneArg(state_of(self)->TransportSocketType, sock);
     }
     else if (PyUnicode_CompareWithASCIIString(name, "sockname") == 0) {
-        value = PyObject_CallMethod(self->sock, "getsockname", NULL);
+        value = PyObject_CallMethod(sock, "getsockname", NULL);
         if (value == NULL && PyErr_ExceptionMatches(PyExc_OSError)) {
             PyErr_Clear();
             value = Py_NewRef(Py_None);
         }
     }
     else {
-        return Py_NewRef(fallback);
+        value = Py_NewRef(fallback);
+        Py_DECREF(sock);
+        Py_DECREF(extra);
+        return value;
     }
-    if (value == NULL || PyDict_SetItem(self->extra, name, value) < 0) {
+    Py_DECREF(sock);
+    if (value == NULL || PyDict_SetItem(extra, name, value) < 0) {
         Py_XDECREF(value);
-        return NULL;
+        value = NULL;
     }
+    Py_DECREF(extra);
     return value;
 }
 
