@@ -3,9 +3,9 @@
  *
  * Shares TransportObject and its lifecycle with the stream transports
  * (transport_base.c).  Receiving: one recvfrom() per readiness event into the
- * reusable read buffer, then datagram_received(data, addr).  IPv4/IPv6
+ * loop's read buffer, then datagram_received(data, addr).  IPv4/IPv6
  * addresses are converted here, to the socket module's tuples; other families
- * go through the socket object's recvfrom_into()/sendto() (it formats every
+ * go through the socket object's recvfrom()/sendto() (it formats every
  * family as Python users expect), and so does any address the fast path does
  * not parse (host names, out-of-range ports: the socket module then resolves
  * or raises exactly as usual).  Sending: at once when nothing is queued; a

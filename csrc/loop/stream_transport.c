@@ -8,7 +8,8 @@
  * connection, a write pipe watches its fd for the reader going away, and
  * write_eof() on a socket is shutdown(SHUT_WR) while on a pipe it closes.
  *
- * Read path: one read() per readiness event into a reusable buffer, then one
+ * Read path: one read() per readiness event into the loop's read buffer
+ * (lent to this read alone: transport_take_read_buffer), then one
  * bytes object for data_received (reused when the protocol kept none), or
  * get_buffer/read/buffer_updated for a BufferedProtocol, or for asyncio's
  * StreamReaderProtocol a copy straight into its StreamReader's buffer

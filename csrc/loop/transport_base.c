@@ -11,19 +11,22 @@
  *      asyncio; `context` is a copy of the creator's contextvars context.
  *   2. a scheduled _connection_made(waiter) calls protocol.connection_made,
  *      starts reading and resolves the waiter, in that order (as asyncio).
- *   3. I/O: one uv_poll_t per transport, level-triggered, started with the
- *      events the transport wants (reading unless paused/closing; writable
- *      while the write queue is non-empty).  While the poll is active it holds
- *      a reference to the transport, so an open connection is never collected;
- *      the poll callback enters `context` and calls the protocol directly (no
+ *   3. I/O: one uv_poll_t per fd (a TransportPoll; a read pipe and a write
+ *      pipe on one fd share it), level-triggered, started with the events the
+ *      transports want (reading unless paused/closing; writable while the
+ *      write queue is non-empty).  While a transport's poll is started its
+ *      loop owns it (polled_transports, visited by the loop's tp_traverse), so
+ *      an open connection of a live loop is never collected but an abandoned
+ *      loop is; the poll callback enters `context` and calls the protocol directly (no
  *      Handle per event) -- unless callbacks were already ready when the poll
  *      began (or the loop is in debug mode): then it queues `_io_ready(events)`
  *      behind them, which is asyncio's order.  Fds closed under a started poll
  *      are caught before libuv sees them (loop_check_changed_polls).
  *   4. close()/abort()/errors schedule _call_connection_lost(exc) exactly once
  *      (after the queue is flushed for close()): it calls
- *      protocol.connection_lost, uv_close()s the poll (its close callback frees
- *      it) before closing the socket, leaves the registry and the server.
+ *      protocol.connection_lost, detaches the poll (uv_close()d by its last
+ *      user; the close callback frees it) before closing the socket, leaves
+ *      the registry and the server.
  *   5. a transport collected while its socket is still open gives a
  *      ResourceWarning and closes the socket (tp_finalize).
  * Loop.close() releases the polls of transports still open (their sockets
