@@ -571,8 +571,8 @@ static int update_watcher_writer(TransportObject *self, int events);
 int
 transport_update_poll(TransportObject *self)
 {
-    if (self->lost || self->loop == NULL) {
-        return 0;
+    if (self->lost || self->loop == NULL || self->sock == NULL || self->context == NULL) {
+        return 0;  /* lost, socket forgotten or finalized, or cleared by the GC */
     }
     int events = (transport_wants_read(self) ? UV_READABLE : 0)
                  | (self->queue.count > 0 && !self->conn_lost ? UV_WRITABLE : 0);
