@@ -594,3 +594,26 @@ def test_sendto_after_connection_lost(arun, connected):
         # datagrams return early before 3.13
         empty = AttributeError if sys.version_info >= (3, 13) else None
         assert outcomes == [AttributeError, empty, 0]
+
+
+def test_datagram_io_after_socket_forgotten(arun, loop_name):
+    # `transport._sock = None` (asyncio's own tests do it): an event already
+    # queued, or a sendto(), must not use the socket any more.
+    if loop_name == "stdlib":
+        pytest.skip("asyncio's transport then fails with AttributeErrors of its own")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        r, w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        r.setblocking(False)
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=r)
+        loop.call_soon(w.send, b"x")
+        transport._io_ready(1)  # a deferred readable event, run after the socket is gone
+        transport._sock = None
+        transport._io_ready(1)
+        with pytest.raises(AttributeError):
+            transport.sendto(b"y")
+        r.close()
+        w.close()
+
+    arun(main())

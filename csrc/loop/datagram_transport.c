@@ -415,8 +415,8 @@ datagram_sendto(TransportObject *self, PyObject *const *args, Py_ssize_t nargs, 
             Py_RETURN_NONE;
         }
     }
-    if (self->lost) {
-        /* Socket closed, protocol and loop dropped: asyncio's sendto() raises
+    if (self->lost || self->sock == NULL) {
+        /* Socket closed (or forgotten), protocol and loop dropped: asyncio's sendto() raises
          * (an AttributeError from its _fatal_error) instead of calling the
          * protocol, so this raises the same type. */
         PyErr_SetString(PyExc_AttributeError, "sendto() on a closed transport: it has no loop any more");

@@ -829,8 +829,8 @@ transport_io_ready(TransportObject *self, PyObject *events_obj)
     if (events == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (self->lost || self->loop == NULL) {
-        Py_RETURN_NONE;
+    if (self->lost || self->loop == NULL || self->sock == NULL) {
+        Py_RETURN_NONE;  /* queued before the connection was lost or the socket forgotten */
     }
     dispatch_events(self, events);
     if (PyErr_Occurred()) {
