@@ -1,19 +1,46 @@
-/* add_reader / add_writer / remove_reader / remove_writer.
+/* add_reader / add_writer / remove_reader / remove_writer, and the polls of
+ * watchers and transports (LoopPoll, guard against closed or reused fds).
  *
  * One Watcher object per watched fd, kept in LoopObject.watchers (dict fd ->
  * Watcher); it owns the reader and writer Handles.  The libuv side is a
- * uv_poll_t allocated with malloc: whenever the set of watched events changes
- * the old poll is stopped and uv_close()d (its close callback frees it) and a
- * fresh one is started, so libuv re-validates the fd (a bad or closed fd gives
- * OSError instead of a libuv abort on epoll_ctl).  Level-triggered, like the
- * stdlib's selectors: a ready fd queues its handle on every iteration.
+ * LoopPoll: whenever the set of watched events changes the old poll is
+ * closed (its close callback frees it) and a fresh one is created for the
+ * file the fd refers to now, so libuv re-validates the fd (a bad, closed or
+ * regular-file fd gives OSError, as asyncio's epoll selector raises).
+ * Level-triggered, like the stdlib's selectors: a ready fd queues its handle
+ * on every iteration, and an error condition (POLLERR, after which libuv stops
+ * the poll) is reported to both sides and the poll re-armed.
  */
 #include "loop.h"
 
 #include <errno.h>
-#include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* getpid() of this process, refreshed in a fork() child: the libuv loop
+ * (its epoll instance) of a loop created before fork() is shared with the
+ * parent, where uv_poll_init's probe and uv_poll_stop's EPOLL_CTL_DEL would
+ * remove the parent's registrations.  A child never polls with such a loop. */
+static long current_pid;
+
+static void
+refresh_current_pid(void)
+{
+    current_pid = (long)getpid();
+}
+
+static int
+loop_in_other_process(LoopObject *loop)
+{
+    if (loop->pid == current_pid) {
+        return 0;
+    }
+    refresh_current_pid();  /* a child made without the atfork handlers running */
+    return loop->pid != current_pid;
+}
 
 typedef struct {
     PyObject_HEAD
@@ -23,12 +50,6 @@ typedef struct {
     uv_poll_t *poll;  /* NULL when nothing is watched */
     int fd;
 } WatcherObject;
-
-static void
-free_poll(uv_handle_t *handle)
-{
-    free(handle);
-}
 
 /* asyncio's rule for a file object: an int, or int(obj.fileno()); anything
  * else is ValueError('Invalid file object: ...'). */
@@ -59,9 +80,7 @@ static void
 watcher_stop_poll(WatcherObject *self)
 {
     if (self->poll != NULL) {
-        uv_poll_stop(self->poll);
-        loop_forget_poll(self->loop, self->poll);
-        uv_close((uv_handle_t *)self->poll, free_poll);
+        loop_poll_close(self->loop, self->poll);
         self->poll = NULL;
         self->loop->active_io--;
     }
@@ -72,42 +91,44 @@ static void on_poll(uv_poll_t *poll, int status, int events);
 static void
 watcher_bad_fd(void *owner)
 {
-    /* Closed under us: like a selector, just never report it again. */
+    /* Closed (or its number reused) under us: like a selector, whose epoll
+     * registration the kernel dropped with the file, never report it again.
+     * The handles stay until removed or replaced. */
     watcher_stop_poll((WatcherObject *)owner);
 }
 
-/* Starts watching for whichever of reader/writer is set. */
+static int
+watcher_events(WatcherObject *self)
+{
+    return (self->reader ? UV_READABLE : 0) | (self->writer ? UV_WRITABLE : 0);
+}
+
+/* Starts watching for whichever of reader/writer is set, on the file the fd
+ * refers to now. */
 static int
 watcher_restart(WatcherObject *self)
 {
-    int events = (self->reader ? UV_READABLE : 0) | (self->writer ? UV_WRITABLE : 0);
+    int events = watcher_events(self);
     watcher_stop_poll(self);
     if (events == 0) {
         return 0;
     }
-    uv_poll_t *poll = malloc(sizeof(uv_poll_t));
+    uv_poll_t *poll = loop_poll_new(self->loop, self->fd, watcher_bad_fd, self);
     if (poll == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    int err = uv_poll_init(&self->loop->uv, poll, self->fd);
-    if (err < 0) {
-        free(poll);
-        errno = -err;
-        PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
     poll->data = self;
-    err = uv_poll_start(poll, events, on_poll);
+    int err = uv_poll_start(poll, events, on_poll);
     if (err < 0) {
-        uv_close((uv_handle_t *)poll, free_poll);
+        loop_poll_close(self->loop, poll);
         errno = -err;
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
     self->poll = poll;
     self->loop->active_io++;
-    return loop_note_poll_change(self->loop, poll, self->fd, watcher_bad_fd, self);
+    loop_note_poll_change(self->loop, poll);
+    return 0;
 }
 
 /* Detaches reader or writer; drops the watcher from the loop when idle. */
@@ -158,13 +179,27 @@ on_poll(uv_poll_t *poll, int status, int events)
     LoopObject *loop = self->loop;
     loop_take_gil(loop);
     if (status < 0) {
-        /* Errors (e.g. a reset peer) wake both sides, as select() does. */
+        /* An error condition (POLLERR: a reset peer, an ICMP error on a UDP
+         * socket...) wakes both sides, as select() does; the callbacks' own
+         * syscalls report (and clear) the error. */
         events = UV_READABLE | UV_WRITABLE;
     }
     Py_INCREF(self);
     if (((events & UV_READABLE) && queue_if_ready(self, self->reader, UV_READABLE) < 0)
         || ((events & UV_WRITABLE) && queue_if_ready(self, self->writer, UV_WRITABLE) < 0)) {
         loop_defer_error(loop);
+    }
+    if (self->poll == poll && !uv_is_active((uv_handle_t *)poll)) {
+        /* libuv stops a poll after POLLERR; a selector keeps reporting the fd
+         * for as long as it is registered, so re-arm (checked like any start
+         * before the next uv_run, in case a callback closes the fd). */
+        int err = uv_poll_start(poll, watcher_events(self), on_poll);
+        if (err < 0) {
+            watcher_stop_poll(self);
+        }
+        else {
+            loop_note_poll_change(loop, poll);
+        }
     }
     Py_DECREF(self);
 }
@@ -364,67 +399,208 @@ static PyType_Spec watcher_spec = {
 int
 watchers_init_type(PyObject *module, ModuleState *state)
 {
+    static int atfork_registered;
+    if (!atfork_registered) {
+        refresh_current_pid();
+        if (pthread_atfork(NULL, NULL, refresh_current_pid) != 0) {
+            PyErr_SetString(PyExc_RuntimeError, "pthread_atfork() failed");
+            return -1;
+        }
+        atfork_registered = 1;
+    }
     state->WatcherType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &watcher_spec, NULL);
     return state->WatcherType ? 0 : -1;
 }
 
-/* ---- guard against fds closed under a started poll ----
+/* ---- LoopPoll: the guard against fds closed or reused under a started poll ----
  * libuv registers a started poll's fd with epoll only in the next uv_run,
- * and abort()s if epoll_ctl fails, e.g. because the fd was closed meanwhile
- * (a user closing a socket with a pending sock_recv, say).  Every poll
- * started or changed is noted here; just before uv_run each noted fd is
- * checked, and a closed one is handed to its owner, which stops the poll. */
+ * and abort()s if epoll_ctl fails there: EBADF when the fd was closed
+ * meanwhile, EPERM when its number now belongs to a regular file or a
+ * directory (a user closing a socket with a pending sock_recv, then opening a
+ * file).  Reused by another pollable file, the fd would be registered
+ * silently and report a file nobody asked about (asyncio registers at
+ * add_reader time, and the kernel drops that registration with the old
+ * file).  So every poll records which file its fd was when it was created
+ * (st_dev, st_ino: a socket or pipe has an inode of its own); polls started
+ * since the last uv_run are listed (at most once each: a slot index, O(1) to
+ * add and remove), and before uv_run every active one whose fd is closed or
+ * now another file goes to its owner's on_bad_fd, which stops it. */
 
-int
-loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_bad_fd)(void *), void *owner)
+struct LoopPoll {
+    uv_poll_t uv;              /* first: libuv's handle pointer is the LoopPoll's */
+    Py_ssize_t changed_slot;   /* index in loop->changed_polls, -1 when not listed */
+    dev_t dev;                 /* the file fd referred to when the poll was created */
+    ino_t ino;
+    int fd;
+    void (*on_bad_fd)(void *owner);
+    void *owner;
+};
+
+static void
+poll_closed(uv_handle_t *handle)
 {
-    if (loop->changed_polls_count == loop->changed_polls_capacity) {
-        Py_ssize_t capacity = loop->changed_polls_capacity ? loop->changed_polls_capacity * 2 : 16;
-        ChangedPoll *items = PyMem_Realloc(loop->changed_polls, capacity * sizeof(ChangedPoll));
-        if (items == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        loop->changed_polls = items;
-        loop->changed_polls_capacity = capacity;
+    LoopObject *loop = handle->loop->data;
+    loop->closing_polls--;
+    free(handle);
+}
+
+static int
+changed_polls_reserve(LoopObject *loop, Py_ssize_t needed)
+{
+    if (needed <= loop->changed_polls_capacity) {
+        return 0;
     }
-    ChangedPoll *entry = &loop->changed_polls[loop->changed_polls_count++];
-    entry->poll = poll;
-    entry->fd = fd;
-    entry->on_bad_fd = on_bad_fd;
-    entry->owner = owner;
+    Py_ssize_t capacity = loop->changed_polls_capacity ? loop->changed_polls_capacity * 2 : 16;
+    while (capacity < needed) {
+        capacity *= 2;
+    }
+    LoopPoll **items = PyMem_Realloc(loop->changed_polls, capacity * sizeof(LoopPoll *));
+    if (items == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    loop->changed_polls = items;
+    loop->changed_polls_capacity = capacity;
     return 0;
 }
 
-void
-loop_forget_poll(LoopObject *loop, uv_poll_t *poll)
+static int
+poll_is_listed(LoopObject *loop, LoopPoll *poll)
 {
-    for (Py_ssize_t i = 0; i < loop->changed_polls_count; i++) {
-        if (loop->changed_polls[i].poll == poll) {
-            loop->changed_polls[i].poll = NULL;
-        }
+    Py_ssize_t slot = poll->changed_slot;
+    return slot >= 0 && slot < loop->changed_polls_count && loop->changed_polls[slot] == poll;
+}
+
+static void
+poll_unlist(LoopObject *loop, LoopPoll *poll)
+{
+    if (poll_is_listed(loop, poll)) {
+        LoopPoll *last = loop->changed_polls[--loop->changed_polls_count];
+        loop->changed_polls[poll->changed_slot] = last;
+        last->changed_slot = poll->changed_slot;
     }
+    poll->changed_slot = -1;
+}
+
+/* A loop-owned watcher polls fd but its file is gone (fd closed and the
+ * number reused): it cannot see anything any more; let the new file be
+ * polled.  Returns 1 if it released one. */
+static int
+release_stale_watcher(LoopObject *loop, int fd, const struct stat *now)
+{
+    PyObject *key = PyLong_FromLong(fd);
+    if (key == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    WatcherObject *watcher = (WatcherObject *)PyDict_GetItemWithError(loop->watchers, key);
+    Py_DECREF(key);
+    if (watcher == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    LoopPoll *poll = (LoopPoll *)watcher->poll;
+    if (poll == NULL || (poll->dev == now->st_dev && poll->ino == now->st_ino)) {
+        return 0;
+    }
+    watcher_stop_poll(watcher);
+    return 1;
+}
+
+uv_poll_t *
+loop_poll_new(LoopObject *loop, int fd, void (*on_bad_fd)(void *owner), void *owner)
+{
+    if (loop_in_other_process(loop)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot poll a file descriptor with an event loop created in another "
+                        "process (inherited through fork())");
+        return NULL;
+    }
+    if (changed_polls_reserve(loop, loop->live_polls + 1) < 0) {
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    LoopPoll *poll = malloc(sizeof(LoopPoll));
+    if (poll == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    int err = uv_poll_init(&loop->uv, &poll->uv, fd);
+    if (err == UV_EEXIST && release_stale_watcher(loop, fd, &st)) {
+        err = uv_poll_init(&loop->uv, &poll->uv, fd);
+    }
+    if (err < 0) {
+        free(poll);
+        if (err == UV_EEXIST) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "File descriptor %d is already polled by this loop "
+                         "(add_reader()/add_writer() or a transport)", fd);
+        }
+        else {
+            errno = -err;  /* e.g. EPERM for a regular file, as epoll_ctl() in asyncio */
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return NULL;
+    }
+    poll->uv.data = NULL;
+    poll->changed_slot = -1;
+    poll->dev = st.st_dev;
+    poll->ino = st.st_ino;
+    poll->fd = fd;
+    poll->on_bad_fd = on_bad_fd;
+    poll->owner = owner;
+    loop->live_polls++;
+    return &poll->uv;
+}
+
+void
+loop_note_poll_change(LoopObject *loop, uv_poll_t *handle)
+{
+    LoopPoll *poll = (LoopPoll *)handle;
+    if (poll_is_listed(loop, poll)) {
+        return;
+    }
+    /* Never full: the capacity was reserved for every live poll. */
+    poll->changed_slot = loop->changed_polls_count;
+    loop->changed_polls[loop->changed_polls_count++] = poll;
+}
+
+void
+loop_poll_close(LoopObject *loop, uv_poll_t *handle)
+{
+    LoopPoll *poll = (LoopPoll *)handle;
+    poll_unlist(loop, poll);
+    loop->live_polls--;
+    if (loop_in_other_process(loop)) {
+        /* Stopping would EPOLL_CTL_DEL the fd from the parent's epoll
+         * instance; the handle stays in this copy of libuv's loop, unused. */
+        return;
+    }
+    loop->closing_polls++;
+    uv_close((uv_handle_t *)handle, poll_closed);  /* stops it too */
+}
+
+static int
+poll_fd_unchanged(LoopPoll *poll)
+{
+    struct stat st;
+    return fstat(poll->fd, &st) == 0 && st.st_dev == poll->dev && st.st_ino == poll->ino;
 }
 
 void
 loop_check_changed_polls(LoopObject *loop)
 {
-    /* Owners may note or forget polls while we walk: take the list first. */
-    Py_ssize_t count = loop->changed_polls_count;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        ChangedPoll entry = loop->changed_polls[i];
-        if (entry.poll == NULL || !uv_is_active((uv_handle_t *)entry.poll)
-            || uv_is_closing((uv_handle_t *)entry.poll)) {
-            continue;
-        }
-        if (fcntl(entry.fd, F_GETFD) < 0 && errno == EBADF) {
-            entry.on_bad_fd(entry.owner);
+    /* One at a time from the end, so owners may list or unlist polls (and
+     * run Python code) from on_bad_fd; polls they start are checked too. */
+    while (loop->changed_polls_count > 0) {
+        LoopPoll *poll = loop->changed_polls[--loop->changed_polls_count];
+        poll->changed_slot = -1;
+        if (uv_is_active((uv_handle_t *)&poll->uv) && !poll_fd_unchanged(poll)) {
+            poll->on_bad_fd(poll->owner);
         }
     }
-    /* Entries noted by the owners above are checked next time. */
-    Py_ssize_t added = loop->changed_polls_count - count;
-    if (added > 0) {
-        memmove(loop->changed_polls, loop->changed_polls + count, added * sizeof(ChangedPoll));
-    }
-    loop->changed_polls_count = added;
 }

@@ -192,13 +192,9 @@ void timer_heap_remove(TimerHeap *heap, HandleObject *timer);    /* drops the he
 void timer_heap_clear(TimerHeap *heap);
 int timer_heap_traverse(TimerHeap *heap, visitproc visit, void *arg);
 
-/* A poll started or changed since the last uv_run (io_watchers.c). */
-typedef struct {
-    uv_poll_t *poll;            /* NULL once forgotten */
-    int fd;
-    void (*on_bad_fd)(void *owner);
-    void *owner;
-} ChangedPoll;
+/* A uv_poll_t of a watcher or transport, with the closed/reused-fd guard's
+ * bookkeeping (io_watchers.c); callers only see its uv_poll_t. */
+typedef struct LoopPoll LoopPoll;
 
 /* ---- the loop (loop_core.c) ---- */
 struct LoopObject {
@@ -227,9 +223,12 @@ struct LoopObject {
     PyObject *spare_bytes;       /* a received bytes object nobody kept, reused for the next
                                   * read that fits (stream_transport.c); NULL if none */
     Py_ssize_t spare_capacity;   /* the size spare_bytes was allocated with */
-    ChangedPoll *changed_polls;  /* fds to check before the next uv_run (io_watchers.c) */
+    LoopPoll **changed_polls;    /* polls started since the last uv_run: their fds are checked
+                                  * before the next one (io_watchers.c); each at most once */
     Py_ssize_t changed_polls_count;
-    Py_ssize_t changed_polls_capacity;
+    Py_ssize_t changed_polls_capacity;  /* kept >= live_polls, so noting a poll never fails */
+    Py_ssize_t live_polls;       /* LoopPolls created and not yet closed */
+    Py_ssize_t closing_polls;    /* LoopPolls uv_close()d whose close callback has not run yet */
     long pid;                    /* process that created the loop (fork detection) */
     char uv_ready;               /* uv loop and our handles are initialised */
     char closed;
@@ -267,10 +266,23 @@ PyObject *loop_remove_watcher(LoopObject *loop, PyObject *fileobj, int events);
 void loop_close_watchers(LoopObject *loop);
 /* asyncio's file object rule: int or fileno(); ValueError otherwise. */
 int loop_fileobj_to_fd(PyObject *fileobj);
-/* Closed-fd guard: note every poll started/changed; checked before uv_run. */
-int loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_bad_fd)(void *), void *owner);
-void loop_forget_poll(LoopObject *loop, uv_poll_t *poll);
+/* Polls of watchers and transports (io_watchers.c).  libuv registers a started
+ * poll's fd with epoll only in the next uv_run and abort()s if epoll_ctl fails
+ * there (fd closed, or its number reused by another file meanwhile), so:
+ *   loop_poll_new: malloc + uv_poll_init; remembers which file fd is now and
+ *     the owner's on_bad_fd; poll->data is NULL.  NULL with an exception:
+ *     OSError (EBADF, EPERM for a regular file: asyncio's epoll raises the
+ *     same at add_reader time), RuntimeError (fd already polled; loop
+ *     inherited through fork()), MemoryError.
+ *   loop_note_poll_change: after every successful uv_poll_start (never fails).
+ *   loop_check_changed_polls: before uv_run; a noted active poll whose fd is
+ *     closed or now another file is handed to on_bad_fd(owner), which must
+ *     stop it.
+ *   loop_poll_close: stop + uv_close; freed by the close callback. */
+uv_poll_t *loop_poll_new(LoopObject *loop, int fd, void (*on_bad_fd)(void *owner), void *owner);
+void loop_note_poll_change(LoopObject *loop, uv_poll_t *poll);
 void loop_check_changed_polls(LoopObject *loop);
+void loop_poll_close(LoopObject *loop, uv_poll_t *poll);
 /* The reader (UV_READABLE) or writer Handle watching fd; borrowed, NULL if none. */
 HandleObject *loop_watcher_handle(LoopObject *loop, int fd, int events);
 

@@ -198,12 +198,6 @@ transport_check_fd_free(LoopObject *loop, int fd)
 
 /* ---- poll ---- */
 
-static void
-free_poll(uv_handle_t *handle)
-{
-    free(handle);
-}
-
 static void on_poll(uv_poll_t *poll, int status, int events);
 static void poll_stopped(TransportObject *self);
 
@@ -266,23 +260,8 @@ transport_update_poll(TransportObject *self)
         return 0;
     }
     if (self->poll == NULL) {
-        uv_poll_t *poll = malloc(sizeof(uv_poll_t));
+        uv_poll_t *poll = loop_poll_new(self->loop, self->fd, transport_bad_fd, self);
         if (poll == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        int err = uv_poll_init(&self->loop->uv, poll, self->fd);
-        if (err < 0) {
-            free(poll);
-            if (err == UV_EEXIST) {
-                PyErr_Format(PyExc_RuntimeError,
-                             "File descriptor %d is already watched by add_reader()/add_writer()",
-                             self->fd);
-            }
-            else {
-                errno = -err;
-                PyErr_SetFromErrno(PyExc_OSError);
-            }
             return -1;
         }
         poll->data = self;
@@ -302,7 +281,8 @@ transport_update_poll(TransportObject *self)
         }
     }
     self->poll_events = events;
-    return loop_note_poll_change(self->loop, self->poll, self->fd, transport_bad_fd, self);
+    loop_note_poll_change(self->loop, self->poll);
+    return 0;
 }
 
 /* Closes the poll for good (before the fd is closed). */
@@ -318,8 +298,7 @@ transport_release_poll(TransportObject *self)
         poll_stopped(self);
     }
     self->poll->data = NULL;
-    loop_forget_poll(self->loop, self->poll);
-    uv_close((uv_handle_t *)self->poll, free_poll);
+    loop_poll_close(self->loop, self->poll);
     self->poll = NULL;
     Py_DECREF(self);
 }
@@ -1365,8 +1344,7 @@ transport_dealloc(TransportObject *self)
     if (self->poll != NULL) {
         /* Stopped (an active poll holds a reference), but still a libuv handle. */
         self->poll->data = NULL;
-        loop_forget_poll(self->loop, self->poll);
-        uv_close((uv_handle_t *)self->poll, free_poll);
+        loop_poll_close(self->loop, self->poll);
         self->poll = NULL;
     }
     registry_remove(self);
