@@ -1,12 +1,12 @@
-/* add_reader / add_writer / remove_reader / remove_writer, and the polls of
- * watchers and transports (LoopPoll, guard against closed or reused fds).
+/* add_reader / add_writer / remove_reader / remove_writer, and the guard,
+ * shared with transports, against fds closed or reused under a started poll.
  *
  * One Watcher object per watched fd, kept in LoopObject.watchers (dict fd ->
  * Watcher); it owns the reader and writer Handles.  The libuv side is a
- * LoopPoll: whenever the set of watched events changes the old poll is
- * closed (its close callback frees it) and a fresh one is created for the
- * file the fd refers to now, so libuv re-validates the fd (a bad, closed or
- * regular-file fd gives OSError, as asyncio's epoll selector raises).
+ * malloc'ed uv_poll_t: whenever the set of watched events changes the old
+ * poll is closed (its close callback frees it) and a fresh one is created for
+ * the file the fd refers to now, so libuv re-validates the fd (a bad, closed
+ * or regular-file fd gives OSError, as asyncio's epoll selector raises).
  * Level-triggered, like the stdlib's selectors: a ready fd queues its handle
  * on every iteration, and an error condition (POLLERR, after which libuv stops
  * the poll) is reported to both sides and the poll re-armed.
@@ -20,10 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* getpid() of this process, refreshed in a fork() child: the libuv loop
- * (its epoll instance) of a loop created before fork() is shared with the
- * parent, where uv_poll_init's probe and uv_poll_stop's EPOLL_CTL_DEL would
- * remove the parent's registrations.  A child never polls with such a loop. */
+/* getpid() of this process, refreshed in a fork() child (pthread_atfork). */
 static long current_pid;
 
 static void
@@ -40,6 +37,33 @@ loop_in_other_process(LoopObject *loop)
     }
     refresh_current_pid();  /* a child made without the atfork handlers running */
     return loop->pid != current_pid;
+}
+
+/* A fork() child shares the epoll instance of its parent's libuv loops:
+ * uv_poll_init's probe and uv_poll_stop's EPOLL_CTL_DEL on an inherited loop
+ * would remove the parent's registrations.  Before a child touches the polls
+ * of a loop created by its parent, libuv gets an epoll instance of its own
+ * (uv_loop_fork, once per process).  0, or -1 if that failed: then leave
+ * libuv alone. */
+int
+loop_own_epoll_after_fork(LoopObject *loop)
+{
+    if (!loop_in_other_process(loop) || loop->uv_pid == current_pid) {
+        return 0;
+    }
+    if (uv_loop_fork(&loop->uv) < 0) {
+        return -1;
+    }
+    loop->uv_pid = current_pid;
+    return 0;
+}
+
+static void
+free_watcher_poll(uv_handle_t *handle)
+{
+    LoopObject *loop = handle->loop->data;
+    loop->closing_polls--;
+    free(handle);
 }
 
 typedef struct {
@@ -80,9 +104,14 @@ static void
 watcher_stop_poll(WatcherObject *self)
 {
     if (self->poll != NULL) {
-        loop_poll_close(self->loop, self->poll);
+        LoopObject *loop = self->loop;
+        loop_forget_poll(loop, self->poll);
+        if (loop_own_epoll_after_fork(loop) == 0) {
+            loop->closing_polls++;
+            uv_close((uv_handle_t *)self->poll, free_watcher_poll);  /* stops it too */
+        }
         self->poll = NULL;
-        self->loop->active_io--;
+        loop->active_io--;
     }
 }
 
@@ -113,22 +142,30 @@ watcher_restart(WatcherObject *self)
     if (events == 0) {
         return 0;
     }
-    uv_poll_t *poll = loop_poll_new(self->loop, self->fd, watcher_bad_fd, self);
+    uv_poll_t *poll = malloc(sizeof(uv_poll_t));
     if (poll == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int err = loop_poll_init(self->loop, poll, self->fd);
+    if (err < 0) {
+        free(poll);
+        errno = -err;  /* e.g. EPERM for a regular file, as asyncio's epoll_ctl() */
+        PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
     poll->data = self;
-    int err = uv_poll_start(poll, events, on_poll);
+    err = uv_poll_start(poll, events, on_poll);
     if (err < 0) {
-        loop_poll_close(self->loop, poll);
+        self->loop->closing_polls++;
+        uv_close((uv_handle_t *)poll, free_watcher_poll);
         errno = -err;
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
     self->poll = poll;
     self->loop->active_io++;
-    loop_note_poll_change(self->loop, poll);
-    return 0;
+    return loop_note_poll_change(self->loop, poll, self->fd, watcher_bad_fd, self);
 }
 
 /* Detaches reader or writer; drops the watcher from the loop when idle. */
@@ -194,11 +231,9 @@ on_poll(uv_poll_t *poll, int status, int events)
          * for as long as it is registered, so re-arm (checked like any start
          * before the next uv_run, in case a callback closes the fd). */
         int err = uv_poll_start(poll, watcher_events(self), on_poll);
-        if (err < 0) {
+        if (err < 0 || loop_note_poll_change(loop, poll, self->fd, watcher_bad_fd, self) < 0) {
+            PyErr_Clear();
             watcher_stop_poll(self);
-        }
-        else {
-            loop_note_poll_change(loop, poll);
         }
     }
     Py_DECREF(self);
@@ -247,6 +282,12 @@ loop_add_watcher(LoopObject *loop, PyObject *const *args, Py_ssize_t nargs, int 
     }
     if (loop->closed || !loop->uv_ready) {
         PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return NULL;
+    }
+    if (loop_in_other_process(loop)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot watch a file descriptor with an event loop created in another "
+                        "process (inherited through fork())");
         return NULL;
     }
     HandleObject *handle = handle_new(loop, loop->state->HandleType, args[1], args + 2, nargs - 2, NULL);
@@ -332,6 +373,8 @@ loop_watcher_handle(LoopObject *loop, int fd, int events)
     return handle;
 }
 
+static void free_records_if_closed(LoopObject *loop);
+
 void
 loop_close_watchers(LoopObject *loop)
 {
@@ -347,6 +390,7 @@ loop_close_watchers(LoopObject *loop)
         Py_CLEAR(watcher->writer);
     }
     PyDict_Clear(loop->watchers);
+    free_records_if_closed(loop);  /* else when the transports forget theirs */
 }
 
 static int
@@ -412,7 +456,7 @@ watchers_init_type(PyObject *module, ModuleState *state)
     return state->WatcherType ? 0 : -1;
 }
 
-/* ---- LoopPoll: the guard against fds closed or reused under a started poll ----
+/* ---- the guard against fds closed or reused under a started poll ----
  * libuv registers a started poll's fd with epoll only in the next uv_run,
  * and abort()s if epoll_ctl fails there: EBADF when the fd was closed
  * meanwhile, EPERM when its number now belongs to a regular file or a
@@ -420,73 +464,199 @@ watchers_init_type(PyObject *module, ModuleState *state)
  * file).  Reused by another pollable file, the fd would be registered
  * silently and report a file nobody asked about (asyncio registers at
  * add_reader time, and the kernel drops that registration with the old
- * file).  So every poll records which file its fd was when it was created
- * (st_dev, st_ino: a socket or pipe has an inode of its own); polls started
- * since the last uv_run are listed (at most once each: a slot index, O(1) to
- * add and remove), and before uv_run every active one whose fd is closed or
- * now another file goes to its owner's on_bad_fd, which stops it. */
+ * file).  So every poll noted as started gets a record (a hash table keyed by
+ * the poll, until it is forgotten) of which file its fd was at its first
+ * start (st_dev, st_ino: a socket or pipe has an inode of its own); polls
+ * started since the last uv_run are listed (at most once each: the record
+ * keeps the slot, O(1) to add and remove), and before uv_run every active
+ * one whose fd is closed or now another file goes to its owner's on_bad_fd,
+ * which stops it. */
 
-struct LoopPoll {
-    uv_poll_t uv;              /* first: libuv's handle pointer is the LoopPoll's */
-    Py_ssize_t changed_slot;   /* index in loop->changed_polls, -1 when not listed */
-    dev_t dev;                 /* the file fd referred to when the poll was created */
-    ino_t ino;
-    int fd;
-    void (*on_bad_fd)(void *owner);
-    void *owner;
-};
+#define RECORD_DELETED ((uv_poll_t *)1)
 
-static void
-poll_closed(uv_handle_t *handle)
+static size_t
+record_hash(uv_poll_t *poll)
 {
-    LoopObject *loop = handle->loop->data;
-    loop->closing_polls--;
-    free(handle);
+    uint64_t h = (uint64_t)(uintptr_t)poll * UINT64_C(0x9E3779B97F4A7C15);
+    return (size_t)(h ^ (h >> 29));
+}
+
+static PollRecord *
+record_find(LoopObject *loop, uv_poll_t *poll)
+{
+    if (loop->poll_records_capacity == 0) {
+        return NULL;
+    }
+    size_t mask = (size_t)loop->poll_records_capacity - 1;
+    for (size_t i = record_hash(poll) & mask;; i = (i + 1) & mask) {
+        PollRecord *record = &loop->poll_records[i];
+        if (record->poll == poll) {
+            return record;
+        }
+        if (record->poll == NULL) {
+            return NULL;
+        }
+    }
+}
+
+/* A new record for poll (not in the table), its fields but `poll` unset. */
+static PollRecord *
+record_insert(LoopObject *loop, uv_poll_t *poll)
+{
+    if ((loop->poll_records_used + 1) * 3 > loop->poll_records_capacity * 2) {
+        /* Rehash without the deleted slots, doubling when half full. */
+        Py_ssize_t capacity = 16;
+        while (capacity < (loop->poll_records_count + 1) * 2) {
+            capacity *= 2;
+        }
+        PollRecord *old = loop->poll_records;
+        Py_ssize_t old_capacity = loop->poll_records_capacity;
+        PollRecord *table = PyMem_Calloc((size_t)capacity, sizeof(PollRecord));
+        if (table == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        loop->poll_records = table;
+        loop->poll_records_capacity = capacity;
+        loop->poll_records_used = loop->poll_records_count;
+        for (Py_ssize_t i = 0; i < old_capacity; i++) {
+            if (old[i].poll != NULL && old[i].poll != RECORD_DELETED) {
+                size_t mask = (size_t)capacity - 1;
+                size_t j = record_hash(old[i].poll) & mask;
+                while (table[j].poll != NULL) {
+                    j = (j + 1) & mask;
+                }
+                table[j] = old[i];
+            }
+        }
+        PyMem_Free(old);
+    }
+    size_t mask = (size_t)loop->poll_records_capacity - 1;
+    size_t i = record_hash(poll) & mask;
+    while (loop->poll_records[i].poll != NULL && loop->poll_records[i].poll != RECORD_DELETED) {
+        i = (i + 1) & mask;
+    }
+    PollRecord *record = &loop->poll_records[i];
+    if (record->poll == NULL) {
+        loop->poll_records_used++;
+    }
+    loop->poll_records_count++;
+    record->poll = poll;
+    return record;
 }
 
 static int
-changed_polls_reserve(LoopObject *loop, Py_ssize_t needed)
+record_is_listed(LoopObject *loop, PollRecord *record)
 {
-    if (needed <= loop->changed_polls_capacity) {
+    Py_ssize_t slot = record->changed_slot;
+    return slot >= 0 && slot < loop->changed_polls_count && loop->changed_polls[slot] == record->poll;
+}
+
+static void
+record_unlist(LoopObject *loop, PollRecord *record)
+{
+    if (record_is_listed(loop, record)) {
+        uv_poll_t *last = loop->changed_polls[--loop->changed_polls_count];
+        if (last != record->poll) {
+            loop->changed_polls[record->changed_slot] = last;
+            record_find(loop, last)->changed_slot = record->changed_slot;
+        }
+    }
+    record->changed_slot = -1;
+}
+
+static int
+record_file_unchanged(PollRecord *record)
+{
+    struct stat st;
+    return record->identity_known && fstat(record->fd, &st) == 0 && st.st_dev == record->dev
+           && st.st_ino == record->ino;
+}
+
+int
+loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_bad_fd)(void *), void *owner)
+{
+    PollRecord *record = record_find(loop, poll);
+    if (record == NULL) {
+        record = record_insert(loop, poll);
+        if (record == NULL) {
+            return -1;
+        }
+        struct stat st;
+        /* Unknown (fd already closed): the check before uv_run stops it. */
+        record->identity_known = fstat(fd, &st) == 0;
+        record->dev = record->identity_known ? st.st_dev : 0;
+        record->ino = record->identity_known ? st.st_ino : 0;
+        record->changed_slot = -1;
+    }
+    record->fd = fd;
+    record->on_bad_fd = on_bad_fd;
+    record->owner = owner;
+    if (record_is_listed(loop, record)) {
         return 0;
     }
-    Py_ssize_t capacity = loop->changed_polls_capacity ? loop->changed_polls_capacity * 2 : 16;
-    while (capacity < needed) {
-        capacity *= 2;
+    if (loop->changed_polls_count == loop->changed_polls_capacity) {
+        Py_ssize_t capacity = loop->changed_polls_capacity ? loop->changed_polls_capacity * 2 : 16;
+        uv_poll_t **items = PyMem_Realloc(loop->changed_polls, capacity * sizeof(uv_poll_t *));
+        if (items == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        loop->changed_polls = items;
+        loop->changed_polls_capacity = capacity;
     }
-    LoopPoll **items = PyMem_Realloc(loop->changed_polls, capacity * sizeof(LoopPoll *));
-    if (items == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    loop->changed_polls = items;
-    loop->changed_polls_capacity = capacity;
+    record->changed_slot = loop->changed_polls_count;
+    loop->changed_polls[loop->changed_polls_count++] = poll;
     return 0;
 }
 
-static int
-poll_is_listed(LoopObject *loop, LoopPoll *poll)
-{
-    Py_ssize_t slot = poll->changed_slot;
-    return slot >= 0 && slot < loop->changed_polls_count && loop->changed_polls[slot] == poll;
-}
-
 static void
-poll_unlist(LoopObject *loop, LoopPoll *poll)
+free_records_if_closed(LoopObject *loop)
 {
-    if (poll_is_listed(loop, poll)) {
-        LoopPoll *last = loop->changed_polls[--loop->changed_polls_count];
-        loop->changed_polls[poll->changed_slot] = last;
-        last->changed_slot = poll->changed_slot;
+    if (loop->poll_records_count == 0 && !loop->uv_ready) {
+        PyMem_Free(loop->poll_records);
+        loop->poll_records = NULL;
+        loop->poll_records_capacity = loop->poll_records_used = 0;
     }
-    poll->changed_slot = -1;
 }
 
-/* A loop-owned watcher polls fd but its file is gone (fd closed and the
- * number reused): it cannot see anything any more; let the new file be
- * polled.  Returns 1 if it released one. */
+void
+loop_forget_poll(LoopObject *loop, uv_poll_t *poll)
+{
+    PollRecord *record = record_find(loop, poll);
+    if (record == NULL) {
+        return;
+    }
+    record_unlist(loop, record);
+    record->poll = RECORD_DELETED;
+    loop->poll_records_count--;
+    free_records_if_closed(loop);
+}
+
+void
+loop_check_changed_polls(LoopObject *loop)
+{
+    /* One at a time from the end, so owners may note or forget polls (and run
+     * Python code) from on_bad_fd; polls they start are checked too. */
+    while (loop->changed_polls_count > 0) {
+        uv_poll_t *poll = loop->changed_polls[--loop->changed_polls_count];
+        PollRecord *record = record_find(loop, poll);
+        if (record == NULL) {
+            continue;
+        }
+        record->changed_slot = -1;
+        if (uv_is_active((uv_handle_t *)poll) && !uv_is_closing((uv_handle_t *)poll)
+            && !record_file_unchanged(record)) {
+            record->on_bad_fd(record->owner);
+        }
+    }
+}
+
+/* A watcher still polls fd, but the file it watched is gone (fd closed, the
+ * number reused): it can see nothing any more; let the new file be polled.
+ * Returns 1 if it released one. */
 static int
-release_stale_watcher(LoopObject *loop, int fd, const struct stat *now)
+release_stale_watcher(LoopObject *loop, int fd)
 {
     PyObject *key = PyLong_FromLong(fd);
     if (key == NULL) {
@@ -499,108 +669,23 @@ release_stale_watcher(LoopObject *loop, int fd, const struct stat *now)
         PyErr_Clear();
         return 0;
     }
-    LoopPoll *poll = (LoopPoll *)watcher->poll;
-    if (poll == NULL || (poll->dev == now->st_dev && poll->ino == now->st_ino)) {
+    PollRecord *record = watcher->poll ? record_find(loop, watcher->poll) : NULL;
+    if (record == NULL || record_file_unchanged(record)) {
         return 0;
     }
     watcher_stop_poll(watcher);
     return 1;
 }
 
-uv_poll_t *
-loop_poll_new(LoopObject *loop, int fd, void (*on_bad_fd)(void *owner), void *owner)
+int
+loop_poll_init(LoopObject *loop, uv_poll_t *poll, int fd)
 {
-    if (loop_in_other_process(loop)) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "cannot poll a file descriptor with an event loop created in another "
-                        "process (inherited through fork())");
-        return NULL;
+    if (loop_own_epoll_after_fork(loop) < 0) {
+        return UV_EBUSY;
     }
-    if (changed_polls_reserve(loop, loop->live_polls + 1) < 0) {
-        return NULL;
+    int err = uv_poll_init(&loop->uv, poll, fd);
+    if (err == UV_EEXIST && release_stale_watcher(loop, fd)) {
+        err = uv_poll_init(&loop->uv, poll, fd);
     }
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        return NULL;
-    }
-    LoopPoll *poll = malloc(sizeof(LoopPoll));
-    if (poll == NULL) {
-        PyErr_NoMemory();
-        return NULL;
-    }
-    int err = uv_poll_init(&loop->uv, &poll->uv, fd);
-    if (err == UV_EEXIST && release_stale_watcher(loop, fd, &st)) {
-        err = uv_poll_init(&loop->uv, &poll->uv, fd);
-    }
-    if (err < 0) {
-        free(poll);
-        if (err == UV_EEXIST) {
-            PyErr_Format(PyExc_RuntimeError,
-                         "File descriptor %d is already polled by this loop "
-                         "(add_reader()/add_writer() or a transport)", fd);
-        }
-        else {
-            errno = -err;  /* e.g. EPERM for a regular file, as epoll_ctl() in asyncio */
-            PyErr_SetFromErrno(PyExc_OSError);
-        }
-        return NULL;
-    }
-    poll->uv.data = NULL;
-    poll->changed_slot = -1;
-    poll->dev = st.st_dev;
-    poll->ino = st.st_ino;
-    poll->fd = fd;
-    poll->on_bad_fd = on_bad_fd;
-    poll->owner = owner;
-    loop->live_polls++;
-    return &poll->uv;
-}
-
-void
-loop_note_poll_change(LoopObject *loop, uv_poll_t *handle)
-{
-    LoopPoll *poll = (LoopPoll *)handle;
-    if (poll_is_listed(loop, poll)) {
-        return;
-    }
-    /* Never full: the capacity was reserved for every live poll. */
-    poll->changed_slot = loop->changed_polls_count;
-    loop->changed_polls[loop->changed_polls_count++] = poll;
-}
-
-void
-loop_poll_close(LoopObject *loop, uv_poll_t *handle)
-{
-    LoopPoll *poll = (LoopPoll *)handle;
-    poll_unlist(loop, poll);
-    loop->live_polls--;
-    if (loop_in_other_process(loop)) {
-        /* Stopping would EPOLL_CTL_DEL the fd from the parent's epoll
-         * instance; the handle stays in this copy of libuv's loop, unused. */
-        return;
-    }
-    loop->closing_polls++;
-    uv_close((uv_handle_t *)handle, poll_closed);  /* stops it too */
-}
-
-static int
-poll_fd_unchanged(LoopPoll *poll)
-{
-    struct stat st;
-    return fstat(poll->fd, &st) == 0 && st.st_dev == poll->dev && st.st_ino == poll->ino;
-}
-
-void
-loop_check_changed_polls(LoopObject *loop)
-{
-    /* One at a time from the end, so owners may list or unlist polls (and
-     * run Python code) from on_bad_fd; polls they start are checked too. */
-    while (loop->changed_polls_count > 0) {
-        LoopPoll *poll = loop->changed_polls[--loop->changed_polls_count];
-        poll->changed_slot = -1;
-        if (uv_is_active((uv_handle_t *)&poll->uv) && !poll_fd_unchanged(poll)) {
-            poll->on_bad_fd(poll->owner);
-        }
-    }
+    return err;
 }

@@ -833,8 +833,8 @@ get_poll_stats(LoopObject *self, void *c)
     if (self->uv_ready) {
         uv_walk(&self->uv, count_handle, &uv_handles);  /* closing handles too, until freed */
     }
-    return Py_BuildValue("{snsnsnsn}", "live_polls", self->live_polls, "closing_polls", self->closing_polls,
-                         "changed_polls", self->changed_polls_count, "uv_handles", uv_handles);
+    return Py_BuildValue("{snsnsnsn}", "noted_polls", self->poll_records_count, "closing_polls",
+                         self->closing_polls, "changed_polls", self->changed_polls_count, "uv_handles", uv_handles);
 }
 
 static PyGetSetDef loop_getsets[] = {

@@ -198,6 +198,12 @@ transport_check_fd_free(LoopObject *loop, int fd)
 
 /* ---- poll ---- */
 
+static void
+free_poll(uv_handle_t *handle)
+{
+    free(handle);
+}
+
 static void on_poll(uv_poll_t *poll, int status, int events);
 static void poll_stopped(TransportObject *self);
 
@@ -260,8 +266,23 @@ transport_update_poll(TransportObject *self)
         return 0;
     }
     if (self->poll == NULL) {
-        uv_poll_t *poll = loop_poll_new(self->loop, self->fd, transport_bad_fd, self);
+        uv_poll_t *poll = malloc(sizeof(uv_poll_t));
         if (poll == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        int err = loop_poll_init(self->loop, poll, self->fd);  /* releases a stale watcher of a reused fd number */
+        if (err < 0) {
+            free(poll);
+            if (err == UV_EEXIST) {
+                PyErr_Format(PyExc_RuntimeError,
+                             "File descriptor %d is already watched by add_reader()/add_writer()",
+                             self->fd);
+            }
+            else {
+                errno = -err;
+                PyErr_SetFromErrno(PyExc_OSError);
+            }
             return -1;
         }
         poll->data = self;
@@ -281,8 +302,7 @@ transport_update_poll(TransportObject *self)
         }
     }
     self->poll_events = events;
-    loop_note_poll_change(self->loop, self->poll);
-    return 0;
+    return loop_note_poll_change(self->loop, self->poll, self->fd, transport_bad_fd, self);
 }
 
 /* Closes the poll for good (before the fd is closed). */
@@ -298,7 +318,8 @@ transport_release_poll(TransportObject *self)
         poll_stopped(self);
     }
     self->poll->data = NULL;
-    loop_poll_close(self->loop, self->poll);
+    loop_forget_poll(self->loop, self->poll);
+    uv_close((uv_handle_t *)self->poll, free_poll);
     self->poll = NULL;
     Py_DECREF(self);
 }
@@ -1344,7 +1365,8 @@ transport_dealloc(TransportObject *self)
     if (self->poll != NULL) {
         /* Stopped (an active poll holds a reference), but still a libuv handle. */
         self->poll->data = NULL;
-        loop_poll_close(self->loop, self->poll);
+        loop_forget_poll(self->loop, self->poll);
+        uv_close((uv_handle_t *)self->poll, free_poll);
         self->poll = NULL;
     }
     registry_remove(self);
