@@ -165,7 +165,11 @@ watcher_restart(WatcherObject *self)
     }
     self->poll = poll;
     self->loop->active_io++;
-    return loop_note_poll_change(self->loop, poll, self->fd, watcher_bad_fd, self);
+    if (loop_note_poll_change(self->loop, poll, self->fd, watcher_bad_fd, self) < 0) {
+        watcher_stop_poll(self);  /* unguarded, uv_run could abort on it */
+        return -1;
+    }
+    return 0;
 }
 
 /* Detaches reader or writer; drops the watcher from the loop when idle. */
@@ -582,12 +586,15 @@ loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_bad_f
         if (record == NULL) {
             return -1;
         }
+        record->changed_slot = -1;
+        record->fd = -1;
+    }
+    if (record->fd != fd) {  /* a new record (a poll's fd never changes) */
         struct stat st;
         /* Unknown (fd already closed): the check before uv_run stops it. */
         record->identity_known = fstat(fd, &st) == 0;
         record->dev = record->identity_known ? st.st_dev : 0;
         record->ino = record->identity_known ? st.st_ino : 0;
-        record->changed_slot = -1;
     }
     record->fd = fd;
     record->on_bad_fd = on_bad_fd;
