@@ -1,19 +1,70 @@
-/* add_reader / add_writer / remove_reader / remove_writer.
+/* add_reader / add_writer / remove_reader / remove_writer, and the guard,
+ * shared with transports, against fds closed or reused under a started poll.
  *
  * One Watcher object per watched fd, kept in LoopObject.watchers (dict fd ->
  * Watcher); it owns the reader and writer Handles.  The libuv side is a
- * uv_poll_t allocated with malloc: whenever the set of watched events changes
- * the old poll is stopped and uv_close()d (its close callback frees it) and a
- * fresh one is started, so libuv re-validates the fd (a bad or closed fd gives
- * OSError instead of a libuv abort on epoll_ctl).  Level-triggered, like the
- * stdlib's selectors: a ready fd queues its handle on every iteration.
+ * malloc'ed uv_poll_t: whenever the set of watched events changes the old
+ * poll is closed (its close callback frees it) and a fresh one is created for
+ * the file the fd refers to now, so libuv re-validates the fd (a bad, closed
+ * or regular-file fd gives OSError, as asyncio's epoll selector raises).
+ * Level-triggered, like the stdlib's selectors: a ready fd queues its handle
+ * on every iteration, and an error condition (POLLERR, after which libuv stops
+ * the poll) is reported to both sides and the poll re-armed.
  */
 #include "loop.h"
 
 #include <errno.h>
-#include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* getpid() of this process, refreshed in a fork() child (pthread_atfork). */
+static long current_pid;
+
+static void
+refresh_current_pid(void)
+{
+    current_pid = (long)getpid();
+}
+
+static int
+loop_in_other_process(LoopObject *loop)
+{
+    if (loop->pid == current_pid) {
+        return 0;
+    }
+    refresh_current_pid();  /* a child made without the atfork handlers running */
+    return loop->pid != current_pid;
+}
+
+/* A fork() child shares the epoll instance of its parent's libuv loops:
+ * uv_poll_init's probe and uv_poll_stop's EPOLL_CTL_DEL on an inherited loop
+ * would remove the parent's registrations.  Before a child touches the polls
+ * of a loop created by its parent, libuv gets an epoll instance of its own
+ * (uv_loop_fork, once per process).  0, or -1 if that failed: then leave
+ * libuv alone. */
+int
+loop_own_epoll_after_fork(LoopObject *loop)
+{
+    if (!loop_in_other_process(loop) || loop->uv_pid == current_pid) {
+        return 0;
+    }
+    if (uv_loop_fork(&loop->uv) < 0) {
+        return -1;
+    }
+    loop->uv_pid = current_pid;
+    return 0;
+}
+
+static void
+free_watcher_poll(uv_handle_t *handle)
+{
+    LoopObject *loop = handle->loop->data;
+    loop->closing_polls--;
+    free(handle);
+}
 
 typedef struct {
     PyObject_HEAD
@@ -23,12 +74,6 @@ typedef struct {
     uv_poll_t *poll;  /* NULL when nothing is watched */
     int fd;
 } WatcherObject;
-
-static void
-free_poll(uv_handle_t *handle)
-{
-    free(handle);
-}
 
 /* asyncio's rule for a file object: an int, or int(obj.fileno()); anything
  * else is ValueError('Invalid file object: ...'). */
@@ -59,11 +104,14 @@ static void
 watcher_stop_poll(WatcherObject *self)
 {
     if (self->poll != NULL) {
-        uv_poll_stop(self->poll);
-        loop_forget_poll(self->loop, self->poll);
-        uv_close((uv_handle_t *)self->poll, free_poll);
+        LoopObject *loop = self->loop;
+        loop_forget_poll(loop, self->poll);
+        if (loop_own_epoll_after_fork(loop) == 0) {
+            loop->closing_polls++;
+            uv_close((uv_handle_t *)self->poll, free_watcher_poll);  /* stops it too */
+        }
         self->poll = NULL;
-        self->loop->active_io--;
+        loop->active_io--;
     }
 }
 
@@ -72,15 +120,24 @@ static void on_poll(uv_poll_t *poll, int status, int events);
 static void
 watcher_bad_fd(void *owner)
 {
-    /* Closed under us: like a selector, just never report it again. */
+    /* Closed (or its number reused) under us: like a selector, whose epoll
+     * registration the kernel dropped with the file, never report it again.
+     * The handles stay until removed or replaced. */
     watcher_stop_poll((WatcherObject *)owner);
 }
 
-/* Starts watching for whichever of reader/writer is set. */
+static int
+watcher_events(WatcherObject *self)
+{
+    return (self->reader ? UV_READABLE : 0) | (self->writer ? UV_WRITABLE : 0);
+}
+
+/* Starts watching for whichever of reader/writer is set, on the file the fd
+ * refers to now. */
 static int
 watcher_restart(WatcherObject *self)
 {
-    int events = (self->reader ? UV_READABLE : 0) | (self->writer ? UV_WRITABLE : 0);
+    int events = watcher_events(self);
     watcher_stop_poll(self);
     if (events == 0) {
         return 0;
@@ -90,24 +147,29 @@ watcher_restart(WatcherObject *self)
         PyErr_NoMemory();
         return -1;
     }
-    int err = uv_poll_init(&self->loop->uv, poll, self->fd);
+    int err = loop_poll_init(self->loop, poll, self->fd);
     if (err < 0) {
         free(poll);
-        errno = -err;
+        errno = -err;  /* e.g. EPERM for a regular file, as asyncio's epoll_ctl() */
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
     poll->data = self;
     err = uv_poll_start(poll, events, on_poll);
     if (err < 0) {
-        uv_close((uv_handle_t *)poll, free_poll);
+        self->loop->closing_polls++;
+        uv_close((uv_handle_t *)poll, free_watcher_poll);
         errno = -err;
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
     self->poll = poll;
     self->loop->active_io++;
-    return loop_note_poll_change(self->loop, poll, self->fd, watcher_bad_fd, self);
+    if (loop_note_poll_change(self->loop, poll, self->fd, watcher_bad_fd, self) < 0) {
+        watcher_stop_poll(self);  /* unguarded, uv_run could abort on it */
+        return -1;
+    }
+    return 0;
 }
 
 /* Detaches reader or writer; drops the watcher from the loop when idle. */
@@ -158,13 +220,25 @@ on_poll(uv_poll_t *poll, int status, int events)
     LoopObject *loop = self->loop;
     loop_take_gil(loop);
     if (status < 0) {
-        /* Errors (e.g. a reset peer) wake both sides, as select() does. */
+        /* An error condition (POLLERR: a reset peer, an ICMP error on a UDP
+         * socket...) wakes both sides, as select() does; the callbacks' own
+         * syscalls report (and clear) the error. */
         events = UV_READABLE | UV_WRITABLE;
     }
     Py_INCREF(self);
     if (((events & UV_READABLE) && queue_if_ready(self, self->reader, UV_READABLE) < 0)
         || ((events & UV_WRITABLE) && queue_if_ready(self, self->writer, UV_WRITABLE) < 0)) {
         loop_defer_error(loop);
+    }
+    if (self->poll == poll && !uv_is_active((uv_handle_t *)poll)) {
+        /* libuv stops a poll after POLLERR; a selector keeps reporting the fd
+         * for as long as it is registered, so re-arm (checked like any start
+         * before the next uv_run, in case a callback closes the fd). */
+        int err = uv_poll_start(poll, watcher_events(self), on_poll);
+        if (err < 0 || loop_note_poll_change(loop, poll, self->fd, watcher_bad_fd, self) < 0) {
+            PyErr_Clear();
+            watcher_stop_poll(self);
+        }
     }
     Py_DECREF(self);
 }
@@ -212,6 +286,12 @@ loop_add_watcher(LoopObject *loop, PyObject *const *args, Py_ssize_t nargs, int 
     }
     if (loop->closed || !loop->uv_ready) {
         PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return NULL;
+    }
+    if (loop_in_other_process(loop)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot watch a file descriptor with an event loop created in another "
+                        "process (inherited through fork())");
         return NULL;
     }
     HandleObject *handle = handle_new(loop, loop->state->HandleType, args[1], args + 2, nargs - 2, NULL);
@@ -297,6 +377,8 @@ loop_watcher_handle(LoopObject *loop, int fd, int events)
     return handle;
 }
 
+static void free_records_if_closed(LoopObject *loop);
+
 void
 loop_close_watchers(LoopObject *loop)
 {
@@ -312,6 +394,7 @@ loop_close_watchers(LoopObject *loop)
         Py_CLEAR(watcher->writer);
     }
     PyDict_Clear(loop->watchers);
+    free_records_if_closed(loop);  /* else when the transports forget theirs */
 }
 
 static int
@@ -364,23 +447,164 @@ static PyType_Spec watcher_spec = {
 int
 watchers_init_type(PyObject *module, ModuleState *state)
 {
+    static int atfork_registered;
+    if (!atfork_registered) {
+        refresh_current_pid();
+        if (pthread_atfork(NULL, NULL, refresh_current_pid) != 0) {
+            PyErr_SetString(PyExc_RuntimeError, "pthread_atfork() failed");
+            return -1;
+        }
+        atfork_registered = 1;
+    }
     state->WatcherType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &watcher_spec, NULL);
     return state->WatcherType ? 0 : -1;
 }
 
-/* ---- guard against fds closed under a started poll ----
+/* ---- the guard against fds closed or reused under a started poll ----
  * libuv registers a started poll's fd with epoll only in the next uv_run,
- * and abort()s if epoll_ctl fails, e.g. because the fd was closed meanwhile
- * (a user closing a socket with a pending sock_recv, say).  Every poll
- * started or changed is noted here; just before uv_run each noted fd is
- * checked, and a closed one is handed to its owner, which stops the poll. */
+ * and abort()s if epoll_ctl fails there: EBADF when the fd was closed
+ * meanwhile, EPERM when its number now belongs to a regular file or a
+ * directory (a user closing a socket with a pending sock_recv, then opening a
+ * file).  Reused by another pollable file, the fd would be registered
+ * silently and report a file nobody asked about (asyncio registers at
+ * add_reader time, and the kernel drops that registration with the old
+ * file).  So every poll noted as started gets a record (a hash table keyed by
+ * the poll, until it is forgotten) of which file its fd was at its first
+ * start (st_dev, st_ino: a socket or pipe has an inode of its own); polls
+ * started since the last uv_run are listed (at most once each: the record
+ * keeps the slot, O(1) to add and remove), and before uv_run every active
+ * one whose fd is closed or now another file goes to its owner's on_bad_fd,
+ * which stops it. */
+
+#define RECORD_DELETED ((uv_poll_t *)1)
+
+static size_t
+record_hash(uv_poll_t *poll)
+{
+    uint64_t h = (uint64_t)(uintptr_t)poll * UINT64_C(0x9E3779B97F4A7C15);
+    return (size_t)(h ^ (h >> 29));
+}
+
+static PollRecord *
+record_find(LoopObject *loop, uv_poll_t *poll)
+{
+    if (loop->poll_records_capacity == 0) {
+        return NULL;
+    }
+    size_t mask = (size_t)loop->poll_records_capacity - 1;
+    for (size_t i = record_hash(poll) & mask;; i = (i + 1) & mask) {
+        PollRecord *record = &loop->poll_records[i];
+        if (record->poll == poll) {
+            return record;
+        }
+        if (record->poll == NULL) {
+            return NULL;
+        }
+    }
+}
+
+/* A new record for poll (not in the table), its fields but `poll` unset. */
+static PollRecord *
+record_insert(LoopObject *loop, uv_poll_t *poll)
+{
+    if ((loop->poll_records_used + 1) * 3 > loop->poll_records_capacity * 2) {
+        /* Rehash without the deleted slots, doubling when half full. */
+        Py_ssize_t capacity = 16;
+        while (capacity < (loop->poll_records_count + 1) * 2) {
+            capacity *= 2;
+        }
+        PollRecord *old = loop->poll_records;
+        Py_ssize_t old_capacity = loop->poll_records_capacity;
+        PollRecord *table = PyMem_Calloc((size_t)capacity, sizeof(PollRecord));
+        if (table == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        loop->poll_records = table;
+        loop->poll_records_capacity = capacity;
+        loop->poll_records_used = loop->poll_records_count;
+        for (Py_ssize_t i = 0; i < old_capacity; i++) {
+            if (old[i].poll != NULL && old[i].poll != RECORD_DELETED) {
+                size_t mask = (size_t)capacity - 1;
+                size_t j = record_hash(old[i].poll) & mask;
+                while (table[j].poll != NULL) {
+                    j = (j + 1) & mask;
+                }
+                table[j] = old[i];
+            }
+        }
+        PyMem_Free(old);
+    }
+    size_t mask = (size_t)loop->poll_records_capacity - 1;
+    size_t i = record_hash(poll) & mask;
+    while (loop->poll_records[i].poll != NULL && loop->poll_records[i].poll != RECORD_DELETED) {
+        i = (i + 1) & mask;
+    }
+    PollRecord *record = &loop->poll_records[i];
+    if (record->poll == NULL) {
+        loop->poll_records_used++;
+    }
+    loop->poll_records_count++;
+    record->poll = poll;
+    return record;
+}
+
+static int
+record_is_listed(LoopObject *loop, PollRecord *record)
+{
+    Py_ssize_t slot = record->changed_slot;
+    return slot >= 0 && slot < loop->changed_polls_count && loop->changed_polls[slot] == record->poll;
+}
+
+static void
+record_unlist(LoopObject *loop, PollRecord *record)
+{
+    if (record_is_listed(loop, record)) {
+        uv_poll_t *last = loop->changed_polls[--loop->changed_polls_count];
+        if (last != record->poll) {
+            loop->changed_polls[record->changed_slot] = last;
+            record_find(loop, last)->changed_slot = record->changed_slot;
+        }
+    }
+    record->changed_slot = -1;
+}
+
+static int
+record_file_unchanged(PollRecord *record)
+{
+    struct stat st;
+    return record->identity_known && fstat(record->fd, &st) == 0 && st.st_dev == record->dev
+           && st.st_ino == record->ino;
+}
 
 int
 loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_bad_fd)(void *), void *owner)
 {
+    PollRecord *record = record_find(loop, poll);
+    if (record == NULL) {
+        record = record_insert(loop, poll);
+        if (record == NULL) {
+            return -1;
+        }
+        record->changed_slot = -1;
+        record->fd = -1;
+    }
+    if (record->fd != fd) {  /* a new record (a poll's fd never changes) */
+        struct stat st;
+        /* Unknown (fd already closed): the check before uv_run stops it. */
+        record->identity_known = fstat(fd, &st) == 0;
+        record->dev = record->identity_known ? st.st_dev : 0;
+        record->ino = record->identity_known ? st.st_ino : 0;
+    }
+    record->fd = fd;
+    record->on_bad_fd = on_bad_fd;
+    record->owner = owner;
+    if (record_is_listed(loop, record)) {
+        return 0;
+    }
     if (loop->changed_polls_count == loop->changed_polls_capacity) {
         Py_ssize_t capacity = loop->changed_polls_capacity ? loop->changed_polls_capacity * 2 : 16;
-        ChangedPoll *items = PyMem_Realloc(loop->changed_polls, capacity * sizeof(ChangedPoll));
+        uv_poll_t **items = PyMem_Realloc(loop->changed_polls, capacity * sizeof(uv_poll_t *));
         if (items == NULL) {
             PyErr_NoMemory();
             return -1;
@@ -388,43 +612,87 @@ loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_bad_f
         loop->changed_polls = items;
         loop->changed_polls_capacity = capacity;
     }
-    ChangedPoll *entry = &loop->changed_polls[loop->changed_polls_count++];
-    entry->poll = poll;
-    entry->fd = fd;
-    entry->on_bad_fd = on_bad_fd;
-    entry->owner = owner;
+    record->changed_slot = loop->changed_polls_count;
+    loop->changed_polls[loop->changed_polls_count++] = poll;
     return 0;
+}
+
+static void
+free_records_if_closed(LoopObject *loop)
+{
+    if (loop->poll_records_count == 0 && !loop->uv_ready) {
+        PyMem_Free(loop->poll_records);
+        loop->poll_records = NULL;
+        loop->poll_records_capacity = loop->poll_records_used = 0;
+    }
 }
 
 void
 loop_forget_poll(LoopObject *loop, uv_poll_t *poll)
 {
-    for (Py_ssize_t i = 0; i < loop->changed_polls_count; i++) {
-        if (loop->changed_polls[i].poll == poll) {
-            loop->changed_polls[i].poll = NULL;
-        }
+    PollRecord *record = record_find(loop, poll);
+    if (record == NULL) {
+        return;
     }
+    record_unlist(loop, record);
+    record->poll = RECORD_DELETED;
+    loop->poll_records_count--;
+    free_records_if_closed(loop);
 }
 
 void
 loop_check_changed_polls(LoopObject *loop)
 {
-    /* Owners may note or forget polls while we walk: take the list first. */
-    Py_ssize_t count = loop->changed_polls_count;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        ChangedPoll entry = loop->changed_polls[i];
-        if (entry.poll == NULL || !uv_is_active((uv_handle_t *)entry.poll)
-            || uv_is_closing((uv_handle_t *)entry.poll)) {
+    /* One at a time from the end, so owners may note or forget polls (and run
+     * Python code) from on_bad_fd; polls they start are checked too. */
+    while (loop->changed_polls_count > 0) {
+        uv_poll_t *poll = loop->changed_polls[--loop->changed_polls_count];
+        PollRecord *record = record_find(loop, poll);
+        if (record == NULL) {
             continue;
         }
-        if (fcntl(entry.fd, F_GETFD) < 0 && errno == EBADF) {
-            entry.on_bad_fd(entry.owner);
+        record->changed_slot = -1;
+        if (uv_is_active((uv_handle_t *)poll) && !uv_is_closing((uv_handle_t *)poll)
+            && !record_file_unchanged(record)) {
+            record->on_bad_fd(record->owner);
         }
     }
-    /* Entries noted by the owners above are checked next time. */
-    Py_ssize_t added = loop->changed_polls_count - count;
-    if (added > 0) {
-        memmove(loop->changed_polls, loop->changed_polls + count, added * sizeof(ChangedPoll));
+}
+
+/* A watcher still polls fd, but the file it watched is gone (fd closed, the
+ * number reused): it can see nothing any more; let the new file be polled.
+ * Returns 1 if it released one. */
+static int
+release_stale_watcher(LoopObject *loop, int fd)
+{
+    PyObject *key = PyLong_FromLong(fd);
+    if (key == NULL) {
+        PyErr_Clear();
+        return 0;
     }
-    loop->changed_polls_count = added;
+    WatcherObject *watcher = (WatcherObject *)PyDict_GetItemWithError(loop->watchers, key);
+    Py_DECREF(key);
+    if (watcher == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PollRecord *record = watcher->poll ? record_find(loop, watcher->poll) : NULL;
+    if (record == NULL || record_file_unchanged(record)) {
+        return 0;
+    }
+    watcher_stop_poll(watcher);
+    return 1;
+}
+
+int
+loop_poll_init(LoopObject *loop, uv_poll_t *poll, int fd)
+{
+    if (loop_own_epoll_after_fork(loop) < 0) {
+        return UV_EBUSY;
+    }
+    int err = uv_poll_init(&loop->uv, poll, fd);
+    if (err == UV_EEXIST && release_stale_watcher(loop, fd)) {
+        err = uv_poll_init(&loop->uv, poll, fd);
+    }
+    return err;
 }

@@ -13,6 +13,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <uv.h>
 
 #ifdef Py_GIL_DISABLED
@@ -193,13 +194,17 @@ void timer_heap_remove(TimerHeap *heap, HandleObject *timer);    /* drops the he
 void timer_heap_clear(TimerHeap *heap);
 int timer_heap_traverse(TimerHeap *heap, visitproc visit, void *arg);
 
-/* A poll started or changed since the last uv_run (io_watchers.c). */
+/* The closed/reused-fd guard's record of a started poll (io_watchers.c). */
 typedef struct {
-    uv_poll_t *poll;            /* NULL once forgotten */
-    int fd;
+    uv_poll_t *poll;             /* NULL: empty slot (a deleted one holds a marker) */
     void (*on_bad_fd)(void *owner);
     void *owner;
-} ChangedPoll;
+    Py_ssize_t changed_slot;     /* index in LoopObject.changed_polls, -1 when not listed */
+    dev_t dev;                   /* the file fd referred to when the poll was first noted */
+    ino_t ino;
+    int fd;
+    int identity_known;          /* 0: fd was already closed then */
+} PollRecord;
 
 /* ---- the loop (loop_core.c) ---- */
 struct LoopObject {
@@ -232,9 +237,18 @@ struct LoopObject {
     PyObject *spare_bytes;       /* a received bytes object nobody kept, reused for the next
                                   * read that fits (stream_transport.c); NULL if none */
     Py_ssize_t spare_capacity;   /* the size spare_bytes was allocated with */
-    ChangedPoll *changed_polls;  /* fds to check before the next uv_run (io_watchers.c) */
+    PollRecord *poll_records;    /* hash table poll -> record: each poll noted and not yet
+                                  * forgotten (io_watchers.c); freed once empty after close */
+    Py_ssize_t poll_records_capacity;  /* power of two, or 0 */
+    Py_ssize_t poll_records_count;     /* records in use */
+    Py_ssize_t poll_records_used;      /* records in use + deleted slots */
+    uv_poll_t **changed_polls;   /* polls started since the last uv_run: their fds are checked
+                                  * before the next one (io_watchers.c); each at most once */
     Py_ssize_t changed_polls_count;
     Py_ssize_t changed_polls_capacity;
+    Py_ssize_t closing_polls;    /* watcher polls uv_close()d whose close callback has not run */
+    long uv_pid;                 /* 0 (the creator's), or the fork() child whose own epoll
+                                  * instance libuv got with uv_loop_fork (io_watchers.c) */
     long pid;                    /* process that created the loop (fork detection) */
     char uv_ready;               /* uv loop and our handles are initialised */
     char closed;
@@ -272,10 +286,27 @@ PyObject *loop_remove_watcher(LoopObject *loop, PyObject *fileobj, int events);
 void loop_close_watchers(LoopObject *loop);
 /* asyncio's file object rule: int or fileno(); ValueError otherwise. */
 int loop_fileobj_to_fd(PyObject *fileobj);
-/* Closed-fd guard: note every poll started/changed; checked before uv_run. */
+/* The guard of polls of watchers and transports (io_watchers.c).  libuv
+ * registers a started poll's fd with epoll only in the next uv_run and
+ * abort()s if epoll_ctl fails there (fd closed, or its number reused by a
+ * regular file meanwhile), so:
+ *   loop_poll_init: uv_poll_init; if a watcher whose file is gone (fd number
+ *     reused) still holds fd in libuv, that watcher goes quiet first.
+ *   loop_note_poll_change: after every successful uv_poll_start; the first
+ *     time for a poll, records which file fd is (-1: MemoryError).
+ *   loop_forget_poll: before uv_close()ing a noted poll.
+ *   loop_check_changed_polls: before uv_run; a poll started since the last
+ *     one whose fd is closed or now another file goes to on_bad_fd(owner),
+ *     which must stop it. */
+int loop_poll_init(LoopObject *loop, uv_poll_t *poll, int fd);
 int loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_bad_fd)(void *), void *owner);
 void loop_forget_poll(LoopObject *loop, uv_poll_t *poll);
 void loop_check_changed_polls(LoopObject *loop);
+/* In a fork() child, before touching the libuv handles of a loop its parent
+ * created: give libuv an epoll instance of its own (uv_loop_fork, once), so
+ * stopping polls does not remove the parent's registrations.  -1 if that
+ * failed (then leave libuv alone); 0 otherwise, and always in the creator. */
+int loop_own_epoll_after_fork(LoopObject *loop);
 /* The reader (UV_READABLE) or writer Handle watching fd; borrowed, NULL if none. */
 HandleObject *loop_watcher_handle(LoopObject *loop, int fd, int events);
 

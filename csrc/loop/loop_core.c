@@ -575,7 +575,11 @@ run_ready_debug(LoopObject *self, HandleObject *handle)
 static int
 run_once(LoopObject *self)
 {
-    if (self->ready.count == 0 || self->active_io > 0) {
+    /* Closed polls are freed by libuv's close callbacks, which only run inside
+     * uv_run: a loop that never needs to poll (callbacks always ready, no I/O
+     * source) still polls (without blocking) while some wait, so watcher churn
+     * there keeps its memory bounded. */
+    if (self->ready.count == 0 || self->active_io > 0 || self->closing_polls > 0) {
         if (poll_io(self) < 0) {
             return -1;
         }
@@ -816,6 +820,24 @@ set_task_factory(LoopObject *self, PyObject *value, void *c)
     return 0;
 }
 
+static void
+count_handle(uv_handle_t *handle, void *arg)
+{
+    (*(Py_ssize_t *)arg)++;
+}
+
+/* Debugging counters of the poll bookkeeping (tests/test_watchers_hardening.py). */
+static PyObject *
+get_poll_stats(LoopObject *self, void *c)
+{
+    Py_ssize_t uv_handles = 0;
+    if (self->uv_ready) {
+        uv_walk(&self->uv, count_handle, &uv_handles);  /* closing handles too, until freed */
+    }
+    return Py_BuildValue("{snsnsnsn}", "noted_polls", self->poll_records_count, "closing_polls",
+                         self->closing_polls, "changed_polls", self->changed_polls_count, "uv_handles", uv_handles);
+}
+
 static PyGetSetDef loop_getsets[] = {
     {"_closed", (getter)get_closed, (setter)set_closed, NULL, NULL},
     {"_transports", (getter)get_transports, NULL, "dict fd -> transport address (C registry)", NULL},
@@ -827,6 +849,7 @@ static PyGetSetDef loop_getsets[] = {
     {"_scheduled", (getter)get_scheduled, (setter)set_queue_view, "Snapshot of the timer heap (a list).", NULL},
     {"_pid", (getter)get_pid, NULL, "Process id that created the loop.", NULL},
     {"_signal_wakeup_fd", (getter)get_wakeup_fd, NULL, "fd to give signal.set_wakeup_fd().", NULL},
+    {"_poll_stats", (getter)get_poll_stats, NULL, "Counters of libuv handles and polls (debugging).", NULL},
     {NULL},
 };
 

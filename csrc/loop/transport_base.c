@@ -493,7 +493,8 @@ attach_poll(TransportObject *self)
         PyErr_NoMemory();
         return -1;
     }
-    int err = uv_poll_init(&self->loop->uv, &shared->handle, self->fd);
+    /* releases a stale watcher of a reused fd number */
+    int err = loop_poll_init(self->loop, &shared->handle, self->fd);
     if (err < 0) {
         free(shared);
         if (err == UV_EEXIST) {
