@@ -617,3 +617,34 @@ def test_datagram_io_after_socket_forgotten(arun, loop_name):
         w.close()
 
     arun(main())
+
+
+def test_abandoned_loops_leave_the_fd_count_where_it_was(loop_name):
+    # A fresh process, so that the first loop of the process is among the
+    # abandoned ones: whatever a loop opens, the count must come back after
+    # gc (libuv's process-wide signal pipe is opened at import, not by the
+    # first loop).
+    program = textwrap.dedent(f"""
+        import asyncio, gc, os, socket, warnings
+        warnings.simplefilter("ignore")
+        if {loop_name!r} == "pyasync_c":
+            import pyasync_c
+            new_loop = pyasync_c.new_event_loop
+        else:
+            new_loop = asyncio.new_event_loop
+        def helper():
+            loop = new_loop()
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            loop.run_until_complete(loop.connect_accepted_socket(asyncio.Protocol, a))
+            b.close()
+        base = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            helper()
+        gc.collect(); gc.collect()
+        print(len(os.listdir("/proc/self/fd")) - base)
+    """)
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"

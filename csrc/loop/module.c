@@ -40,6 +40,26 @@ import_asyncio_objects(ModuleState *state)
     return state->base_create_task ? 0 : -1;
 }
 
+/* libuv creates a process-wide pipe (its signal lock) the first time any
+ * loop is initialised, and keeps it for the life of the process.  Do that
+ * here, once, with a throwaway loop: otherwise the first Loop() appears to
+ * leak two fds, and an fd count taken before it (a leak check, a test)
+ * never comes back to where it was. */
+static int
+init_libuv_process_state(void)
+{
+    uv_loop_t probe;
+    int err = uv_loop_init(&probe);
+    if (err == 0) {
+        err = uv_loop_close(&probe);
+    }
+    if (err < 0) {
+        PyErr_Format(PyExc_OSError, "libuv could not initialise a loop: %s", uv_strerror(err));
+        return -1;
+    }
+    return 0;
+}
+
 static int
 loop_module_exec(PyObject *module)
 {
@@ -48,6 +68,9 @@ loop_module_exec(PyObject *module)
          * main interpreter's GIL: refuse cleanly rather than misbehave. */
         PyErr_SetString(PyExc_ImportError,
                         "pyasync_c._loop cannot be imported in a subinterpreter");
+        return -1;
+    }
+    if (init_libuv_process_state() < 0) {
         return -1;
     }
     ModuleState *state = PyModule_GetState(module);
