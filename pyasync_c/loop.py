@@ -136,6 +136,9 @@ class Loop(_loop.LoopCore, NetworkMixin, ProcessMixin, base_events.BaseEventLoop
             return
         if self._debug:
             _logger.debug("Close %r", self)
+        # A forked child (fork hook not run): the loop's own epoll first, so
+        # that nothing below removes the parent's registrations.
+        self._adopt_after_fork(False)
         if not sys.is_finalizing():
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)

@@ -763,22 +763,36 @@ loop_close_core(LoopObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* run_forever's check: in a forked child, the loop's own kernel state (if the
- * fork hook did not run) and its orphaned lookups resolved again. */
+/* _adopt_after_fork(resume=True): in a forked child, the loop's own kernel
+ * state (if the fork hook did not run: a fork Python did not see), then, with
+ * resume, its orphaned lookups queued again.  Loop.close() calls it first
+ * (without resume), run_forever's setup with. */
 static PyObject *
-loop_adopt_after_fork(LoopObject *self, PyObject *unused)
+loop_adopt_after_fork(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    int resume = 1;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "_adopt_after_fork(resume=True)");
+        return NULL;
+    }
+    if (nargs == 1 && (resume = PyObject_IsTrue(args[0])) < 0) {
+        return NULL;
+    }
     if (loop_after_fork(self) < 0) {
         return NULL;
     }
-    dns_resume(self);
+    if (resume) {
+        dns_resume(self);
+    }
     Py_RETURN_NONE;
 }
 
 /* os.register_at_fork(after_in_child=...) (loop.py): every live loop gets
  * its own kernel state at once, before the child's code can close a poll of
- * it; the loop this thread was running (the fork happened in one of its
- * callbacks) also resumes its lookups, since it goes on running. */
+ * it.  A loop this thread was running (the fork happened in one of its
+ * callbacks) goes on running in the child: its next iteration resumes its
+ * lookups (a child that never returns to it, as multiprocessing's, repeats
+ * none). */
 static PyObject *
 loop_forked_child(PyObject *cls, PyObject *unused)
 {
@@ -799,7 +813,14 @@ loop_forked_child(PyObject *cls, PyObject *unused)
         }
     }
     if (running_here != NULL) {
-        dns_resume(running_here);
+        PyObject *resume = PyObject_GetAttrString((PyObject *)running_here, "_adopt_after_fork");
+        HandleObject *handle = resume == NULL ? NULL
+            : handle_new(running_here, running_here->state->HandleType, resume, NULL, 0, NULL);
+        if (handle == NULL || ready_push(&running_here->ready, handle) < 0) {
+            PyErr_WriteUnraisable((PyObject *)running_here);
+        }
+        Py_XDECREF(handle);
+        Py_XDECREF(resume);
         Py_DECREF(running_here);
     }
     Py_RETURN_NONE;
@@ -1003,8 +1024,8 @@ static PyMethodDef loop_methods[] = {
     {"_run_once", (PyCFunction)loop_run_once, METH_NOARGS, "Run one iteration."},
     {"_run", (PyCFunction)loop_run, METH_NOARGS, "Iterate until stop(); the core of run_forever()."},
     {"_close", (PyCFunction)loop_close_core, METH_NOARGS, "Drop queued callbacks and release libuv."},
-    {"_adopt_after_fork", (PyCFunction)loop_adopt_after_fork, METH_NOARGS,
-     "In a forked child: the loop's own epoll/eventfd/signal socket, lookups resumed."},
+    {"_adopt_after_fork", (PyCFunction)(void (*)(void))loop_adopt_after_fork, METH_FASTCALL,
+     "In a forked child: the loop's own epoll/eventfd/signal socket; with resume, lookups in flight at fork resolved again."},
     {"_forked_child", (PyCFunction)loop_forked_child, METH_NOARGS | METH_CLASS,
      "os.register_at_fork(after_in_child=...) hook: every live loop adopted by the child."},
     {"_schedule_handle", (PyCFunction)loop_schedule_existing, METH_O, "Queue an existing Handle."},
