@@ -60,8 +60,9 @@ def _is_numeric(host: Any, port: Any) -> bool:
 _NUMERIC_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
-# Loops whose wakeup fd is installed, oldest first (see Loop._install_wakeup_fd).
-_WAKEUP_STACK: list[Loop] = []
+# One entry per loop whose wakeup fd is installed, oldest first: [the fd it
+# replaced] (see Loop._install_wakeup_fd; the entries do not keep loops alive).
+_WAKEUP_STACK: list[list[int]] = []
 
 
 def _sighandler_noop(signum: int, frame: object) -> None:
@@ -90,7 +91,7 @@ class Loop(_loop.LoopCore, NetworkMixin, ProcessMixin, base_events.BaseEventLoop
         self._init_processes()
         self._signal_handlers: dict[int, Any] = {}
         self._wakeup_installed = False
-        self._old_wakeup_fd = -1
+        self._wakeup_entry: list[int] | None = None  # its _WAKEUP_STACK entry
         self._old_agen_hooks: Any = None
 
     # ---- running -------------------------------------------------------
@@ -193,23 +194,25 @@ class Loop(_loop.LoopCore, NetworkMixin, ProcessMixin, base_events.BaseEventLoop
         if self._wakeup_installed or threading.current_thread() is not threading.main_thread():
             return
         try:
-            self._old_wakeup_fd = signal.set_wakeup_fd(self._signal_wakeup_fd,
-                                                       warn_on_full_buffer=False)
+            replaced = signal.set_wakeup_fd(self._signal_wakeup_fd, warn_on_full_buffer=False)
         except ValueError:  # not the main interpreter
             return
         self._wakeup_installed = True
-        _WAKEUP_STACK.append(self)
+        self._wakeup_entry = [replaced]
+        _WAKEUP_STACK.append(self._wakeup_entry)
 
     def _uninstall_wakeup_fd(self) -> None:
         if not self._wakeup_installed:
             return
         self._wakeup_installed = False
-        previous, self._old_wakeup_fd = self._old_wakeup_fd, -1
-        index = next((i for i, loop in enumerate(_WAKEUP_STACK) if loop is self), None)
+        entry, self._wakeup_entry = self._wakeup_entry, None
+        assert entry is not None
+        previous = entry[0]
+        index = next((i for i, other in enumerate(_WAKEUP_STACK) if other is entry), None)
         if index is not None:
             del _WAKEUP_STACK[index]
             if index < len(_WAKEUP_STACK):  # a later loop replaced ours: it inherits what we replaced
-                _WAKEUP_STACK[index]._old_wakeup_fd = previous
+                _WAKEUP_STACK[index][0] = previous
                 return
         try:
             current = signal.set_wakeup_fd(previous)

@@ -10,14 +10,16 @@ until a byte arrives on another: deterministic, no sleeps.
 from __future__ import annotations
 
 import asyncio
-import fractions
 import decimal
+import fractions
+import gc
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import pytest
 
@@ -393,6 +395,23 @@ def test_wakeup_fd_stack_of_running_loops(loop_name):
         signal.set_wakeup_fd(previous)
         os.close(user_r)
         os.close(user_w)
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_wakeup_fd_of_a_loop_dropped_without_close(loop_factory):
+    # Nothing keeps a loop alive for its wakeup fd; when it is collected
+    # (BaseEventLoop.__del__ closes it) the fd is uninstalled.
+    previous = signal.set_wakeup_fd(-1)
+    try:
+        loop = loop_factory()
+        loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+        ref = weakref.ref(loop)
+        del loop
+        gc.collect()
+        assert ref() is None
+        assert signal.set_wakeup_fd(-1) == -1
+    finally:
+        signal.set_wakeup_fd(previous)
 
 
 # ---- call_later / call_at arguments ---------------------------------------------

@@ -796,33 +796,59 @@ loop_adopt_after_fork(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 loop_forked_child(PyObject *cls, PyObject *unused)
 {
-    unsigned long me = PyThread_get_thread_ident();
-    LoopObject *running_here = NULL;
+    /* First the kernel state of every loop, with no Python code running in
+     * between (none can close or free a loop while the list is walked). */
+    Py_ssize_t count = 0, failed = 0;
     for (LoopObject *loop = live_loops; loop != NULL; loop = loop->live_next) {
+        count++;
         if (loop_after_fork(loop) < 0) {
-            PyErr_WriteUnraisable((PyObject *)loop);
-        }
-        if (running_here == NULL && loop->thread_id != Py_None) {
-            unsigned long ident = PyLong_AsUnsignedLong(loop->thread_id);
-            if (ident == (unsigned long)-1 && PyErr_Occurred()) {
-                PyErr_Clear();
-            }
-            else if (ident == me) {
-                running_here = (LoopObject *)Py_NewRef((PyObject *)loop);
-            }
+            failed++;  /* reported below */
+            PyErr_Clear();
         }
     }
-    if (running_here != NULL) {
-        PyObject *resume = PyObject_GetAttrString((PyObject *)running_here, "_adopt_after_fork");
+    if (failed > 0) {
+        PyErr_Format(PyExc_OSError, "pyasync_c: %zd loop(s) could not fully renew their kernel state "
+                     "after fork()", failed);
+        PyErr_WriteUnraisable(NULL);
+    }
+    if (count == 0) {
+        Py_RETURN_NONE;
+    }
+    /* Then, on a snapshot (strong references), what may run Python code. */
+    PyObject *loops = PyList_New(count);
+    if (loops == NULL) {
+        return NULL;
+    }
+    Py_ssize_t i = 0;
+    for (LoopObject *loop = live_loops; loop != NULL && i < count; loop = loop->live_next) {
+        PyList_SET_ITEM(loops, i++, Py_NewRef((PyObject *)loop));
+    }
+    unsigned long me = PyThread_get_thread_ident();
+    for (Py_ssize_t j = 0; j < i; j++) {
+        LoopObject *loop = (LoopObject *)PyList_GET_ITEM(loops, j);
+        if (loop->thread_id == Py_None) {
+            continue;
+        }
+        unsigned long ident = PyLong_AsUnsignedLong(loop->thread_id);
+        if (ident == (unsigned long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            continue;
+        }
+        if (ident != me) {
+            continue;
+        }
+        /* The fork happened in one of this loop's callbacks: the child goes on
+         * running it, and its next iteration resumes the lookups. */
+        PyObject *resume = PyObject_GetAttrString((PyObject *)loop, "_adopt_after_fork");
         HandleObject *handle = resume == NULL ? NULL
-            : handle_new(running_here, running_here->state->HandleType, resume, NULL, 0, NULL);
-        if (handle == NULL || ready_push(&running_here->ready, handle) < 0) {
-            PyErr_WriteUnraisable((PyObject *)running_here);
+            : handle_new(loop, loop->state->HandleType, resume, NULL, 0, NULL);
+        if (handle == NULL || ready_push(&loop->ready, handle) < 0) {
+            PyErr_WriteUnraisable((PyObject *)loop);
         }
         Py_XDECREF(handle);
         Py_XDECREF(resume);
-        Py_DECREF(running_here);
     }
+    Py_DECREF(loops);
     Py_RETURN_NONE;
 }
 
