@@ -107,9 +107,10 @@ static struct {
     pthread_mutex_t mutex;
     pthread_cond_t wakeup;             /* a request was queued */
     DnsRequest *head, *tail;           /* DNS_QUEUED requests, FIFO */
+    int queued;                        /* how many */
     int threads, idle;
     int atfork_registered;             /* GIL */
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, 0};
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, 0, 0};
 
 /* Process-wide, like sock_ops.c's names: the module refuses subinterpreters. */
 static PyObject *gaierror_type;      /* socket.gaierror */
@@ -300,6 +301,7 @@ queue_push(DnsRequest *req)
         pool.head = req;
     }
     pool.tail = req;
+    pool.queued++;
 }
 
 static void *
@@ -315,6 +317,7 @@ pool_worker(void *unused)
         }
         DnsRequest *req = pool.head;
         pool.head = req->queue_next;
+        pool.queued--;
         if (pool.head == NULL) {
             pool.tail = NULL;
         }
@@ -394,7 +397,8 @@ pool_submit(DnsRequest *req)
 {
     pthread_mutex_lock(&pool.mutex);
     queue_push(req);
-    int start = pool.idle == 0 && pool.threads < DNS_POOL_MAX_THREADS;
+    /* idle threads already signalled still count as idle until they run */
+    int start = pool.queued > pool.idle && pool.threads < DNS_POOL_MAX_THREADS;
     if (start) {
         pool.threads++;
     }
@@ -414,6 +418,7 @@ pool_submit(DnsRequest *req)
         /* Nobody can run it: take it back (with no thread, the queue holds
          * only this request: earlier ones were taken back the same way). */
         pool.head = pool.tail = NULL;
+        pool.queued = 0;
     }
     pthread_mutex_unlock(&pool.mutex);
     if (!stranded) {
@@ -444,7 +449,7 @@ pool_after_fork_child(void)
     /* Queued requests stay on their loops' lists: loop_after_fork() marks
      * them orphaned in the child's copy of each loop. */
     pool.head = pool.tail = NULL;
-    pool.threads = pool.idle = 0;
+    pool.queued = pool.threads = pool.idle = 0;
     pthread_cond_init(&pool.wakeup, NULL);  /* its waiters were the parent's threads */
     pthread_mutex_unlock(&pool.mutex);
 }
