@@ -60,6 +60,11 @@ def _is_numeric(host: Any, port: Any) -> bool:
 _NUMERIC_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
+# One entry per loop whose wakeup fd is installed, oldest first: [the fd it
+# replaced] (see Loop._install_wakeup_fd; the entries do not keep loops alive).
+_WAKEUP_STACK: list[list[int]] = []
+
+
 def _sighandler_noop(signum: int, frame: object) -> None:
     """Python-level handler for add_signal_handler signals: the work is done
     by the loop when the wakeup fd reports the signal."""
@@ -86,20 +91,16 @@ class Loop(_loop.LoopCore, NetworkMixin, ProcessMixin, base_events.BaseEventLoop
         self._init_processes()
         self._signal_handlers: dict[int, Any] = {}
         self._wakeup_installed = False
-        self._old_wakeup_fd = -1
+        self._wakeup_entry: list[int] | None = None  # its _WAKEUP_STACK entry
         self._old_agen_hooks: Any = None
 
     # ---- running -------------------------------------------------------
-    def _check_fork(self) -> None:
-        if self._pid != os.getpid():
-            raise RuntimeError(
-                "this pyasync_c loop was created in another process; "
-                "after fork(), create a new event loop in the child")
-
     def _run_forever_setup(self) -> None:
         self._check_closed()
         self._check_running()
-        self._check_fork()
+        # In a forked child: the loop's own epoll/eventfd/signal socket (if the
+        # fork hook did not run) and its lookups in flight at fork resolved again.
+        self._adopt_after_fork()
         self._set_coroutine_origin_tracking(self._debug)
         self._old_agen_hooks = sys.get_asyncgen_hooks()
         self._thread_id = threading.get_ident()
@@ -136,6 +137,9 @@ class Loop(_loop.LoopCore, NetworkMixin, ProcessMixin, base_events.BaseEventLoop
             return
         if self._debug:
             _logger.debug("Close %r", self)
+        # A forked child (fork hook not run): the loop's own epoll first, so
+        # that nothing below removes the parent's registrations.
+        self._adopt_after_fork(False)
         if not sys.is_finalizing():
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)
@@ -180,27 +184,42 @@ class Loop(_loop.LoopCore, NetworkMixin, ProcessMixin, base_events.BaseEventLoop
         """Cancelled timers leave the C heap at once; nothing to count."""
 
     # ---- signals ---------------------------------------------------------
+    # The process has one wakeup fd.  A loop installing its own remembers the
+    # one it replaced and gives it back when it uninstalls; loops installed
+    # later stack on top (_WAKEUP_STACK, oldest first).  A loop leaving from
+    # the middle hands what it replaced to the loop installed right after it,
+    # so no loop ever puts back the fd of a loop that has since closed (which
+    # would leave signal bytes going to whatever reuses that fd number).
     def _install_wakeup_fd(self) -> None:
         if self._wakeup_installed or threading.current_thread() is not threading.main_thread():
             return
         try:
-            self._old_wakeup_fd = signal.set_wakeup_fd(self._signal_wakeup_fd,
-                                                       warn_on_full_buffer=False)
+            replaced = signal.set_wakeup_fd(self._signal_wakeup_fd, warn_on_full_buffer=False)
         except ValueError:  # not the main interpreter
             return
         self._wakeup_installed = True
+        self._wakeup_entry = [replaced]
+        _WAKEUP_STACK.append(self._wakeup_entry)
 
     def _uninstall_wakeup_fd(self) -> None:
         if not self._wakeup_installed:
             return
         self._wakeup_installed = False
+        entry, self._wakeup_entry = self._wakeup_entry, None
+        assert entry is not None
+        previous = entry[0]
+        index = next((i for i, other in enumerate(_WAKEUP_STACK) if other is entry), None)
+        if index is not None:
+            del _WAKEUP_STACK[index]
+            if index < len(_WAKEUP_STACK):  # a later loop replaced ours: it inherits what we replaced
+                _WAKEUP_STACK[index][0] = previous
+                return
         try:
-            current = signal.set_wakeup_fd(self._old_wakeup_fd)
-            if current != self._signal_wakeup_fd:  # someone replaced ours meanwhile: keep theirs
+            current = signal.set_wakeup_fd(previous)
+            if current != self._signal_wakeup_fd:  # someone else's is installed: keep it
                 signal.set_wakeup_fd(current)
         except (ValueError, OSError):
             pass
-        self._old_wakeup_fd = -1
 
     def _handle_signal(self, signum: int) -> None:
         handle = self._signal_handlers.get(signum)
@@ -323,3 +342,10 @@ class Loop(_loop.LoopCore, NetworkMixin, ProcessMixin, base_events.BaseEventLoop
     async def getnameinfo(self, sockaddr: Any, flags: int = 0) -> tuple[str, str]:
         """socket.getnameinfo(sockaddr, flags) without blocking the loop."""
         return await _loop.getnameinfo(self, sockaddr, flags)
+
+
+if hasattr(os, "register_at_fork"):
+    # In a forked child every pyasync_c loop gets its own epoll instance,
+    # eventfd and signal socket at once, before the child's code can close or
+    # run it: the parent's epoll registrations are never changed by the child.
+    os.register_at_fork(after_in_child=_loop.LoopCore._forked_child)

@@ -1,35 +1,53 @@
-/* getaddrinfo / getnameinfo on libuv's thread pool: the module functions
+/* getaddrinfo / getnameinfo off the loop thread: the module functions
  * _loop.getaddrinfo(loop, host, port, family=0, type=0, proto=0, flags=0) and
  * _loop.getnameinfo(loop, sockaddr, flags=0), each returning a Future of the
  * loop; loop.py's Loop.getaddrinfo/getnameinfo coroutines await them.
  * Arguments, results and errors are those of socket.getaddrinfo /
- * socket.getnameinfo of the running Python.
+ * socket.getnameinfo of the running Python (the same libc calls, made with
+ * the same converted arguments).
  *
- * Owns: the in-flight DnsRequests (a GIL-guarded list of every loop's) and
- * the process-wide cache of socket objects below (the module refuses
+ * Why our own threads rather than libuv's pool: a libuv request must not
+ * outlive its uv_loop_t (the pool thread posts the result into the loop), so
+ * a loop with a lookup in flight could only close by waiting for the
+ * resolver, holding the GIL, for as long as the resolver takes (seconds).
+ * Here a request only reaches its loop through a DnsChannel under the pool
+ * mutex, so close() just detaches it and returns at once, as asyncio's does.
+ *
+ * Owns: the resolver pool (process-wide: up to DNS_POOL_MAX_THREADS detached
+ * threads started on demand, a FIFO of queued requests, one mutex + condvar),
+ * each loop's DnsChannel (loop->dns, made at its first lookup), and the
+ * process-wide cache of socket objects below (the module refuses
  * subinterpreters, as sock_ops.c's names do).
  *
  * Request lifecycle:
  *   1. the arguments are checked and converted on the calling (loop) thread
  *      exactly as the socket module does; getnameinfo also turns the numeric
  *      (host, port) into a sockaddr there (AI_NUMERICHOST: no lookup);
- *   2. a DnsRequest is malloc'd holding strong references to the Future and
- *      the loop, linked into `in_flight`, counted in loop->active_io (so the
- *      loop polls while it is pending), and handed to uv_getaddrinfo /
- *      uv_getnameinfo; a synchronous libuv failure becomes the Future's
- *      exception at once;
- *   3. libuv calls back on the loop thread, possibly while the loop released
- *      the GIL to poll: the callback takes the GIL first (loop_take_gil),
- *      unlinks and uncounts the request, and, unless the Future is already
- *      done (cancelled) or the loop closed, sets its result or exception
- *      (libuv's UV_EAI_* mapped back to the system's EAI_* in
- *      socket.gaierror; EAI_SYSTEM's errno as OSError); it always frees the
- *      addrinfo list, drops both references and frees the request.
- * Closing: loop_core.c's close calls dns_cancel_requests() before running
- * libuv to completion; requests still queued are cancelled, those a pool
- * thread is already resolving are waited for (close blocks that long); their
- * callbacks see the loop closed and only clean up.  A request keeps its loop
- * alive, so a loop is never deallocated with requests in flight.
+ *   2. a DnsRequest is malloc'd with copies of the arguments and a strong
+ *      reference to the Future, linked into its channel's `requests` (GIL),
+ *      counted in loop->active_io (so the loop polls while it is pending) and
+ *      queued for the pool (DNS_QUEUED);
+ *   3. a pool thread takes it (DNS_RUNNING), calls getaddrinfo/getnameinfo
+ *      without any lock, then, under the pool mutex, stores the outcome,
+ *      appends it to its channel's `done` list (DNS_DONE) and wakes the loop
+ *      with the channel's uv_async;
+ *   4. on the loop thread (GIL first: the loop may have released it to poll)
+ *      the channel takes its whole `done` list and, unless the Future is
+ *      already done (cancelled) or the loop closed, sets its result or
+ *      exception; then drops the reference and frees the request.
+ * Closing (dns_close, from loop_core.c's close/dealloc): under the pool mutex
+ * every request of the loop is detached (channel = NULL); the closer frees
+ * those it holds (DNS_DONE, DNS_ORPHANED); a queued or running one is freed
+ * by the pool thread that meets it detached (without a lookup if it had not
+ * started).  The closer drops the Futures' references; the pool never touches
+ * a Python object or a loop's memory after the detach.  Nothing waits.
+ * Fork: a pthread_atfork handler holds the pool mutex across fork() and
+ * resets the pool in the child (no threads, empty queue).  The child's copy of
+ * a loop (loop_core.c: loop_after_fork) gets a new uv_async, its queued or
+ * running requests become DNS_ORPHANED (no thread will finish them), results
+ * already posted are delivered as usual; dns_resume() (when the child runs
+ * that loop) queues the orphans again if their Future still waits and frees
+ * the others.
  */
 #include "loop.h"
 
@@ -37,26 +55,62 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#define DNS_POOL_MAX_THREADS 8
+
+typedef struct DnsChannel DnsChannel;
 typedef struct DnsRequest DnsRequest;
+
+typedef enum { DNS_QUEUED, DNS_RUNNING, DNS_DONE, DNS_ORPHANED } DnsState;
+
 struct DnsRequest {
-    union {
-        uv_req_t base;
-        uv_getaddrinfo_t addrinfo;
-        uv_getnameinfo_t nameinfo;
-    } uv;
-    LoopObject *loop;   /* strong */
-    PyObject *future;   /* strong */
-    DnsRequest *prev;
-    DnsRequest *next;
+    /* the call: written before the request is queued, read-only afterwards */
+    char is_nameinfo;
+    char *host;                        /* getaddrinfo: malloc'd copies, NULL for None */
+    char *port;
+    struct addrinfo hints;
+    struct sockaddr_storage address;   /* getnameinfo */
+    socklen_t address_length;
+    int flags;
+    /* the outcome: stored under the pool mutex together with DNS_DONE */
+    int status;                        /* 0 or the EAI_* code */
+    int error_number;                  /* errno, for EAI_SYSTEM */
+    struct addrinfo *result;           /* getaddrinfo */
+    char hostname[NI_MAXHOST];         /* getnameinfo */
+    char service[NI_MAXSERV];
+    /* pool mutex */
+    DnsState state;
+    DnsChannel *channel;               /* NULL once detached by close */
+    DnsRequest *queue_next;            /* the pool's queue or the channel's done list */
+    /* GIL (loop thread) */
+    PyObject *future;                  /* strong */
+    DnsRequest *prev, *next;           /* the channel's requests */
 };
 
-static DnsRequest *in_flight;  /* every loop's pending requests; GIL-guarded */
+/* One per loop that resolved something: how results reach that loop. */
+struct DnsChannel {
+    LoopObject *loop;                  /* borrowed: the loop owns its channel */
+    uv_async_t *async;                 /* malloc'd: freed by its close callback */
+    DnsRequest *requests;              /* GIL: every request not yet delivered */
+    Py_ssize_t orphans;                /* GIL: requests in DNS_ORPHANED (after fork) */
+    DnsRequest *done_head, *done_tail; /* pool mutex: results waiting for the loop */
+};
+
+static struct {
+    pthread_mutex_t mutex;
+    pthread_cond_t wakeup;             /* a request was queued */
+    DnsRequest *head, *tail;           /* DNS_QUEUED requests, FIFO */
+    int queued;                        /* how many */
+    int threads, idle;
+    int atfork_registered;             /* GIL */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, 0, 0};
 
 /* Process-wide, like sock_ops.c's names: the module refuses subinterpreters. */
 static PyObject *gaierror_type;      /* socket.gaierror */
@@ -68,46 +122,16 @@ static PyObject *s_done, *s_set_result, *s_set_exception;
 
 /* ---- errors ---- */
 
-/* The exception socket.getaddrinfo/getnameinfo raise for libuv's status. */
+/* The exception socket.getaddrinfo/getnameinfo raise for an EAI_* code:
+ * gaierror(code, gai_strerror(code)), or OSError(errno) for EAI_SYSTEM. */
 static PyObject *
-resolve_error(int status)
+resolve_error(int code, int error_number)
 {
-    int code;
-    switch (status) {
-#ifdef EAI_ADDRFAMILY
-    case UV_EAI_ADDRFAMILY: code = EAI_ADDRFAMILY; break;
-#endif
-    case UV_EAI_AGAIN: code = EAI_AGAIN; break;
-    case UV_EAI_BADFLAGS: code = EAI_BADFLAGS; break;
-#ifdef EAI_BADHINTS
-    case UV_EAI_BADHINTS: code = EAI_BADHINTS; break;
-#endif
-#ifdef EAI_CANCELED
-    case UV_EAI_CANCELED: code = EAI_CANCELED; break;
-#endif
-    case UV_EAI_FAIL: code = EAI_FAIL; break;
-    case UV_EAI_FAMILY: code = EAI_FAMILY; break;
-    case UV_EAI_MEMORY: code = EAI_MEMORY; break;
-#ifdef EAI_NODATA
-    case UV_EAI_NODATA: code = EAI_NODATA; break;
-#endif
-    case UV_EAI_NONAME: code = EAI_NONAME; break;
-#ifdef EAI_OVERFLOW
-    case UV_EAI_OVERFLOW: code = EAI_OVERFLOW; break;
-#endif
-#ifdef EAI_PROTOCOL
-    case UV_EAI_PROTOCOL: code = EAI_PROTOCOL; break;
-#endif
-    case UV_EAI_SERVICE: code = EAI_SERVICE; break;
-    case UV_EAI_SOCKTYPE: code = EAI_SOCKTYPE; break;
-    default:
-        if (status <= UV_EAI_ADDRFAMILY && status > UV_EAI_ADDRFAMILY - 100) {
-            /* A libuv EAI code this system has no EAI_* for. */
-            return PyObject_CallFunction(gaierror_type, "is", status, uv_strerror(status));
-        }
-        /* EAI_SYSTEM: libuv reports the errno, socket raises OSError(errno). */
-        return PyObject_CallFunction(PyExc_OSError, "is", -status, strerror(-status));
+#ifdef EAI_SYSTEM
+    if (code == EAI_SYSTEM) {
+        return PyObject_CallFunction(PyExc_OSError, "is", error_number, strerror(error_number));
     }
+#endif
     return PyObject_CallFunction(gaierror_type, "is", code, gai_strerror(code));
 }
 
@@ -250,130 +274,456 @@ addrinfo_to_list(const struct addrinfo *first)
     return list;
 }
 
-/* ---- requests ---- */
+/* ---- the resolver pool ---- */
+
+/* Frees what the C side of a request holds; its Future reference is gone. */
+static void
+request_free_c(DnsRequest *req)
+{
+    if (req->result != NULL) {
+        freeaddrinfo(req->result);
+    }
+    free(req->host);
+    free(req->port);
+    free(req);
+}
+
+/* Pool mutex held. */
+static void
+queue_push(DnsRequest *req)
+{
+    req->state = DNS_QUEUED;
+    req->queue_next = NULL;
+    if (pool.tail != NULL) {
+        pool.tail->queue_next = req;
+    }
+    else {
+        pool.head = req;
+    }
+    pool.tail = req;
+    pool.queued++;
+}
+
+static void *
+pool_worker(void *unused)
+{
+    (void)unused;
+    pthread_mutex_lock(&pool.mutex);
+    for (;;) {
+        while (pool.head == NULL) {
+            pool.idle++;
+            pthread_cond_wait(&pool.wakeup, &pool.mutex);
+            pool.idle--;
+        }
+        DnsRequest *req = pool.head;
+        pool.head = req->queue_next;
+        pool.queued--;
+        if (pool.head == NULL) {
+            pool.tail = NULL;
+        }
+        req->queue_next = NULL;
+        if (req->channel == NULL) {  /* its loop closed before the lookup started */
+            pthread_mutex_unlock(&pool.mutex);
+            request_free_c(req);
+            pthread_mutex_lock(&pool.mutex);
+            continue;
+        }
+        req->state = DNS_RUNNING;
+        pthread_mutex_unlock(&pool.mutex);
+
+        struct addrinfo *result = NULL;
+        int status;
+        if (req->is_nameinfo) {
+            status = getnameinfo((struct sockaddr *)&req->address, req->address_length, req->hostname,
+                                 sizeof(req->hostname), req->service, sizeof(req->service), req->flags);
+        }
+        else {
+            status = getaddrinfo(req->host, req->port, &req->hints, &result);
+        }
+        int error_number = errno;
+
+        pthread_mutex_lock(&pool.mutex);
+        if (req->channel == NULL) {  /* its loop closed meanwhile: nobody wants this */
+            pthread_mutex_unlock(&pool.mutex);
+            if (result != NULL) {
+                freeaddrinfo(result);
+            }
+            request_free_c(req);
+            pthread_mutex_lock(&pool.mutex);
+            continue;
+        }
+        req->status = status;
+        req->error_number = error_number;
+        req->result = result;
+        req->state = DNS_DONE;
+        DnsChannel *channel = req->channel;
+        if (channel->done_tail != NULL) {
+            channel->done_tail->queue_next = req;
+        }
+        else {
+            channel->done_head = req;
+        }
+        channel->done_tail = req;
+        uv_async_send(channel->async);  /* thread-safe; the channel lives while attached */
+    }
+    return NULL;
+}
+
+/* A new detached pool thread with every signal blocked (signals are for
+ * the interpreter's threads).  Returns 0 or an errno value. */
+static int
+pool_start_thread(void)
+{
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_attr_t attr;
+    int err = pthread_attr_init(&attr);
+    if (err != 0) {
+        return err;
+    }
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pthread_t thread;
+    err = pthread_create(&thread, &attr, pool_worker, NULL);
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    pthread_attr_destroy(&attr);
+    return err;
+}
+
+/* Queues a request (its channel is set) and starts a thread when every
+ * thread is busy.  -1 with OSError if no thread at all could be started. */
+static int
+pool_submit(DnsRequest *req)
+{
+    pthread_mutex_lock(&pool.mutex);
+    queue_push(req);
+    /* idle threads already signalled still count as idle until they run */
+    int start = pool.queued > pool.idle && pool.threads < DNS_POOL_MAX_THREADS;
+    if (start) {
+        pool.threads++;
+    }
+    pthread_cond_signal(&pool.wakeup);
+    pthread_mutex_unlock(&pool.mutex);
+    if (!start) {
+        return 0;
+    }
+    int err = pool_start_thread();
+    if (err == 0) {
+        return 0;
+    }
+    pthread_mutex_lock(&pool.mutex);
+    pool.threads--;
+    int stranded = pool.threads == 0;
+    if (stranded) {
+        /* Nobody can run it: take it back (with no thread, the queue holds
+         * only this request: earlier ones were taken back the same way). */
+        pool.head = pool.tail = NULL;
+        pool.queued = 0;
+    }
+    pthread_mutex_unlock(&pool.mutex);
+    if (!stranded) {
+        return 0;  /* the running threads will get to it */
+    }
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+}
+
+/* fork(): the pool mutex is held across it, so the child's copy of the pool
+ * is consistent; the child has none of the threads. */
+static void
+pool_before_fork(void)
+{
+    pthread_mutex_lock(&pool.mutex);
+}
+
+static void
+pool_after_fork_parent(void)
+{
+    pthread_mutex_unlock(&pool.mutex);
+}
+
+static void
+pool_after_fork_child(void)
+{
+    /* Queued requests stay on their loops' lists: loop_after_fork() marks
+     * them orphaned in the child's copy of each loop. */
+    pool.head = pool.tail = NULL;
+    pool.queued = pool.threads = pool.idle = 0;
+    pthread_cond_init(&pool.wakeup, NULL);  /* its waiters were the parent's threads */
+    pthread_mutex_unlock(&pool.mutex);
+}
+
+/* ---- channels: results back to the loop thread ---- */
+
+static void deliver_results(uv_async_t *async);
+
+static void
+on_async_closed(uv_handle_t *handle)
+{
+    free(handle);
+}
+
+/* A new uv_async for the channel; on failure the old one (if any) stays. */
+static int
+channel_new_async(DnsChannel *channel)
+{
+    uv_async_t *async = malloc(sizeof(*async));
+    if (async == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int err = uv_async_init(&channel->loop->uv, async, deliver_results);
+    if (err < 0) {
+        free(async);
+        PyErr_Format(PyExc_OSError, "cannot create the resolver's wakeup: %s", uv_strerror(err));
+        return -1;
+    }
+    async->data = channel;
+    if (channel->async != NULL) {
+        uv_close((uv_handle_t *)channel->async, on_async_closed);
+    }
+    channel->async = async;
+    return 0;
+}
+
+static DnsChannel *
+channel_of(LoopObject *loop)
+{
+    if (loop->dns != NULL) {
+        return loop->dns;
+    }
+    DnsChannel *channel = calloc(1, sizeof(*channel));
+    if (channel == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    channel->loop = loop;
+    if (channel_new_async(channel) < 0) {
+        free(channel);
+        return NULL;
+    }
+    loop->dns = channel;
+    return channel;
+}
+
+static void
+channel_unlink(DnsChannel *channel, DnsRequest *req)
+{
+    if (req->prev != NULL) {
+        req->prev->next = req->next;
+    }
+    else {
+        channel->requests = req->next;
+    }
+    if (req->next != NULL) {
+        req->next->prev = req->prev;
+    }
+    req->prev = req->next = NULL;
+    channel->loop->active_io--;
+}
+
+/* Links a new request (arguments filled in) to the loop and queues it. */
+static int
+request_submit(LoopObject *loop, DnsRequest *req)
+{
+    DnsChannel *channel = channel_of(loop);
+    if (channel == NULL) {
+        return -1;
+    }
+    req->channel = channel;
+    req->next = channel->requests;
+    if (channel->requests != NULL) {
+        channel->requests->prev = req;
+    }
+    channel->requests = req;
+    loop->active_io++;
+    if (pool_submit(req) < 0) {
+        channel_unlink(channel, req);
+        return -1;
+    }
+    return 0;
+}
 
 static DnsRequest *
-request_new(LoopObject *loop, PyObject *future)
+request_new(PyObject *future)
 {
     DnsRequest *req = calloc(1, sizeof(*req));
     if (req == NULL) {
         PyErr_NoMemory();
         return NULL;
     }
-    req->uv.base.data = req;
-    req->loop = (LoopObject *)Py_NewRef((PyObject *)loop);
     req->future = Py_NewRef(future);
     return req;
 }
 
+/* Drops a request that is on no pool list (GIL). */
 static void
-request_free(DnsRequest *req)
+request_drop(DnsRequest *req)
 {
-    Py_DECREF(req->future);
-    Py_DECREF((PyObject *)req->loop);
-    free(req);
+    Py_CLEAR(req->future);
+    request_free_c(req);
 }
 
-/* After uv_getaddrinfo/uv_getnameinfo accepted the request. */
-static void
-request_start(DnsRequest *req)
-{
-    req->next = in_flight;
-    if (in_flight != NULL) {
-        in_flight->prev = req;
-    }
-    in_flight = req;
-    req->loop->active_io++;
-}
-
-/* First thing in a libuv callback: the GIL, then the request leaves the
- * list.  Returns 1 if the future still wants the outcome. */
+/* 1 if the request's Future still waits for the outcome. */
 static int
-request_finish(DnsRequest *req)
+future_waits(DnsRequest *req)
 {
-    LoopObject *loop = req->loop;
-    loop_take_gil(loop);
-    if (req->prev != NULL) {
-        req->prev->next = req->next;
-    }
-    else {
-        in_flight = req->next;
-    }
-    if (req->next != NULL) {
-        req->next->prev = req->prev;
-    }
-    loop->active_io--;
-    if (loop->closed) {
-        return 0;
-    }
     PyObject *done = PyObject_CallMethodNoArgs(req->future, s_done);
     if (done == NULL) {
         PyErr_WriteUnraisable(req->future);
         return 0;
     }
-    int wanted = done == Py_False;
+    int waits = done == Py_False;
     Py_DECREF(done);
-    return wanted;
+    return waits;
+}
+
+/* The outcome (a DNS_DONE request) into the Future. */
+static void
+complete_request(DnsRequest *req)
+{
+    PyObject *value;
+    if (req->status != 0) {
+        value = resolve_error(req->status, req->error_number);
+    }
+    else if (req->is_nameinfo) {
+        PyObject *host = PyUnicode_DecodeFSDefault(req->hostname);
+        value = host ? Py_BuildValue("(Ns)", host, req->service) : NULL;
+    }
+    else {
+        value = addrinfo_to_list(req->result);
+    }
+    if (complete_future(req->future, value, req->status != 0) < 0) {
+        /* Nobody awaits this error, and raising it from the loop could stop
+         * a close() half way. */
+        PyErr_WriteUnraisable(req->future);
+    }
+}
+
+/* The channel's uv_async: runs on the loop thread inside uv_run. */
+static void
+deliver_results(uv_async_t *async)
+{
+    DnsChannel *channel = async->data;
+    LoopObject *loop = channel->loop;
+    loop_take_gil(loop);
+    pthread_mutex_lock(&pool.mutex);
+    DnsRequest *req = channel->done_head;
+    channel->done_head = channel->done_tail = NULL;
+    pthread_mutex_unlock(&pool.mutex);
+    while (req != NULL) {
+        DnsRequest *next = req->queue_next;
+        channel_unlink(channel, req);
+        if (!loop->closed && future_waits(req)) {
+            complete_request(req);
+        }
+        request_drop(req);
+        req = next;
+    }
 }
 
 void
-dns_cancel_requests(LoopObject *loop)
+dns_close(LoopObject *loop)
 {
-    for (DnsRequest *req = in_flight; req != NULL; req = req->next) {
-        if (req->loop == loop) {
-            /* Fails (UV_EBUSY) once a pool thread runs it: then close waits. */
-            (void)uv_cancel(&req->uv.base);
+    DnsChannel *channel = loop->dns;
+    if (channel == NULL) {
+        return;
+    }
+    loop->dns = NULL;
+    Py_ssize_t count = 0;
+    for (DnsRequest *req = channel->requests; req != NULL; req = req->next) {
+        count++;
+    }
+    /* The Futures are released after the pool lock (a release can run
+     * Python code); out of memory here, they are leaked instead. */
+    PyObject **futures = count > 0 ? PyMem_Malloc((size_t)count * sizeof(PyObject *)) : NULL;
+    Py_ssize_t held = 0;
+    DnsRequest *ours = NULL;  /* not on any pool list: freed here */
+    pthread_mutex_lock(&pool.mutex);
+    for (DnsRequest *req = channel->requests, *next; req != NULL; req = next) {
+        next = req->next;
+        if (futures != NULL) {
+            futures[held++] = req->future;
+        }
+        req->future = NULL;
+        req->channel = NULL;  /* from now on the pool frees it and never touches the loop */
+        if (req->state == DNS_DONE || req->state == DNS_ORPHANED) {
+            req->next = ours;
+            ours = req;
         }
     }
+    pthread_mutex_unlock(&pool.mutex);
+    loop->active_io -= count;
+    while (ours != NULL) {
+        DnsRequest *next = ours->next;
+        request_free_c(ours);
+        ours = next;
+    }
+    uv_close((uv_handle_t *)channel->async, on_async_closed);
+    free(channel);
+    for (Py_ssize_t i = 0; i < held; i++) {
+        Py_DECREF(futures[i]);
+    }
+    PyMem_Free(futures);
 }
 
-/* The future's outcome could not be set (out of memory...): nobody awaits
- * this error, and raising it from the loop could stop a close() half way. */
-static void
-report_unraisable(DnsRequest *req)
+int
+dns_after_fork(LoopObject *loop)
 {
-    PyErr_WriteUnraisable(req->future);
-}
-
-static void
-on_addrinfo(uv_getaddrinfo_t *uvreq, int status, struct addrinfo *result)
-{
-    DnsRequest *req = uvreq->data;
-    if (request_finish(req)) {
-        int failed = status == 0 ? complete_future(req->future, addrinfo_to_list(result), 0)
-                                 : complete_future(req->future, resolve_error(status), 1);
-        if (failed < 0) {
-            report_unraisable(req);
+    DnsChannel *channel = loop->dns;
+    if (channel == NULL) {
+        return 0;
+    }
+    /* The parent's pool thread may have left the old uv_async marked as
+     * pending: sends to it would then never reach the child's new eventfd. */
+    int status = channel_new_async(channel);
+    pthread_mutex_lock(&pool.mutex);
+    for (DnsRequest *req = channel->requests; req != NULL; req = req->next) {
+        if (req->state == DNS_QUEUED || req->state == DNS_RUNNING) {
+            req->state = DNS_ORPHANED;  /* no thread of this process will finish it */
+            channel->orphans++;
         }
     }
-    uv_freeaddrinfo(result);
-    request_free(req);
+    int posted = channel->done_head != NULL;
+    pthread_mutex_unlock(&pool.mutex);
+    if (posted) {
+        uv_async_send(channel->async);  /* results the parent's threads posted */
+    }
+    return status;
 }
 
-static void
-on_nameinfo(uv_getnameinfo_t *uvreq, int status, const char *hostname, const char *service)
+void
+dns_resume(LoopObject *loop)
 {
-    DnsRequest *req = uvreq->data;
-    if (request_finish(req)) {
-        PyObject *value;
-        if (status == 0) {
-            PyObject *host = PyUnicode_DecodeFSDefault(hostname);
-            value = host ? Py_BuildValue("(Ns)", host, service) : NULL;
-        }
-        else {
-            value = resolve_error(status);
-        }
-        if (complete_future(req->future, value, status != 0) < 0) {
-            report_unraisable(req);
-        }
+    DnsChannel *channel = loop->dns;
+    if (channel == NULL || channel->orphans == 0) {
+        return;
     }
-    request_free(req);
+    for (DnsRequest *req = channel->requests, *next; req != NULL; req = next) {
+        next = req->next;
+        if (req->state != DNS_ORPHANED) {
+            continue;
+        }
+        channel->orphans--;
+        if (future_waits(req)) {
+            if (pool_submit(req) == 0) {
+                continue;  /* resolved again by this process */
+            }
+            if (complete_future(req->future, NULL, 1) < 0) {
+                PyErr_WriteUnraisable(req->future);
+            }
+        }
+        channel_unlink(channel, req);
+        request_drop(req);
+    }
 }
 
 /* ---- the module functions ---- */
 
-/* Same refusals as run_in_executor (closed loop) plus libuv's: requests are
- * submitted from the loop's own thread only. */
+/* Same refusals as run_in_executor (closed loop), and requests are submitted
+ * from the loop's own thread only (the channel is GIL-and-loop-thread state).
+ * A loop inherited through fork() gets its own kernel state first. */
 static LoopObject *
 check_loop(PyObject *module, PyObject *obj)
 {
@@ -385,6 +735,9 @@ check_loop(PyObject *module, PyObject *obj)
     LoopObject *loop = (LoopObject *)obj;
     if (loop->closed || !loop->uv_ready) {
         PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return NULL;
+    }
+    if (loop_after_fork(loop) < 0) {
         return NULL;
     }
     if (loop->thread_id != Py_None) {
@@ -516,54 +869,39 @@ dns_getaddrinfo(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     PyObject *future = loop_new_future(loop);
-    DnsRequest *req = future ? request_new(loop, future) : NULL;
-    int err;
-    if (req == NULL) {
-        err = 0;
-    }
-    else if (host_text == NULL && port_text == NULL) {
-        /* libuv refuses this; the system answers EAI_NONAME. */
-        err = UV_EAI_NONAME;
-    }
-    else {
-        struct addrinfo hints;
-        memset(&hints, 0, sizeof(hints));
-        hints.ai_family = family;
-        hints.ai_socktype = socktype;
-        hints.ai_protocol = proto;
-        hints.ai_flags = flags;
-        /* libuv copies the strings and hints. */
-        err = uv_getaddrinfo(&loop->uv, &req->uv.addrinfo, on_addrinfo, host_text, port_text, &hints);
-        if (err == UV_EINVAL) {
-            /* libuv's own IDNA step refused the name (not UTF-8, too long):
-             * the system resolver does not know such a name either. */
-            err = UV_EAI_NONAME;
+    DnsRequest *req = future ? request_new(future) : NULL;
+    int failed = req == NULL;
+    if (!failed) {
+        /* socket.getaddrinfo's call: the system answers None/None itself */
+        req->host = host_text ? strdup(host_text) : NULL;
+        req->port = port_text ? strdup(port_text) : NULL;
+        req->hints.ai_family = family;
+        req->hints.ai_socktype = socktype;
+        req->hints.ai_protocol = proto;
+        req->hints.ai_flags = flags;
+        if ((host_text != NULL && req->host == NULL) || (port_text != NULL && req->port == NULL)) {
+            PyErr_NoMemory();
+            failed = 1;
         }
     }
     Py_XDECREF(host_owner);
     Py_XDECREF(port_owner);
-    if (req == NULL) {
-        Py_XDECREF(future);
-        return NULL;
-    }
-    if (err == 0) {
-        request_start(req);
+    if (!failed && request_submit(loop, req) == 0) {
         return future;
     }
-    request_free(req);
-    if (complete_future(future, resolve_error(err), 1) < 0) {
-        Py_DECREF(future);
-        return NULL;
+    if (req != NULL) {
+        request_drop(req);
     }
-    return future;
+    Py_XDECREF(future);
+    return NULL;
 }
 
 /* socket.getnameinfo's checks and its numeric (AI_NUMERICHOST) resolution of
- * the sockaddr; on success *out holds the sockaddr for uv_getnameinfo.
+ * the sockaddr; on success *out / *out_length hold the sockaddr to resolve.
  * Returns 0, or -1 with the exception the future should carry set. */
 static int
 nameinfo_sockaddr(PyObject *sockaddr, const char *host, int port, unsigned int flowinfo,
-                  unsigned int scope_id, struct sockaddr_storage *out)
+                  unsigned int scope_id, struct sockaddr_storage *out, socklen_t *out_length)
 {
     char port_text[16];
     PyOS_snprintf(port_text, sizeof(port_text), "%d", port);
@@ -574,9 +912,7 @@ nameinfo_sockaddr(PyObject *sockaddr, const char *host, int port, unsigned int f
     hints.ai_flags = AI_NUMERICHOST;  /* never a lookup on the loop thread */
     int err = getaddrinfo(host, port_text, &hints, &result);
     if (err != 0) {
-        PyObject *exc = err == EAI_SYSTEM
-            ? PyObject_CallFunction(PyExc_OSError, "is", errno, strerror(errno))
-            : PyObject_CallFunction(gaierror_type, "is", err, gai_strerror(err));
+        PyObject *exc = resolve_error(err, errno);
         if (exc != NULL) {
             compat_restore_exception(exc);
         }
@@ -595,6 +931,7 @@ nameinfo_sockaddr(PyObject *sockaddr, const char *host, int port, unsigned int f
     else {
         memset(out, 0, sizeof(*out));
         memcpy(out, result->ai_addr, result->ai_addrlen);
+        *out_length = result->ai_addrlen;
         if (result->ai_family == AF_INET6) {
             struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)out;
             in6->sin6_flowinfo = htonl(flowinfo);
@@ -639,26 +976,23 @@ dns_getnameinfo(PyObject *module, PyObject *args, PyObject *kwargs)
     if (future == NULL) {
         return NULL;
     }
-    struct sockaddr_storage address;
-    if (nameinfo_sockaddr(sockaddr, host, port, flowinfo, scope_id, &address) < 0) {
+    DnsRequest *req = request_new(future);
+    if (req == NULL) {
+        Py_DECREF(future);
+        return NULL;
+    }
+    req->is_nameinfo = 1;
+    req->flags = flags;
+    if (nameinfo_sockaddr(sockaddr, host, port, flowinfo, scope_id, &req->address,
+                          &req->address_length) < 0) {
+        request_drop(req);
         if (complete_future(future, NULL, 1) < 0) {
             Py_CLEAR(future);
         }
         return future;
     }
-    DnsRequest *req = request_new(loop, future);
-    if (req == NULL) {
-        Py_DECREF(future);
-        return NULL;
-    }
-    int err = uv_getnameinfo(&loop->uv, &req->uv.nameinfo, on_nameinfo, (struct sockaddr *)&address,
-                             flags);
-    if (err == 0) {
-        request_start(req);
-        return future;
-    }
-    request_free(req);
-    if (complete_future(future, resolve_error(err), 1) < 0) {
+    if (request_submit(loop, req) < 0) {
+        request_drop(req);
         Py_CLEAR(future);
     }
     return future;
@@ -668,10 +1002,10 @@ static PyMethodDef dns_functions[] = {
     {"getaddrinfo", (PyCFunction)(void (*)(void))dns_getaddrinfo, METH_VARARGS | METH_KEYWORDS,
      "getaddrinfo(loop, host, port, family=0, type=0, proto=0, flags=0)\n--\n\n"
      "A Future of loop with socket.getaddrinfo(host, port, family, type, proto, flags),\n"
-     "resolved on libuv's thread pool."},
+     "resolved on pyasync_c's resolver threads."},
     {"getnameinfo", (PyCFunction)(void (*)(void))dns_getnameinfo, METH_VARARGS | METH_KEYWORDS,
      "getnameinfo(loop, sockaddr, flags=0)\n--\n\n"
-     "A Future of loop with socket.getnameinfo(sockaddr, flags), resolved on libuv's thread pool."},
+     "A Future of loop with socket.getnameinfo(sockaddr, flags), resolved on pyasync_c's resolver threads."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -686,6 +1020,13 @@ int
 dns_init(PyObject *module, ModuleState *state)
 {
     (void)state;
+    if (!pool.atfork_registered) {
+        if (pthread_atfork(pool_before_fork, pool_after_fork_parent, pool_after_fork_child) != 0) {
+            PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+            return -1;
+        }
+        pool.atfork_registered = 1;
+    }
     PyObject *socket_module = PyImport_ImportModule("socket");
     if (socket_module == NULL) {
         return -1;

@@ -42,20 +42,19 @@ loop_in_other_process(LoopObject *loop)
 /* A fork() child shares the epoll instance of its parent's libuv loops:
  * uv_poll_init's probe and uv_poll_stop's EPOLL_CTL_DEL on an inherited loop
  * would remove the parent's registrations.  Before a child touches the polls
- * of a loop created by its parent, libuv gets an epoll instance of its own
- * (uv_loop_fork, once per process).  0, or -1 if that failed: then leave
- * libuv alone. */
+ * of a loop created by its parent, the loop gets kernel state of its own
+ * (loop_after_fork, loop_core.c; normally already done by the at-fork hook).
+ * 0, or -1 if that failed: then leave libuv alone. */
 int
 loop_own_epoll_after_fork(LoopObject *loop)
 {
-    if (!loop_in_other_process(loop) || loop->uv_pid == current_pid) {
+    if (!loop_in_other_process(loop)) {
         return 0;
     }
-    if (uv_loop_fork(&loop->uv) < 0) {
-        return -1;
+    if (loop_after_fork(loop) < 0) {
+        PyErr_WriteUnraisable((PyObject *)loop);
     }
-    loop->uv_pid = current_pid;
-    return 0;
+    return loop_in_other_process(loop) ? -1 : 0;
 }
 
 static void
@@ -288,10 +287,10 @@ loop_add_watcher(LoopObject *loop, PyObject *const *args, Py_ssize_t nargs, int 
         PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
         return NULL;
     }
-    if (loop_in_other_process(loop)) {
+    if (loop_own_epoll_after_fork(loop) < 0) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "cannot watch a file descriptor with an event loop created in another "
-                        "process (inherited through fork())");
+                        "cannot watch a file descriptor: this fork() child's copy of the loop "
+                        "could not get an epoll instance of its own");
         return NULL;
     }
     HandleObject *handle = handle_new(loop, loop->state->HandleType, args[1], args + 2, nargs - 2, NULL);

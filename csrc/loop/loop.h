@@ -247,9 +247,11 @@ struct LoopObject {
     Py_ssize_t changed_polls_count;
     Py_ssize_t changed_polls_capacity;
     Py_ssize_t closing_polls;    /* watcher polls uv_close()d whose close callback has not run */
-    long uv_pid;                 /* 0 (the creator's), or the fork() child whose own epoll
-                                  * instance libuv got with uv_loop_fork (io_watchers.c) */
-    long pid;                    /* process that created the loop (fork detection) */
+    long pid;                    /* process whose kernel state (epoll, eventfd, signal socket) the
+                                  * loop uses: the creator's, or the child's after loop_after_fork */
+    struct DnsChannel *dns;      /* results of this loop's lookups (dns.c); NULL before the first */
+    LoopObject *live_prev;       /* every loop with libuv state, for the fork hook (loop_core.c) */
+    LoopObject *live_next;
     char uv_ready;               /* uv loop and our handles are initialised */
     char closed;
     char stopping;
@@ -278,6 +280,11 @@ int loop_schedule_handle(LoopObject *loop, HandleObject *handle);  /* ready queu
 PyObject *loop_new_future(LoopObject *loop);  /* _asyncio.Future(loop=loop) */
 double loop_monotonic(void);
 int loop_core_init_type(PyObject *module, ModuleState *state);
+/* In a forked child (pid != loop->pid): give the loop its own epoll, eventfd
+ * and signal socket before anything touches the ones shared with the parent
+ * (uv_loop_fork), and orphan its lookups.  0 in the creating process; -1
+ * with an exception if part of it failed (the loop is still usable). */
+int loop_after_fork(LoopObject *loop);
 
 /* ---- fd watchers (io_watchers.c) ---- */
 int watchers_init_type(PyObject *module, ModuleState *state);
@@ -303,9 +310,9 @@ int loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_b
 void loop_forget_poll(LoopObject *loop, uv_poll_t *poll);
 void loop_check_changed_polls(LoopObject *loop);
 /* In a fork() child, before touching the libuv handles of a loop its parent
- * created: give libuv an epoll instance of its own (uv_loop_fork, once), so
- * stopping polls does not remove the parent's registrations.  -1 if that
- * failed (then leave libuv alone); 0 otherwise, and always in the creator. */
+ * created: loop_after_fork() if the at-fork hook has not run it, so stopping
+ * polls does not remove the parent's registrations.  -1 if the loop still
+ * shares the parent's epoll (then leave libuv alone); 0 otherwise. */
 int loop_own_epoll_after_fork(LoopObject *loop);
 /* The reader (UV_READABLE) or writer Handle watching fd; borrowed, NULL if none. */
 HandleObject *loop_watcher_handle(LoopObject *loop, int fd, int events);
@@ -323,16 +330,25 @@ PyObject *loop_sock_connect(LoopObject *self, PyObject *const *args, Py_ssize_t 
 PyObject *loop_sock_accept(LoopObject *self, PyObject *sock);
 PyObject *loop_sock_check(LoopObject *self, PyObject *sock);
 
-/* ---- DNS (dns.c): getaddrinfo/getnameinfo on libuv's thread pool, as
- * module functions _loop.getaddrinfo(loop, ...) / _loop.getnameinfo(loop, ...)
+/* ---- DNS (dns.c): getaddrinfo/getnameinfo on pyasync_c's resolver threads,
+ * as module functions _loop.getaddrinfo(loop, ...) / _loop.getnameinfo(loop, ...)
  * returning Futures of the loop; loop.py's coroutines await them ---- */
 int dns_init(PyObject *module, ModuleState *state);
-/* Loop close: uv_cancel() the loop's requests not yet started (before the
- * final uv_run; those already resolving are waited for). */
-void dns_cancel_requests(LoopObject *loop);
+/* Loop close: detach the loop's requests (a resolver thread frees one it
+ * finishes later) and close the channel's uv_async.  Never waits. */
+void dns_close(LoopObject *loop);
+/* Forked child, after uv_loop_fork: a new uv_async; queued/running requests
+ * become orphans (the child has no resolver thread yet). */
+int dns_after_fork(LoopObject *loop);
+/* Orphans whose Future still waits are queued again, the others dropped;
+ * called when the child runs the loop. */
+void dns_resume(LoopObject *loop);
 
 /* ---- signals (signals.c) ---- */
 int signals_open(LoopObject *loop);   /* socketpair + uv_poll on the read end */
 void signals_close(LoopObject *loop);
+/* Forked child: a fresh socketpair under the same fd numbers (the old one
+ * is shared with the parent). */
+int signals_after_fork(LoopObject *loop);
 
 #endif

@@ -8,8 +8,19 @@
  * the signal wakeup socket (signals.c) and fd watchers (io_watchers.c).
  *
  * Lifecycle: tp_new initialises libuv; _close() (from Loop.close) or tp_dealloc
- * uv_close()s every handle, runs libuv until their close callbacks ran, then
- * uv_loop_close()s.  Handles queued or scheduled are owned references.
+ * uv_close()s every handle, detaches in-flight lookups (dns.c), runs libuv
+ * until the close callbacks ran, then uv_loop_close()s.  Nothing there waits
+ * for outside work: once every handle is closed and no libuv request exists
+ * (lookups are not libuv requests), that uv_run only runs close callbacks.
+ * Handles queued or scheduled are owned references.
+ *
+ * Fork: every loop with libuv state is on the `live_loops` list; in a forked
+ * child (os.register_at_fork hook in loop.py, and before close/run/lookups
+ * for forks Python did not see) loop_after_fork() gives the child's copy its
+ * own epoll instance, eventfd and signal socket (uv_loop_fork) before
+ * anything could touch the ones shared with the parent: closing or running
+ * the inherited loop in the child then never changes the parent's epoll
+ * registrations.
  *
  * One iteration (_run_once), same contract as asyncio's BaseEventLoop:
  *   1. poll I/O: block until the next deadline if nothing is ready, else a
@@ -96,6 +107,60 @@ on_async(uv_async_t *async)
 
 /* ---- construction and teardown ---- */
 
+static LoopObject *live_loops;  /* GIL-guarded: loops whose uv_ready is set */
+
+static void
+live_link(LoopObject *self)
+{
+    self->live_prev = NULL;
+    self->live_next = live_loops;
+    if (live_loops != NULL) {
+        live_loops->live_prev = self;
+    }
+    live_loops = self;
+}
+
+static void
+live_unlink(LoopObject *self)
+{
+    if (self->live_prev != NULL) {
+        self->live_prev->live_next = self->live_next;
+    }
+    else if (live_loops == self) {
+        live_loops = self->live_next;
+    }
+    if (self->live_next != NULL) {
+        self->live_next->live_prev = self->live_prev;
+    }
+    self->live_prev = self->live_next = NULL;
+}
+
+int
+loop_after_fork(LoopObject *self)
+{
+    long pid = (long)getpid();
+    if (self->pid == pid || !self->uv_ready) {
+        return 0;
+    }
+    /* A fork in another thread while this loop blocked in poll: the thread
+     * that released the GIL does not exist here. */
+    self->released_tstate = NULL;
+    self->polling = 0;
+    int err = uv_loop_fork(&self->uv);  /* new epoll + eventfd; watchers re-registered lazily */
+    if (err < 0) {
+        /* pid unchanged: the loop still shares the parent's epoll, and the
+         * guards (io_watchers.c) keep their hands off libuv. */
+        PyErr_Format(PyExc_OSError, "uv_loop_fork: %s", uv_strerror(err));
+        return -1;
+    }
+    self->pid = pid;
+    int status = signals_after_fork(self);
+    if (dns_after_fork(self) < 0) {
+        status = -1;
+    }
+    return status;
+}
+
 static int
 loop_init_uv(LoopObject *self)
 {
@@ -119,6 +184,7 @@ loop_init_uv(LoopObject *self)
     }
     self->async_handle.data = self;
     self->uv_ready = 1;
+    live_link(self);
     if (signals_open(self) < 0) {
         return -1;
     }
@@ -134,11 +200,21 @@ loop_close_uv(LoopObject *self)
     if (!self->uv_ready) {
         return;
     }
+    if (loop_after_fork(self) < 0) {
+        /* Without its own epoll the child must not close a single poll (that
+         * would remove the parent's registration): leak the libuv side. */
+        PyErr_WriteUnraisable((PyObject *)self);
+        self->uv_ready = 0;
+        live_unlink(self);
+        dns_close(self);  /* touches no kernel state */
+        return;
+    }
     self->uv_ready = 0;
+    live_unlink(self);
     loop_close_watchers(self);
     transports_close_all(self);
     signals_close(self);
-    dns_cancel_requests(self);  /* queued lookups end now; running ones are waited for below */
+    dns_close(self);  /* lookups in flight are detached, not waited for */
     uv_close((uv_handle_t *)&self->prepare_handle, NULL);
     uv_close((uv_handle_t *)&self->wake_timer, NULL);
     uv_close((uv_handle_t *)&self->async_handle, NULL);
@@ -319,10 +395,6 @@ static PyObject *
 schedule_at(LoopObject *self, double when, PyObject *const *args, Py_ssize_t nargs,
             PyObject *context, const char *name)
 {
-    if (isnan(when)) {
-        PyErr_Format(PyExc_ValueError, "%s(): the time must be a number, not NaN", name);
-        return NULL;
-    }
     if (check_open(self) < 0 || (self->debug && debug_checks(self, args[0], name, 1) < 0)) {
         return NULL;
     }
@@ -339,17 +411,43 @@ schedule_at(LoopObject *self, double when, PyObject *const *args, Py_ssize_t nar
     return (PyObject *)timer;
 }
 
+/* A time argument as a double.  int and float (and their subclasses) are
+ * converted directly: an int too large for a float raises OverflowError, as
+ * asyncio's `self.time() + delay` does.  For call_later, anything else is
+ * added to the clock as asyncio does (Fraction works, Decimal or str raise
+ * asyncio's TypeError) and the sum converted; call_at takes any real number.
+ * NaN is refused (ValueError): it would break the heap's order. */
 static int
-parse_time(PyObject *value, const char *name, const char *what, double *out)
+parse_time(PyObject *value, double now, const char *name, const char *what, int relative, double *out)
 {
     if (value == Py_None) {
-        PyErr_Format(PyExc_TypeError, "%s must not be None", what);
+        PyErr_Format(PyExc_TypeError, relative ? "%s must not be None" : "%s cannot be None", what);
         return -1;
     }
-    *out = PyFloat_AsDouble(value);
-    if (*out == -1.0 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError, "%s(): %s must be a real number, not %.100s",
-                     name, what, Py_TYPE(value)->tp_name);
+    PyObject *sum = NULL;
+    if (relative && !PyFloat_Check(value) && !PyLong_Check(value)) {
+        PyObject *clock = PyFloat_FromDouble(now);
+        sum = clock ? PyNumber_Add(clock, value) : NULL;
+        Py_XDECREF(clock);
+        if (sum == NULL) {
+            return -1;
+        }
+        value = sum;
+        now = 0.0;
+    }
+    double number = PyFloat_AsDouble(value);
+    if (number == -1.0 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Format(PyExc_TypeError, "%s(): %s must be a real number, not %.100s",
+                         name, what, Py_TYPE(value)->tp_name);
+        }
+        Py_XDECREF(sum);
+        return -1;
+    }
+    Py_XDECREF(sum);
+    *out = relative ? now + number : number;
+    if (isnan(*out)) {
+        PyErr_Format(PyExc_ValueError, "%s(): the time must be a number, not NaN", name);
         return -1;
     }
     return 0;
@@ -362,16 +460,15 @@ schedule_timer_call(LoopObject *self, PyObject *const *args, Py_ssize_t nargs, P
                     const char *name, const char *what, int relative)
 {
     PyObject *context;
-    double time_value;
+    double when;
     if (nargs < 1) {
         PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", name, what);
         return NULL;
     }
     if (parse_callback_call(self, args, nargs, kwnames, 1, name, &context) < 0
-        || parse_time(args[0], name, what, &time_value) < 0) {
+        || parse_time(args[0], relative ? loop_monotonic() : 0.0, name, what, relative, &when) < 0) {
         return NULL;
     }
-    double when = relative ? loop_monotonic() + time_value : time_value;
     return schedule_at(self, when, args + 1, nargs - 1, context, name);
 }
 
@@ -673,6 +770,95 @@ loop_close_core(LoopObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* _adopt_after_fork(resume=True): in a forked child, the loop's own kernel
+ * state (if the fork hook did not run: a fork Python did not see), then, with
+ * resume, its orphaned lookups queued again.  Loop.close() calls it first
+ * (without resume), run_forever's setup with. */
+static PyObject *
+loop_adopt_after_fork(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int resume = 1;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "_adopt_after_fork(resume=True)");
+        return NULL;
+    }
+    if (nargs == 1 && (resume = PyObject_IsTrue(args[0])) < 0) {
+        return NULL;
+    }
+    if (loop_after_fork(self) < 0) {
+        return NULL;
+    }
+    if (resume) {
+        dns_resume(self);
+    }
+    Py_RETURN_NONE;
+}
+
+/* os.register_at_fork(after_in_child=...) (loop.py): every live loop gets
+ * its own kernel state at once, before the child's code can close a poll of
+ * it.  A loop this thread was running (the fork happened in one of its
+ * callbacks) goes on running in the child: its next iteration resumes its
+ * lookups (a child that never returns to it, as multiprocessing's, repeats
+ * none). */
+static PyObject *
+loop_forked_child(PyObject *cls, PyObject *unused)
+{
+    /* First the kernel state of every loop, with no Python code running in
+     * between (none can close or free a loop while the list is walked). */
+    Py_ssize_t count = 0, failed = 0;
+    for (LoopObject *loop = live_loops; loop != NULL; loop = loop->live_next) {
+        count++;
+        if (loop_after_fork(loop) < 0) {
+            failed++;  /* reported below */
+            PyErr_Clear();
+        }
+    }
+    if (failed > 0) {
+        PyErr_Format(PyExc_OSError, "pyasync_c: %zd loop(s) could not fully renew their kernel state "
+                     "after fork()", failed);
+        PyErr_WriteUnraisable(NULL);
+    }
+    if (count == 0) {
+        Py_RETURN_NONE;
+    }
+    /* Then, on a snapshot (strong references), what may run Python code. */
+    PyObject *loops = PyList_New(count);
+    if (loops == NULL) {
+        return NULL;
+    }
+    Py_ssize_t i = 0;
+    for (LoopObject *loop = live_loops; loop != NULL && i < count; loop = loop->live_next) {
+        PyList_SET_ITEM(loops, i++, Py_NewRef((PyObject *)loop));
+    }
+    unsigned long me = PyThread_get_thread_ident();
+    for (Py_ssize_t j = 0; j < i; j++) {
+        LoopObject *loop = (LoopObject *)PyList_GET_ITEM(loops, j);
+        if (loop->thread_id == Py_None) {
+            continue;
+        }
+        unsigned long ident = PyLong_AsUnsignedLong(loop->thread_id);
+        if (ident == (unsigned long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            continue;
+        }
+        if (ident != me) {
+            continue;
+        }
+        /* The fork happened in one of this loop's callbacks: the child goes on
+         * running it, and its next iteration resumes the lookups. */
+        PyObject *resume = PyObject_GetAttrString((PyObject *)loop, "_adopt_after_fork");
+        HandleObject *handle = resume == NULL ? NULL
+            : handle_new(loop, loop->state->HandleType, resume, NULL, 0, NULL);
+        if (handle == NULL || ready_push(&loop->ready, handle) < 0) {
+            PyErr_WriteUnraisable((PyObject *)loop);
+        }
+        Py_XDECREF(handle);
+        Py_XDECREF(resume);
+    }
+    Py_DECREF(loops);
+    Py_RETURN_NONE;
+}
+
 /* The public add/remove_reader/writer refuse an fd a transport uses, as
  * asyncio does (sock_ops.c calls the watcher functions directly). */
 static int
@@ -890,6 +1076,10 @@ static PyMethodDef loop_methods[] = {
     {"_run_once", (PyCFunction)loop_run_once, METH_NOARGS, "Run one iteration."},
     {"_run", (PyCFunction)loop_run, METH_NOARGS, "Iterate until stop(); the core of run_forever()."},
     {"_close", (PyCFunction)loop_close_core, METH_NOARGS, "Drop queued callbacks and release libuv."},
+    {"_adopt_after_fork", (PyCFunction)(void (*)(void))loop_adopt_after_fork, METH_FASTCALL,
+     "In a forked child: the loop's own epoll/eventfd/signal socket; with resume, lookups in flight at fork resolved again."},
+    {"_forked_child", (PyCFunction)loop_forked_child, METH_NOARGS | METH_CLASS,
+     "os.register_at_fork(after_in_child=...) hook: every live loop adopted by the child."},
     {"_schedule_handle", (PyCFunction)loop_schedule_existing, METH_O, "Queue an existing Handle."},
     {"_make_handle", (PyCFunction)(void (*)(void))loop_make_handle, METH_FASTCALL, "Make a Handle without queueing it."},
     {"_signal_handlers_changed", (PyCFunction)loop_set_signal_handlers_active, METH_O, NULL},

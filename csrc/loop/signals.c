@@ -10,6 +10,10 @@
  * SIGINT handler) and signal.signal handlers run promptly.  An exception from
  * a handler stops libuv and is raised out of run_forever.
  * Lifecycle: opened with the loop, closed (uv_close + close fds) with it.
+ * Fork: the child's copy of the loop gets a new socketpair under the same fd
+ * numbers (signals_after_fork), so the parent's and the child's signal bytes
+ * never meet, the uv_poll keeps its fd, and a wakeup fd the child inherited
+ * from the parent (signal.set_wakeup_fd) now reaches the child's loop.
  */
 #include "loop.h"
 
@@ -93,4 +97,28 @@ signals_close(LoopObject *loop)
     close(loop->signal_fds[0]);
     close(loop->signal_fds[1]);
     loop->signal_fds[0] = loop->signal_fds[1] = -1;
+}
+
+int
+signals_after_fork(LoopObject *loop)
+{
+    if (loop->signal_fds[0] < 0) {
+        return 0;
+    }
+    int fresh[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fresh) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    int status = 0;
+    /* dup3 replaces only this process's reference: the parent's epoll
+     * registration and socketpair are untouched. */
+    if (dup3(fresh[0], loop->signal_fds[0], O_CLOEXEC) < 0
+        || dup3(fresh[1], loop->signal_fds[1], O_CLOEXEC) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        status = -1;
+    }
+    close(fresh[0]);
+    close(fresh[1]);
+    return status;
 }
