@@ -213,6 +213,11 @@ def _run_target(target: Target) -> None:
         assert target.value is not None
         sys.argv = ["-c", *target.args]
         _set_path0("")
+        if sys.version_info >= (3, 13):
+            # python -c keeps the code for tracebacks to show its lines (3.13+)
+            import linecache
+            linecache.cache["<string>"] = (len(target.value), None, [
+                line + "\n" for line in target.value.splitlines()], "<string>")
         _run_source(target.value, "<string>", main)
     elif target.kind == "stdin" or not sys.stdin.isatty():
         sys.argv = ["-" if target.kind == "stdin" else "", *target.args]
