@@ -39,26 +39,22 @@ _UVLOOP_HINT = "(python -m pyasync_c); run without python -m pyasync_c to get {0
 # Messages, once per process
 # --------------------------------------------------------------------------
 
-_said: set[str] = set()
+_SAID_ENV = "PYASYNC_C_SAID"
 
 
 def note(key: str, message: str) -> None:
-    """Write ``pyasync_c: message`` on stderr, once per key and process."""
-    if key in _said:
+    """Write ``pyasync_c: message`` on stderr, once per key in this process
+    and its children (the keys said are kept in the environment, which forked
+    and spawned workers inherit)."""
+    said = os.environ.get(_SAID_ENV, "").split(",")
+    if key in said:
         return
-    _said.add(key)
+    os.environ[_SAID_ENV] = ",".join(filter(None, [*said, key]))
     try:
         sys.stderr.write(f"pyasync_c: {message}\n")
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):
         pass
-
-
-def _forget_notes_after_fork() -> None:
-    _said.clear()
-
-
-os.register_at_fork(after_in_child=_forget_notes_after_fork)
 
 
 def is_ours(factory: Any) -> bool:
@@ -159,58 +155,80 @@ def when_imported(name: str, patch: Callable[[types.ModuleType], None]) -> None:
 # The frameworks
 # --------------------------------------------------------------------------
 
+def _names_pyasync_c(import_string: Any) -> bool:
+    """Whether a "module:attribute" string names something in pyasync_c."""
+    module = str(import_string).split(":", 1)[0]
+    return module == "pyasync_c" or module.startswith("pyasync_c.")
+
+
+def _uvicorn_note(choice: str, builtin_names: Any) -> None:
+    if choice in ("auto", "asyncio", "none") or _names_pyasync_c(choice):
+        return
+    if choice in builtin_names:
+        note("uvicorn-loop", f"uvicorn --loop {choice}: running on pyasync_c's loop instead "
+             + _UVLOOP_HINT.format(choice))
+    else:
+        note("uvicorn-loop", f"uvicorn --loop {choice} is a custom loop factory, used as given: "
+             "this server does not run on pyasync_c's loop (pass --loop "
+             "pyasync_c:new_event_loop for it)")
+
+
 def _patch_uvicorn_config(module: types.ModuleType) -> None:
     config_class = module.Config
-    factories = getattr(module, "LOOP_FACTORIES", None)
-    if factories is not None and "get_loop_factory" in vars(config_class):
+    original_init = config_class.__init__
+
+    if "get_loop_factory" in vars(config_class) and hasattr(module, "LOOP_FACTORIES"):
+        builtin_names: Any = module.LOOP_FACTORIES
         original = config_class.get_loop_factory
 
         def get_loop_factory(self: Any) -> Callable[[], asyncio.AbstractEventLoop] | None:
             choice = self.loop
-            if choice in ("auto", "asyncio"):
-                return new_event_loop
-            if choice == "none":  # asyncio's default: pyasync_c's
+            if not active():
                 return original(self)  # type: ignore[no-any-return]
-            if choice in factories:
-                note("uvicorn-loop", f"uvicorn --loop {choice}: running on pyasync_c's loop instead "
-                     + _UVLOOP_HINT.format(choice))
+            _uvicorn_note(choice, builtin_names)
+            if choice == "none":  # asyncio's default, which is pyasync_c's
+                return original(self)  # type: ignore[no-any-return]
+            if choice in builtin_names:  # auto, asyncio, uvloop...
                 return new_event_loop
-            factory = original(self)
-            if not is_ours(factory):
-                note("uvicorn-loop", f"uvicorn --loop {choice} is a custom loop factory, used as "
-                     "given: this server does not run on pyasync_c's loop (pass --loop "
-                     "pyasync_c:new_event_loop for it)")
-            return factory  # type: ignore[no-any-return]
+            return original(self)  # type: ignore[no-any-return]
 
         config_class.get_loop_factory = get_loop_factory
-    elif "setup_event_loop" in vars(config_class):
+    elif "setup_event_loop" in vars(config_class) and hasattr(module, "LOOP_SETUPS"):
         # uvicorn < 0.36: setup_event_loop() installs a policy, then asyncio.run().
+        builtin_names = module.LOOP_SETUPS
         original_setup = config_class.setup_event_loop
 
         def setup_event_loop(self: Any) -> None:
-            if self.loop in ("auto", "asyncio", "none"):
-                return  # keep pyasync_c's policy
-            if self.loop == "uvloop":
-                note("uvicorn-loop", "uvicorn --loop uvloop: running on pyasync_c's loop instead "
-                     + _UVLOOP_HINT.format("uvloop"))
-                return
-            original_setup(self)
-            note("uvicorn-loop", f"uvicorn --loop {self.loop} is a custom loop setup, used as given "
-                 "(pyasync_c's loop only if it installs it)")
+            if not active():
+                return original_setup(self)  # type: ignore[no-any-return]
+            _uvicorn_note(self.loop, builtin_names)
+            if self.loop not in builtin_names:
+                original_setup(self)
+            # else: keep pyasync_c's policy
 
         config_class.setup_event_loop = setup_event_loop
     else:
         raise RuntimeError("unknown uvicorn.config.Config loop API")
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        if not active():
+            return
+        # Said here, in the process that reads the options (with --workers
+        # the loop is built in the workers, which then stay quiet).
+        _uvicorn_note(self.loop, builtin_names)
+
+    __init__.__wrapped__ = original_init  # type: ignore[attr-defined]
+    config_class.__init__ = __init__
 
 
 def _patch_hypercorn_run(module: types.ModuleType) -> None:
     original = module._run
 
     def _run(*args: Any, loop_factory: Any = None, **kwargs: Any) -> Any:
-        if loop_factory is not None and not is_ours(loop_factory):
+        if active() and loop_factory is not None and not is_ours(loop_factory):
             if (getattr(loop_factory, "__module__", None) or "").startswith("uvloop"):
-                note("hypercorn-loop", "hypercorn --worker-class uvloop: running on pyasync_c's "
-                     "loop instead " + _UVLOOP_HINT.format("uvloop"))
+                _hypercorn_uvloop_note()
                 loop_factory = new_event_loop
             else:
                 note("hypercorn-loop", f"hypercorn's loop factory {_describe(loop_factory)} is "
@@ -218,6 +236,22 @@ def _patch_hypercorn_run(module: types.ModuleType) -> None:
         return original(*args, loop_factory=loop_factory, **kwargs)
 
     module._run = _run
+
+
+def _hypercorn_uvloop_note() -> None:
+    note("hypercorn-loop", "hypercorn --worker-class uvloop: running on pyasync_c's "
+         "loop instead " + _UVLOOP_HINT.format("uvloop"))
+
+
+def _patch_hypercorn_main_run(module: types.ModuleType) -> None:
+    original = module.run
+
+    def run(config: Any, *args: Any, **kwargs: Any) -> Any:
+        if active() and getattr(config, "worker_class", None) == "uvloop":
+            _hypercorn_uvloop_note()  # before the workers start
+        return original(config, *args, **kwargs)
+
+    module.run = run
 
 
 def anyio_options(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -241,10 +275,14 @@ def _patch_anyio_asyncio(module: types.ModuleType) -> None:
     create_test_runner = vars(backend)["create_test_runner"].__func__
 
     def patched_run(cls: Any, func: Any, args: Any, kwargs: Any, options: dict[str, Any]) -> Any:
-        return run(cls, func, args, kwargs, anyio_options(options))
+        if active():
+            options = anyio_options(options)
+        return run(cls, func, args, kwargs, options)
 
     def patched_create_test_runner(cls: Any, options: dict[str, Any]) -> Any:
-        return create_test_runner(cls, anyio_options(options))
+        if active():
+            options = anyio_options(options)
+        return create_test_runner(cls, options)
 
     backend.run = classmethod(patched_run)
     backend.create_test_runner = classmethod(patched_create_test_runner)
@@ -254,15 +292,15 @@ def _patch_anyio_asyncio(module: types.ModuleType) -> None:
 # multiprocessing "spawn" children: set up as the parent
 # --------------------------------------------------------------------------
 
-def _patch_spawn(primitives: bool) -> Callable[[types.ModuleType], None]:
+def _patch_spawn() -> Callable[[types.ModuleType], None]:
     def patch(module: types.ModuleType) -> None:
         original = module.get_command_line
 
         def get_command_line(**kwds: Any) -> list[str]:
             command = list(original(**kwds))
-            if "-c" in command:
+            if active() and _installed.get("children") and "-c" in command:
                 index = command.index("-c") + 1
-                command[index] = child_prelude(primitives) + command[index]
+                command[index] = child_prelude(_installed["primitives"]) + command[index]
             return command
 
         module.get_command_line = get_command_line
@@ -283,14 +321,25 @@ def child_prelude(primitives: bool) -> str:
 _installed: dict[str, Any] = {}
 
 
+def active() -> bool:
+    """Whether the hooks act (the patches stay in place once made)."""
+    return bool(_installed.get("hooks"))
+
+
+def uninstall_hooks() -> None:
+    """Make the patches pass everything through unchanged again."""
+    _installed.clear()
+
+
 def install_hooks(*, primitives: bool = True, children: bool = True) -> None:
     """Adapt uvicorn, hypercorn and anyio (now or when imported); with
     children=True, multiprocessing's spawned children are set up the same way."""
     when_imported("uvicorn.config", _patch_uvicorn_config)
     when_imported("hypercorn.asyncio.run", _patch_hypercorn_run)
+    when_imported("hypercorn.run", _patch_hypercorn_main_run)
     when_imported("anyio._backends._asyncio", _patch_anyio_asyncio)
     if children:
-        when_imported("multiprocessing.spawn", _patch_spawn(primitives))
+        when_imported("multiprocessing.spawn", _patch_spawn())
     _installed.update(hooks=True, primitives=primitives, children=children)
 
 
