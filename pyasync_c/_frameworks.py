@@ -41,6 +41,9 @@ _UVLOOP_HINT = "(python -m pyasync_c); run without python -m pyasync_c to get {0
 
 _SAID_ENV = "PYASYNC_C_SAID"
 
+#: Where notes go instead of stderr (the pytest plugin shows them in its summary).
+note_sink: Callable[[str], None] | None = None
+
 
 def note(key: str, message: str) -> None:
     """Write ``pyasync_c: message`` on stderr, once per key in this process
@@ -50,6 +53,9 @@ def note(key: str, message: str) -> None:
     if key in said:
         return
     os.environ[_SAID_ENV] = ",".join(filter(None, [*said, key]))
+    if note_sink is not None:
+        note_sink(f"pyasync_c: {message}")
+        return
     try:
         sys.stderr.write(f"pyasync_c: {message}\n")
         sys.stderr.flush()

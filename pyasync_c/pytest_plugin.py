@@ -48,6 +48,12 @@ def _enabled(config: pytest.Config, name: str) -> bool:
 
 
 _undo: list[Callable[[], None]] = []
+_notes: list[str] = []
+
+
+def _reset_note_sink() -> None:
+    from . import _frameworks
+    _frameworks.note_sink = None
 
 
 def _save_asyncio_state() -> None:
@@ -88,6 +94,9 @@ def pytest_configure(config: pytest.Config) -> None:
     install(primitives=primitives)
     _frameworks.install_hooks(primitives=primitives, children=False)
     _undo.append(_frameworks.uninstall_hooks)
+    # pytest captures the tests' stderr: notes are shown in the summary.
+    _frameworks.note_sink = _notes.append
+    _undo.append(_reset_note_sink)
     config.stash[_ENABLED] = primitives
 
 
@@ -106,3 +115,11 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     info = status()
     return (f"pyasync_c {info['pyasync_c']}: asyncio loop {info['default_loop']}, "
             f"C primitives: {', '.join(info['c_primitives']) or 'none'}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _notes:
+        terminalreporter.section("pyasync_c")
+        for line in _notes:
+            terminalreporter.write_line(line)
+        _notes.clear()
