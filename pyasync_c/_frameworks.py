@@ -294,6 +294,27 @@ def _patch_anyio_asyncio(module: types.ModuleType) -> None:
     backend.create_test_runner = classmethod(patched_create_test_runner)
 
 
+def _patch_aiohttp_worker(module: types.ModuleType) -> None:
+    uvloop_worker = module.GunicornUVLoopWebWorker
+    base = module.GunicornWebWorker
+    original_init = uvloop_worker.__init__
+    original_init_process = uvloop_worker.init_process
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        if active():  # in gunicorn's master, before it forks the workers
+            note("aiohttp-worker", "aiohttp.GunicornUVLoopWebWorker: running on pyasync_c's loop "
+                 "instead " + _UVLOOP_HINT.format("uvloop"))
+
+    def init_process(self: Any) -> None:
+        if not active():
+            return original_init_process(self)  # type: ignore[no-any-return]
+        base.init_process(self)  # without installing uvloop's policy
+
+    uvloop_worker.__init__ = __init__
+    uvloop_worker.init_process = init_process
+
+
 # --------------------------------------------------------------------------
 # multiprocessing "spawn" children: set up as the parent
 # --------------------------------------------------------------------------
@@ -344,6 +365,7 @@ def install_hooks(*, primitives: bool = True, children: bool = True) -> None:
     when_imported("hypercorn.asyncio.run", _patch_hypercorn_run)
     when_imported("hypercorn.run", _patch_hypercorn_main_run)
     when_imported("anyio._backends._asyncio", _patch_anyio_asyncio)
+    when_imported("aiohttp.worker", _patch_aiohttp_worker)
     if children:
         when_imported("multiprocessing.spawn", _patch_spawn())
     _installed.update(hooks=True, primitives=primitives, children=children)

@@ -358,6 +358,27 @@ def test_gunicorn_worker(workdir: Path, worker: str) -> None:
         assert result["reply"]["loop"] == PYASYNC_C_LOOP
 
 
+@pytest.mark.parametrize("worker, app, notes", [
+    ("uvicorn.workers.UvicornWorker", "fwapps:app", 0),
+    ("aiohttp.GunicornUVLoopWebWorker", "fwapps:aiohttp_app", 1),
+])
+def test_gunicorn_framework_workers_under_runner(workdir: Path, worker: str, app: str,
+                                                 notes: int) -> None:
+    """``python -m pyasync_c -m gunicorn -k <the framework's own worker>``: the
+    forked workers inherit the hooks; aiohttp's uvloop worker is said once."""
+    pytest.importorskip("gunicorn")
+    pytest.importorskip(worker.split(".")[0])
+    pytest.importorskip("uvloop")
+    args = ["-m", "pyasync_c", "-m", "gunicorn", "-w", "2", "-k", worker,
+            "-b", "127.0.0.1:{port}", app]
+    with server(workdir, args, processes=2) as (port, proc):
+        assert all(r["loop"] == PYASYNC_C_LOOP for r in records(workdir)), records(workdir)
+        assert get(port)["loop"] == PYASYNC_C_LOOP
+        out = stop_and_read(proc)
+    said = [line for line in out.splitlines() if line.startswith(NOTE)]
+    assert len(said) == notes, out
+
+
 # --------------------------------------------------------------------------
 # pytest plugin
 # --------------------------------------------------------------------------
