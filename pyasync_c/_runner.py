@@ -153,14 +153,9 @@ def _run_with_file(main: types.ModuleType, path: str, run: Callable[[], None]) -
             main.__dict__.pop("__cached__", None)
 
 
-def _is_compiled(path: str) -> bool:
-    if path.endswith(".pyc"):
-        return True
-    try:
-        with open(path, "rb") as file:
-            return file.read(4) == importlib.util.MAGIC_NUMBER
-    except OSError:
-        return False
+def _is_compiled(path: str, data: bytes) -> bool:
+    """A .pyc file, by its name or by its magic number (as the interpreter checks)."""
+    return path.endswith(".pyc") or data[:2] == importlib.util.MAGIC_NUMBER[:2]
 
 
 def _run_path(path: str, main: types.ModuleType) -> None:
@@ -178,7 +173,7 @@ def _run_path(path: str, main: types.ModuleType) -> None:
                          f"[Errno {exc.errno}] {exc.strerror}\n")
         sys.exit(2)
     _set_path0(os.path.dirname(os.path.realpath(full)))
-    if _is_compiled(full):
+    if _is_compiled(full, data):
         loader: Any = importlib.machinery.SourcelessFileLoader("__main__", full)
         main.__loader__ = loader
         code = loader.get_code("__main__")
