@@ -22,11 +22,9 @@ from __future__ import annotations
 import asyncio
 import importlib.abc
 import importlib.machinery
-import importlib.util
 import os
 import platform
 import sys
-import threading
 import types
 from typing import Any, Callable, Iterator
 
@@ -36,7 +34,7 @@ _UVLOOP_HINT = "(python -m pyasync_c); run without python -m pyasync_c to get {0
 
 
 # --------------------------------------------------------------------------
-# Messages, once per process
+# Messages, once per process tree
 # --------------------------------------------------------------------------
 
 _SAID_ENV = "PYASYNC_C_SAID"
@@ -104,31 +102,26 @@ class _PatchingLoader(importlib.abc.Loader):
 
 
 class _PatchFinder(importlib.abc.MetaPathFinder):
+    """Lets the other finders find the modules to patch, and wraps their loader."""
+
     def __init__(self) -> None:
         self.patches: dict[str, Callable[[types.ModuleType], None]] = {}
-        self._busy = threading.local()
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         patch = self.patches.get(name)
-        if patch is None or getattr(self._busy, "name", None) == name:
+        if patch is None:
             return None
-        self._busy.name = name
-        try:
-            # The other finders find it; we only wrap its loader.
-            for finder in sys.meta_path:
-                if finder is self or not hasattr(finder, "find_spec"):
-                    continue
-                spec = finder.find_spec(name, path, target)
-                if spec is not None:
-                    break
-            else:
-                return None
-        finally:
-            self._busy.name = None
-        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        spec.loader = _PatchingLoader(spec.loader, patch)
-        return spec
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _PatchingLoader(spec.loader, patch)
+        return spec  # type: ignore[no-any-return]
 
 
 _finder = _PatchFinder()
@@ -241,7 +234,7 @@ def _patch_hypercorn_run(module: types.ModuleType) -> None:
                      "used as given: not pyasync_c's loop")
         return original(*args, loop_factory=loop_factory, **kwargs)
 
-    module._run = _run
+    module._run = _run  # type: ignore[attr-defined]
 
 
 def _hypercorn_uvloop_note() -> None:
@@ -257,7 +250,7 @@ def _patch_hypercorn_main_run(module: types.ModuleType) -> None:
             _hypercorn_uvloop_note()  # before the workers start
         return original(config, *args, **kwargs)
 
-    module.run = run
+    module.run = run  # type: ignore[attr-defined]
 
 
 def anyio_options(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -330,7 +323,7 @@ def _patch_spawn() -> Callable[[types.ModuleType], None]:
                 command[index] = child_prelude(_installed["primitives"]) + command[index]
             return command
 
-        module.get_command_line = get_command_line
+        module.get_command_line = get_command_line  # type: ignore[attr-defined]
     return patch
 
 
