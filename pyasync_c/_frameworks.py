@@ -20,6 +20,7 @@ custom loop factory that is not pyasync_c's is left alone, and said so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.abc
 import importlib.machinery
 import os
@@ -108,6 +109,15 @@ class _PatchFinder(importlib.abc.MetaPathFinder):
         self.patches: dict[str, Callable[[types.ModuleType], None]] = {}
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if sys.meta_path[:1] != [self]:
+            # A finder inserted in front of us since (pytest's assertion
+            # rewriter loads its plugins' packages, anyio's included) would
+            # load the modules to patch without us: move back to the front.
+            # The import system's loop over sys.meta_path goes on correctly:
+            # the finders after us keep their positions.
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(self)
+                sys.meta_path.insert(0, self)
         patch = self.patches.get(name)
         if patch is None:
             return None

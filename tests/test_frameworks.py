@@ -425,7 +425,8 @@ def anyio_backend(request):
 
 
 def run_sample(tmp_path: Path, *args: str, expect_loop: str, expect_queue: str,
-               ini: str = "", with_uvloop: bool = False) -> subprocess.CompletedProcess[str]:
+               ini: str = "", with_uvloop: bool = False, under_runner: bool = False
+               ) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_sample.py").write_text(SAMPLE_SUITE)
     (tmp_path / "conftest.py").write_text(SAMPLE_CONFTEST)
     (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n"
@@ -436,7 +437,8 @@ def run_sample(tmp_path: Path, *args: str, expect_loop: str, expect_queue: str,
     env.pop("PYTEST_ADDOPTS", None)
     if with_uvloop:
         env["WITH_UVLOOP"] = "1"
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "pyasync_c.pytest_plugin",
+    runner = ["-m", "pyasync_c"] if under_runner else []
+    return subprocess.run([sys.executable, *runner, "-m", "pytest", "-p", "pyasync_c.pytest_plugin",
                            "-p", "no:cacheprovider", "-rs", *args, "test_sample.py"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
@@ -461,6 +463,14 @@ def test_pytest_plugin_runs_tests_on_pyasync_c(tmp_path: Path, sample_deps: None
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 passed" in proc.stdout
     assert "pyasync_c 0.1.0: asyncio loop pyasync_c.loop.Loop" in proc.stdout
+
+
+def test_pytest_under_runner(tmp_path: Path, sample_deps: None) -> None:
+    """``python -m pyasync_c -m pytest``: the runner alone, no plugin option."""
+    proc = run_sample(tmp_path, under_runner=True, with_uvloop=True, expect_loop="pyasync_c.loop",
+                      expect_queue="pyasync_c._primitives")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 passed" in proc.stdout
 
 
 def test_pytest_plugin_stdlib_primitives(tmp_path: Path, sample_deps: None) -> None:
