@@ -241,7 +241,7 @@ def _patch_hypercorn_run(module: types.ModuleType) -> None:
                 loop_factory = new_event_loop
             else:
                 note("hypercorn-loop", f"hypercorn's loop factory {_describe(loop_factory)} is "
-                     "used as given: not pyasync_c's loop")
+                     "used as given: not pyasync_c's loop (pass --worker-class asyncio for it)")
         return original(*args, loop_factory=loop_factory, **kwargs)
 
     module._run = _run  # type: ignore[attr-defined]
@@ -256,8 +256,12 @@ def _patch_hypercorn_main_run(module: types.ModuleType) -> None:
     original = module.run
 
     def run(config: Any, *args: Any, **kwargs: Any) -> Any:
-        if active() and getattr(config, "worker_class", None) == "uvloop":
+        worker_class = getattr(config, "worker_class", None)
+        if active() and worker_class == "uvloop":
             _hypercorn_uvloop_note()  # before the workers start
+        elif active() and worker_class == "trio":
+            note("hypercorn-loop", "hypercorn --worker-class trio runs on trio, not asyncio: "
+                 "pyasync_c is not used (pass --worker-class asyncio for it)")
         return original(config, *args, **kwargs)
 
     module.run = run  # type: ignore[attr-defined]
@@ -274,7 +278,7 @@ def anyio_options(options: dict[str, Any] | None) -> dict[str, Any]:
         options["loop_factory"] = new_event_loop
     elif not is_ours(factory):
         note("anyio-loop", f"anyio loop_factory={_describe(factory)} is used as given: "
-             "not pyasync_c's loop")
+             "not pyasync_c's loop (pass loop_factory=pyasync_c.new_event_loop for it)")
     return options
 
 
