@@ -21,7 +21,7 @@ from .loop import Loop
 __all__ = [
     "Loop", "Handle", "TimerHandle", "new_event_loop", "run", "install", "EventLoopPolicy",
     "libuv_version", "Lock", "Event", "Semaphore", "BoundedSemaphore", "Queue",
-    "LifoQueue", "PriorityQueue", "gather", "sleep", "PRIMITIVE_NAMES",
+    "LifoQueue", "PriorityQueue", "gather", "sleep", "PRIMITIVE_NAMES", "status",
 ]
 __version__ = "0.1.0"
 
@@ -109,3 +109,12 @@ def install_primitives() -> list[str]:
         setattr(module, name, native)
         replaced.append(name)
     return replaced
+
+
+def status() -> dict[str, Any]:
+    """Which loop and primitives this process runs on: a dict with
+    ``running_loop``, ``default_loop`` (what asyncio.run() creates),
+    ``on_pyasync_c``, ``primitives`` (where asyncio.Lock, Queue, gather...
+    come from) and more; ``python -m pyasync_c --check`` prints it."""
+    from ._frameworks import status as _status
+    return _status()
