@@ -32,7 +32,11 @@
 
 #define TLS_MAX_SIZE (256 * 1024)       /* asyncio's SSLProtocol.max_size */
 #define TLS_RECORD_PLAINTEXT (16 * 1024)
-#define TLS_RESERVED_SLOTS 2             /* asyncio.BaseTransport's __slots__ ('_extra',) */
+/* asyncio's _FlowControlMixin (our base, as _SSLProtocolTransport's; the
+ * sendfile fallback checks for it) has __slots__ '_extra', '_loop',
+ * '_protocol_paused', '_high_water', '_low_water': their storage sits unused
+ * here; our getsets shadow the names that matter. */
+#define TLS_RESERVED_SLOTS 5
 
 typedef enum { ST_UNWRAPPED, ST_DO_HANDSHAKE, ST_WRAPPED, ST_FLUSHING, ST_SHUTDOWN } TLSState;
 typedef enum { APP_INIT, APP_CON_MADE, APP_EOF, APP_CON_LOST } AppState;
@@ -2463,7 +2467,7 @@ tls_transport_init(PyObject *module, ModuleState *state)
         return -1;
     }
     Py_DECREF(max_size);
-    G.TransportType = make_type(module, &tls_spec, "asyncio.transports", "Transport",
+    G.TransportType = make_type(module, &tls_spec, "asyncio.transports", "_FlowControlMixin",
                                 (Py_ssize_t)offsetof(SSLTransportObject, dict));
     return G.TransportType ? 0 : -1;
 }
