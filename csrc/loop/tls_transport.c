@@ -106,6 +106,18 @@ struct SSLTransportObject {
     char closed;
 };
 
+/* A bytes-like view of memory we own, lent to _ssl's C methods for the
+ * duration of one call (MemoryBIO.write(window), _SSLSocket.read(n, window)),
+ * which release it before returning.  Unlike a memoryview it is not tracked
+ * by the GC and one instance is reused while nobody else holds it. */
+typedef struct {
+    PyObject_HEAD
+    char *buf;
+    Py_ssize_t len;
+    Py_ssize_t exports;
+    int readonly;
+} WindowObject;
+
 /* Process-wide state (the module refuses subinterpreters).  The ssl part is
  * filled on first use, so that importing pyasync_c does not import ssl. */
 static struct {
@@ -132,6 +144,8 @@ static struct {
     Py_ssize_t high_water_write_kb;
     Py_ssize_t log_threshold;
     PyObject *shared_buffer;       /* bytearray(TLS_MAX_SIZE) for our socket transport */
+    PyTypeObject *WindowType;
+    WindowObject *window;          /* the reusable window */
     PyObject *str_write, *str_close, *str_abort, *str_force_close, *str_pause_reading,
         *str_resume_reading, *str_get_extra_info, *str_call_later, *str_call_soon, *str_cancel,
         *str_get_debug, *str_time, *str_debug, *str_warning, *str_wrap_bio, *str_server_side,
@@ -237,6 +251,63 @@ done:
     Py_XDECREF(constants);
     Py_XDECREF(exceptions);
     return rc;
+}
+
+/* ---- windows ---- */
+
+static int
+window_getbuffer(WindowObject *self, Py_buffer *view, int flags)
+{
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->buf, self->len, self->readonly, flags) < 0) {
+        return -1;
+    }
+    self->exports++;
+    return 0;
+}
+
+static void
+window_releasebuffer(WindowObject *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static void
+window_dealloc(WindowObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+/* A window on buf[0:len]; NULL on error.  Give it back with window_done(). */
+static WindowObject *
+window_open(char *buf, Py_ssize_t len, int readonly)
+{
+    WindowObject *window = G.window;
+    if (window == NULL || Py_REFCNT(window) != 1 || window->exports != 0) {
+        window = PyObject_New(WindowObject, G.WindowType);
+        if (window == NULL) {
+            return NULL;
+        }
+        window->exports = 0;
+        Py_XSETREF(G.window, (WindowObject *)Py_NewRef(window));
+    }
+    else {
+        Py_INCREF(window);
+    }
+    window->buf = buf;
+    window->len = len;
+    window->readonly = readonly;
+    return window;
+}
+
+static void
+window_done(WindowObject *window)
+{
+    /* whoever may still hold it sees nothing from now on */
+    window->buf = NULL;
+    window->len = 0;
+    Py_DECREF(window);
 }
 
 /* ---- small helpers ---- */
@@ -796,50 +867,62 @@ write_appdata_one(SSLProtocolObject *self, PyObject *data)
 static int call_eof_received(SSLProtocolObject *self);
 static int start_shutdown(SSLProtocolObject *self);
 
-/* Reads decrypted data into buf[0:capacity] with read(capacity, window):
- * count >= 0, or -2 for "SSL wants more input", or -1 on error. */
+/* Reads decrypted data into buf[0:capacity]: read(capacity, window) on our
+ * fast path, read(capacity) and a copy for an SSLObject subclass.  count >= 0,
+ * or -2 for "SSL wants more input", or -1 on error. */
 static Py_ssize_t
 ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity)
 {
-    PyObject *window = PyMemoryView_FromMemory(buf, capacity, PyBUF_WRITE);
-    if (window == NULL) {
-        return -1;
-    }
     PyObject *size = PyLong_FromSsize_t(capacity);
     if (size == NULL) {
-        Py_DECREF(window);
         return -1;
     }
-    PyObject *args[2] = {size, window};
     int again;
-    PyObject *r = ssl_op(self, OP_READ, args, 2, &again);
-    Py_DECREF(size);
-    if (Py_REFCNT(window) > 1) {
-        /* someone kept the window: cut it off from our memory */
-        PyObject *rr = PyObject_CallMethodNoArgs(window, G.str_release);
-        Py_XDECREF(rr);
-        if (rr == NULL && r != NULL) {
-            Py_DECREF(r);
-            Py_DECREF(window);
+    Py_ssize_t count;
+    if (self->fast) {
+        WindowObject *window = window_open(buf, capacity, 0);
+        if (window == NULL) {
+            Py_DECREF(size);
             return -1;
         }
-    }
-    Py_DECREF(window);
-    if (r == NULL) {
-        if (again) {
-            self->may_have_plaintext = 0;
-            return -2;
+        PyObject *args[2] = {size, (PyObject *)window};
+        PyObject *r = ssl_op(self, OP_READ, args, 2, &again);
+        window_done(window);
+        Py_DECREF(size);
+        if (r == NULL) {
+            goto failed;
         }
-        return -1;
+        count = PyLong_AsSsize_t(r);
+        Py_DECREF(r);
+        if (count < 0) {
+            return PyErr_Occurred() ? -1 : 0;
+        }
     }
-    Py_ssize_t count = PyLong_AsSsize_t(r);
-    Py_DECREF(r);
-    if (count < 0) {
-        return PyErr_Occurred() ? -1 : 0;
+    else {
+        PyObject *r = ssl_op(self, OP_READ, &size, 1, &again);
+        Py_DECREF(size);
+        if (r == NULL) {
+            goto failed;
+        }
+        Py_buffer view;
+        if (PyObject_GetBuffer(r, &view, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(r);
+            return -1;
+        }
+        count = view.len < capacity ? view.len : capacity;
+        memcpy(buf, view.buf, (size_t)count);
+        PyBuffer_Release(&view);
+        Py_DECREF(r);
     }
     /* a read that filled the window may have left bytes of the record in OpenSSL */
     self->may_have_plaintext = count >= capacity;
     return count;
+failed:
+    if (again) {
+        self->may_have_plaintext = 0;
+        return -2;
+    }
+    return -1;
 }
 
 /* True when a read could return something: ciphertext waits in the incoming
@@ -1388,13 +1471,13 @@ protocol_get_buffer(SSLProtocolObject *self, PyObject *n)
 static int
 feed_incoming(SSLProtocolObject *self, const char *bytes, Py_ssize_t n)
 {
-    PyObject *chunk = PyMemoryView_FromMemory((char *)bytes, n, PyBUF_READ);
+    WindowObject *chunk = window_open((char *)bytes, n, 1);
     if (chunk == NULL) {
         return -1;
     }
-    PyObject *args[2] = {self->incoming, chunk};
+    PyObject *args[2] = {self->incoming, (PyObject *)chunk};
     PyObject *r = PyObject_Vectorcall(G.bio_write, args, 2, NULL);
-    Py_DECREF(chunk);
+    window_done(chunk);
     if (r == NULL) {
         return -1;
     }
@@ -2403,6 +2486,20 @@ static PyType_Spec tls_spec = {
     .slots = tls_slots,
 };
 
+static PyType_Slot window_slots[] = {
+    {Py_tp_dealloc, window_dealloc},
+    {Py_bf_getbuffer, window_getbuffer},
+    {Py_bf_releasebuffer, window_releasebuffer},
+    {0, NULL},
+};
+
+static PyType_Spec window_spec = {
+    .name = "pyasync_c._loop._TLSWindow",
+    .basicsize = sizeof(WindowObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = window_slots,
+};
+
 static PyTypeObject *
 make_type(PyObject *module, PyType_Spec *spec, const char *base_module, const char *base_name,
           Py_ssize_t room)
@@ -2453,6 +2550,10 @@ tls_transport_init(PyObject *module, ModuleState *state)
         if (intern_name(names[i].slot, names[i].text) < 0) {
             return -1;
         }
+    }
+    G.WindowType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &window_spec, NULL);
+    if (G.WindowType == NULL) {
+        return -1;
     }
     G.ProtocolType = make_type(module, &protocol_spec, "asyncio.protocols", "BufferedProtocol",
                                (Py_ssize_t)offsetof(SSLProtocolObject, dict));

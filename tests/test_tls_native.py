@@ -1,0 +1,432 @@
+"""The native TLS layer (csrc/loop/tls_transport.c) against asyncio's SSLProtocol.
+
+Every behaviour test runs on the stdlib loop (asyncio's sslproto) and on
+pyasync_c's loop with the native layer switched on (``native_tls`` fixture),
+so both must give the same outcome: BufferedProtocol apps, app pause_reading
+across shutdown, write flow control and buffer sizes, close() flushing before
+close_notify, the shutdown timeout, errors of app callbacks, SSLContext
+features (sni_callback, sslobject_class, keylog_filename), start_tls,
+ResourceWarning for an unclosed transport, bad arguments.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import ssl
+import warnings
+
+import pytest
+
+from net_util import (ExceptionHandlerRecorder, ProtocolCollector, Recorder, TLSFiles, arun,
+                      client_context, payload, server_context, server_port, tcp_server,
+                      tls_connect, tls_files)
+
+__all__ = ["arun", "tls_files"]  # fixtures, imported for pytest
+
+
+@pytest.fixture(autouse=True)
+def native_tls(monkeypatch: pytest.MonkeyPatch, loop_name: str) -> None:
+    """pyasync_c's loop uses the native TLS layer in this module."""
+    if loop_name == "pyasync_c":
+        from pyasync_c import _network
+        monkeypatch.setattr(_network, "_NATIVE_TLS", True)
+
+
+class BufferedRecorder(asyncio.BufferedProtocol):
+    """A BufferedProtocol with a small buffer, recording what arrives."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self.buffer = bytearray(size)
+        self.data = bytearray()
+        self.events: list[str] = []
+        self.hints: list[int] = []
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.events.append("made")
+
+    def get_buffer(self, sizehint):
+        self.hints.append(sizehint)
+        return memoryview(self.buffer)
+
+    def buffer_updated(self, nbytes):
+        self.data += self.buffer[:nbytes]
+        if not self.events or self.events[-1] != "data":
+            self.events.append("data")
+
+    def eof_received(self):
+        self.events.append("eof")
+
+    def connection_lost(self, exc):
+        self.events.append("lost")
+        self.lost.set_result(exc)
+
+
+class Sender(Recorder):
+    """Sends `data` once connected, then closes."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.to_send = data
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        transport.write(self.to_send)
+        transport.close()
+
+
+def test_native_transport_types(arun, tls_files, loop_name):
+    async def main():
+        async with tcp_server(ssl=server_context(tls_files)) as server:
+            tr, proto = await tls_connect(server, tls_files)
+            assert isinstance(tr, asyncio.Transport)
+            assert isinstance(tr, asyncio.transports._FlowControlMixin)  # sendfile fallback
+            assert "SSL" in type(tr).__name__
+            if loop_name == "pyasync_c":
+                from pyasync_c import _loop
+                assert type(tr) is _loop.SSLTransport
+                assert type(tr._ssl_protocol) is _loop.SSLProtocol
+                assert tr._ssl_protocol._app_transport is tr
+                assert tr._ssl_protocol._transport.get_protocol() is tr._ssl_protocol
+            assert tr._start_tls_compatible
+            tr.close()
+            await proto.wait_lost()
+            assert tr.get_protocol() is None or tr.get_protocol() is proto
+    arun(main())
+
+
+def test_extra_info_before_and_after_close(arun, tls_files):
+    async def main():
+        async with tcp_server(ssl=server_context(tls_files)) as server:
+            tr, proto = await tls_connect(server, tls_files)
+            sockname = tr.get_extra_info("sockname")
+            assert sockname[0] == "127.0.0.1"
+            assert tr.get_extra_info("peername") == ("127.0.0.1", server_port(server))
+            assert tr.get_extra_info(name="nope", default=7) == 7
+            sslobj = tr.get_extra_info("ssl_object")
+            assert isinstance(sslobj, ssl.SSLObject)
+            assert sslobj.version() in ("TLSv1.2", "TLSv1.3")
+            assert tr.get_extra_info("compression") is None
+            tr.close()
+            await proto.wait_lost()
+            # the TLS keys stay; the socket's are gone with the connection
+            assert tr.get_extra_info("ssl_object") is sslobj
+            assert tr.get_extra_info("cipher") is not None
+            assert tr.get_extra_info("socket") is None
+    arun(main())
+
+
+def test_buffered_protocol_small_buffer_receives_everything(arun, tls_files):
+    """1 MiB through a 1000-byte get_buffer(): refilled until done, then eof, lost."""
+    data = payload(1024 * 1024)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with tcp_server(lambda: Sender(data), ssl=server_context(tls_files)) as server:
+            tr, proto = await loop.create_connection(
+                BufferedRecorder, "127.0.0.1", server_port(server),
+                ssl=client_context(tls_files), server_hostname="localhost")
+            assert await asyncio.wait_for(proto.lost, 8) is None
+            assert bytes(proto.data) == data
+            assert proto.events == ["made", "data", "eof", "lost"]
+            assert all(h >= 0 for h in proto.hints)
+    arun(main())
+
+
+def test_start_tls_with_buffered_protocol(arun, tls_files):
+    async def main():
+        loop = asyncio.get_running_loop()
+        upgraded: asyncio.Future = loop.create_future()
+
+        class Upgrader(Recorder):
+            def data_received(self, data):
+                super().data_received(data)
+                self.transport.write(b"OK")
+                self.transport.pause_reading()
+                asyncio.ensure_future(self.upgrade())
+
+            async def upgrade(self):
+                new = await loop.start_tls(self.transport, self, server_context(tls_files),
+                                           server_side=True)
+                new.write(b"hello over tls")
+                new.close()
+                upgraded.set_result(new)
+
+        async with tcp_server(Upgrader) as server:
+            tr, plain = await loop.create_connection(Recorder, "127.0.0.1", server_port(server))
+            tr.write(b"go")
+            assert await plain.wait_data(2) == b"OK"  # nothing more in plain text
+            proto = BufferedRecorder(64)
+            tls_tr = await loop.start_tls(tr, proto, client_context(tls_files),
+                                          server_hostname="localhost")
+            assert tls_tr.get_protocol() is proto
+            assert await asyncio.wait_for(proto.lost, 5) is None
+            assert bytes(proto.data) == b"hello over tls"
+            assert proto.events == ["data", "eof", "lost"]  # start_tls: no connection_made
+            await upgraded
+    arun(main())
+
+
+def test_pause_reading_holds_data_and_shutdown_until_resumed(arun, tls_files):
+    """The peer sends and closes while the app has paused reading: nothing is
+    delivered (not even eof) until resume_reading(), then all of it, eof, lost."""
+    data = payload(300 * 1024)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        collector = ProtocolCollector(lambda: Sender(data))
+        async with tcp_server(collector, ssl=server_context(tls_files)) as server:
+            tr, proto = await tls_connect(server, tls_files)
+            tr.pause_reading()
+            assert not tr.is_reading()
+            sender = await collector.next_made()
+            await asyncio.sleep(0.3)
+            assert proto.names() == ["made"]
+            assert not tr.is_closing()
+            tr.resume_reading()
+            assert tr.is_reading()
+            assert await proto.wait_lost() is None
+            assert bytes(proto.data) == data
+            assert proto.names()[-2:] == ["eof", "lost"]
+            await sender.wait_lost()
+    arun(main())
+
+
+def test_write_flow_control(arun, tls_files):
+    """A peer that does not read: pause_writing at the high-water mark, the
+    buffer size reported; resume_writing once it reads again."""
+    async def main():
+        collector = ProtocolCollector(Recorder)
+        async with tcp_server(collector, ssl=server_context(tls_files)) as server:
+            tr, proto = await tls_connect(server, tls_files)
+            peer = await collector.next_made()
+            peer.transport.pause_reading()
+            tr.set_write_buffer_limits(high=64 * 1024)
+            assert tr.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
+            chunk = b"z" * 16384
+            sent = 0
+            while "pause" not in proto.names() and sent < 64 * 1024 * 1024:
+                tr.write(chunk)
+                sent += len(chunk)
+                await asyncio.sleep(0)
+            assert "pause" in proto.names()
+            assert tr.get_write_buffer_size() >= 64 * 1024
+            assert tr._protocol_paused
+            peer.transport.resume_reading()
+            await proto.wait(lambda: "resume" in proto.names(), timeout=8)
+            assert tr.get_write_buffer_size() <= 16 * 1024
+            await peer.wait(lambda: len(peer.data) == sent, timeout=8)
+            with pytest.raises(ValueError):
+                tr.set_write_buffer_limits(high=1, low=2)
+            tr.set_read_buffer_limits(high=1024)
+            assert tr.get_read_buffer_limits() == (256, 1024)
+            assert tr.get_read_buffer_size() == 0
+            tr.close()
+            await proto.wait_lost()
+    arun(main())
+
+
+def test_writelines_and_write_types(arun, tls_files):
+    async def main():
+        collector = ProtocolCollector(Recorder)
+        async with tcp_server(collector, ssl=server_context(tls_files)) as server:
+            tr, proto = await tls_connect(server, tls_files)
+            peer = await collector.next_made()
+            with pytest.raises(TypeError, match="data: expecting a bytes-like instance, got str"):
+                tr.write("text")
+            tr.write(b"")
+            tr.writelines([b"ab", bytearray(b"cd"), memoryview(b"xef")[1:]])
+            tr.write(bytearray(b"gh"))
+            tr.write(memoryview(b"ij"))
+            await peer.wait(lambda: len(peer.data) >= 10)
+            assert bytes(peer.data) == b"abcdefghij"
+            tr.close()
+            await proto.wait_lost()
+    arun(main())
+
+
+def test_close_flushes_written_data_before_close_notify(arun, tls_files):
+    data = payload(2 * 1024 * 1024)
+
+    async def main():
+        collector = ProtocolCollector(Recorder)
+        async with tcp_server(collector, ssl=server_context(tls_files)) as server:
+            tr, proto = await tls_connect(server, tls_files)
+            tr.write(data)
+            tr.close()
+            assert tr.is_closing()
+            tr.write(b"dropped after close")  # ignored, as asyncio does
+            peer = await collector.next_made()
+            assert await peer.wait_lost(timeout=8) is None
+            assert bytes(peer.data) == data
+            assert peer.names()[-2:] == ["eof", "lost"]
+            assert await proto.wait_lost() is None
+    arun(main())
+
+
+def test_shutdown_timeout(arun, tls_files):
+    """The peer never answers close_notify (its app paused reading): the
+    closing side gives up after ssl_shutdown_timeout with a TimeoutError."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        collector = ProtocolCollector(Recorder)
+        async with tcp_server(collector, ssl=server_context(tls_files)) as server:
+            tr, proto = await loop.create_connection(
+                Recorder, "127.0.0.1", server_port(server), ssl=client_context(tls_files),
+                server_hostname="localhost", ssl_shutdown_timeout=0.3)
+            peer = await collector.next_made()
+            peer.transport.pause_reading()
+            await asyncio.sleep(0.05)
+            tr.close()
+            exc = await proto.wait_lost(timeout=5)
+            assert isinstance(exc, TimeoutError) and "SSL shutdown timed out" in str(exc)
+            peer.transport.abort()
+    arun(main())
+
+
+def test_error_in_app_data_received_is_fatal(arun, tls_files):
+    class Failing(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            raise ZeroDivisionError("app bug")
+
+    async def main():
+        handler = ExceptionHandlerRecorder().install()
+        async with tcp_server(ssl=server_context(tls_files)) as server:
+            loop = asyncio.get_running_loop()
+            tr, proto = await loop.create_connection(
+                Failing, "127.0.0.1", server_port(server), ssl=client_context(tls_files),
+                server_hostname="localhost")
+            tr.write(b"ping")
+            exc = await proto.wait_lost()
+            assert isinstance(exc, ZeroDivisionError)
+            [context] = [c for c in handler.contexts
+                         if isinstance(c.get("exception"), ZeroDivisionError)]
+            assert context["message"] == "Fatal error on SSL protocol"
+    arun(main())
+
+
+def test_eof_received_returning_true_only_warns(arun, tls_files, caplog):
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with tcp_server(lambda: Sender(b"bye"), ssl=server_context(tls_files)) as server:
+            tr, proto = await loop.create_connection(
+                lambda: Recorder(eof_result=True), "127.0.0.1", server_port(server),
+                ssl=client_context(tls_files), server_hostname="localhost")
+            assert await proto.wait_lost() is None  # closed anyway
+            assert proto.names() == ["made", "data", "eof", "lost"]
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        arun(main())
+    assert any("returning true from eof_received() has no effect when using ssl" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_context_features_apply(arun, tls_files, tmp_path):
+    """sni_callback, sslobject_class and keylog_filename of the SSLContexts
+    take effect exactly as with asyncio (the SSLObject comes from wrap_bio)."""
+    seen: list[str | None] = []
+    calls: list[str] = []
+
+    class CountingSSLObject(ssl.SSLObject):
+        def read(self, len=1024, buffer=None):
+            calls.append("read")
+            return super().read(len, buffer)
+
+        def write(self, data):
+            calls.append("write")
+            return super().write(data)
+
+    async def main():
+        sctx = server_context(tls_files)
+        sctx.sni_callback = lambda sslobj, name, ctx: seen.append(name)
+        cctx = client_context(tls_files)
+        cctx.sslobject_class = CountingSSLObject
+        keylog = tmp_path / "keys.log"
+        cctx.keylog_filename = str(keylog)
+        loop = asyncio.get_running_loop()
+        async with tcp_server(ssl=sctx) as server:
+            tr, proto = await loop.create_connection(
+                Recorder, "127.0.0.1", server_port(server), ssl=cctx,
+                server_hostname="localhost")
+            assert isinstance(tr.get_extra_info("ssl_object"), CountingSSLObject)
+            tr.write(b"echo me")
+            assert await proto.wait_data(7) == b"echo me"
+            tr.close()
+            await proto.wait_lost()
+        assert seen == ["localhost"]
+        assert "write" in calls and "read" in calls
+        assert "CLIENT_" in keylog.read_text() or "TRAFFIC_SECRET" in keylog.read_text()
+    arun(main())
+
+
+def test_cancelled_connect_during_handshake(arun, tls_files):
+    """The peer never answers the ClientHello; cancelling create_connection
+    closes the connection."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        collector = ProtocolCollector(Recorder)
+        async with tcp_server(collector) as server:  # plain TCP: no ServerHello
+            task = asyncio.ensure_future(loop.create_connection(
+                Recorder, "127.0.0.1", server_port(server), ssl=client_context(tls_files),
+                server_hostname="localhost"))
+            peer = await collector.next_made()
+            await peer.wait(lambda: len(peer.data) > 0)  # the ClientHello
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await peer.wait_lost() is None or True
+            assert peer.count("lost") == 1
+    arun(main())
+
+
+def test_unclosed_transport_resource_warning(loop_factory, tls_files):
+    """A TLS transport dropped without close() warns (ResourceWarning), as asyncio's."""
+    loop = loop_factory()
+    try:
+        async def main():
+            server = await loop.create_server(Recorder, "127.0.0.1", 0,
+                                              ssl=server_context(tls_files))
+            tr, proto = await tls_connect(server, tls_files)
+            await asyncio.sleep(0.05)
+            server.close()
+            return tr, proto
+
+        tr, proto = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del tr, proto
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) and "unclosed transport" in str(w.message)
+               for w in caught), caught
+
+
+def test_bad_arguments(loop_name):
+    if loop_name != "pyasync_c":
+        pytest.skip("pyasync_c's own classes")
+    from pyasync_c import _loop
+    loop = asyncio.new_event_loop()
+    try:
+        ctx = ssl.create_default_context()
+        for kw, name in ((dict(ssl_handshake_timeout=0), "ssl_handshake_timeout"),
+                         (dict(ssl_shutdown_timeout=-1.5), "ssl_shutdown_timeout")):
+            with pytest.raises(ValueError, match=f"{name} should be a positive number, got"):
+                _loop.SSLProtocol(loop, Recorder(), ctx, None, **kw)
+        with pytest.raises(ValueError, match="Server side SSL needs a valid SSLContext"):
+            _loop.SSLProtocol(loop, Recorder(), None, None, server_side=True)
+        with pytest.raises(TypeError):
+            _loop.SSLTransport()
+        with pytest.raises(TypeError):
+            _loop.SSLProtocol(loop)
+        proto = _loop.SSLProtocol(loop, Recorder(), ctx, None, server_hostname="example.com")
+        tr = proto._app_transport
+        with pytest.raises(NotImplementedError):
+            tr.write_eof()
+        assert not tr.can_write_eof()
+        tr.close()  # before connection_made: nothing to shut down
+        assert tr.is_closing()
+    finally:
+        loop.close()
