@@ -430,3 +430,28 @@ def test_bad_arguments(loop_name):
         assert tr.is_closing()
     finally:
         loop.close()
+
+
+def test_second_close_releases_tls_state(arun, tls_files):
+    """An app protocol that keeps its transport does not keep the TLS state
+    (SSLContext, SSL object) once the transport was closed twice, as asyncio's
+    _SSLProtocolTransport drops its SSLProtocol (CPython's
+    test_create_connection_memory_leak)."""
+    import weakref
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        cctx = client_context(tls_files)
+        async with tcp_server(ssl=server_context(tls_files)) as server:
+            tr, proto = await loop.create_connection(
+                Recorder, "127.0.0.1", server_port(server), ssl=cctx,
+                server_hostname="localhost")
+            tr.close()
+            await proto.wait_lost()
+            tr.close()  # the second close
+            assert tr.is_closing()
+            ref = weakref.ref(cctx)
+            del cctx
+            assert proto.transport is tr  # the app keeps its transport...
+            assert ref() is None          # ...but not the TLS state
+    arun(main())

@@ -2022,7 +2022,8 @@ static SSLProtocolObject *
 transport_proto(SSLTransportObject *self)
 {
     if (self->proto == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "SSL transport is not set up");
+        PyErr_SetString(PyExc_RuntimeError, "the SSL transport was closed twice: it has no "
+                        "SSL protocol any more");
     }
     return self->proto;
 }
@@ -2036,9 +2037,9 @@ tls_get_extra_info(SSLTransportObject *self, PyObject *args, PyObject *kwargs)
                                      &fallback)) {
         return NULL;
     }
-    SSLProtocolObject *proto = transport_proto(self);
+    SSLProtocolObject *proto = self->proto;
     if (proto == NULL) {
-        return NULL;
+        return Py_NewRef(fallback);  /* released by a second close() */
     }
     PyObject *value = PyDict_GetItemWithError(proto->extra, name);
     if (value != NULL) {
@@ -2070,9 +2071,9 @@ tls_set_protocol(SSLTransportObject *self, PyObject *protocol)
 static PyObject *
 tls_get_protocol(SSLTransportObject *self, PyObject *unused)
 {
-    SSLProtocolObject *proto = transport_proto(self);
+    SSLProtocolObject *proto = self->proto;
     if (proto == NULL) {
-        return NULL;
+        Py_RETURN_NONE;
     }
     return Py_NewRef(proto->app_protocol ? proto->app_protocol : Py_None);
 }
@@ -2086,7 +2087,14 @@ tls_is_closing(SSLTransportObject *self, PyObject *unused)
 static PyObject *
 tls_close(SSLTransportObject *self, PyObject *unused)
 {
-    if (self->closed || self->proto == NULL) {
+    if (self->closed) {
+        /* asyncio drops its SSLProtocol on a second close(): an app protocol
+         * keeping its closed transport does not keep the TLS state (context,
+         * SSL object, buffers) alive */
+        Py_CLEAR(self->proto);
+        Py_RETURN_NONE;
+    }
+    if (self->proto == NULL) {
         Py_RETURN_NONE;
     }
     self->closed = 1;
