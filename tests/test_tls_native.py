@@ -455,3 +455,69 @@ def test_second_close_releases_tls_state(arun, tls_files):
             assert proto.transport is tr  # the app keeps its transport...
             assert ref() is None          # ...but not the TLS state
     arun(main())
+
+
+async def _manual_tls_server(lst, ctx: ssl.SSLContext, records: list[str]) -> bytes:
+    """Accepts one connection on `lst` and speaks TLS by hand (SSLObject over
+    MemoryBIOs): after the handshake it sends, in one segment, the records
+    named in `records` ("data:<text>", "close_notify", or "raw:<text>" for
+    bytes as they are: OpenSSL makes no records after a close_notify);
+    returns what it received in plain text until EOF."""
+    loop = asyncio.get_running_loop()
+    sock, _ = await loop.sock_accept(lst)
+    with sock:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(incoming, outgoing, server_side=True)
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    await loop.sock_sendall(sock, outgoing.read())
+                incoming.write(await loop.sock_recv(sock, 65536))
+        if outgoing.pending:
+            await loop.sock_sendall(sock, outgoing.read())
+        segment = b""
+        for record in records:
+            if record == "close_notify":
+                with pytest.raises(ssl.SSLWantReadError):
+                    obj.unwrap()
+            elif record.startswith("raw:"):
+                segment += record.removeprefix("raw:").encode()
+            else:
+                obj.write(record.removeprefix("data:").encode())
+            segment += outgoing.read()
+        await loop.sock_sendall(sock, segment)
+        received = b""
+        while chunk := await loop.sock_recv(sock, 65536):
+            incoming.write(chunk)
+            try:
+                while data := obj.read(65536):
+                    received += data
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                pass
+            except ssl.SSLError:
+                break  # the peer's close_notify after ours
+        return received
+
+
+def test_data_after_close_notify_is_discarded(arun, tls_files):
+    """The peer's records after its close_notify never reach the app: data,
+    eof_received, connection_lost(None)."""
+    from net_util import listener
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with listener() as lst:
+            server = asyncio.ensure_future(_manual_tls_server(
+                lst, server_context(tls_files), ["data:hello", "close_notify",
+                                                   "raw:\x17\x03\x03\x00\x05after"]))
+            tr, proto = await loop.create_connection(
+                Recorder, *lst.getsockname(), ssl=client_context(tls_files),
+                server_hostname="localhost")
+            assert await proto.wait_lost() is None
+            assert bytes(proto.data) == b"hello"
+            assert proto.names() == ["made", "data", "eof", "lost"]
+            assert await server == b""
+    arun(main())
