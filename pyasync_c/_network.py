@@ -7,8 +7,9 @@ create_datagram_endpoint, connect_read_pipe/connect_write_pipe, start_tls,
 sendfile and sock_sendfile on top of a few factory hooks; this mixin provides
 those hooks with pyasync_c's C transports (csrc/loop/*_transport.c):
 
-- ``_make_socket_transport`` / ``_make_ssl_transport`` (asyncio's SSLProtocol
-  over our socket transport) / ``_make_datagram_transport`` /
+- ``_make_socket_transport`` / ``_make_ssl_transport`` and ``start_tls`` (the
+  native SSLProtocol of csrc/loop/tls_transport.c over our socket transport;
+  asyncio's own with PYASYNC_C_NATIVE_TLS=0) / ``_make_datagram_transport`` /
   ``_make_read_pipe_transport`` / ``_make_write_pipe_transport``;
 - ``_start_serving`` / ``_stop_serving``: accepting on a listening socket;
 - ``_sock_sendfile_native`` / ``_sendfile_native``: os.sendfile() zero-copy.
@@ -48,9 +49,9 @@ def _set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 _SendfileMode: Any = getattr(constants, "_SendfileMode")
 
-# TLS: the native layer (csrc/loop/tls_transport.c) unless PYASYNC_C_NATIVE_TLS=0;
-# otherwise asyncio's SSLProtocol over our socket transport.
-_NATIVE_TLS = os.environ.get("PYASYNC_C_NATIVE_TLS", "0") not in ("0", "")
+# TLS: the native layer (csrc/loop/tls_transport.c) unless PYASYNC_C_NATIVE_TLS=0,
+# which selects asyncio's own SSLProtocol over our socket transport.
+_NATIVE_TLS = os.environ.get("PYASYNC_C_NATIVE_TLS", "1").strip() != "0"
 
 # asyncio's loop code asks transports these questions through class attributes.
 setattr(_loop.SocketTransport, "_start_tls_compatible", True)

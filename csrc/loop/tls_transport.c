@@ -993,8 +993,9 @@ read_copied(SSLProtocolObject *self)
             goto error;
         }
         PyObject *app = Py_NewRef(self->app_protocol);
-        PyObject *args[2] = {app, data};
-        PyObject *r = PyObject_VectorcallMethod(G.module_state->str_data_received, args,
+        /* slot 0 is scratch space for the callee (ARGUMENTS_OFFSET) */
+        PyObject *args[3] = {NULL, app, data};
+        PyObject *r = PyObject_VectorcallMethod(G.module_state->str_data_received, args + 1,
                                                 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         Py_DECREF(app);
         Py_CLEAR(data);
