@@ -521,3 +521,45 @@ def test_data_after_close_notify_is_discarded(arun, tls_files):
             assert proto.names() == ["made", "data", "eof", "lost"]
             assert await server == b""
     arun(main())
+
+
+def test_tls_inside_tls(arun, tls_files):
+    """start_tls over a TLS transport: the inner layer is the outer one's
+    BufferedProtocol (its own buffer, not the socket transport's)."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        inner_done: asyncio.Future = loop.create_future()
+
+        class Upgrader(Recorder):
+            def data_received(self, data):
+                super().data_received(data)
+                self.transport.write(b"OK")
+                self.transport.pause_reading()
+                asyncio.ensure_future(self.upgrade())
+
+            async def upgrade(self):
+                inner = Recorder()
+                new = await loop.start_tls(self.transport, inner, server_context(tls_files),
+                                           server_side=True)
+                inner.transport = new
+                data = await inner.wait_data(5 * 100_000)
+                new.write(data[::-1])
+                inner_done.set_result(inner)
+
+        async with tcp_server(Upgrader, ssl=server_context(tls_files)) as server:
+            tr, outer = await tls_connect(server, tls_files)
+            tr.write(b"go")
+            assert await outer.wait_data(2) == b"OK"
+            proto = Recorder()
+            inner_tr = await loop.start_tls(tr, proto, client_context(tls_files),
+                                            server_hostname="localhost")
+            proto.transport = inner_tr
+            message = payload(5 * 100_000)
+            inner_tr.write(message)
+            assert await proto.wait_data(len(message), timeout=8) == message[::-1]
+            inner_tr.close()
+            assert await proto.wait_lost() is None
+            server_inner = await inner_done
+            await server_inner.wait_lost()
+            tr.close()
+    arun(main())
