@@ -563,3 +563,26 @@ def test_tls_inside_tls(arun, tls_files):
             await server_inner.wait_lost()
             tr.close()
     arun(main())
+
+
+def test_corrupt_record_after_handshake(arun, tls_files):
+    """A record that does not decrypt: connection_lost(ssl.SSLError), no
+    data, nothing for the exception handler (an OSError), as asyncio."""
+    from net_util import listener
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        handler = ExceptionHandlerRecorder().install()
+        with listener() as lst:
+            server = asyncio.ensure_future(_manual_tls_server(
+                lst, server_context(tls_files), ["raw:\x17\x03\x03\x00\x20" + "x" * 32]))
+            tr, proto = await loop.create_connection(
+                Recorder, *lst.getsockname(), ssl=client_context(tls_files),
+                server_hostname="localhost")
+            exc = await proto.wait_lost()
+            assert isinstance(exc, ssl.SSLError), exc
+            assert proto.names() == ["made", "lost"]
+            assert tr.is_closing()
+            await server
+        assert handler.contexts == []
+    arun(main())
