@@ -586,3 +586,37 @@ def test_corrupt_record_after_handshake(arun, tls_files):
             await server
         assert handler.contexts == []
     arun(main())
+
+
+def test_many_concurrent_handshakes(arun, tls_files):
+    """200 TLS connections at once, each an echo then close: all succeed, no fd left."""
+    from net_util import fd_leak, open_fds
+
+    async def main():
+        async def handle(reader, writer):
+            writer.write(await reader.readexactly(10))
+            await writer.drain()
+            writer.close()
+
+        before = open_fds()
+        server = await asyncio.start_server(handle, "127.0.0.1", 0,
+                                            ssl=server_context(tls_files), backlog=512)
+        port = server_port(server)
+        cctx = client_context(tls_files)
+
+        async def one(i: int) -> bytes:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=cctx, server_hostname="localhost")
+            writer.write(b"%010d" % i)
+            data = await reader.readexactly(10)
+            writer.close()
+            await writer.wait_closed()
+            return data
+
+        results = await asyncio.gather(*(one(i) for i in range(200)))
+        assert results == [b"%010d" % i for i in range(200)]
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
+        assert not fd_leak(before)
+    arun(main(), timeout=30)
