@@ -620,3 +620,18 @@ def test_many_concurrent_handshakes(arun, tls_files):
         await asyncio.sleep(0.05)
         assert not fd_leak(before)
     arun(main(), timeout=30)
+
+
+def test_debug_mode_logs_handshake(arun, tls_files, caplog):
+    async def main():
+        async with tcp_server(ssl=server_context(tls_files)) as server:
+            tr, proto = await tls_connect(server, tls_files)
+            tr.write(b"dbg")
+            assert await proto.wait_data(3) == b"dbg"
+            tr.close()
+            await proto.wait_lost()
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        arun(main(), debug=True)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.endswith("starts SSL handshake") for m in messages), messages
+    assert any("SSL handshake took" in m and m.endswith(" ms") for m in messages), messages
