@@ -149,8 +149,8 @@ static struct {
     PyObject *str_write, *str_close, *str_abort, *str_force_close, *str_pause_reading,
         *str_resume_reading, *str_get_extra_info, *str_call_later, *str_call_soon, *str_cancel,
         *str_get_debug, *str_time, *str_debug, *str_warning, *str_wrap_bio, *str_server_side,
-        *str_server_hostname, *str_sslobj, *str_release, *str_check_handshake,
-        *str_check_shutdown, *str_resume_cb, *str_do_read_cb, *str_exc_info, *str_done;
+        *str_server_hostname, *str_sslobj, *str_check_handshake,
+        *str_check_shutdown, *str_resume_cb, *str_exc_info;
 } G;
 
 static int
@@ -2549,11 +2549,10 @@ tls_transport_init(PyObject *module, ModuleState *state)
         {&G.str_cancel, "cancel"}, {&G.str_get_debug, "get_debug"}, {&G.str_time, "time"},
         {&G.str_debug, "debug"}, {&G.str_warning, "warning"}, {&G.str_wrap_bio, "wrap_bio"},
         {&G.str_server_side, "server_side"}, {&G.str_server_hostname, "server_hostname"},
-        {&G.str_sslobj, "_sslobj"}, {&G.str_release, "release"},
+        {&G.str_sslobj, "_sslobj"},
         {&G.str_check_handshake, "_check_handshake_timeout"},
         {&G.str_check_shutdown, "_check_shutdown_timeout"},
-        {&G.str_resume_cb, "_resume_reading_cb"}, {&G.str_do_read_cb, "_do_read"},
-        {&G.str_exc_info, "exc_info"}, {&G.str_done, "done"},
+        {&G.str_resume_cb, "_resume_reading_cb"}, {&G.str_exc_info, "exc_info"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (intern_name(names[i].slot, names[i].text) < 0) {
