@@ -71,6 +71,7 @@ def load_registry() -> dict[str, Workload]:
     """Import the workload modules (they register themselves) and return the registry."""
     importlib.import_module("workloads_loop")
     importlib.import_module("workloads_primitives")
+    importlib.import_module("workloads_tls")
     importlib.import_module("net.runner")
     return REGISTRY
 

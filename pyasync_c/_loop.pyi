@@ -113,6 +113,29 @@ class DatagramTransport(_TransportCore, asyncio.transports._FlowControlMixin, as
     def __init__(self, loop: LoopCore, sock: socket.socket, protocol: Any, address: Any = None,
                  waiter: Any = None, extra: dict[str, Any] | None = None) -> None: ...
 
+class SSLProtocol(asyncio.BufferedProtocol):
+    """asyncio's sslproto.SSLProtocol in C (csrc/loop/tls_transport.c)."""
+    max_size: int
+    _app_transport: SSLTransport | None
+    _app_protocol: Any
+    _transport: Any
+    _sslobj: Any
+    def __init__(self, loop: Any, app_protocol: Any, sslcontext: Any, waiter: Any,
+                 server_side: bool = False, server_hostname: str | None = None,
+                 call_connection_made: bool = True, ssl_handshake_timeout: float | None = None,
+                 ssl_shutdown_timeout: float | None = None) -> None: ...
+    def data_received(self, data: Any) -> None: ...
+
+class SSLTransport(asyncio.transports._FlowControlMixin, asyncio.Transport):
+    """The application's transport of a TLS connection (made by SSLProtocol)."""
+    _ssl_protocol: SSLProtocol | None
+    _closed: bool
+    def set_read_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+    def get_read_buffer_limits(self) -> tuple[int, int]: ...
+    def get_read_buffer_size(self) -> int: ...
+    def _force_close(self, exc: BaseException | None) -> None: ...
+    def _test__append_write_backlog(self, data: Any) -> None: ...
+
 def getaddrinfo(loop: LoopCore, host: bytes | str | None, port: bytes | str | int | None,
                 family: int = 0, type: int = 0, proto: int = 0,
                 flags: int = 0) -> asyncio.Future[list[tuple[socket.AddressFamily | int, socket.SocketKind | int, int, str, Any]]]: ...

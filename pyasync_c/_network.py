@@ -7,8 +7,9 @@ create_datagram_endpoint, connect_read_pipe/connect_write_pipe, start_tls,
 sendfile and sock_sendfile on top of a few factory hooks; this mixin provides
 those hooks with pyasync_c's C transports (csrc/loop/*_transport.c):
 
-- ``_make_socket_transport`` / ``_make_ssl_transport`` (asyncio's SSLProtocol
-  over our socket transport) / ``_make_datagram_transport`` /
+- ``_make_socket_transport`` / ``_make_ssl_transport`` and ``start_tls`` (the
+  native SSLProtocol of csrc/loop/tls_transport.c over our socket transport;
+  asyncio's own with PYASYNC_C_NATIVE_TLS=0) / ``_make_datagram_transport`` /
   ``_make_read_pipe_transport`` / ``_make_write_pipe_transport``;
 - ``_start_serving`` / ``_stop_serving``: accepting on a listening socket;
 - ``_sock_sendfile_native`` / ``_sendfile_native``: os.sendfile() zero-copy.
@@ -48,10 +49,16 @@ def _set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 _SendfileMode: Any = getattr(constants, "_SendfileMode")
 
+# TLS: the native layer (csrc/loop/tls_transport.c) unless PYASYNC_C_NATIVE_TLS=0,
+# which selects asyncio's own SSLProtocol over our socket transport.
+_NATIVE_TLS = os.environ.get("PYASYNC_C_NATIVE_TLS", "1").strip() != "0"
+
 # asyncio's loop code asks transports these questions through class attributes.
 setattr(_loop.SocketTransport, "_start_tls_compatible", True)
 setattr(_loop.SocketTransport, "_sendfile_compatible", _SendfileMode.TRY_NATIVE)
 setattr(_loop.SocketTransport, "max_size", 256 * 1024)
+setattr(_loop.SSLTransport, "_start_tls_compatible", True)
+setattr(_loop.SSLTransport, "_sendfile_compatible", _SendfileMode.FALLBACK)
 
 
 def _socket_extra(sock: socket.socket, extra: dict[str, Any] | None,
@@ -133,12 +140,49 @@ class NetworkMixin:
                             ssl_handshake_timeout: float | None = constants.SSL_HANDSHAKE_TIMEOUT,
                             ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
                             call_connection_made: bool = True) -> Any:
-        ssl_protocol = sslproto.SSLProtocol(
+        make_protocol = _loop.SSLProtocol if _NATIVE_TLS else sslproto.SSLProtocol
+        ssl_protocol = make_protocol(
             self._core(), protocol, sslcontext, waiter, server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]
             ssl_shutdown_timeout=ssl_shutdown_timeout,  # type: ignore[arg-type]
             call_connection_made=call_connection_made)
         self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    async def start_tls(self, transport: Any, protocol: Any, sslcontext: Any, *,
+                        server_side: bool = False, server_hostname: str | None = None,
+                        ssl_handshake_timeout: float | None = None,
+                        ssl_shutdown_timeout: float | None = None) -> Any:
+        """Upgrade transport to TLS (BaseEventLoop.start_tls, with the native
+        SSLProtocol when enabled); returns the new transport for protocol."""
+        if not _NATIVE_TLS:
+            return await super().start_tls(  # type: ignore[misc]
+                transport, protocol, sslcontext, server_side=server_side,
+                server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout)
+        import ssl
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, "
+                            f"got {sslcontext!r}")
+        if not getattr(transport, "_start_tls_compatible", False):
+            raise TypeError(f"transport {transport!r} is not supported by start_tls()")
+        waiter = self.create_future()
+        ssl_protocol = _loop.SSLProtocol(
+            self._core(), protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout, call_connection_made=False)
+        # No data_received before connection_made: reading resumes after it.
+        transport.pause_reading()
+        transport.set_protocol(ssl_protocol)
+        made = self._core().call_soon(ssl_protocol.connection_made, transport)
+        resumed = self._core().call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            made.cancel()
+            resumed.cancel()
+            raise
         return ssl_protocol._app_transport
 
     def _make_datagram_transport(self, sock: socket.socket, protocol: Any, address: Any = None,

@@ -237,6 +237,8 @@ struct LoopObject {
     PyObject *spare_bytes;       /* a received bytes object nobody kept, reused for the next
                                   * read that fits (stream_transport.c); NULL if none */
     Py_ssize_t spare_capacity;   /* the size spare_bytes was allocated with */
+    PyObject *tls_read_buffer;   /* bytearray our socket transports read TLS ciphertext into
+                                  * (tls_transport.c: get_buffer); NULL until the first */
     PollRecord *poll_records;    /* hash table poll -> record: each poll noted and not yet
                                   * forgotten (io_watchers.c); freed once empty after close */
     Py_ssize_t poll_records_capacity;  /* power of two, or 0 */

@@ -289,6 +289,7 @@ loop_dealloc(LoopObject *self)
     Py_CLEAR(self->watchers);
     Py_CLEAR(self->transports);
     Py_CLEAR(self->spare_bytes);
+    Py_CLEAR(self->tls_read_buffer);
     PyMem_Free(self->changed_polls);
     type->tp_free((PyObject *)self);
     Py_DECREF(type);

@@ -3,6 +3,7 @@
  * call (Future, Task, BaseEventLoop.create_task), imported once here. */
 #include "loop.h"
 #include "transport.h"
+#include "tls.h"
 
 #include <time.h>
 
@@ -100,6 +101,7 @@ loop_module_exec(PyObject *module)
         || sock_ops_init_type(module, state) < 0
         || dns_init(module, state) < 0
         || transports_init(module, state) < 0
+        || tls_transport_init(module, state) < 0
         || loop_core_init_type(module, state) < 0) {
         return -1;
     }
