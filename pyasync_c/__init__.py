@@ -23,7 +23,7 @@ __all__ = [
     "libuv_version", "Lock", "Event", "Semaphore", "BoundedSemaphore", "Queue",
     "LifoQueue", "PriorityQueue", "gather", "sleep", "PRIMITIVE_NAMES",
 ]
-__version__ = "0.1.0"
+from ._version import __version__
 
 _T = TypeVar("_T")
 
