@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 
-from ._version import __version__
+from ._version import __version__ as __version__
 
 __all__ = [
     "Loop", "Handle", "TimerHandle", "new_event_loop", "run", "install", "install_primitives",
@@ -126,6 +126,11 @@ def _policy_base() -> type:
 
 
 _policy_class: type | None = None
+
+if TYPE_CHECKING:
+    # Built by __getattr__ at run time (see below); this is its type.
+    class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+        """asyncio event loop policy whose loops are pyasync_c loops."""
 
 
 def __getattr__(name: str) -> Any:
