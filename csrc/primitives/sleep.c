@@ -703,7 +703,7 @@ prim_sleep(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *k
  *   inspect.iscoroutinefunction() is True on 3.11 (it only reads co_flags
  *   there) and later, and inspect.signature() gives (delay, result=None);
  * - a __dict__ holding asyncio's `_is_coroutine` mark and, on 3.12+, the
- *   one inspect.markcoroutinefunction() sets.
+ *   one inspect.markcoroutinefunction() sets (it is called on the object).
  * Like a builtin it does not bind as a method (__get__ returns itself), and
  * it pickles and copies by reference (its module and qualified name).
  * The one instance is process-wide, as the types above are. */
@@ -887,6 +887,27 @@ set_mark(PyObject *func, const char *attr, const char *module_name, const char *
     return r;
 }
 
+/* inspect.markcoroutinefunction(func) where it exists (3.12+): it stores
+ * inspect's private mark (whose name varies between versions) in __dict__. */
+static int
+mark_coroutine_function(PyObject *func)
+{
+    PyObject *inspect = PyImport_ImportModule("inspect");
+    if (inspect == NULL) return -1;
+    PyObject *mark = PyObject_GetAttrString(inspect, "markcoroutinefunction");
+    Py_DECREF(inspect);
+    if (mark == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+        PyErr_Clear();          /* 3.11: co_flags of __code__ are enough */
+        return 0;
+    }
+    PyObject *r = PyObject_CallOneArg(mark, func);
+    Py_DECREF(mark);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* A _CoroutineFunction calling `vectorcall`, with the signature `params`. */
 static PyObject *
 coroutine_function_new(PyObject *module, const char *name, const char *params, const char *doc,
@@ -912,7 +933,7 @@ coroutine_function_new(PyObject *module, const char *name, const char *params, c
     if (self->module == NULL || self->name == NULL || self->doc == NULL || self->code == NULL
         || self->annotations == NULL || self->dict == NULL
         || set_mark(op, "_is_coroutine", "asyncio.coroutines", "_is_coroutine") < 0
-        || set_mark(op, "_is_coroutine_marker", "inspect", "_is_coroutine_mark") < 0) {
+        || mark_coroutine_function(op) < 0) {
         Py_DECREF(op);
         return NULL;
     }
