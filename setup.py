@@ -141,12 +141,31 @@ def sources(folder: str) -> list[str]:
     return sorted(glob.glob(os.path.join("csrc", folder, "*.c")))
 
 
+def link_stamp(uv: dict[str, list[str]]) -> str:
+    """A file whose mtime changes when the way libuv is linked changes, so
+    that build_ext relinks _loop instead of reusing a build/ product made
+    the other way (it only compares the mtimes of sources and depends)."""
+    tag = sysconfig.get_config_var("EXT_SUFFIX") or sys.implementation.cache_tag
+    path = os.path.join("build", f"libuv-link{tag}.txt")
+    text = repr(sorted(uv.items())) + "\n"
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return path
+    except OSError:
+        pass
+    os.makedirs("build", exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def loop_extension() -> Extension:
     uv = uv_flags()
     return Extension(
         "pyasync_c._loop",
         sources=sources("loop"),
-        depends=glob.glob("csrc/loop/*.h") + uv.get("extra_objects", []),
+        depends=glob.glob("csrc/loop/*.h") + uv.get("extra_objects", []) + [link_stamp(uv)],
         extra_compile_args=compile_args,
         extra_link_args=link_args + uv.pop("extra_link_args", []),
         **uv,
