@@ -849,7 +849,8 @@ coroutine_stub_code(const char *name, const char *params, PyObject **defaults)
 {
     PyObject *src = PyUnicode_FromFormat("async def %s%s:\n    pass\n", name, params);
     if (src == NULL) return NULL;
-    PyObject *code = Py_CompileString(PyUnicode_AsUTF8(src), "<pyasync_c._primitives>", Py_file_input);
+    const char *text = PyUnicode_AsUTF8(src);
+    PyObject *code = text ? Py_CompileString(text, "<pyasync_c._primitives>", Py_file_input) : NULL;
     Py_DECREF(src);
     if (code == NULL) return NULL;
     PyObject *globals = PyDict_New();
