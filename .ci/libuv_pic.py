@@ -94,6 +94,9 @@ def source_entries(release: str) -> list[str]:
 
 
 def fetch_source(version: str, dest: str) -> str:
+    for tool, package in (("apt-get", "apt"), ("dpkg-source", "dpkg-dev")):
+        if shutil.which(tool) is None:
+            sys.exit(f"libuv_pic: {tool} is needed (Debian: apt-get install {package})")
     apt = os.path.join(WORK, "apt")
     for sub in ("lists/partial", "archives/partial", "sources.list.d"):
         os.makedirs(os.path.join(apt, sub), exist_ok=True)
