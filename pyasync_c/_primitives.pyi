@@ -3,7 +3,7 @@ import sys
 from asyncio import Future
 from collections import deque
 from types import GenericAlias, TracebackType
-from typing import Any, Awaitable, Coroutine, Generator, Generic, Literal, TypeVar, overload
+from typing import Any, Awaitable, Coroutine, Generator, Generic, Literal, TypeAlias, TypeVar, overload
 
 _T = TypeVar("_T")
 _T1 = TypeVar("_T1")
@@ -11,7 +11,10 @@ _T2 = TypeVar("_T2")
 _T3 = TypeVar("_T3")
 _T4 = TypeVar("_T4")
 _T5 = TypeVar("_T5")
+_T6 = TypeVar("_T6")
 _R = TypeVar("_R")
+# what gather() accepts (as typeshed spells it for asyncio.gather)
+_FutureLike: TypeAlias = Future[_T] | Awaitable[_T]
 
 class _WaitOp(Generic[_R]):
     """Awaitable returned by acquire()/wait()/put()/get()/join(); coroutine protocol."""
@@ -80,35 +83,52 @@ class Queue(Generic[_T]):
 class LifoQueue(Queue[_T]): ...
 class PriorityQueue(Queue[_T]): ...
 
-# gather(): same signature and behaviour as asyncio.gather
+# gather(): same signature and behaviour as asyncio.gather; the overloads have
+# typeshed's shapes: a tuple for 1-6 awaitables, else a list; return_exceptions=True
+# adds BaseException to each result's type.  (overload-overlap: the Literal[False]
+# and bool forms overlap by design, as in typeshed.)
 @overload
-def gather(coro_or_future1: Awaitable[_T1], /, *, return_exceptions: Literal[False] = False) -> Future[tuple[_T1]]: ...  # type: ignore[overload-overlap]
+def gather(coro_or_future1: _FutureLike[_T1], /, *, return_exceptions: Literal[False] = False) -> Future[tuple[_T1]]: ...  # type: ignore[overload-overlap]
 @overload
-def gather(coro_or_future1: Awaitable[_T1], coro_or_future2: Awaitable[_T2], /, *,  # type: ignore[overload-overlap]
-           return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2]]: ...
+def gather(coro_or_future1: _FutureLike[_T1], coro_or_future2: _FutureLike[_T2], /, *, return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2]]: ...  # type: ignore[overload-overlap]
 @overload
-def gather(coro_or_future1: Awaitable[_T1], coro_or_future2: Awaitable[_T2], coro_or_future3: Awaitable[_T3], /, *,  # type: ignore[overload-overlap]
-           return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2, _T3]]: ...
+def gather(coro_or_future1: _FutureLike[_T1], coro_or_future2: _FutureLike[_T2], coro_or_future3: _FutureLike[_T3], /, *, return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2, _T3]]: ...  # type: ignore[overload-overlap]
 @overload
-def gather(coro_or_future1: Awaitable[_T1], coro_or_future2: Awaitable[_T2], coro_or_future3: Awaitable[_T3],  # type: ignore[overload-overlap]
-           coro_or_future4: Awaitable[_T4], /, *,
-           return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2, _T3, _T4]]: ...
+def gather(coro_or_future1: _FutureLike[_T1], coro_or_future2: _FutureLike[_T2], coro_or_future3: _FutureLike[_T3], coro_or_future4: _FutureLike[_T4], /, *, return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2, _T3, _T4]]: ...  # type: ignore[overload-overlap]
 @overload
-def gather(coro_or_future1: Awaitable[_T1], coro_or_future2: Awaitable[_T2], coro_or_future3: Awaitable[_T3],  # type: ignore[overload-overlap]
-           coro_or_future4: Awaitable[_T4], coro_or_future5: Awaitable[_T5], /, *,
-           return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2, _T3, _T4, _T5]]: ...
+def gather(coro_or_future1: _FutureLike[_T1], coro_or_future2: _FutureLike[_T2], coro_or_future3: _FutureLike[_T3], coro_or_future4: _FutureLike[_T4], coro_or_future5: _FutureLike[_T5], /, *, return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2, _T3, _T4, _T5]]: ...  # type: ignore[overload-overlap]
 @overload
-def gather(*coros_or_futures: Awaitable[_T], return_exceptions: Literal[False] = False) -> Future[list[_T]]: ...
+def gather(coro_or_future1: _FutureLike[_T1], coro_or_future2: _FutureLike[_T2], coro_or_future3: _FutureLike[_T3], coro_or_future4: _FutureLike[_T4], coro_or_future5: _FutureLike[_T5], coro_or_future6: _FutureLike[_T6], /, *, return_exceptions: Literal[False] = False) -> Future[tuple[_T1, _T2, _T3, _T4, _T5, _T6]]: ...  # type: ignore[overload-overlap]
 @overload
-def gather(*coros_or_futures: Awaitable[_T], return_exceptions: bool) -> Future[list[_T | BaseException]]: ...
+def gather(*coros_or_futures: _FutureLike[_T], return_exceptions: Literal[False] = False) -> Future[list[_T]]: ...  # type: ignore[overload-overlap]
+@overload
+def gather(coro_or_future1: _FutureLike[_T1], /, *, return_exceptions: bool) -> Future[tuple[_T1 | BaseException]]: ...
+@overload
+def gather(coro_or_future1: _FutureLike[_T1], coro_or_future2: _FutureLike[_T2], /, *, return_exceptions: bool) -> Future[tuple[_T1 | BaseException, _T2 | BaseException]]: ...
+@overload
+def gather(coro_or_future1: _FutureLike[_T1], coro_or_future2: _FutureLike[_T2], coro_or_future3: _FutureLike[_T3], /, *, return_exceptions: bool) -> Future[tuple[_T1 | BaseException, _T2 | BaseException, _T3 | BaseException]]: ...
+@overload
+def gather(coro_or_future1: _FutureLike[_T1], coro_or_future2: _FutureLike[_T2], coro_or_future3: _FutureLike[_T3], coro_or_future4: _FutureLike[_T4], /, *, return_exceptions: bool) -> Future[tuple[_T1 | BaseException, _T2 | BaseException, _T3 | BaseException, _T4 | BaseException]]: ...
+@overload
+def gather(coro_or_future1: _FutureLike[_T1], coro_or_future2: _FutureLike[_T2], coro_or_future3: _FutureLike[_T3], coro_or_future4: _FutureLike[_T4], coro_or_future5: _FutureLike[_T5], /, *, return_exceptions: bool) -> Future[tuple[_T1 | BaseException, _T2 | BaseException, _T3 | BaseException, _T4 | BaseException, _T5 | BaseException]]: ...
+@overload
+def gather(coro_or_future1: _FutureLike[_T1], coro_or_future2: _FutureLike[_T2], coro_or_future3: _FutureLike[_T3], coro_or_future4: _FutureLike[_T4], coro_or_future5: _FutureLike[_T5], coro_or_future6: _FutureLike[_T6], /, *, return_exceptions: bool) -> Future[tuple[_T1 | BaseException, _T2 | BaseException, _T3 | BaseException, _T4 | BaseException, _T5 | BaseException, _T6 | BaseException]]: ...
+@overload
+def gather(*coros_or_futures: _FutureLike[_T], return_exceptions: bool) -> Future[list[_T | BaseException]]: ...
 
-# sleep(): same signature and behaviour as asyncio.sleep; it returns a native
-# coroutine-like object (delay <= 0: yields to the loop once, then returns
-# result; an int or float delay > 0: waits on a future and a call_later timer)
+# sleep(): same signature and behaviour as asyncio.sleep (a coroutine function:
+# inspect.iscoroutinefunction(sleep) is True); the call returns a native
+# coroutine-like object (delay <= 0: yields to the loop once, then returns result;
+# an int or float delay > 0: waits on a future and a call_later timer)
+# (async def, as typeshed's asyncio.sleep: mypy infers gather() results through
+# it where a `def ... -> Coroutine[...]` overload would give Any)
 @overload
-def sleep(delay: float, result: None = None) -> Coroutine[Any, Any, None]: ...
+async def sleep(delay: float) -> None: ...
 @overload
-def sleep(delay: float, result: _T) -> Coroutine[Any, Any, _T]: ...
+async def sleep(delay: float, result: _T) -> _T: ...
+
+# copy/deepcopy/pickle support of the classes above (their __reduce__)
+def _reconstruct(cls: type[_R], kind: str, state: Any, dict: dict[str, Any] | None, /) -> _R: ...
 
 # sleep()'s timer callback: set fut's result unless it was cancelled
 def _set_result_unless_cancelled(fut: Future[_T], result: _T) -> None: ...
