@@ -147,16 +147,37 @@ slice_start(Py_ssize_t pos, Py_ssize_t len)
     return pos > len ? len : pos;
 }
 
-/* sendall: one send() of `data` (the first attempt: the caller's object, as
- * asyncio) or of view[pos:].  Returns 1 when all was sent, 0 if not yet, -1
- * with an exception.  Only an int is a count; asyncio adds it to pos whatever
- * it is.  A pos past the end (or out of range) is an OSError here: asyncio
- * would send empty slices forever. */
+/* sendall: the byte length of a C-contiguous buffer; -1 with BufferError/TypeError. */
+static Py_ssize_t
+byte_length(PyObject *data)
+{
+    if (PyBytes_CheckExact(data)) {
+        return PyBytes_GET_SIZE(data);
+    }
+    Py_buffer buffer;
+    if (PyObject_GetBuffer(data, &buffer, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    Py_ssize_t len = buffer.len;
+    PyBuffer_Release(&buffer);
+    return len;
+}
+
+/* sendall: one send() of `data` itself (view NULL: the first attempt, as
+ * asyncio's) or of view[pos:] (the byte view, made only for a partial send).
+ * Returns 1 when all was sent, 0 if not yet, -1 with an exception.  Only an
+ * int is a count; asyncio adds it to pos whatever it is.  A pos past the end
+ * (or out of range) is an OSError here: asyncio would send empty slices
+ * forever.  The lengths only bound the arithmetic: the slice is always
+ * clamped to the view's own length. */
 static int
 send_some(PyObject *sock, PyObject *view, PyObject *data, Py_ssize_t *pos)
 {
-    Py_ssize_t len = PyMemoryView_GET_BUFFER(view)->len;
-    PyObject *chunk = data != NULL
+    Py_ssize_t len = view != NULL ? PyMemoryView_GET_BUFFER(view)->len : byte_length(data);
+    if (len < 0) {
+        return -1;
+    }
+    PyObject *chunk = view == NULL
         ? Py_NewRef(data)
         : PySequence_GetSlice(view, slice_start(*pos, len), len);
     if (chunk == NULL) {
@@ -177,7 +198,7 @@ send_some(PyObject *sock, PyObject *view, PyObject *data, Py_ssize_t *pos)
     if ((n == -1 && PyErr_Occurred()) || __builtin_add_overflow(*pos, n, &next) || next > len) {
         PyErr_Clear();
         PyErr_Format(PyExc_OSError, "sock.send() returned an invalid length: %R (it was given %zd bytes)",
-                     r, data != NULL ? len : len - slice_start(*pos, len));
+                     r, view == NULL ? len : len - slice_start(*pos, len));
         Py_DECREF(r);
         return -1;
     }
@@ -229,7 +250,7 @@ unpack_pair(PyObject *r)
 }
 
 /* One attempt of the operation: sock.<ops[op].method>(*args), except for
- * sendall (see send_some: args = (byte view, data or NULL)).  Returns 1 with
+ * sendall (see send_some: args = (byte view or NULL, data)).  Returns 1 with
  * *result (new reference) when finished, 0 when it would block, -1 with an
  * exception set. */
 static int
@@ -239,7 +260,7 @@ attempt(int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs, Py_ssiz
     PyObject *r;
     switch (op) {
     case OP_SENDALL: {
-        int rc = send_some(sock, args[0], nargs > 1 ? args[1] : NULL, pos);
+        int rc = send_some(sock, args[0], args[1], pos);
         if (rc == 1) {
             *result = Py_NewRef(Py_None);
         }
@@ -540,7 +561,7 @@ check_socket(LoopObject *loop, PyObject *sock)
 }
 
 /* Starts operation op on sock with the socket method's arguments (borrowed;
- * sendall: (byte view, data), the waiter keeps the view only). */
+ * sendall: (NULL, data); a waiter gets (byte view, NULL)). */
 static PyObject *
 start(LoopObject *loop, int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -570,11 +591,19 @@ start(LoopObject *loop, int op, PyObject *sock, PyObject *const *args, Py_ssize_
         Py_DECREF(fut);
         return NULL;
     }
-    if (op == OP_SENDALL) {
-        nargs = 1;  /* later sends slice the view */
+    PyObject *sendall_args[MAX_ARGS] = {NULL, NULL};
+    if (op == OP_SENDALL) {  /* later sends slice a byte view of the data */
+        sendall_args[0] = byte_view(args[1]);
+        if (sendall_args[0] == NULL) {
+            Py_DECREF(fut);
+            return NULL;
+        }
+        args = sendall_args;
+        nargs = 1;
     }
     SockWaiter *waiter = PyObject_GC_New(SockWaiter, loop->state->SockWaiterType);
     if (waiter == NULL) {
+        Py_XDECREF(sendall_args[0]);
         Py_DECREF(fut);
         return NULL;
     }
@@ -584,6 +613,7 @@ start(LoopObject *loop, int op, PyObject *sock, PyObject *const *args, Py_ssize_
     for (Py_ssize_t i = 0; i < MAX_ARGS; i++) {
         waiter->args[i] = i < nargs ? Py_NewRef(args[i]) : NULL;
     }
+    Py_XDECREF(sendall_args[0]);
     waiter->nargs = nargs;
     waiter->handle = NULL;
     waiter->pos = pos;
@@ -704,14 +734,8 @@ loop_sock_sendall(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (check_nargs("_sock_sendall", nargs, 2) < 0 || check_socket(self, args[0]) < 0) {
         return NULL;
     }
-    PyObject *view = byte_view(args[1]);
-    if (view == NULL) {
-        return NULL;
-    }
-    PyObject *call_args[2] = {view, args[1]};
-    PyObject *fut = start(self, OP_SENDALL, args[0], call_args, 2);
-    Py_DECREF(view);
-    return fut;
+    PyObject *call_args[2] = {NULL, args[1]};
+    return start(self, OP_SENDALL, args[0], call_args, 2);
 }
 
 /* The address is already resolved (loop.py); the checks ran there too. */
