@@ -411,16 +411,18 @@ class NetworkMixin:
             file_size = os.fstat(fileno).st_size
         except OSError:
             raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        # st_size is only the first block's size: /dev/zero, pipes and /proc files report 0
+        # (sent only with a count, as asyncio), and a file may grow meanwhile.  So, as
+        # asyncio: send `count` bytes, or without a count until os.sendfile() reports EOF.
         blocksize = count if count else file_size
         if not blocksize:
-            return 0  # empty file
+            return 0  # empty file, no count
         blocksize = min(blocksize, 0xFFFF_FFFF)
-        end = min(offset + count, file_size) if count else file_size
-        position = min(offset, file_size)
+        position = offset
         total = 0
         try:
             while True:
-                size = min(end - position, blocksize)
+                size = min(count - total, blocksize) if count else blocksize
                 if size <= 0:
                     return total
                 try:
@@ -432,7 +434,7 @@ class NetworkMixin:
                     if exc.errno == errno.ENOTCONN and type(exc) is not ConnectionError:
                         raise ConnectionError("socket is not connected", errno.ENOTCONN) from exc
                     if total == 0:
-                        # e.g. not an mmap-able file: BaseEventLoop falls back to send().
+                        # e.g. a pipe or a /proc file: BaseEventLoop falls back to send().
                         raise exceptions.SendfileNotAvailableError("os.sendfile call failed") from exc
                     raise
                 if sent == 0:

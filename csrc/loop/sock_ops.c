@@ -26,8 +26,16 @@
  * References: Watcher -> Handle -> SockWaiter -> (future, socket, arguments,
  * Handle); future -> its callbacks -> SockWaiter.  The cycles are broken by
  * the done-callback; the type is GC-tracked for loops closed with operations
- * pending.  sock_sendall holds a Py_buffer on the data until done (like
- * asyncio's memoryview), and resumes partial sends at `pos`.
+ * pending.
+ * sock_sendall keeps a byte memoryview of the data (like asyncio's
+ * memoryview): the first send() gets the data itself, later ones a slice of
+ * that view from `pos`, so whatever send() keeps holds its own export.
+ * `pos` follows asyncio's arithmetic on send()'s return values (a negative
+ * count moves it back; slices clamp as Python's do), so a buggy socket
+ * subclass gets asyncio's outcome, and never memory outside the data.
+ * Values from the socket object (a subclass's methods) are checked before use;
+ * the waiter's fields are passed to such calls as references of our own, as
+ * the done-callback may run meanwhile and drop the waiter's.
  */
 #include "loop.h"
 #include "transport.h"
@@ -50,8 +58,7 @@ typedef struct {
     PyObject *args[MAX_ARGS];  /* the socket method's arguments (ops[op]); unused: NULL */
     Py_ssize_t nargs;
     HandleObject *handle;   /* the reader/writer Handle we registered */
-    Py_buffer view;         /* sendall: the data (view.obj != NULL while held) */
-    Py_ssize_t pos;         /* sendall: bytes already sent */
+    Py_ssize_t pos;         /* sendall: asyncio's position in args[0]; may be < 0 */
     int fd;
     int op;
 } SockWaiter;
@@ -108,54 +115,174 @@ would_block(void)
     return 0;
 }
 
-/* One attempt of the operation: sock.<ops[op].method>(*args), except for
- * sendall (sends view from *pos).  Returns 1 with *result (new reference)
- * when finished, 0 when it would block, -1 with an exception set. */
+/* sendall: a C-contiguous buffer's bytes as a 1-D byte memoryview. */
+static PyObject *
+byte_view(PyObject *data)
+{
+    PyObject *view = PyMemoryView_FromObject(data);
+    if (view == NULL) {
+        return NULL;
+    }
+    Py_buffer *buffer = PyMemoryView_GET_BUFFER(view);
+    if (!PyBuffer_IsContiguous(buffer, 'C')) {
+        Py_DECREF(view);
+        PyErr_SetString(PyExc_BufferError, "memoryview: underlying buffer is not C-contiguous");
+        return NULL;
+    }
+    if (buffer->ndim == 1 && buffer->itemsize == 1) {
+        return view;
+    }
+    PyObject *bytes = PyObject_CallMethod(view, "cast", "s", "B");
+    Py_DECREF(view);
+    return bytes;
+}
+
+/* sendall: asyncio's `view[pos:]` start, clamped as a Python slice. */
+static Py_ssize_t
+slice_start(Py_ssize_t pos, Py_ssize_t len)
+{
+    if (pos < 0) {
+        return pos + len < 0 ? 0 : pos + len;
+    }
+    return pos > len ? len : pos;
+}
+
+/* sendall: the byte length of a C-contiguous buffer; -1 with BufferError/TypeError. */
+static Py_ssize_t
+byte_length(PyObject *data)
+{
+    if (PyBytes_CheckExact(data)) {
+        return PyBytes_GET_SIZE(data);
+    }
+    Py_buffer buffer;
+    if (PyObject_GetBuffer(data, &buffer, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    Py_ssize_t len = buffer.len;
+    PyBuffer_Release(&buffer);
+    return len;
+}
+
+/* sendall: one send() of `data` itself (view NULL: the first attempt, as
+ * asyncio's) or of view[pos:] (the byte view, made only for a partial send).
+ * Returns 1 when all was sent, 0 if not yet, -1 with an exception.  Only an
+ * int is a count; asyncio adds it to pos whatever it is.  A pos past the end
+ * (or out of range) is an OSError here: asyncio would send empty slices
+ * forever.  The lengths only bound the arithmetic: the slice is always
+ * clamped to the view's own length. */
 static int
-attempt(int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs, Py_buffer *view,
-        Py_ssize_t *pos, PyObject **result)
+send_some(PyObject *sock, PyObject *view, PyObject *data, Py_ssize_t *pos)
+{
+    Py_ssize_t len = view != NULL ? PyMemoryView_GET_BUFFER(view)->len : byte_length(data);
+    if (len < 0) {
+        return -1;
+    }
+    PyObject *chunk = view == NULL
+        ? Py_NewRef(data)
+        : PySequence_GetSlice(view, slice_start(*pos, len), len);
+    if (chunk == NULL) {
+        return -1;
+    }
+    PyObject *r = call_method(sock, s_send, chunk);
+    Py_DECREF(chunk);
+    if (r == NULL) {
+        return would_block() ? 0 : -1;
+    }
+    if (!PyLong_Check(r)) {
+        PyErr_Format(PyExc_TypeError, "sock.send() returned %.100s, not int", Py_TYPE(r)->tp_name);
+        Py_DECREF(r);
+        return -1;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(r);
+    Py_ssize_t next;
+    if ((n == -1 && PyErr_Occurred()) || __builtin_add_overflow(*pos, n, &next) || next > len) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_OSError, "sock.send() returned an invalid length: %R (it was given %zd bytes)",
+                     r, view == NULL ? len : len - slice_start(*pos, len));
+        Py_DECREF(r);
+        return -1;
+    }
+    Py_DECREF(r);
+    *pos = next;
+    return next == len;
+}
+
+/* accept: asyncio's `conn, address = sock.accept()` (any iterable of two). */
+static PyObject *
+unpack_pair(PyObject *r)
+{
+    if (PyTuple_CheckExact(r) && PyTuple_GET_SIZE(r) == 2) {
+        return Py_NewRef(r);
+    }
+    PyObject *iter = PyObject_GetIter(r);
+    if (iter == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Format(PyExc_TypeError, "cannot unpack non-iterable %.100s object", Py_TYPE(r)->tp_name);
+        }
+        return NULL;
+    }
+    PyObject *items[3] = {NULL, NULL, NULL};
+    Py_ssize_t got = 0;
+    while (got < 3) {
+        items[got] = PyIter_Next(iter);
+        if (items[got] == NULL) {
+            break;
+        }
+        got++;
+    }
+    Py_DECREF(iter);
+    PyObject *pair = NULL;
+    if (!PyErr_Occurred()) {
+        if (got == 2) {
+            pair = PyTuple_Pack(2, items[0], items[1]);
+        }
+        else if (got < 2) {
+            PyErr_Format(PyExc_ValueError, "not enough values to unpack (expected 2, got %zd)", got);
+        }
+        else {
+            PyErr_SetString(PyExc_ValueError, "too many values to unpack (expected 2)");
+        }
+    }
+    for (Py_ssize_t i = 0; i < got; i++) {
+        Py_DECREF(items[i]);
+    }
+    return pair;
+}
+
+/* One attempt of the operation: sock.<ops[op].method>(*args), except for
+ * sendall (see send_some: args = (byte view or NULL, data)).  Returns 1 with
+ * *result (new reference) when finished, 0 when it would block, -1 with an
+ * exception set. */
+static int
+attempt(int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t *pos,
+        PyObject **result)
 {
     PyObject *r;
     switch (op) {
     case OP_SENDALL: {
-        PyObject *rest = PyMemoryView_FromMemory((char *)view->buf + *pos, view->len - *pos, PyBUF_READ);
-        if (rest == NULL) {
-            return -1;
+        int rc = send_some(sock, args[0], args[1], pos);
+        if (rc == 1) {
+            *result = Py_NewRef(Py_None);
         }
-        r = call_method(sock, s_send, rest);
-        Py_DECREF(rest);
-        if (r == NULL) {
-            break;
-        }
-        Py_ssize_t n = PyLong_AsSsize_t(r);
-        Py_DECREF(r);
-        if (n == -1 && PyErr_Occurred()) {
-            return -1;
-        }
-        *pos += n;
-        if (*pos < view->len) {
-            return 0;
-        }
-        *result = Py_NewRef(Py_None);
-        return 1;
+        return rc;
     }
     case OP_ACCEPT: {
         r = call_method(sock, s_accept, NULL);
         if (r == NULL) {
             break;
         }
-        if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 2) {
-            Py_DECREF(r);
-            PyErr_SetString(PyExc_TypeError, "sock.accept() must return a (conn, address) pair");
+        PyObject *pair = unpack_pair(r);
+        Py_DECREF(r);
+        if (pair == NULL) {
             return -1;
         }
-        PyObject *done = call_method(PyTuple_GET_ITEM(r, 0), s_setblocking, Py_False);
+        PyObject *done = call_method(PyTuple_GET_ITEM(pair, 0), s_setblocking, Py_False);
         if (done == NULL) {
-            Py_DECREF(r);
+            Py_DECREF(pair);
             return -1;
         }
         Py_DECREF(done);
-        *result = r;
+        *result = pair;
         return 1;
     }
     default:  /* recv, recv_into, recvfrom, recvfrom_into, sendto, connect */
@@ -169,41 +296,48 @@ attempt(int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs, Py_buff
     return 1;
 }
 
-/* The writer callback of a pending connect: the outcome is in SO_ERROR. */
+/* The writer callback of a pending connect: the outcome is in SO_ERROR;
+ * as asyncio, any value != 0 is OSError(value, message), and one that makes
+ * a BlockingIOError/InterruptedError means "wait again". */
 static int
-connect_outcome(SockWaiter *self, PyObject **result)
+connect_outcome(PyObject *sock, PyObject *address, PyObject **result)
 {
     PyObject *level = PyLong_FromLong(SOL_SOCKET), *name = PyLong_FromLong(SO_ERROR);
-    PyObject *r = NULL;
+    PyObject *err = NULL;
     if (level != NULL && name != NULL) {
-        PyObject *args[3] = {self->sock, level, name};
-        r = PyObject_VectorcallMethod(s_getsockopt, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        PyObject *args[3] = {sock, level, name};
+        err = PyObject_VectorcallMethod(s_getsockopt, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
     Py_XDECREF(level);
     Py_XDECREF(name);
-    if (r == NULL) {
+    if (err == NULL) {
         return would_block() ? 0 : -1;
     }
-    long err = PyLong_AsLong(r);
-    Py_DECREF(r);
-    if (err == -1 && PyErr_Occurred()) {
+    PyObject *zero = PyLong_FromLong(0);
+    int failed = zero ? PyObject_RichCompareBool(err, zero, Py_NE) : -1;
+    Py_XDECREF(zero);
+    if (failed <= 0) {
+        Py_DECREF(err);
+        if (failed == 0) {
+            *result = Py_NewRef(Py_None);
+            return 1;
+        }
         return -1;
     }
-    if (err == 0) {
-        *result = Py_NewRef(Py_None);
-        return 1;
-    }
-    PyObject *message = PyUnicode_FromFormat("Connect call failed %S", self->args[0]);
+    PyObject *message = PyUnicode_FromFormat("Connect call failed %S", address);
     if (message == NULL) {
+        Py_DECREF(err);
         return -1;
     }
     /* OSError(errno, msg) picks the subclass (ConnectionRefusedError...). */
-    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "lO", err, message);
+    PyObject *exc = PyObject_CallFunctionObjArgs(PyExc_OSError, err, message, NULL);
     Py_DECREF(message);
+    Py_DECREF(err);
     if (exc == NULL) {
         return -1;
     }
-    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) {  /* asyncio waits again */
+    if (PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_BlockingIOError)
+        || PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_InterruptedError)) {
         Py_DECREF(exc);
         return 0;
     }
@@ -255,9 +389,6 @@ waiter_release(SockWaiter *self)
     }
     self->nargs = 0;
     Py_CLEAR(self->handle);
-    if (self->view.obj != NULL) {
-        PyBuffer_Release(&self->view);
-    }
 }
 
 static int
@@ -309,19 +440,33 @@ waiter_call(SockWaiter *self, PyObject *args, PyObject *kwargs)
         Py_DECREF(fut);
         return is_done < 0 ? NULL : Py_NewRef(Py_None);
     }
+    /* References of our own: the socket's methods run Python, which may run
+     * the done-callback (dropping the waiter's). */
+    PyObject *sock = Py_NewRef(self->sock);
+    PyObject *call_args[MAX_ARGS];
+    Py_ssize_t call_nargs = self->nargs;
+    for (Py_ssize_t i = 0; i < call_nargs; i++) {
+        call_args[i] = Py_NewRef(self->args[i]);
+    }
     PyObject *result = NULL;
     int rc = self->op == OP_CONNECT
-        ? connect_outcome(self, &result)
-        : attempt(self->op, self->sock, self->args, self->nargs, &self->view, &self->pos, &result);
+        ? connect_outcome(sock, call_args[0], &result)
+        : attempt(self->op, sock, call_args, call_nargs, &self->pos, &result);
+    int status = 0;
     if (rc < 0 && take_exception(&result) < 0) {
-        Py_DECREF(fut);
-        return NULL;
+        status = -1;
     }
-    if (rc != 0 && complete(fut, rc, result) < 0) {
-        Py_DECREF(fut);
-        return NULL;
+    else if (rc != 0 && complete(fut, rc, result) < 0) {
+        status = -1;
     }
+    for (Py_ssize_t i = 0; i < call_nargs; i++) {
+        Py_DECREF(call_args[i]);
+    }
+    Py_DECREF(sock);
     Py_DECREF(fut);
+    if (status < 0) {
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -336,7 +481,6 @@ waiter_traverse(SockWaiter *self, visitproc visit, void *arg)
         Py_VISIT(self->args[i]);
     }
     Py_VISIT(self->handle);
-    Py_VISIT(self->view.obj);
     return 0;
 }
 
@@ -374,17 +518,11 @@ static PyType_Spec waiter_spec = {
     .slots = waiter_slots,
 };
 
-/* asyncio's checks: no SSL socket; in debug mode, a non-blocking socket. */
+/* asyncio's checks: no SSL socket; in debug mode, a non-blocking socket.
+ * (A transport on the fd matters only to an operation that must wait: start.) */
 static int
 check_socket(LoopObject *loop, PyObject *sock)
 {
-    int fd = PyObject_AsFileDescriptor(sock);
-    if (fd < 0) {
-        PyErr_Clear();  /* a closed socket: the syscall reports it */
-    }
-    else if (transport_check_fd_free(loop, fd) < 0) {
-        return -1;
-    }
     if (check_ssl_socket == NULL) {
         PyObject *base_events = PyImport_ImportModule("asyncio.base_events");
         if (base_events == NULL) {
@@ -422,15 +560,14 @@ check_socket(LoopObject *loop, PyObject *sock)
     return 0;
 }
 
-/* Starts operation op on sock with the socket method's arguments (borrowed);
- * `view` (sendall) is moved into the waiter. */
+/* Starts operation op on sock with the socket method's arguments (borrowed;
+ * sendall: (NULL, data); a waiter gets (byte view, NULL)). */
 static PyObject *
-start(LoopObject *loop, int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs,
-      Py_buffer *view)
+start(LoopObject *loop, int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t pos = 0;
     PyObject *result = NULL;
-    int rc = attempt(op, sock, args, nargs, view, &pos, &result);
+    int rc = attempt(op, sock, args, nargs, &pos, &result);
     if (rc < 0 && (op != OP_CONNECT || take_exception(&result) < 0)) {
         return NULL;  /* raised by the coroutine at once, as asyncio does */
     }
@@ -447,13 +584,26 @@ start(LoopObject *loop, int op, PyObject *sock, PyObject *const *args, Py_ssize_
         }
         return fut;
     }
-    int fd = PyObject_AsFileDescriptor(sock);  /* only now: a closed socket failed above */
-    if (fd < 0) {
+    /* Only now, as asyncio: a closed socket failed above, and an operation
+     * that completes at once does not care about a transport on the fd. */
+    int fd = PyObject_AsFileDescriptor(sock);
+    if (fd < 0 || transport_check_fd_free(loop, fd) < 0) {
         Py_DECREF(fut);
         return NULL;
     }
+    PyObject *sendall_args[MAX_ARGS] = {NULL, NULL};
+    if (op == OP_SENDALL) {  /* later sends slice a byte view of the data */
+        sendall_args[0] = byte_view(args[1]);
+        if (sendall_args[0] == NULL) {
+            Py_DECREF(fut);
+            return NULL;
+        }
+        args = sendall_args;
+        nargs = 1;
+    }
     SockWaiter *waiter = PyObject_GC_New(SockWaiter, loop->state->SockWaiterType);
     if (waiter == NULL) {
+        Py_XDECREF(sendall_args[0]);
         Py_DECREF(fut);
         return NULL;
     }
@@ -463,13 +613,9 @@ start(LoopObject *loop, int op, PyObject *sock, PyObject *const *args, Py_ssize_
     for (Py_ssize_t i = 0; i < MAX_ARGS; i++) {
         waiter->args[i] = i < nargs ? Py_NewRef(args[i]) : NULL;
     }
+    Py_XDECREF(sendall_args[0]);
     waiter->nargs = nargs;
     waiter->handle = NULL;
-    waiter->view.obj = NULL;
-    if (view != NULL) {
-        waiter->view = *view;  /* moved: the waiter releases it */
-        view->obj = NULL;
-    }
     waiter->pos = pos;
     waiter->fd = fd;
     waiter->op = op;
@@ -526,7 +672,7 @@ sock_op(LoopObject *self, const char *name, int op, PyObject *const *args, Py_ss
     if (check_nargs(name, nargs, expected) < 0 || check_socket(self, args[0]) < 0) {
         return NULL;
     }
-    return start(self, op, args[0], args + 1, nargs - 1, NULL);
+    return start(self, op, args[0], args + 1, nargs - 1);
 }
 
 PyObject *
@@ -571,7 +717,7 @@ loop_sock_recvfrom_into(LoopObject *self, PyObject *const *args, Py_ssize_t narg
         }
     }
     PyObject *call_args[2] = {args[1], nbytes};
-    PyObject *fut = start(self, OP_RECVFROM_INTO, args[0], call_args, 2, NULL);
+    PyObject *fut = start(self, OP_RECVFROM_INTO, args[0], call_args, 2);
     Py_DECREF(nbytes);
     return fut;
 }
@@ -588,15 +734,8 @@ loop_sock_sendall(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (check_nargs("_sock_sendall", nargs, 2) < 0 || check_socket(self, args[0]) < 0) {
         return NULL;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    PyObject *fut = start(self, OP_SENDALL, args[0], NULL, 0, &view);
-    if (view.obj != NULL) {  /* not moved into a waiter */
-        PyBuffer_Release(&view);
-    }
-    return fut;
+    PyObject *call_args[2] = {NULL, args[1]};
+    return start(self, OP_SENDALL, args[0], call_args, 2);
 }
 
 /* The address is already resolved (loop.py); the checks ran there too. */
@@ -606,7 +745,7 @@ loop_sock_connect(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (check_nargs("_sock_connect", nargs, 2) < 0) {
         return NULL;
     }
-    return start(self, OP_CONNECT, args[0], args + 1, 1, NULL);
+    return start(self, OP_CONNECT, args[0], args + 1, 1);
 }
 
 PyObject *
@@ -615,7 +754,7 @@ loop_sock_accept(LoopObject *self, PyObject *sock)
     if (check_socket(self, sock) < 0) {
         return NULL;
     }
-    return start(self, OP_ACCEPT, sock, NULL, 0, NULL);
+    return start(self, OP_ACCEPT, sock, NULL, 0);
 }
 
 PyObject *

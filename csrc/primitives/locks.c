@@ -34,14 +34,25 @@ typedef struct {
     char value;
 } EventObject;
 
+/* A Semaphore counter.  asyncio keeps whatever value it was given and updates
+ * it with `-= 1`, `+= 1`, `== 0`, `> 0`, `>=`: a float, a bool, a huge int or
+ * a number-like object all work there.  Here an exact int that fits is a C
+ * integer (`obj` NULL: the fast paths); anything else is kept as the object
+ * and goes through the same Python operations (which may run Python code and
+ * fail).  A result that is again a small exact int goes back to `n`. */
+typedef struct {
+    Py_ssize_t n;
+    PyObject *obj;
+} semval_t;
+
 typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
     waitq_t waiters;
     int waiters_made;
-    Py_ssize_t value;
-    Py_ssize_t bound_value;
+    semval_t value;
+    semval_t bound_value;
     char locked_hook;        /* a Python subclass overrides locked(): acquire and
                               * repr call it, as asyncio's do */
 } SemObject;
@@ -554,12 +565,91 @@ static PyType_Spec event_spec = {
 /* ------------------------------------------------------------------ */
 /* Semaphore / BoundedSemaphore                                        */
 
+/* ---- the counter (semval_t) ---- */
+
+/* Stores v (borrowed) into *val. */
+static void
+semval_store(semval_t *val, PyObject *v)
+{
+    if (PyLong_CheckExact(v)) {
+        int overflow = 0;
+        long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+        /* +-1 must not overflow n: keep one step of margin on both sides */
+        if (!overflow && n > -(long long)PY_SSIZE_T_MAX && n < (long long)PY_SSIZE_T_MAX) {
+            val->n = (Py_ssize_t)n;
+            Py_CLEAR(val->obj);
+            return;
+        }
+        PyErr_Clear();
+    }
+    Py_XSETREF(val->obj, Py_NewRef(v));
+}
+
+/* The counter as asyncio's `_value` (new reference). */
+static PyObject *
+semval_get(const semval_t *val)
+{
+    return val->obj ? Py_NewRef(val->obj) : PyLong_FromSsize_t(val->n);
+}
+
+/* `value += delta` (delta is +1 or -1): 0, or -1 with an exception. */
+static int
+semval_add(semval_t *val, int delta)
+{
+    if (val->obj == NULL) {
+        val->n += delta;  /* semval_store keeps a step of margin */
+        if (val->n > -PY_SSIZE_T_MAX && val->n < PY_SSIZE_T_MAX) return 0;
+        val->obj = PyLong_FromSsize_t(val->n);  /* leave the C range */
+        if (val->obj == NULL) {
+            val->n -= delta;
+            return -1;
+        }
+        return 0;
+    }
+    /* The old value is ours during the call: Python code may store another. */
+    PyObject *old = Py_NewRef(val->obj);
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *r = one == NULL ? NULL
+                  : delta > 0 ? PyNumber_InPlaceAdd(old, one) : PyNumber_InPlaceSubtract(old, one);
+    Py_XDECREF(one);
+    Py_DECREF(old);
+    if (r == NULL) return -1;
+    semval_store(val, r);
+    Py_DECREF(r);
+    return 0;
+}
+
+/* `value <op> 0` for op Py_EQ or Py_GT: 1/0/-1. */
+static int
+semval_cmp_zero(const semval_t *val, int op)
+{
+    if (val->obj == NULL) return op == Py_EQ ? val->n == 0 : val->n > 0;
+    PyObject *v = Py_NewRef(val->obj);
+    PyObject *zero = PyLong_FromLong(0);
+    int r = zero ? PyObject_RichCompareBool(v, zero, op) : -1;
+    Py_XDECREF(zero);
+    Py_DECREF(v);
+    return r;
+}
+
+/* `a >= b`: 1/0/-1. */
+static int
+semval_ge(const semval_t *a, const semval_t *b)
+{
+    if (a->obj == NULL && b->obj == NULL) return a->n >= b->n;
+    PyObject *x = semval_get(a), *y = semval_get(b);
+    int r = (x && y) ? PyObject_RichCompareBool(x, y, Py_GE) : -1;
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    return r;
+}
+
 static PyObject *
 sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     SemObject *self = (SemObject *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
-    self->value = self->bound_value = 1;
+    self->value.n = self->bound_value.n = 1;
     PyTypeObject *own = own_base(type);
     if (own != type && own != NULL)
         self->locked_hook = _PyType_Lookup(type, prim_shared.s_locked)
@@ -567,8 +657,9 @@ sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
+/* __init__(self, value=1): the argument (borrowed; NULL: the default). */
 static int
-parse_value(PyObject *args, PyObject *kwds, const char *cls, Py_ssize_t *out)
+parse_value(PyObject *args, PyObject *kwds, const char *cls, PyObject **out)
 {
     PyObject *v = NULL;
     Py_ssize_t nargs = PyTuple_GET_SIZE(args);
@@ -595,51 +686,57 @@ parse_value(PyObject *args, PyObject *kwds, const char *cls, Py_ssize_t *out)
             }
         }
     }
+    *out = v;
+    return 0;
+}
+
+/* asyncio's `if value < 0: raise ValueError(...)`, then `self._value = value`
+ * (BoundedSemaphore stores _bound_value first). */
+static int
+sem_init_value(PyObject *op, PyObject *args, PyObject *kwds, const char *cls, int bounded)
+{
+    SemObject *self = (SemObject *)op;
+    PyObject *v;
+    if (parse_value(args, kwds, cls, &v) < 0) return -1;
     if (v == NULL) {
-        *out = 1;
-        return 0;
+        v = PyLong_FromLong(1);
+        if (v == NULL) return -1;
     }
-    PyObject *idx = PyNumber_Index(v);
-    if (idx == NULL) return -1;
-    int overflow = 0;
-    long long x = PyLong_AsLongLongAndOverflow(idx, &overflow);
-    Py_DECREF(idx);
-    if (x == -1 && PyErr_Occurred()) return -1;
-    if (overflow < 0 || x < 0) {
+    else {
+        Py_INCREF(v);  /* ours while the comparison runs Python */
+    }
+    if (bounded) semval_store(&self->bound_value, v);
+    PyObject *zero = PyLong_FromLong(0);
+    int negative = zero ? PyObject_RichCompareBool(v, zero, Py_LT) : -1;
+    Py_XDECREF(zero);
+    if (negative == 0) semval_store(&self->value, v);
+    Py_DECREF(v);
+    if (negative < 0) return -1;
+    if (negative) {
         PyErr_SetString(PyExc_ValueError, "Semaphore initial value must be >= 0");
         return -1;
     }
-    if (overflow > 0 || x > PY_SSIZE_T_MAX / 2) {
-        PyErr_SetString(PyExc_OverflowError, "Semaphore initial value is too large");
-        return -1;
-    }
-    *out = (Py_ssize_t)x;
     return 0;
 }
 
 static int
 sem_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
-    Py_ssize_t v;
-    if (parse_value(args, kwds, "Semaphore", &v) < 0) return -1;
-    ((SemObject *)op)->value = v;
-    return 0;
+    return sem_init_value(op, args, kwds, "Semaphore", 0);
 }
 
 static int
 bsem_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
-    Py_ssize_t v;
-    if (parse_value(args, kwds, "BoundedSemaphore", &v) < 0) return -1;
-    ((SemObject *)op)->value = ((SemObject *)op)->bound_value = v;
-    return 0;
+    return sem_init_value(op, args, kwds, "BoundedSemaphore", 1);
 }
 
 /* locked(): value == 0 or any waiter not cancelled */
 static int
 sem_is_locked(SemObject *self)
 {
-    if (self->value == 0) return 1;
+    int zero = semval_cmp_zero(&self->value, Py_EQ);
+    if (zero != 0) return zero;
     if (waitq_len(&self->waiters) == 0) return 0;
     return waitq_any_not_cancelled(&self->waiters);
 }
@@ -664,9 +761,12 @@ sem_wake_next(SemObject *self)
     Py_ssize_t at;
     PyObject *fut = waitq_first_pending(&self->waiters, &at);
     if (fut == NULL) return PyErr_Occurred() ? -1 : 0;
-    self->value--;
+    if (semval_add(&self->value, -1) < 0) {
+        Py_DECREF(fut);
+        return -1;
+    }
     int r = prim_fut_set_result(fut, Py_True);
-    if (r == 0) waitq_mark_done(&self->waiters, fut, at);
+    if (r == 0) waitq_mark_done(&self->waiters, fut, at);  /* checks `at` still holds fut */
     Py_DECREF(fut);
     return r < 0 ? -1 : 1;
 }
@@ -679,7 +779,7 @@ sem_acquire_step(WaitOp *op, PyObject *exc, PyObject **res)
         int locked = sem_call_locked(self);
         if (locked < 0) return WOP_ERROR;
         if (!locked) {
-            self->value--;
+            if (semval_add(&self->value, -1) < 0) return WOP_ERROR;
             *res = op_result(op);
             return WOP_DONE;
         }
@@ -704,10 +804,13 @@ sem_acquire_step(WaitOp *op, PyObject *exc, PyObject **res)
         if (d) {
             int c = prim_fut_cancelled(fut);
             if (c < 0) return WOP_ERROR;
-            if (!c) self->value++;
+            if (!c && semval_add(&self->value, 1) < 0) return WOP_ERROR;
         }
     }
-    while (self->value > 0) {
+    for (;;) {
+        int positive = semval_cmp_zero(&self->value, Py_GT);
+        if (positive < 0) return WOP_ERROR;
+        if (!positive) break;
         int r = sem_wake_next(self);
         if (r < 0) return WOP_ERROR;
         if (r == 0) break;
@@ -719,13 +822,15 @@ sem_acquire_step(WaitOp *op, PyObject *exc, PyObject **res)
             int c = prim_fut_cancelled(fut);
             if (c < 0) return WOP_ERROR;
             if (!c) {
-                self->value++;
+                if (semval_add(&self->value, 1) < 0) return WOP_ERROR;
                 if (sem_wake_next(self) < 0) return WOP_ERROR;
             }
         }
         return waitop_reraise(exc);
     }
-    if (self->value > 0 && sem_wake_next(self) < 0) return WOP_ERROR;
+    int positive = semval_cmp_zero(&self->value, Py_GT);
+    if (positive < 0) return WOP_ERROR;
+    if (positive && sem_wake_next(self) < 0) return WOP_ERROR;
 #endif
     *res = op_result(op);
     return WOP_DONE;
@@ -745,8 +850,9 @@ sem_aenter(PyObject *op, PyObject *Py_UNUSED(a))
     PyObject *via_acquire;
     int overridden = subclass_aenter(op, &via_acquire);
     if (overridden != 0) return overridden > 0 ? via_acquire : NULL;
-    if (self->value > 0 && waitq_len(&self->waiters) == 0 && !self->locked_hook) {   /* see lock_aenter */
-        self->value--;
+    if (self->value.obj == NULL && self->value.n > 0 && waitq_len(&self->waiters) == 0
+        && !self->locked_hook) {   /* see lock_aenter */
+        self->value.n--;
         return prim_done_none();
     }
     return waitop_new(&sem_acquire_kind, op, NULL, TAG_RESULT_NONE);
@@ -757,8 +863,7 @@ static PyObject *
 sem_release(PyObject *op, PyObject *Py_UNUSED(a))
 {
     SemObject *self = (SemObject *)op;
-    self->value++;
-    if (sem_wake_next(self) < 0) return NULL;
+    if (semval_add(&self->value, 1) < 0 || sem_wake_next(self) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -766,7 +871,9 @@ static PyObject *
 bsem_release(PyObject *op, PyObject *a)
 {
     SemObject *self = (SemObject *)op;
-    if (self->value >= self->bound_value) {
+    int full = semval_ge(&self->value, &self->bound_value);
+    if (full < 0) return NULL;
+    if (full) {
         PyErr_SetString(PyExc_ValueError, "BoundedSemaphore released too many times");
         return NULL;
     }
@@ -787,8 +894,20 @@ sem_repr(PyObject *op)
     SemObject *self = (SemObject *)op;
     int l = sem_call_locked(self);
     if (l < 0) return NULL;
-    PyObject *extra = l ? PyUnicode_FromString("locked")
-                        : PyUnicode_FromFormat("unlocked, value:%zd", self->value);
+    PyObject *extra;
+    if (l) {
+        extra = PyUnicode_FromString("locked");
+    }
+    else if (self->value.obj == NULL) {
+        extra = PyUnicode_FromFormat("unlocked, value:%zd", self->value.n);
+    }
+    else {  /* f'{self._value}' */
+        PyObject *v = Py_NewRef(self->value.obj);
+        PyObject *text = PyObject_Format(v, NULL);
+        Py_DECREF(v);
+        extra = text ? PyUnicode_FromFormat("unlocked, value:%U", text) : NULL;
+        Py_XDECREF(text);
+    }
     return bound_repr(op, with_waiters(extra, &self->waiters));
 }
 
@@ -815,22 +934,71 @@ static PyMethodDef bsem_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* _value / _bound_value: plain attributes in asyncio, so settable here too. */
+static PyObject *
+sem_get_counter(PyObject *op, void *which)
+{
+    SemObject *self = (SemObject *)op;
+    return semval_get(which ? &self->bound_value : &self->value);
+}
+
+static int
+sem_set_counter(PyObject *op, PyObject *v, void *which)
+{
+    SemObject *self = (SemObject *)op;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete a Semaphore's counter");
+        return -1;
+    }
+    semval_store(which ? &self->bound_value : &self->value, v);
+    return 0;
+}
+
 static PyGetSetDef sem_getset[] = {
     {"_loop", bound_get_loop, bound_set_loop, NULL, NULL},
     {"_waiters", sem_get_waiters, NULL, "Snapshot of the waiter futures (None before the first wait).", NULL},
+    {"_value", sem_get_counter, sem_set_counter, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyGetSetDef bsem_getset[] = {
+    {"_bound_value", sem_get_counter, sem_set_counter, NULL, (void *)1},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyMemberDef sem_members[] = {
     MEMBERS_WEAKREF(SemObject),
-    {"_value", T_PYSSIZET, offsetof(SemObject, value), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyMemberDef bsem_members[] = {
-    {"_bound_value", T_PYSSIZET, offsetof(SemObject, bound_value), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
+static int
+sem_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    SemObject *self = (SemObject *)op;
+    Py_VISIT(self->value.obj);
+    Py_VISIT(self->bound_value.obj);
+    return bound_traverse(op, visit, arg);
+}
+
+static int
+sem_clear(PyObject *op)
+{
+    SemObject *self = (SemObject *)op;
+    Py_CLEAR(self->value.obj);
+    Py_CLEAR(self->bound_value.obj);
+    return bound_clear(op);
+}
+
+static void
+sem_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (((SemObject *)op)->weakreflist != NULL) PyObject_ClearWeakRefs(op);
+    sem_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
 
 static PyType_Slot sem_slots[] = {
     {Py_tp_new, sem_new},
@@ -839,9 +1007,9 @@ static PyType_Slot sem_slots[] = {
     {Py_tp_methods, sem_methods},
     {Py_tp_getset, sem_getset},
     {Py_tp_members, sem_members},
-    {Py_tp_traverse, bound_traverse},
-    {Py_tp_clear, bound_clear},
-    {Py_tp_dealloc, bound_dealloc},
+    {Py_tp_traverse, sem_traverse},
+    {Py_tp_clear, sem_clear},
+    {Py_tp_dealloc, sem_dealloc},
     {Py_tp_doc, (void *)"Semaphore(value=1)\n--\n\nasyncio.Semaphore implemented in C; works on any event loop."},
     {0, NULL},
 };
@@ -856,10 +1024,10 @@ static PyType_Spec sem_spec = {
 static PyType_Slot bsem_slots[] = {
     {Py_tp_init, bsem_init},
     {Py_tp_methods, bsem_methods},
-    {Py_tp_members, bsem_members},
-    {Py_tp_traverse, bound_traverse},
-    {Py_tp_clear, bound_clear},
-    {Py_tp_dealloc, bound_dealloc},
+    {Py_tp_getset, bsem_getset},
+    {Py_tp_traverse, sem_traverse},
+    {Py_tp_clear, sem_clear},
+    {Py_tp_dealloc, sem_dealloc},
     {Py_tp_doc, (void *)"BoundedSemaphore(value=1)\n--\n\nasyncio.BoundedSemaphore implemented in C."},
     {0, NULL},
 };
