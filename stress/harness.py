@@ -13,11 +13,12 @@ import dataclasses
 import os
 import resource
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 LOOP_NAMES = ("pyasync_c", "asyncio", "uvloop")
 
 HandlerContext = dict[str, Any]
+T = TypeVar("T", int, float)
 
 
 class Failure(Exception):
@@ -33,7 +34,7 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
         return asyncio.SelectorEventLoop
     if name == "uvloop":
         import uvloop
-        return uvloop.new_event_loop  # type: ignore[no-any-return]
+        return uvloop.new_event_loop
     raise ValueError(f"unknown loop {name!r} (one of {', '.join(LOOP_NAMES)})")
 
 
@@ -83,8 +84,8 @@ class Context:
     def factory(self) -> Callable[[], asyncio.AbstractEventLoop]:
         return loop_factory(self.loop_name)
 
-    def size(self, short: int, full: int) -> int:
-        """A count for this mode."""
+    def size(self, short: T, full: T) -> T:
+        """A count (or duration) for this mode."""
         return short if self.short else full
 
     def check(self, condition: object, message: str) -> None:
@@ -92,8 +93,8 @@ class Context:
             raise Failure(message)
 
     def note(self, message: str) -> None:
-        """A line for the report (once, even if every round says it)."""
-        if message not in self.notes:
+        """A line for the report, from the first round (the others repeat it)."""
+        if self.round == 0 and message not in self.notes:
             self.notes.append(message)
 
     def take_handler_contexts(self, expected: Callable[[HandlerContext], bool]

@@ -27,7 +27,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              subprocs.main, timeout=180),
     Scenario("udp", "UDP flood on loopback: count, no corruption, loss reported",
              udp.main),
-    Scenario("fork", "fork in a running loop: child os._exit / sys.exit / new loop",
+    Scenario("fork", "fork in a running loop: child os._exit / new loop / sys.exit",
              fork.main, timeout=120),
     Scenario("soak", "connections, timers, queues and tasks churned for --soak-seconds",
              soak.main, rounds=1, default=False),

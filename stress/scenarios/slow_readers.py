@@ -37,7 +37,7 @@ class Producer(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.transport.set_write_buffer_limits(high=HIGH_WATER)
+        transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
         self.produce()
 
     def produce(self) -> None:

@@ -92,9 +92,9 @@ async def main(ctx: Context) -> None:
     await asyncio.gather(*(send(s) for s in range(SENDERS)))
     sent = SENDERS * per_sender
     # until nothing more arrives for a while
-    last = -1
+    last = (-1, -1)
     while (at_server.count, at_clients.count) != last:
-        last = (at_server.count, at_clients.count)  # type: ignore[assignment]
+        last = (at_server.count, at_clients.count)
         await asyncio.sleep(0.3)
     for transport in clients + [server]:
         transport.close()
@@ -110,6 +110,6 @@ async def main(ctx: Context) -> None:
     loss = 100 * (sent - at_server.count) / sent
     echo_loss = 100 * (at_server.count - at_clients.count) / max(1, at_server.count)
     ctx.metrics.setdefault("loss_percent", []).append(round(loss, 2))
-    ctx.note(f"round {ctx.round + 1}: sent {sent:,}; server got {at_server.count:,} "
+    ctx.note(f"sent {sent:,}; server got {at_server.count:,} "
              f"(loss {loss:.1f}%); echoes back {at_clients.count:,} (loss {echo_loss:.1f}%); "
              f"error_received {len(at_server.errors) + len(at_clients.errors)}")
