@@ -5,7 +5,7 @@
 The bookkeeping every scenario shares: the RLIMIT_NOFILE soft limit raised to the
 hard limit; open fds counted before the first round and after the last (after
 closing everything and a gc pass): any new fd fails; RSS after each round: growth
-in every round past the first (warm-up) beyond RSS_STEP_KIB fails.  The result
+in every round past the first (warm-up) beyond a tolerance fails (rss_keeps_growing).  The result
 goes to RESULT.json; a crash or a hang is seen by run.py from outside.
 """
 from __future__ import annotations
@@ -23,20 +23,29 @@ from typing import Any
 from .harness import Context, Failure, memory_kib, open_fds, raise_nofile_limit
 from .scenarios import SCENARIOS
 
-# "Keeps growing": each round after the warm-up round adds more than this.
+# "Keeps growing": each round after the warm-up round adds more than
+# max(RSS_STEP_KIB, RSS_STEP_SHARE x the scenario's working set).
 RSS_STEP_KIB = 1024
+RSS_STEP_SHARE = 0.10
 
 
-def rss_keeps_growing(after_rounds: list[int]) -> str | None:
-    """Why the RSS series (after each round) counts as growing, or None.  The first
-    round is the warm-up: its own growth is not counted.  Needs 3+ rounds; 4 (the
-    default) gives 3 steps after the warm-up round, so that a plateau still being
-    filled (a queue or freelist growing to its high-water mark) is not taken for
-    a leak, which grows every round."""
+def rss_keeps_growing(after_rounds: list[int], working_set: int) -> str | None:
+    """Why the RSS series (KiB after each round) counts as growing, or None.
+
+    The first round is the warm-up: its own growth is not counted.  Needs 3+
+    rounds; 4 (the default) gives 3 steps after the warm-up, so that a plateau
+    still being filled (a queue or freelist reaching its high-water mark) is not
+    taken for a leak, which grows every round.  The tolerance grows with the
+    working set (peak minus starting RSS): with ~10,000 connections per round the
+    allocator's fragmentation alone creeps up a few MiB per round for several
+    rounds, on asyncio's loop too; smaller, steady leaks are the soak's job.
+    """
+    tolerance = max(RSS_STEP_KIB, int(RSS_STEP_SHARE * working_set))
     steps = [b - a for a, b in zip(after_rounds, after_rounds[1:])]
-    if steps and all(step > RSS_STEP_KIB for step in steps):
+    if steps and all(step > tolerance for step in steps):
         return (f"RSS grew in every round after the first: "
-                f"{', '.join(f'+{s / 1024:.1f}' for s in steps)} MiB")
+                f"{', '.join(f'+{s / 1024:.1f}' for s in steps)} MiB "
+                f"(tolerance {tolerance / 1024:.1f} MiB per round)")
     return None
 
 
@@ -82,11 +91,11 @@ def run_scenario(name: str, ctx: Context, rounds: int = 0) -> dict[str, Any]:
     if leaked:
         shown = ", ".join(f"{fd}->{target}" for fd, target in sorted(leaked.items())[:8])
         failures.append(f"{len(leaked)} fd(s) left open: {shown}")
+    rss_end, rss_peak = memory_kib()
     if ctx.rss_checks and len(rss_rounds) >= 3 and not failures:
-        growing = rss_keeps_growing(rss_rounds)
+        growing = rss_keeps_growing(rss_rounds, rss_peak - rss_start)
         if growing:
             failures.append(growing)
-    rss_end, rss_peak = memory_kib()
     module = sys.modules.get("pyasync_c")
     return {
         "outcome": "FAIL" if failures else "PASS",
