@@ -15,6 +15,7 @@ from ..harness import Context, open_fds
 
 TARGET = 10_000
 SHORT_TARGET = 1_500
+MIN_CONNECTIONS = 200
 FD_MARGIN = 200          # listener, the loop's own fds, executor, ...
 CONNECT_BATCH = 500      # connects in flight at once (inside the listen backlog)
 MESSAGES = 2             # per connection and round
@@ -54,6 +55,8 @@ def connection_count(ctx: Context) -> int:
     target = SHORT_TARGET if ctx.short else TARGET
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     fits = (limit - len(open_fds()) - FD_MARGIN) // 2
+    ctx.check(fits >= MIN_CONNECTIONS, f"RLIMIT_NOFILE {limit} leaves room for only {fits} "
+              f"connections (both ends in one process)")
     if fits < target:
         ctx.note(f"scaled down to {fits:,} connections (target {target:,}): "
                  f"RLIMIT_NOFILE hard limit {limit} < {2 * target + FD_MARGIN} "
