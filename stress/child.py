@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import gc
 import json
 import os
@@ -23,30 +24,45 @@ from typing import Any
 from .harness import Context, Failure, memory_kib, open_fds, raise_nofile_limit
 from .scenarios import SCENARIOS
 
-# "Keeps growing": each round after the warm-up round adds more than
-# max(RSS_STEP_KIB, RSS_STEP_SHARE x the scenario's working set).
+# "Keeps growing": after the warm-up round, every round adds more than this both
+# to the RSS left after it and to its own peak.
 RSS_STEP_KIB = 1024
-RSS_STEP_SHARE = 0.10
 
 
-def rss_keeps_growing(after_rounds: list[int], working_set: int) -> str | None:
-    """Why the RSS series (KiB after each round) counts as growing, or None.
+def rss_keeps_growing(after: list[int], peaks: list[int] | None) -> str | None:
+    """Why the RSS series (KiB, after each round and each round's peak) counts as
+    growing, or None.
 
     The first round is the warm-up: its own growth is not counted.  Needs 3+
-    rounds; 4 (the default) gives 3 steps after the warm-up, so that a plateau
-    still being filled (a queue or freelist reaching its high-water mark) is not
-    taken for a leak, which grows every round.  The tolerance grows with the
-    working set (peak minus starting RSS): with ~10,000 connections per round the
-    allocator's fragmentation alone creeps up a few MiB per round for several
-    rounds, on asyncio's loop too; smaller, steady leaks are the soak's job.
+    rounds; 4 (the default) gives 3 steps after the warm-up, so a plateau still
+    being filled (a queue or freelist reaching its high-water mark) is not taken
+    for a leak.  Allocator fragmentation makes the RSS left after a round creep
+    towards the round's peak for several rounds (asyncio's loop with thousands of
+    connections: +1-4 MiB a round), while the peak itself stays put; a leak raises
+    both.  So both must grow, when per-round peaks are known (/proc/self/clear_refs).
+    Leaks below RSS_STEP_KIB a round are the soak's job.
     """
-    tolerance = max(RSS_STEP_KIB, int(RSS_STEP_SHARE * working_set))
-    steps = [b - a for a, b in zip(after_rounds, after_rounds[1:])]
-    if steps and all(step > tolerance for step in steps):
-        return (f"RSS grew in every round after the first: "
-                f"{', '.join(f'+{s / 1024:.1f}' for s in steps)} MiB "
-                f"(tolerance {tolerance / 1024:.1f} MiB per round)")
-    return None
+    def steps(series: list[int]) -> list[int]:
+        return [b - a for a, b in zip(series, series[1:])]
+    grew = steps(after)
+    if not grew or not all(step > RSS_STEP_KIB for step in grew):
+        return None
+    if peaks is not None and not all(step > RSS_STEP_KIB for step in steps(peaks)):
+        return None
+    shown = ", ".join(f"+{s / 1024:.1f}" for s in grew)
+    peak_note = ("" if peaks is None else
+                 "; peaks " + ", ".join(f"+{s / 1024:.1f}" for s in steps(peaks)))
+    return f"RSS grew in every round after the first: {shown} MiB{peak_note}"
+
+
+def reset_peak() -> bool:
+    """Reset this process's VmHWM to its current RSS; False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def warm_up(ctx: Context) -> None:
@@ -69,12 +85,20 @@ def run_scenario(name: str, ctx: Context, rounds: int = 0) -> dict[str, Any]:
     fds_start = open_fds()
     rss_start, _ = memory_kib()
     rss_rounds: list[int] = []
+    peak_rounds: list[int] | None = [] if reset_peak() else None
+    rss_peak = rss_start
     started = time.monotonic()
     try:
         for ctx.round in range(rounds or scenario.rounds):
+            if peak_rounds is not None:
+                reset_peak()
             ctx.run_round(scenario.main)
             gc.collect()
-            rss_rounds.append(memory_kib()[0])
+            rss, peak = memory_kib()
+            rss_rounds.append(rss)
+            rss_peak = max(rss_peak, peak)
+            if peak_rounds is not None:
+                peak_rounds.append(peak)
     except BaseException as exc:
         if os.getpid() != main_pid:
             raise  # a forked child leaving through the scenario (e.g. sys.exit): let it exit
@@ -91,9 +115,10 @@ def run_scenario(name: str, ctx: Context, rounds: int = 0) -> dict[str, Any]:
     if leaked:
         shown = ", ".join(f"{fd}->{target}" for fd, target in sorted(leaked.items())[:8])
         failures.append(f"{len(leaked)} fd(s) left open: {shown}")
-    rss_end, rss_peak = memory_kib()
+    rss_end, peak = memory_kib()
+    rss_peak = max(rss_peak, peak)  # the peak of a failed round too
     if ctx.rss_checks and len(rss_rounds) >= 3 and not failures:
-        growing = rss_keeps_growing(rss_rounds, rss_peak - rss_start)
+        growing = rss_keeps_growing(rss_rounds, peak_rounds)
         if growing:
             failures.append(growing)
     module = sys.modules.get("pyasync_c")
@@ -109,6 +134,7 @@ def run_scenario(name: str, ctx: Context, rounds: int = 0) -> dict[str, Any]:
         "rss_peak_kib": rss_peak,
         "rss_end_kib": rss_end,
         "rss_rounds_kib": rss_rounds,
+        "rss_round_peaks_kib": peak_rounds,
         "pyasync_c_file": getattr(module, "__file__", None),
     }
 
@@ -122,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument("--rounds", type=int, default=0, help="instead of the scenario's own")
+    parser.add_argument("--dump-after", type=float, default=0.0,
+                        help="print every thread's stack to stderr after this many seconds "
+                             "(run.py: just before its hard timeout, to show where a hang is)")
     args = parser.parse_args(argv)
+    if args.dump_after > 0:
+        faulthandler.dump_traceback_later(args.dump_after, exit=False)
     ctx = Context(loop_name=args.loop, short=args.short, rss_checks=not args.no_rss,
                   soak_seconds=args.soak_seconds)
     result = run_scenario(args.scenario, ctx, args.rounds)

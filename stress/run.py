@@ -80,6 +80,7 @@ def run_one(scenario: Scenario, loop: str, args: argparse.Namespace, tmp: Path) 
     timeout = scenario.timeout * (0.5 if args.short else 1.0) * args.timeout_scale
     if scenario.name == "soak":
         timeout = (args.soak_seconds + 120) * args.timeout_scale
+    cmd += ["--dump-after", str(max(1.0, timeout - 2))]
     started = time.monotonic()
     with open(err, "wb") as stderr:
         # stdout is passed through (the soak prints its series there); a new
@@ -92,7 +93,8 @@ def run_one(scenario: Scenario, loop: str, args: argparse.Namespace, tmp: Path) 
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return Outcome(loop, "HANG", time.monotonic() - started,
-                           detail=f"killed after the {timeout:.0f}s timeout\n" + stderr_tail(err))
+                           detail=f"killed after the {timeout:.0f}s timeout\n"
+                           + stderr_tail(err, 30))
     seconds = time.monotonic() - started
     stray = ""
     try:
@@ -126,7 +128,7 @@ def mib(kib: int) -> str:
 def print_table(scenario: Scenario, outcomes: list[Outcome]) -> None:
     print(f"\n== {scenario.name}: {scenario.title}")
     header = (f"{'loop':<10} {'outcome':<8} {'time':>7}  {'fds start->end':<15}"
-              f"{'RSS MiB start/peak/end':<24}{'RSS per round MiB'}")
+              f"{'RSS MiB start/peak/end':<24}{'RSS MiB per round: after/peak'}")
     print(header)
     print("-" * len(header))
     for o in outcomes:
@@ -136,7 +138,9 @@ def print_table(scenario: Scenario, outcomes: list[Outcome]) -> None:
             continue
         fds = f"{r['fds_start']}->{r['fds_end']}"
         rss = f"{mib(r['rss_start_kib'])}/{mib(r['rss_peak_kib'])}/{mib(r['rss_end_kib'])}"
-        rounds = ",".join(f"{k / 1024:.1f}" for k in r["rss_rounds_kib"])
+        peaks = r["rss_round_peaks_kib"] or [None] * len(r["rss_rounds_kib"])
+        rounds = " ".join(f"{k / 1024:.0f}" + ("" if p is None else f"/{p / 1024:.0f}")
+                          for k, p in zip(r["rss_rounds_kib"], peaks))
         print(f"{o.loop:<10} {o.outcome:<8} {o.seconds:>6.1f}s  {fds:<15}{rss:<24}{rounds}")
     for o in outcomes:
         for note in (o.result or {}).get("notes", []):
