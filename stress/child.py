@@ -16,6 +16,7 @@ import faulthandler
 import gc
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -148,12 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument("--rounds", type=int, default=0, help="instead of the scenario's own")
-    parser.add_argument("--dump-after", type=float, default=0.0,
-                        help="print every thread's stack to stderr after this many seconds "
-                             "(run.py: just before its hard timeout, to show where a hang is)")
     args = parser.parse_args(argv)
-    if args.dump_after > 0:
-        faulthandler.dump_traceback_later(args.dump_after, exit=False)
+    # run.py sends SIGUSR1 before killing a hung process: its stacks go to stderr.
+    # (A signal handler, not dump_traceback_later: that one's watchdog thread makes
+    # a fork()ed child hang on its lock.)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     ctx = Context(loop_name=args.loop, short=args.short, rss_checks=not args.no_rss,
                   soak_seconds=args.soak_seconds)
     result = run_scenario(args.scenario, ctx, args.rounds)

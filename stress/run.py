@@ -80,7 +80,6 @@ def run_one(scenario: Scenario, loop: str, args: argparse.Namespace, tmp: Path) 
     timeout = scenario.timeout * (0.5 if args.short else 1.0) * args.timeout_scale
     if scenario.name == "soak":
         timeout = (args.soak_seconds + 120) * args.timeout_scale
-    cmd += ["--dump-after", str(max(1.0, timeout - 2))]
     started = time.monotonic()
     with open(err, "wb") as stderr:
         # stdout is passed through (the soak prints its series there); a new
@@ -90,6 +89,8 @@ def run_one(scenario: Scenario, loop: str, args: argparse.Namespace, tmp: Path) 
         try:
             rc = proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGUSR1)  # stack dump to stderr (faulthandler)
+            time.sleep(1)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return Outcome(loop, "HANG", time.monotonic() - started,
