@@ -17,7 +17,8 @@
 #                 subprocesses, UDP flood, fork; each scenario in its own process per
 #                 loop (pyasync_c, asyncio, uvloop if installed) with a hard timeout;
 #                 a table per scenario (outcome, time, fds, RSS).  Fails on a crash,
-#                 hang, lost/corrupt data, fd left open or RSS growing every round
+#                 hang, lost/corrupt data, unexpected exception-handler call, fd left
+#                 open or RSS growing every round
 #   make stress-short   the same at CI sizes (well under 2 minutes; part of `make test`)
 #   make soak     pyasync_c churning connections/timers/queues/tasks for SOAK_SECONDS
 #                 (default 600), one RSS/fd line per interval; fails if RSS keeps
