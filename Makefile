@@ -3,13 +3,28 @@
 #   make build    in-place build of both extensions for $(PYTHON)
 #   make deps     install what a fresh machine lacks (apt: libuv1-dev, pkg-config; pip: setuptools, pytest)
 #   make test     build + integration test deps (.ci/integration-deps) + pytest on every
-#                 Python 3.11/3.12/3.13 present + CPython test_asyncio conformance
+#                 Python 3.11/3.12/3.13 present + `make stress-short` + CPython test_asyncio
+#                 conformance
 #   make asan     ASan+UBSan build in build/asan (not in place) + full pytest with it,
 #                 then tests/leakcheck.py --smoke and tests/fuzz_primitives.py;
 #                 any sanitizer report fails it
 #                 (PYTHON=/path/to/python3.12 works too: per-ABI .so names)
 #   make leaks    refcount-leak check (tests/leakcheck.py) on Debian's python3.11-dbg,
 #                 extension built in build/dbg, pytest in the venv build/dbg-venv
+#   make stress   reliability harness (stress/run.py, a few minutes): 10k connections,
+#                 resets, half-close, slow readers, idle clients, failing handlers,
+#                 server close, EMFILE, call_soon_threadsafe from threads, 500
+#                 subprocesses, UDP flood, fork; each scenario in its own process per
+#                 loop (pyasync_c, asyncio, uvloop if installed) with a hard timeout;
+#                 a table per scenario (outcome, time, fds, RSS).  Fails on a crash,
+#                 hang, lost/corrupt data, unexpected exception-handler call, fd left
+#                 open or RSS growing every round
+#   make stress-short   the same at CI sizes (well under 2 minutes; part of `make test`)
+#   make soak     pyasync_c churning connections/timers/queues/tasks for SOAK_SECONDS
+#                 (default 600), one RSS/fd line per interval; fails if RSS keeps
+#                 growing after warm-up or fds grow
+#   make stress-asan   stress-short on the ASan build (build/asan, pyasync_c only;
+#                 RSS checks off: ASan's quarantine keeps freed memory)
 #   make bench    benchmarks/run.py
 #   make demo     python -m pyasync_c.demo
 #   make wheel    self-contained wheel for $(PYTHON) in dist/: libuv linked statically
@@ -19,9 +34,11 @@
 #                 build/asan*, build/dbg and build/dbg-tmp; the dbg venv is kept)
 #
 # Variables: PYTHON, PYTEST_ARGS, TEST_EXTRA, ASAN_PYTEST_ARGS, ASAN_TESTS,
-# DBG_PYTHON, LEAK_ARGS (see below), e.g.
+# DBG_PYTHON, LEAK_ARGS, STRESS_ARGS, SOAK_SECONDS (see below), e.g.
 #   make asan ASAN_TESTS=tests/test_loop_api.py
 #   make leaks LEAK_ARGS="--no-pytest --only gather --rounds 10"
+#   make stress STRESS_ARGS="--only conns,fork --loops pyasync_c,asyncio"
+#   make soak SOAK_SECONDS=3600
 
 PYTHON      ?= python3
 # Every supported interpreter on this machine (see .ci/pythons).
@@ -29,6 +46,11 @@ PYTHONS     ?= $(shell bash .ci/pythons)
 PYTEST_ARGS ?= -q
 # Extra commands `make test` runs after pytest and before the conformance run.
 TEST_EXTRA  ?=
+
+# ---- reliability (stress/) ------------------------------------------------
+# Extra arguments of stress/run.py (--only, --loops, --rounds, --timeout-scale...).
+STRESS_ARGS  ?=
+SOAK_SECONDS ?= 600
 
 # ---- sanitizers -----------------------------------------------------------
 ASAN_DIR         := build/asan
@@ -59,7 +81,8 @@ DBG_DIR    := build/dbg
 DBG_TMP    := build/dbg-tmp
 LEAK_ARGS  ?=
 
-.PHONY: test-deps deps build-all build test asan asan-build leaks leaks-build bench demo clean wheel
+.PHONY: test-deps deps build-all build test asan asan-build leaks leaks-build bench demo clean wheel \
+	stress stress-short soak stress-asan
 
 build:
 	$(PYTHON) setup.py build_ext --inplace
@@ -81,6 +104,7 @@ test-deps:
 
 test: build-all test-deps
 	for py in $(PYTHONS); do echo "== pytest on $$py"; $$py -m pytest $(PYTEST_ARGS) tests/ || exit 1; done
+	$(MAKE) --no-print-directory stress-short
 	$(TEST_EXTRA)
 	$(PYTHON) tests/conformance/run.py --pythons --suite all
 
@@ -103,6 +127,25 @@ asan: asan-build
 	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P $(CURDIR)/tests/leakcheck.py --smoke --rounds 2
 	# Odd arguments and re-entrant subclass overrides thrown at the C primitives.
 	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P $(CURDIR)/tests/fuzz_primitives.py --seeds 10
+
+# Reliability harness (overview: stress/__init__.py; options: stress/run.py --help).
+# Exit status 1 if pyasync_c or asyncio (the reference: a check failing there is
+# wrong) does not pass; uvloop's column is for comparison.
+stress: build
+	$(PYTHON) stress/run.py $(STRESS_ARGS)
+
+stress-short: build
+	$(PYTHON) stress/run.py --short $(STRESS_ARGS)
+
+soak: build
+	$(PYTHON) stress/run.py --only soak --loops pyasync_c --soak-seconds $(SOAK_SECONDS) $(STRESS_ARGS)
+
+# -P and ASAN_ENV's PYTHONPATH: the children import build/asan's pyasync_c
+# (--expect-build checks it); timeouts stretched for ASan's speed.
+stress-asan: asan-build
+	@test -f "$(ASAN_RUNTIME)" || { echo "libasan.so not found (gcc -print-file-name)"; exit 1; }
+	$(ASAN_ENV) $(PYTHON) -P stress/run.py --short --loops pyasync_c --no-rss --timeout-scale 6 \
+	    --expect-build "$(CURDIR)/$(ASAN_DIR)/" $(STRESS_ARGS)
 
 $(DBG_VENV)/bin/python:
 	$(DBG_PYTHON) -m venv $(DBG_VENV)
