@@ -56,7 +56,9 @@ async def create_task_pattern() -> dict[str, Any]:
     results: list[int] = []
 
     async def job(i: int) -> int:
-        await asyncio.sleep(0.001 * (5 - i))
+        # 5 ms apart: the finish order must not depend on how long starting
+        # the five tasks took on a loaded machine.
+        await asyncio.sleep(0.005 * (5 - i))
         results.append(i)
         return i
 
