@@ -1247,6 +1247,34 @@ transport_call_connection_lost(TransportObject *self, PyObject *exc)
     Py_RETURN_NONE;
 }
 
+/* The 'socket' of a stream transport.  The transport class's _socket_class
+ * (pyasync_c._network.TransportSocket, a subclass of asyncio's) is called as
+ * cls(sock, peername): it answers getpeername()/getsockname() from what the
+ * transport already knows while the connection is open -- anyio asks for the
+ * peer on every attribute lookup (httpcore: every request), one system call
+ * each with asyncio's class.  Without _socket_class: asyncio's TransportSocket. */
+static PyObject *
+make_transport_socket(TransportObject *self, PyObject *extra, PyObject *sock)
+{
+    PyObject *cls = PyObject_GetAttrString((PyObject *)Py_TYPE(self), "_socket_class");
+    if (cls == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        return PyObject_CallOneArg(state_of(self)->TransportSocketType, sock);
+    }
+    /* extra NULL: the connection is closing, nothing to cache */
+    PyObject *peername = extra != NULL ? PyDict_GetItemString(extra, "peername") : NULL;
+    peername = Py_NewRef(peername != NULL ? peername : Py_None);  /* owned across the call */
+    PyObject *args[2] = {sock, peername};
+    PyObject *value = PyObject_Vectorcall(cls, args, 2, NULL);
+    Py_DECREF(peername);
+    Py_DECREF(cls);
+    return value;
+}
+
+
 /* get_extra_info(name, default=None).  'socket' (asyncio's TransportSocket)
  * and 'sockname' of stream sockets are made on first use and cached in the
  * extra dict: an idle connection does not carry them. */
@@ -1273,7 +1301,7 @@ transport_get_extra_info(TransportObject *self, PyObject *const *args, Py_ssize_
     }
     PyObject *sock = Py_NewRef(self->sock);
     if (PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
-        value = PyObject_CallOneArg(state_of(self)->TransportSocketType, sock);
+        value = make_transport_socket(self, extra, sock);
     }
     else if (PyUnicode_CompareWithASCIIString(name, "sockname") == 0) {
         value = PyObject_CallMethod(sock, "getsockname", NULL);
@@ -1309,18 +1337,36 @@ transport_force_close_method(TransportObject *self, PyObject *exc)
 }
 
 /* A closed socket cannot be asked any more: keep what get_extra_info()
- * would have answered while it was open. */
+ * would have answered while it was open.  The 'socket' stops answering
+ * from its cache (it is made without one if it was never asked for), so
+ * that afterwards it raises as the closed socket does, as asyncio's. */
 static void
 remember_socket_info(TransportObject *self)
 {
-    static const char *names[] = {"sockname", "socket"};
-    for (size_t i = 0; i < 2; i++) {
-        PyObject *name = PyUnicode_FromString(names[i]);
-        PyObject *args[1] = {name};
-        PyObject *value = name ? transport_get_extra_info(self, args, 1) : NULL;
-        Py_XDECREF(value);
-        Py_XDECREF(name);
+    PyObject *name = PyUnicode_FromString("sockname");
+    PyObject *args[1] = {name};
+    PyObject *value = name ? transport_get_extra_info(self, args, 1) : NULL;
+    Py_XDECREF(value);
+    Py_XDECREF(name);
+    PyErr_Clear();
+
+    PyObject *extra = Py_NewRef(self->extra);
+    PyObject *sock = self->sock != NULL ? Py_NewRef(self->sock) : NULL;
+    value = PyDict_GetItemString(extra, "socket");
+    if (value != NULL) {
+        Py_INCREF(value);
+        PyObject *r = PyObject_CallMethod(value, "_connection_closed", NULL);
+        Py_XDECREF(r);  /* AttributeError: not ours (a user's 'socket' extra) */
     }
+    else if (sock != NULL) {
+        value = make_transport_socket(self, NULL, sock);
+        if (value != NULL) {
+            PyDict_SetItemString(extra, "socket", value);
+        }
+    }
+    Py_XDECREF(value);
+    Py_XDECREF(sock);
+    Py_DECREF(extra);
     PyErr_Clear();
 }
 
