@@ -14,7 +14,8 @@
  *   3. I/O: one uv_poll_t per fd (a TransportPoll; a read pipe and a write
  *      pipe on one fd share it), level-triggered, started with the events the
  *      transports want (reading unless paused/closing; writable while the
- *      write queue is non-empty).  While a transport's poll is started its
+ *      write queue is non-empty).  pause_reading() is lazy: the poll keeps
+ *      readable until readiness comes while paused (see keeps_read_armed).  While a transport's poll is started its
  *      loop owns it (polled_transports, visited by the loop's tp_traverse), so
  *      an open connection of a live loop is never collected but an abandoned
  *      loop is; the poll callback enters `context` and calls the protocol directly (no
@@ -567,6 +568,8 @@ transport_check_can_poll(TransportObject *self, int events)
 }
 
 static int update_watcher_writer(TransportObject *self, int events);
+static int keeps_read_armed(TransportObject *self, int events);
+static int set_poll_events(TransportObject *self, int events);
 
 int
 transport_update_poll(TransportObject *self)
@@ -585,6 +588,53 @@ transport_update_poll(TransportObject *self)
     if (self->writes_via_watcher) {
         return update_watcher_writer(self, events);
     }
+    int lazy = keeps_read_armed(self, events);
+    if (set_poll_events(self, events | (lazy ? UV_READABLE : 0)) < 0) {
+        return -1;
+    }
+    /* The loop owns a transport it polls for the transport's sake, not one
+     * it polls only lazily: a paused transport nobody holds is collected, as
+     * on asyncio (whose selector then forgets it). */
+    if (self->poll_events != 0) {
+        if (lazy && events == 0) {
+            polled_unlink(self);
+        }
+        else {
+            polled_link(self);
+        }
+    }
+    return 0;
+}
+
+/* Lazy pause_reading(): libuv's uv_poll_start()/uv_poll_stop() each remove
+ * the fd from epoll (EPOLL_CTL_DEL, failing with ENOENT when it was not in
+ * it) and the next poll adds it again, so a pause/resume pair cost three
+ * epoll_ctl calls, one failing -- per request under anyio, which pauses
+ * after every receive.  A paused stream transport keeps polling readable
+ * instead; readiness while paused reads nothing and stops it then
+ * (stop_lazy_read), so no data_received() comes between pause and resume,
+ * as asyncio's.  The fd stays registered with libuv meanwhile, as it does
+ * for a paused transport's stopped (not closed) poll. */
+static int
+keeps_read_armed(TransportObject *self, int events)
+{
+    return (self->poll_events & UV_READABLE) && !(events & UV_READABLE)
+           && self->kind != TRANSPORT_WRITE_PIPE && self->kind != TRANSPORT_DATAGRAM
+           && self->reading_paused && self->started && !self->closing && !self->read_eof
+           && !self->conn_lost;
+}
+
+/* Readable while paused: stop polling readable for real. */
+static int
+stop_lazy_read(TransportObject *self)
+{
+    return set_poll_events(self, self->poll_events & ~UV_READABLE);
+}
+
+/* Starts, changes or stops this transport's share of its poll. */
+static int
+set_poll_events(TransportObject *self, int events)
+{
     if (events == self->poll_events) {
         return 0;
     }
@@ -719,6 +769,15 @@ static void
 dispatch_events(TransportObject *self, int events)
 {
     int datagram = self->kind == TRANSPORT_DATAGRAM;
+    if ((events & UV_READABLE) && !self->lost && self->reading_paused
+        && self->kind != TRANSPORT_WRITE_PIPE && !datagram) {
+        /* the lazily kept readable of a paused transport */
+        events &= ~UV_READABLE;
+        if (stop_lazy_read(self) < 0) {
+            transport_handle_error(self, "Fatal error: cannot poll the transport's file descriptor");
+            return;
+        }
+    }
     if ((events & UV_READABLE) && !self->lost) {
         if (datagram) {
             datagram_on_readable(self);
