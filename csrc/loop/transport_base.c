@@ -631,6 +631,18 @@ stop_lazy_read(TransportObject *self)
     return set_poll_events(self, self->poll_events & ~UV_READABLE);
 }
 
+/* The transport stops polling and will hardly poll again (closing, EOF
+ * read, connection lost), and nobody shares its poll: the poll is closed
+ * rather than stopped (a later write that must wait attaches a new one). */
+static int
+poll_is_done(TransportObject *self)
+{
+    TransportPoll *shared = self->poll;
+    return (self->closing || self->read_eof || self->conn_lost)
+           && (shared->users[0] == NULL || shared->users[0] == self)
+           && (shared->users[1] == NULL || shared->users[1] == self);
+}
+
 /* Starts, changes or stops this transport's share of its poll. */
 static int
 set_poll_events(TransportObject *self, int events)
@@ -640,6 +652,13 @@ set_poll_events(TransportObject *self, int events)
     }
     if (self->poll == NULL && attach_poll(self) < 0) {
         return -1;
+    }
+    if (events == 0 && poll_is_done(self)) {
+        /* uv_close() alone: it stops the poll, and a uv_poll_stop() first
+         * would be one more EPOLL_CTL_DEL (the second failing, ENOENT) */
+        poll_stopped(self);
+        detach_poll(self);
+        return 0;
     }
     int previous = self->poll_events;
     self->poll_events = events;
@@ -1534,6 +1553,13 @@ transport_make_empty_waiter(TransportObject *self, PyObject *unused)
         Py_DECREF(r);
     }
     self->empty_waiter = Py_NewRef(waiter);
+    /* sendfile lends the fd of the paused transport to add_writer: libuv
+     * allows one poll per fd, so a lazily kept readable stops now */
+    if (!transport_wants_read(self) && (self->poll_events & UV_READABLE)
+        && self->kind != TRANSPORT_WRITE_PIPE && stop_lazy_read(self) < 0) {
+        Py_DECREF(waiter);
+        return NULL;
+    }
     return waiter;
 }
 
