@@ -60,6 +60,7 @@ class TransportSocket(trsock.TransportSocket):
     raises OSError, as asyncio's does."""
 
     __slots__ = ("_peername", "_sockname", "_family")
+    _sock: socket.socket  # asyncio's slot (typeshed does not declare it)
 
     def __init__(self, sock: socket.socket, peername: Any = None) -> None:
         super().__init__(sock)

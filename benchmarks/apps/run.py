@@ -379,7 +379,9 @@ def chart(summary: dict[str, dict[str, Any]], loops: list[str], names: list[str]
     for ax, key, label in ((axes[0], "rate_ratio", "ops/s ÷ uvloop (above 1: faster)"),
                            (axes[1], "cpu_ratio", "CPU per op ÷ uvloop (below 1: cheaper)")):
         for i, loop in enumerate(others):
-            xs, ys, errs = [], [], [[], []]
+            xs: list[float] = []
+            ys: list[float] = []
+            errs: list[list[float]] = [[], []]
             for j, name in enumerate(names):
                 r = summary[f"{name}/{loop}"].get(key)
                 if r:
