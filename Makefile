@@ -26,6 +26,9 @@
 #   make stress-asan   stress-short on the ASan build (build/asan, pyasync_c only;
 #                 RSS checks off: ASan's quarantine keeps freed memory)
 #   make bench    benchmarks/run.py
+#   make bench-apps  real frameworks/drivers (uvicorn, FastAPI, aiohttp, websockets, httpx,
+#                 asyncpg, redis-py) on stdlib/uvloop/pyasync_c/rloop under wrk, interleaved
+#                 rounds (benchmarks/apps/run.py); QUICK=1: 2 short rounds; APPS_ARGS=... more
 #   make demo     python -m pyasync_c.demo
 #   make wheel    self-contained wheel for $(PYTHON) in dist/: libuv linked statically
 #                 (a -fPIC libuv_a.a built from Debian's source by .ci/libuv_pic.py),
@@ -81,8 +84,8 @@ DBG_DIR    := build/dbg
 DBG_TMP    := build/dbg-tmp
 LEAK_ARGS  ?=
 
-.PHONY: test-deps deps build-all build test asan asan-build leaks leaks-build bench demo clean wheel \
-	stress stress-short soak stress-asan
+.PHONY: test-deps deps build-all build test asan asan-build leaks leaks-build bench bench-apps demo \
+	clean wheel stress stress-short soak stress-asan
 
 build:
 	$(PYTHON) setup.py build_ext --inplace
@@ -161,6 +164,17 @@ leaks: leaks-build
 bench: deps build
 	$(PYTHON) -m pip install -q -r benchmarks/requirements.txt
 	$(PYTHON) benchmarks/run.py
+
+# Peers (redis-server, PostgreSQL, openssl) and the frameworks come from
+# .ci/integration-deps; wrk from Debian; rloop only where it installs.
+APPS_ARGS ?=
+bench-apps: deps build
+	bash .ci/integration-deps $(PYTHON)
+	command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(PYTHON) -m pip install -q -r benchmarks/apps/requirements.txt
+	$(PYTHON) -m pip install -q rloop >/dev/null 2>&1 || echo "rloop not installable here: its cells show n/a"
+	$(PYTHON) benchmarks/apps/run.py $(if $(QUICK),--quick) $(APPS_ARGS)
 
 demo: deps build
 	$(PYTHON) -m pyasync_c.demo

@@ -53,7 +53,52 @@ _SendfileMode: Any = getattr(constants, "_SendfileMode")
 # which selects asyncio's own SSLProtocol over our socket transport.
 _NATIVE_TLS = os.environ.get("PYASYNC_C_NATIVE_TLS", "1").strip() != "0"
 
+
+class TransportSocket(trsock.TransportSocket):
+    """What a stream transport's get_extra_info('socket') returns: asyncio's
+    TransportSocket (same methods, same checks; isinstance holds), except that
+    while the connection is open getpeername() answers the address the
+    transport already has and getsockname() the first answer it got, and
+    `family` is read once.  anyio's SocketStream asks for the peer on every
+    attribute lookup (httpcore's pool: every connection, every request), which
+    is a system call each with asyncio's class.  Once the transport lets go of
+    the socket (connection_lost), both go to the socket again: a closed one
+    raises OSError, as asyncio's does."""
+
+    __slots__ = ("_peername", "_sockname", "_family")
+    _sock: socket.socket  # asyncio's slot (typeshed does not declare it)
+
+    def __init__(self, sock: socket.socket, peername: Any = None) -> None:
+        super().__init__(sock)
+        self._peername = peername  # None: not known, ask the socket
+        self._sockname: Any = None
+        self._family: Any = None
+
+    @property
+    def family(self) -> Any:
+        family = self._family
+        if family is None:
+            family = self._family = self._sock.family
+        return family
+
+    def getpeername(self) -> Any:
+        peername = self._peername
+        return self._sock.getpeername() if peername is None else peername
+
+    def getsockname(self) -> Any:
+        sockname = self._sockname
+        if sockname is None:
+            sockname = self._sock.getsockname()
+            if self._peername is not None:  # still open: keep it
+                self._sockname = sockname
+        return sockname
+
+    def _connection_closed(self) -> None:
+        self._peername = self._sockname = None
+
+
 # asyncio's loop code asks transports these questions through class attributes.
+setattr(_loop.SocketTransport, "_socket_class", TransportSocket)
 setattr(_loop.SocketTransport, "_start_tls_compatible", True)
 setattr(_loop.SocketTransport, "_sendfile_compatible", _SendfileMode.TRY_NATIVE)
 setattr(_loop.SocketTransport, "max_size", 256 * 1024)

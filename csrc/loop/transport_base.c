@@ -14,7 +14,8 @@
  *   3. I/O: one uv_poll_t per fd (a TransportPoll; a read pipe and a write
  *      pipe on one fd share it), level-triggered, started with the events the
  *      transports want (reading unless paused/closing; writable while the
- *      write queue is non-empty).  While a transport's poll is started its
+ *      write queue is non-empty).  pause_reading() is lazy: the poll keeps
+ *      readable until readiness comes while paused (see keeps_read_armed).  While a transport's poll is started its
  *      loop owns it (polled_transports, visited by the loop's tp_traverse), so
  *      an open connection of a live loop is never collected but an abandoned
  *      loop is; the poll callback enters `context` and calls the protocol directly (no
@@ -568,6 +569,8 @@ transport_check_can_poll(TransportObject *self, int events)
 }
 
 static int update_watcher_writer(TransportObject *self, int events);
+static int keeps_read_armed(TransportObject *self, int events);
+static int set_poll_events(TransportObject *self, int events);
 
 int
 transport_update_poll(TransportObject *self)
@@ -586,11 +589,77 @@ transport_update_poll(TransportObject *self)
     if (self->writes_via_watcher) {
         return update_watcher_writer(self, events);
     }
+    int lazy = keeps_read_armed(self, events);
+    if (set_poll_events(self, events | (lazy ? UV_READABLE : 0)) < 0) {
+        return -1;
+    }
+    /* The loop owns a transport it polls for the transport's sake, not one
+     * it polls only lazily: a paused transport nobody holds is collected, as
+     * on asyncio (whose selector then forgets it). */
+    if (self->poll_events != 0) {
+        if (lazy && events == 0) {
+            polled_unlink(self);
+        }
+        else {
+            polled_link(self);
+        }
+    }
+    return 0;
+}
+
+/* Lazy pause_reading(): libuv's uv_poll_start()/uv_poll_stop() each remove
+ * the fd from epoll (EPOLL_CTL_DEL, failing with ENOENT when it was not in
+ * it) and the next poll adds it again, so a pause/resume pair cost three
+ * epoll_ctl calls, one failing -- per request under anyio, which pauses
+ * after every receive.  A paused stream transport keeps polling readable
+ * instead; readiness while paused reads nothing and stops it then
+ * (stop_lazy_read), so no data_received() comes between pause and resume,
+ * as asyncio's.  The fd stays registered with libuv meanwhile, as it does
+ * for a paused transport's stopped (not closed) poll. */
+static int
+keeps_read_armed(TransportObject *self, int events)
+{
+    return (self->poll_events & UV_READABLE) && !(events & UV_READABLE)
+           && self->kind != TRANSPORT_WRITE_PIPE && self->kind != TRANSPORT_DATAGRAM
+           && self->reading_paused && self->started && !self->closing && !self->read_eof
+           && !self->conn_lost;
+}
+
+/* Readable while paused: stop polling readable for real. */
+static int
+stop_lazy_read(TransportObject *self)
+{
+    return set_poll_events(self, self->poll_events & ~UV_READABLE);
+}
+
+/* The transport stops polling and will hardly poll again (closing, EOF
+ * read, connection lost), and nobody shares its poll: the poll is closed
+ * rather than stopped (a later write that must wait attaches a new one). */
+static int
+poll_is_done(TransportObject *self)
+{
+    TransportPoll *shared = self->poll;
+    return (self->closing || self->read_eof || self->conn_lost)
+           && (shared->users[0] == NULL || shared->users[0] == self)
+           && (shared->users[1] == NULL || shared->users[1] == self);
+}
+
+/* Starts, changes or stops this transport's share of its poll. */
+static int
+set_poll_events(TransportObject *self, int events)
+{
     if (events == self->poll_events) {
         return 0;
     }
     if (self->poll == NULL && attach_poll(self) < 0) {
         return -1;
+    }
+    if (events == 0 && poll_is_done(self)) {
+        /* uv_close() alone: it stops the poll, and a uv_poll_stop() first
+         * would be one more EPOLL_CTL_DEL (the second failing, ENOENT) */
+        poll_stopped(self);
+        detach_poll(self);
+        return 0;
     }
     int previous = self->poll_events;
     self->poll_events = events;
@@ -720,6 +789,15 @@ static void
 dispatch_events(TransportObject *self, int events)
 {
     int datagram = self->kind == TRANSPORT_DATAGRAM;
+    if ((events & UV_READABLE) && !self->lost && self->reading_paused
+        && self->kind != TRANSPORT_WRITE_PIPE && !datagram) {
+        /* the lazily kept readable of a paused transport */
+        events &= ~UV_READABLE;
+        if (stop_lazy_read(self) < 0) {
+            transport_handle_error(self, "Fatal error: cannot poll the transport's file descriptor");
+            return;
+        }
+    }
     if ((events & UV_READABLE) && !self->lost) {
         if (datagram) {
             datagram_on_readable(self);
@@ -1248,6 +1326,34 @@ transport_call_connection_lost(TransportObject *self, PyObject *exc)
     Py_RETURN_NONE;
 }
 
+/* The 'socket' of a stream transport.  The transport class's _socket_class
+ * (pyasync_c._network.TransportSocket, a subclass of asyncio's) is called as
+ * cls(sock, peername): it answers getpeername()/getsockname() from what the
+ * transport already knows while the connection is open -- anyio asks for the
+ * peer on every attribute lookup (httpcore: every request), one system call
+ * each with asyncio's class.  Without _socket_class: asyncio's TransportSocket. */
+static PyObject *
+make_transport_socket(TransportObject *self, PyObject *extra, PyObject *sock)
+{
+    PyObject *cls = PyObject_GetAttrString((PyObject *)Py_TYPE(self), "_socket_class");
+    if (cls == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        return PyObject_CallOneArg(state_of(self)->TransportSocketType, sock);
+    }
+    /* extra NULL: the connection is closing, nothing to cache */
+    PyObject *peername = extra != NULL ? PyDict_GetItemString(extra, "peername") : NULL;
+    peername = Py_NewRef(peername != NULL ? peername : Py_None);  /* owned across the call */
+    PyObject *args[2] = {sock, peername};
+    PyObject *value = PyObject_Vectorcall(cls, args, 2, NULL);
+    Py_DECREF(peername);
+    Py_DECREF(cls);
+    return value;
+}
+
+
 /* get_extra_info(name, default=None).  'socket' (asyncio's TransportSocket)
  * and 'sockname' of stream sockets are made on first use and cached in the
  * extra dict: an idle connection does not carry them. */
@@ -1274,7 +1380,7 @@ transport_get_extra_info(TransportObject *self, PyObject *const *args, Py_ssize_
     }
     PyObject *sock = Py_NewRef(self->sock);
     if (PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
-        value = PyObject_CallOneArg(state_of(self)->TransportSocketType, sock);
+        value = make_transport_socket(self, extra, sock);
     }
     else if (PyUnicode_CompareWithASCIIString(name, "sockname") == 0) {
         value = PyObject_CallMethod(sock, "getsockname", NULL);
@@ -1310,18 +1416,36 @@ transport_force_close_method(TransportObject *self, PyObject *exc)
 }
 
 /* A closed socket cannot be asked any more: keep what get_extra_info()
- * would have answered while it was open. */
+ * would have answered while it was open.  The 'socket' stops answering
+ * from its cache (it is made without one if it was never asked for), so
+ * that afterwards it raises as the closed socket does, as asyncio's. */
 static void
 remember_socket_info(TransportObject *self)
 {
-    static const char *names[] = {"sockname", "socket"};
-    for (size_t i = 0; i < 2; i++) {
-        PyObject *name = PyUnicode_FromString(names[i]);
-        PyObject *args[1] = {name};
-        PyObject *value = name ? transport_get_extra_info(self, args, 1) : NULL;
-        Py_XDECREF(value);
-        Py_XDECREF(name);
+    PyObject *name = PyUnicode_FromString("sockname");
+    PyObject *args[1] = {name};
+    PyObject *value = name ? transport_get_extra_info(self, args, 1) : NULL;
+    Py_XDECREF(value);
+    Py_XDECREF(name);
+    PyErr_Clear();
+
+    PyObject *extra = Py_NewRef(self->extra);
+    PyObject *sock = self->sock != NULL ? Py_NewRef(self->sock) : NULL;
+    value = PyDict_GetItemString(extra, "socket");
+    if (value != NULL) {
+        Py_INCREF(value);
+        PyObject *r = PyObject_CallMethod(value, "_connection_closed", NULL);
+        Py_XDECREF(r);  /* AttributeError: not ours (a user's 'socket' extra) */
     }
+    else if (sock != NULL) {
+        value = make_transport_socket(self, NULL, sock);
+        if (value != NULL) {
+            PyDict_SetItemString(extra, "socket", value);
+        }
+    }
+    Py_XDECREF(value);
+    Py_XDECREF(sock);
+    Py_DECREF(extra);
     PyErr_Clear();
 }
 
@@ -1430,6 +1554,13 @@ transport_make_empty_waiter(TransportObject *self, PyObject *unused)
         Py_DECREF(r);
     }
     self->empty_waiter = Py_NewRef(waiter);
+    /* sendfile lends the fd of the paused transport to add_writer: libuv
+     * allows one poll per fd, so a lazily kept readable stops now */
+    if (!transport_wants_read(self) && (self->poll_events & UV_READABLE)
+        && self->kind != TRANSPORT_WRITE_PIPE && stop_lazy_read(self) < 0) {
+        Py_DECREF(waiter);
+        return NULL;
+    }
     return waiter;
 }
 
