@@ -749,12 +749,16 @@ queue_format(PyObject *op, PyObject *Py_UNUSED(a))
     if (res == NULL) return NULL;
     PyObject *more = NULL;
     if (self->queue != NULL) {
+        /* `if getattr(self, '_queue', None): ... list(self._queue)`: read twice */
         PyObject *q = Py_NewRef(self->queue);
         int t = PyObject_IsTrue(q);
-        PyObject *lst = t > 0 ? PySequence_List(q) : NULL;
         Py_DECREF(q);
-        if (t < 0 || (t > 0 && lst == NULL)) goto error;
+        if (t < 0) goto error;
         if (t) {
+            if ((q = storage_ref(self)) == NULL) goto error;
+            PyObject *lst = PySequence_List(q);
+            Py_DECREF(q);
+            if (lst == NULL) goto error;
             more = PyUnicode_FromFormat("%U _queue=%R", res, lst);
             Py_DECREF(lst);
             if (more == NULL) goto error;
