@@ -180,6 +180,59 @@ def test_queue_storage_replaced_by_its_own_len(loop_name, impl):
     assert out == ["2", "False", "False", "True"]
 
 
+def test_waitop_reentered_from_its_future(loop_name, impl):
+    # A Future subclass's done(), called while a Queue.get() resumes, closes,
+    # throws into or sends to that same get(): it is already executing (the
+    # C op used to go on with a future its nested run had dropped).
+    out = run_scenario(loop_name, impl, """
+        base = pyasync_c.Loop if LOOP == "pyasync_c" else asyncio.SelectorEventLoop
+
+        class F(asyncio.Future):
+            hook = None
+            def done(self):
+                hook, F.hook = F.hook, None
+                if hook is not None:
+                    hook()
+                return super().done()
+
+        class L(base):
+            def create_future(self):
+                return F(loop=self)
+
+        async def main():
+            for what in ("close", "throw", "send"):
+                q = P.Queue()
+                op = q.get().__await__()
+                fut = op.send(None)
+                errors = []
+                def hook():
+                    try:
+                        if what == "close":
+                            op.close()
+                        elif what == "throw":
+                            op.throw(KeyError("x"))
+                        else:
+                            op.send(None)
+                    except ValueError as e:
+                        errors.append(e)
+                F.hook = hook
+                fut._asyncio_future_blocking = False   # as a Task resets it
+                assert op.send(None) is fut           # still waiting
+                assert all("already executing" in str(e) for e in errors), errors
+                F.hook = None     # (asyncio's own await never calls done())
+                q.put_nowait(what)
+                try:
+                    op.send(None)
+                except StopIteration as e:
+                    print(what, e.value)
+
+        loop = L()
+        loop.run_until_complete(main())
+        loop.close()
+    """)
+    assert out == ["close", "close", "throw", "throw", "send", "send"]
+
+
 # ---- a subclass's qsize() of any type ---------------------------------------
 
 @pytest.mark.parametrize("value, full", [
