@@ -247,6 +247,7 @@ storage_len(QueueObject *self)
     PyObject *q = self->queue;
     if (q == NULL) return no_storage((PyObject *)self);
     if (PyList_CheckExact(q)) return PyList_GET_SIZE(q);
+    if (is_deque(q)) return PyObject_Size(q);   /* runs no Python code */
     Py_INCREF(q);                       /* a subclass's __len__ may replace `_queue` */
     Py_ssize_t n = PyObject_Size(q);
     Py_DECREF(q);
@@ -260,6 +261,7 @@ storage_empty(QueueObject *self)
     PyObject *q = self->queue;
     if (q == NULL) return no_storage((PyObject *)self);
     if (PyList_CheckExact(q)) return PyList_GET_SIZE(q) == 0;
+    if (is_deque(q)) return PyObject_Size(q) == 0;
     Py_INCREF(q);
     int t = PyObject_IsTrue(q);
     Py_DECREF(q);
