@@ -72,6 +72,9 @@ typedef struct TransportObject {
     struct TransportObject *polled_prev, *polled_next; /* loop->polled_transports list */
     PyObject *watcher_callback; /* context.run given to a loop watcher writer (see
                                  * transport_check_fd_free), or NULL */
+    PyObject *write_limits;   /* (low, high) as set_write_buffer_limits got/computed them,
+                               * when not both exact ints in range; else NULL (see
+                               * transport_parse_buffer_limits) */
     WriteQueue queue;
     Py_ssize_t conn_lost;     /* >0 once connection_lost is scheduled; counts writes after */
     Py_ssize_t high_water;
@@ -128,6 +131,21 @@ void transport_settle_future(PyObject *future, PyObject *method, PyObject *value
 int transport_schedule_call(TransportObject *self, PyObject *callable, PyObject *arg);
 void transport_maybe_pause_protocol(TransportObject *self);
 void transport_maybe_resume_protocol(TransportObject *self);
+/* Flow-control limits as asyncio computes them (_FlowControlMixin.
+ * _set_write_buffer_limits, sslproto.add_flowcontrol_defaults): high/low
+ * (NULL or None: the default, default_high bytes, or 4 * low; low defaults to
+ * high // 4), computed and checked (`high >= low >= 0`, same ValueError text)
+ * on the objects.  On success *out_high and *out_low are C thresholds giving the
+ * same answers as asyncio's comparisons with a byte count (pause_at_high: the
+ * caller pauses when size >= high, else when size > high; resume when size <=
+ * low), saturated to Py_ssize_t; *out_values is NULL, or (when a value is not
+ * an exact int in range: float, bool, huge int, ...) a new reference to the
+ * tuple (low, high) of the objects asyncio would store.  -1 with an exception. */
+int transport_parse_buffer_limits(PyObject *high, PyObject *low, Py_ssize_t default_high,
+                                  int pause_at_high, Py_ssize_t *out_high, Py_ssize_t *out_low,
+                                  PyObject **out_values);
+/* get_*_buffer_limits(): `values` if not NULL, else (low, high) as ints. */
+PyObject *transport_buffer_limits_tuple(PyObject *values, Py_ssize_t high, Py_ssize_t low);
 /* After data was queued: poll for writable, pause the protocol if over the
  * high-water mark; None or NULL. */
 PyObject *transport_after_queued(TransportObject *self);

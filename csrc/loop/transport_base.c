@@ -36,6 +36,7 @@
 #include "transport.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <structmember.h>
@@ -1479,54 +1480,189 @@ transport_get_write_buffer_size(TransportObject *self, PyObject *unused)
 static PyObject *
 transport_get_write_buffer_limits(TransportObject *self, PyObject *unused)
 {
-    return Py_BuildValue("(nn)", self->low_water, self->high_water);
+    return transport_buffer_limits_tuple(self->write_limits, self->high_water, self->low_water);
 }
 
-/* A limit as an integer: asyncio compares the number itself, and for whole
- * byte counts `size > x` / `size <= x` equal `size > floor(x)` / `size <= floor(x)`,
- * so floats are floored; negative values are refused below. */
+/* ---- flow-control limits (shared with tls_transport.c) ----
+ *
+ * asyncio keeps the limits as the objects it was given (or computed: 4 * low,
+ * high // 4) and compares them with the buffer size on every write; any
+ * object passing `high >= low >= 0` is accepted (floats, huge ints, bools).
+ * We keep C integers that give the same answers for whole byte counts, and the
+ * objects themselves only when they are not plain ints in range, so that
+ * get_write_buffer_limits() returns what asyncio's returns. */
+
+/* Integral `value` as a Py_ssize_t, saturated; *exact: it fit. */
 static int
-limit_value(PyObject *obj, Py_ssize_t *out)
+saturate_int(PyObject *value, Py_ssize_t *out, int *exact)
 {
-    PyObject *number = PyFloat_Check(obj) ? PyNumber_Long(obj) : PyNumber_Index(obj);
-    if (number == NULL) {
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (v == -1 && PyErr_Occurred()) {
         return -1;
     }
-    *out = PyLong_AsSsize_t(number);
-    Py_DECREF(number);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+    if (overflow > 0 || v > PY_SSIZE_T_MAX) {
+        *out = PY_SSIZE_T_MAX;
+    }
+    else if (overflow < 0 || v < PY_SSIZE_T_MIN) {
+        *out = PY_SSIZE_T_MIN;
+    }
+    else {
+        *out = (Py_ssize_t)v;
+        return 0;
+    }
+    *exact = 0;
+    return 0;
+}
+
+/* The C threshold for one limit.  For a whole byte count n, `n <= x` and
+ * `n > x` equal `n <= floor(x)` and `n > floor(x)`; `n >= x` equals
+ * `n >= ceil(x)` (round_up).  Beyond Py_ssize_t: saturated (10**30 never
+ * pauses, as with asyncio).  NaN compares false with everything: a high mark
+ * that never pauses, a low mark that never resumes.  *exact: value is an
+ * exact int that fits (no need to keep the object). */
+static int
+limit_threshold(PyObject *value, int is_high, int round_up, Py_ssize_t *out, int *exact)
+{
+    *exact = PyLong_CheckExact(value);
+    if (PyLong_Check(value)) {
+        return saturate_int(value, out, exact);
+    }
+    if (PyFloat_Check(value)) {
+        double d = PyFloat_AS_DOUBLE(value);
+        if (isnan(d)) {
+            *out = is_high ? PY_SSIZE_T_MAX : PY_SSIZE_T_MIN;
+            return 0;
+        }
+        d = round_up ? ceil(d) : floor(d);
+        /* 2**63 is the first double above PY_SSIZE_T_MAX (64-bit) */
+        if (d >= -(double)PY_SSIZE_T_MIN) {
+            *out = PY_SSIZE_T_MAX;
+        }
+        else if (d < (double)PY_SSIZE_T_MIN) {
+            *out = PY_SSIZE_T_MIN;
+        }
+        else {
+            *out = (Py_ssize_t)d;
+        }
+        return 0;
+    }
+    /* Fraction, Decimal, ...: math.floor/ceil give the exact integer */
+    PyObject *math = PyImport_ImportModule("math");
+    if (math == NULL) {
+        return -1;
+    }
+    PyObject *integer = PyObject_CallMethod(math, round_up ? "ceil" : "floor", "O", value);
+    Py_DECREF(math);
+    if (integer == NULL) {
+        return -1;
+    }
+    int rc;
+    if (PyLong_Check(integer)) {
+        rc = saturate_int(integer, out, exact);
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "buffer limit %R has no integer floor/ceiling", value);
+        rc = -1;
+    }
+    Py_DECREF(integer);
+    return rc;
+}
+
+int
+transport_parse_buffer_limits(PyObject *high, PyObject *low, Py_ssize_t default_high,
+                              int pause_at_high, Py_ssize_t *out_high, Py_ssize_t *out_low,
+                              PyObject **out_values)
+{
+    *out_values = NULL;
+    high = high == NULL ? Py_None : high;
+    low = low == NULL ? Py_None : low;
+    if (high == Py_None && low == Py_None) {   /* the defaults: no Python arithmetic */
+        *out_high = default_high;
+        *out_low = default_high / 4;
+        return 0;
+    }
+    /* asyncio's steps on the objects: `high = 4 * low`, `low = high // 4`,
+     * `if not high >= low >= 0: raise ValueError(...)` (same exceptions for
+     * values that do not support them) */
+    PyObject *four = PyLong_FromLong(4), *zero = PyLong_FromLong(0);
+    PyObject *hi = NULL, *lo = NULL;
+    if (four == NULL || zero == NULL) {
+        goto error;
+    }
+    if (high == Py_None) {
+        lo = Py_NewRef(low);
+        hi = PyNumber_Multiply(four, lo);
+    }
+    else {
+        hi = Py_NewRef(high);
+        lo = low == Py_None ? PyNumber_FloorDivide(hi, four) : Py_NewRef(low);
+    }
+    if (hi == NULL || lo == NULL) {
+        goto error;
+    }
+    int ok = PyObject_RichCompareBool(hi, lo, Py_GE);
+    if (ok > 0) {
+        ok = PyObject_RichCompareBool(lo, zero, Py_GE);
+    }
+    if (ok < 0) {
+        goto error;
+    }
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "high (%R) must be >= low (%R) must be >= 0", hi, lo);
+        goto error;
+    }
+    int hi_exact, lo_exact;
+    Py_ssize_t high_c, low_c;
+    if (limit_threshold(hi, 1, pause_at_high, &high_c, &hi_exact) < 0
+        || limit_threshold(lo, 0, 0, &low_c, &lo_exact) < 0) {
+        goto error;
+    }
+    if (!(hi_exact && lo_exact) && (*out_values = PyTuple_Pack(2, lo, hi)) == NULL) {
+        goto error;
+    }
+    *out_high = high_c;
+    *out_low = low_c;
+    Py_DECREF(hi);
+    Py_DECREF(lo);
+    Py_DECREF(four);
+    Py_DECREF(zero);
+    return 0;
+error:
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    Py_XDECREF(four);
+    Py_XDECREF(zero);
+    return -1;
+}
+
+PyObject *
+transport_buffer_limits_tuple(PyObject *values, Py_ssize_t high, Py_ssize_t low)
+{
+    if (values != NULL) {
+        return Py_NewRef(values);
+    }
+    return Py_BuildValue("(nn)", low, high);
 }
 
 static PyObject *
 transport_set_write_buffer_limits(TransportObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"high", "low", NULL};
-    PyObject *high_obj = Py_None, *low_obj = Py_None;
+    PyObject *high_obj = Py_None, *low_obj = Py_None, *values;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:set_write_buffer_limits", keywords,
                                      &high_obj, &low_obj)) {
         return NULL;
     }
+    /* _FlowControlMixin pauses when size > high: pause_at_high = 0 */
     Py_ssize_t high, low;
-    if (low_obj != Py_None && limit_value(low_obj, &low) < 0) {
-        return NULL;
-    }
-    if (high_obj != Py_None) {
-        if (limit_value(high_obj, &high) < 0) {
-            return NULL;
-        }
-    }
-    else {
-        high = low_obj == Py_None ? DEFAULT_HIGH_WATER : 4 * low;
-    }
-    if (low_obj == Py_None) {
-        low = high / 4;
-    }
-    if (!(high >= low && low >= 0)) {
-        PyErr_Format(PyExc_ValueError, "high (%zd) must be >= low (%zd) must be >= 0", high, low);
+    if (transport_parse_buffer_limits(high_obj, low_obj, DEFAULT_HIGH_WATER, 0, &high, &low,
+                                      &values) < 0) {
         return NULL;
     }
     self->high_water = high;
     self->low_water = low;
+    Py_XSETREF(self->write_limits, values);
     transport_maybe_pause_protocol(self);
     if (PyErr_Occurred()) {
         return NULL;
@@ -1769,12 +1905,18 @@ get_protocol_paused(TransportObject *self, void *closure)
 static PyObject *
 get_high_water(TransportObject *self, void *closure)
 {
+    if (self->write_limits != NULL) {
+        return Py_NewRef(PyTuple_GET_ITEM(self->write_limits, 1));
+    }
     return PyLong_FromSsize_t(self->high_water);
 }
 
 static PyObject *
 get_low_water(TransportObject *self, void *closure)
 {
+    if (self->write_limits != NULL) {
+        return Py_NewRef(PyTuple_GET_ITEM(self->write_limits, 0));
+    }
     return PyLong_FromSsize_t(self->low_water);
 }
 
@@ -1861,6 +2003,7 @@ transport_traverse(TransportObject *self, visitproc visit, void *arg)
     Py_VISIT(self->address);
     Py_VISIT(self->io_ready_method);
     Py_VISIT(self->watcher_callback);
+    Py_VISIT(self->write_limits);
     for (Py_ssize_t i = 0; i < self->queue.count; i++) {
         WriteEntry *entry = &self->queue.items[(self->queue.head + i) & (self->queue.capacity - 1)];
         Py_VISIT(entry->address);
@@ -1880,6 +2023,7 @@ transport_clear(TransportObject *self)
     Py_CLEAR(self->context);
     Py_CLEAR(self->empty_waiter);
     Py_CLEAR(self->address);
+    Py_CLEAR(self->write_limits);
     write_queue_clear(&self->queue);
     return 0;
 }

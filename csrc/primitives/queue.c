@@ -84,6 +84,19 @@ set_storage(QueueObject *self, PyObject *obj)
     return 0;
 }
 
+/* The storage with a reference of our own.  Every operation below may run
+ * Python code (an item's __lt__/__eq__/__del__, a storage subclass's
+ * methods, the GC) that can replace `_queue`; holding the container keeps
+ * it alive until the C function working on it returns, as asyncio's
+ * `self._queue` on the Python stack does. */
+static PyObject *
+storage_ref(QueueObject *self)
+{
+    PyObject *q = self->queue;
+    if (q == NULL) return no_storage((PyObject *)self), NULL;
+    return Py_NewRef(q);
+}
+
 /* Queue._init/_put/_get */
 static int
 fifo_init(QueueObject *self)
@@ -94,10 +107,12 @@ fifo_init(QueueObject *self)
 static int
 fifo_put(QueueObject *self, PyObject *item)
 {
-    PyObject *q = self->queue, *r;
-    if (q == NULL) return no_storage((PyObject *)self);
+    PyObject *q = storage_ref(self), *r;
+    if (q == NULL) return -1;
+    /* a maxlen deque drops its oldest item here: its __del__ may run */
     if (is_deque(q)) r = vcall2(prim_shared.deque_append, q, item);
     else r = PyObject_CallMethodOneArg(q, prim_shared.s_append, item);
+    Py_DECREF(q);
     if (r == NULL) return -1;
     Py_DECREF(r);
     return 0;
@@ -106,10 +121,12 @@ fifo_put(QueueObject *self, PyObject *item)
 static PyObject *
 fifo_get(QueueObject *self)
 {
-    PyObject *q = self->queue;
-    if (q == NULL) return no_storage((PyObject *)self), NULL;
-    if (is_deque(q)) return vcall2(prim_shared.deque_popleft, q, NULL);
-    return PyObject_CallMethodNoArgs(q, prim_shared.s_popleft);
+    PyObject *q = storage_ref(self), *r;
+    if (q == NULL) return NULL;
+    if (is_deque(q)) r = vcall2(prim_shared.deque_popleft, q, NULL);
+    else r = PyObject_CallMethodNoArgs(q, prim_shared.s_popleft);
+    Py_DECREF(q);
+    return r;
 }
 
 /* LifoQueue._init/_put/_get, PriorityQueue._init */
@@ -122,42 +139,48 @@ list_init(QueueObject *self)
 static int
 lifo_put(QueueObject *self, PyObject *item)
 {
-    PyObject *q = self->queue;
-    if (q == NULL) return no_storage((PyObject *)self);
-    if (PyList_CheckExact(q)) return PyList_Append(q, item);
-    PyObject *r = PyObject_CallMethodOneArg(q, prim_shared.s_append, item);
-    if (r == NULL) return -1;
-    Py_DECREF(r);
-    return 0;
+    PyObject *q = storage_ref(self);
+    if (q == NULL) return -1;
+    int rc;
+    if (PyList_CheckExact(q)) rc = PyList_Append(q, item);
+    else {
+        PyObject *r = PyObject_CallMethodOneArg(q, prim_shared.s_append, item);
+        rc = r == NULL ? -1 : 0;
+        Py_XDECREF(r);
+    }
+    Py_DECREF(q);
+    return rc;
 }
 
 static PyObject *
 lifo_get(QueueObject *self)
 {
-    PyObject *q = self->queue;
-    if (q == NULL) return no_storage((PyObject *)self), NULL;
+    PyObject *q = storage_ref(self), *item;
+    if (q == NULL) return NULL;
     if (PyList_CheckExact(q)) {
         Py_ssize_t n = PyList_GET_SIZE(q);
         if (n == 0) {
             PyErr_SetString(PyExc_IndexError, "pop from empty list");
-            return NULL;
+            item = NULL;
         }
-        PyObject *item = Py_NewRef(PyList_GET_ITEM(q, n - 1));
-        if (PyList_SetSlice(q, n - 1, n, NULL) < 0) {
-            Py_DECREF(item);
-            return NULL;
+        else {
+            item = Py_NewRef(PyList_GET_ITEM(q, n - 1));
+            if (PyList_SetSlice(q, n - 1, n, NULL) < 0) Py_CLEAR(item);
         }
-        return item;
     }
-    return PyObject_CallMethodNoArgs(q, prim_shared.s_pop);
+    else item = PyObject_CallMethodNoArgs(q, prim_shared.s_pop);
+    Py_DECREF(q);
+    return item;
 }
 
-/* PriorityQueue._put/_get: heapq on the list */
+/* PriorityQueue._put/_get: heapq on the list (its comparisons run the items' __lt__) */
 static int
 heap_put(QueueObject *self, PyObject *item)
 {
-    if (self->queue == NULL) return no_storage((PyObject *)self);
-    PyObject *r = vcall2(prim_shared.heappush, self->queue, item);
+    PyObject *q = storage_ref(self);
+    if (q == NULL) return -1;
+    PyObject *r = vcall2(prim_shared.heappush, q, item);
+    Py_DECREF(q);
     if (r == NULL) return -1;
     Py_DECREF(r);
     return 0;
@@ -166,8 +189,11 @@ heap_put(QueueObject *self, PyObject *item)
 static PyObject *
 heap_get(QueueObject *self)
 {
-    if (self->queue == NULL) return no_storage((PyObject *)self), NULL;
-    return vcall2(prim_shared.heappop, self->queue, NULL);
+    PyObject *q = storage_ref(self);
+    if (q == NULL) return NULL;
+    PyObject *r = vcall2(prim_shared.heappop, q, NULL);
+    Py_DECREF(q);
+    return r;
 }
 
 /* the instance's storage operations (fast C path or Python hooks) */
@@ -221,7 +247,11 @@ storage_len(QueueObject *self)
     PyObject *q = self->queue;
     if (q == NULL) return no_storage((PyObject *)self);
     if (PyList_CheckExact(q)) return PyList_GET_SIZE(q);
-    return PyObject_Size(q);
+    if (is_deque(q)) return PyObject_Size(q);   /* runs no Python code */
+    Py_INCREF(q);                       /* a subclass's __len__ may replace `_queue` */
+    Py_ssize_t n = PyObject_Size(q);
+    Py_DECREF(q);
+    return n;
 }
 
 /* not self._queue */
@@ -231,7 +261,10 @@ storage_empty(QueueObject *self)
     PyObject *q = self->queue;
     if (q == NULL) return no_storage((PyObject *)self);
     if (PyList_CheckExact(q)) return PyList_GET_SIZE(q) == 0;
+    if (is_deque(q)) return PyObject_Size(q) == 0;
+    Py_INCREF(q);
     int t = PyObject_IsTrue(q);
+    Py_DECREF(q);
     return t < 0 ? -1 : !t;
 }
 
@@ -245,41 +278,55 @@ call_truth(PyObject *self, PyObject *name)
     return t;
 }
 
-/* self.qsize() */
-static Py_ssize_t
-q_qsize(QueueObject *self)
+/* Queue.full() as asyncio's: `False if maxsize <= 0 else self.qsize() >= maxsize`,
+ * where both comparisons are made on the objects (a subclass's qsize() may return
+ * a float or a huge int; maxsize may be any object comparable with ints).  New
+ * reference to the result (the comparison's own object, as asyncio returns it). */
+static PyObject *
+full_result(QueueObject *self)
 {
-    if (!self->size_hooks) return storage_len(self);
-    PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, prim_shared.s_qsize);
-    if (r == NULL) return -1;
-    Py_ssize_t n = PyNumber_AsSsize_t(r, PyExc_OverflowError);
-    Py_DECREF(r);
-    return n;
+    if (self->maxsize_generic) {
+        PyObject *maxsize = Py_NewRef(self->maxsize_obj), *zero = PyLong_FromLong(0);
+        int le = zero == NULL ? -1 : PyObject_RichCompareBool(maxsize, zero, Py_LE);
+        Py_XDECREF(zero);
+        Py_DECREF(maxsize);
+        if (le < 0) return NULL;
+        if (le) Py_RETURN_FALSE;
+    }
+    else if (self->maxsize <= 0) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *size;
+    if (self->size_hooks) {
+        size = PyObject_CallMethodNoArgs((PyObject *)self, prim_shared.s_qsize);
+    }
+    else {
+        Py_ssize_t n = storage_len(self);
+        size = n < 0 ? NULL : PyLong_FromSsize_t(n);
+    }
+    if (size == NULL) return NULL;
+    PyObject *maxsize = Py_NewRef(self->maxsize_obj);   /* qsize() may have re-run __init__ */
+    PyObject *r = PyObject_RichCompare(size, maxsize, Py_GE);
+    Py_DECREF(maxsize);
+    Py_DECREF(size);
+    return r;
 }
 
-/* Queue.full() body: maxsize <= 0 never full, else qsize() >= maxsize */
+/* Queue.full() body as a truth value; C integers for our own types */
 static int
 full_body(QueueObject *self)
 {
-    if (self->maxsize_generic) {
-        /* e.g. a float maxsize: `maxsize <= 0` and `qsize() >= maxsize` as objects */
-        PyObject *zero = PyLong_FromLong(0);
-        if (zero == NULL) return -1;
-        int le = PyObject_RichCompareBool(self->maxsize_obj, zero, Py_LE);
-        Py_DECREF(zero);
-        if (le != 0) return le < 0 ? -1 : 0;
-        Py_ssize_t n = q_qsize(self);
-        if (n < 0 && PyErr_Occurred()) return -1;
-        PyObject *nobj = PyLong_FromSsize_t(n);
-        if (nobj == NULL) return -1;
-        int ge = PyObject_RichCompareBool(nobj, self->maxsize_obj, Py_GE);
-        Py_DECREF(nobj);
-        return ge;
+    if (!self->maxsize_generic && !self->size_hooks) {
+        if (self->maxsize <= 0) return 0;
+        Py_ssize_t n = storage_len(self);
+        if (n < 0) return -1;
+        return n >= self->maxsize;
     }
-    if (self->maxsize <= 0) return 0;
-    Py_ssize_t n = q_qsize(self);
-    if (n < 0) return PyErr_Occurred() ? -1 : 0;
-    return n >= self->maxsize;
+    PyObject *r = full_result(self);
+    if (r == NULL) return -1;
+    int t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t;
 }
 
 /* self.full() / self.empty() */
@@ -661,9 +708,13 @@ queue_empty(PyObject *op, PyObject *Py_UNUSED(a))
 static PyObject *
 queue_full(PyObject *op, PyObject *Py_UNUSED(a))
 {
-    int f = full_body((QueueObject *)op);
-    if (f < 0) return NULL;
-    return PyBool_FromLong(f);
+    QueueObject *self = (QueueObject *)op;
+    if (!self->maxsize_generic && !self->size_hooks) {
+        int f = full_body(self);
+        if (f < 0) return NULL;
+        return PyBool_FromLong(f);
+    }
+    return full_result(self);
 }
 
 /* the overridable hooks, callable from Python subclasses via super() */
@@ -693,14 +744,22 @@ static PyObject *
 queue_format(PyObject *op, PyObject *Py_UNUSED(a))
 {
     QueueObject *self = (QueueObject *)op;
-    PyObject *res = PyUnicode_FromFormat("maxsize=%R", self->maxsize_obj ? self->maxsize_obj : Py_None);
+    /* repr(), truth and list() run Python code: hold what they work on */
+    PyObject *maxsize = Py_NewRef(self->maxsize_obj ? self->maxsize_obj : Py_None);
+    PyObject *res = PyUnicode_FromFormat("maxsize=%R", maxsize);
+    Py_DECREF(maxsize);
     if (res == NULL) return NULL;
     PyObject *more = NULL;
     if (self->queue != NULL) {
-        int t = PyObject_IsTrue(self->queue);
+        /* `if getattr(self, '_queue', None): ... list(self._queue)`: read twice */
+        PyObject *q = Py_NewRef(self->queue);
+        int t = PyObject_IsTrue(q);
+        Py_DECREF(q);
         if (t < 0) goto error;
         if (t) {
-            PyObject *lst = PySequence_List(self->queue);
+            if ((q = storage_ref(self)) == NULL) goto error;
+            PyObject *lst = PySequence_List(q);
+            Py_DECREF(q);
             if (lst == NULL) goto error;
             more = PyUnicode_FromFormat("%U _queue=%R", res, lst);
             Py_DECREF(lst);

@@ -680,20 +680,26 @@ waitop_advance(WaitOp *op, PyObject *exc, PyObject **out)
 
     Py_XINCREF(exc);
     if (op->state == ST_WAITING && exc == NULL) {
-        int d = prim_fut_done(op->fut);
+        /* The future's methods may run Python code (a Future subclass) that
+         * sends to, throws into or closes this op: it is running from here on
+         * ("already executing"), and the future is ours meanwhile. */
+        op->state = ST_RUNNING;
+        PyObject *fut = Py_NewRef(op->fut);
+        int d = prim_fut_done(fut);
         if (d == 0) {
             /* sent to while the future is pending: answer as `await fut`
              * does -- yield it again if the driver reset its blocking flag
              * (as a Task does), else fail at the await point */
-            PyObject *b = PyObject_GetAttr(op->fut, prim_shared.s_blocking);
+            PyObject *b = PyObject_GetAttr(fut, prim_shared.s_blocking);
             int blocking = b == NULL ? -1 : PyObject_IsTrue(b);
             Py_XDECREF(b);
             if (blocking == 0) {
-                if (PyObject_SetAttr(op->fut, prim_shared.s_blocking, Py_True) < 0) {
+                if (PyObject_SetAttr(fut, prim_shared.s_blocking, Py_True) < 0) {
                     exc = prim_exc_fetch();
                 }
                 else {
-                    *out = Py_NewRef(op->fut);
+                    op->state = ST_WAITING;
+                    *out = fut;
                     return PYGEN_NEXT;
                 }
             }
@@ -710,10 +716,11 @@ waitop_advance(WaitOp *op, PyObject *exc, PyObject **out)
         }
         else {
             /* woken up: the outcome of the future is the outcome of the await */
-            PyObject *r = prim_fut_result(op->fut);
+            PyObject *r = prim_fut_result(fut);
             if (r == NULL) exc = prim_exc_fetch();
             else Py_DECREF(r);
         }
+        Py_DECREF(fut);
     }
     for (;;) {
         PyObject *res = NULL;
