@@ -67,7 +67,7 @@ async def pipeline(p: Prims, items: int = 100_000, workers: int = 4) -> int:
 async def callback_chain(p: Prims, hops: int = 300_000) -> int:
     """A callback that reschedules itself with call_soon."""
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
+    done: asyncio.Future[int] = loop.create_future()
     count = 0
 
     def hop() -> None:
@@ -86,7 +86,7 @@ async def timer_storm(p: Prims, timers: int = 100_000) -> int:
     mostly don't fire, as in a server)."""
     loop = asyncio.get_running_loop()
     rng = random.Random(7)
-    done = loop.create_future()
+    done: asyncio.Future[int] = loop.create_future()
     expected = timers - timers // 2
     fired = 0
 
@@ -208,6 +208,10 @@ def native_primitives() -> Optional[Prims]:
         return None
 
 
+def _milliseconds(seconds: Optional[float]) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1e3:.1f} ms"
+
+
 def _ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
     if numerator is None or denominator is None or denominator <= 0:
         return "n/a"
@@ -241,8 +245,7 @@ def print_scale_table(columns: Sequence[Any]) -> list[tuple[str, bool]]:
             if not ok:
                 problems.append((f"{pattern.name} [{col.name}]: wrong result", col.counts))
         ok_text = "/".join("-" if ok is None else "ok" if ok else "FAIL" for ok in oks)
-        cells = "".join(" {:>10}".format("n/a" if times[n] is None else f"{times[n] * 1e3:.1f} ms")
-                        for n in names)
+        cells = "".join(f" {_milliseconds(times[name]):>10}" for name in names)
         ours = times.get("pyasync_c")
         print(f"{pattern.name:<24} {ok_text:<13}{cells}"
               f" {_ratio(times.get('stdlib'), ours):>10} {_ratio(times.get('uvloop'), ours):>10}")
