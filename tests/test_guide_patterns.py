@@ -5,6 +5,7 @@ import asyncio
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -131,3 +132,16 @@ def test_scale_table_ratios(monkeypatch: pytest.MonkeyPatch,
     (row,) = [line for line in out.splitlines() if line.startswith("tiny gather")]
     assert "ok/ok/ok" in row and len(re.findall(r"\d+\.\d\dx", row)) == 2, row
     assert "vs uvloop" in out and "uvloop.run()" in out
+
+
+def test_make_demo_shows_the_setup_output_when_it_fails() -> None:
+    """`make demo` keeps deps/build quiet, but a failing step prints its log
+    and fails (here `.ci/deps` cannot set up PYTHON=false)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    proc = subprocess.run(["make", "--no-print-directory", "demo", "PYTHON=false"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "deps: installing setuptools and pytest for false" in proc.stdout  # the log, shown
+    assert "demo: the set-up failed" in proc.stderr
+    assert "pattern" not in proc.stdout  # the demo itself did not run
