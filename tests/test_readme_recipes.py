@@ -174,7 +174,7 @@ def test_server_recipes_cover_the_documented_ways() -> None:
     assert "-m uvicorn" in fastapi and "--workers" in fastapi
     assert "-k pyasync_c.workers.UvicornWorker" in fastapi
     aiohttp = " | ".join(server_commands("aiohttp-run"))
-    assert "python -m pyasync_c server.py" in aiohttp
+    assert "python -m pyasync_c server.py" in aiohttp and "-m aiohttp.web" in aiohttp
     assert "-k pyasync_c.workers.AiohttpWorker" in aiohttp
 
 
