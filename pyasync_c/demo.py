@@ -1,8 +1,10 @@
-"""The asyncio guide's patterns, run on the stdlib loop and on pyasync_c's loop.
+"""The asyncio guide's patterns, run on the stdlib loop, uvloop (when it is
+installed) and pyasync_c's loop.
 
 Run ``python -m pyasync_c.demo`` (or ``python pyasync_c/demo.py``). Each pattern
 is an ``async def`` returning a plain, deterministic value that is compared with
 ``Pattern.expected``; the tests import :data:`PATTERNS` and assert the same.
+Then demo_scale times the patterns at scale on the same loops.
 """
 from __future__ import annotations
 
@@ -554,41 +556,100 @@ def load_pyasync_c() -> tuple[Optional[LoopFactory], str]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
+def load_uvloop() -> tuple[Optional[LoopFactory], str]:
+    """uvloop's loop factory, or None and the reason it is unavailable."""
+    try:
+        import uvloop
+        return uvloop.new_event_loop, ""
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A loop the demo runs every pattern on."""
+    name: str
+    factory: Optional[LoopFactory]   # None: not available, the column shows n/a
+    counts: bool = True              # whether a wrong result fails the demo
+    c_primitives: bool = False       # the scale table gives it pyasync_c's C primitives
+
+
+def columns() -> tuple[list[Column], list[str]]:
+    """stdlib, uvloop, pyasync_c (in that order), and a note per missing loop."""
+    notes = []
+    uvloop_factory, why_uvloop = load_uvloop()
+    if uvloop_factory is None:
+        notes.append(f"uvloop is not available ({why_uvloop}): its column shows n/a "
+                     "(pip install uvloop to compare).")
+    pyasync_factory, why = load_pyasync_c()
+    if pyasync_factory is None:
+        notes.append(f"pyasync_c cannot be imported ({why}); its column shows n/a.")
+    # uvloop is the reference being compared with: a result of its that
+    # differs is shown, but only stdlib's and pyasync_c's fail the demo.
+    return [Column("stdlib", asyncio.SelectorEventLoop),
+            Column("uvloop", uvloop_factory, counts=False),
+            Column("pyasync_c", pyasync_factory, c_primitives=True)], notes
+
+
 def _cell(outcome: Optional[Outcome]) -> str:
     return "n/a" if outcome is None else f"{outcome.seconds * 1000:.1f} ms"
 
 
-def main() -> int:
-    pyasync_factory, why = load_pyasync_c()
-    if pyasync_factory is None:
-        print(f"pyasync_c cannot be imported ({why}); running the stdlib column only.\n")
-    header = f"{'pattern':<24} {'ok?':<10} {'stdlib':>10} {'pyasync_c':>10} {'ratio':>7}"
+def ok_cell(oks: list[Optional[bool]]) -> str:
+    """'ok/ok/FAIL' for the columns in order; '-' for a loop not available."""
+    return "/".join("-" if ok is None else "ok" if ok else "FAIL" for ok in oks)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A wrong result: `counts` if it fails the demo (stdlib's, pyasync_c's)."""
+    text: str
+    counts: bool
+
+
+def print_pattern_table(cols: list[Column]) -> list[Problem]:
+    """Runs every guide pattern on every loop, prints the table, returns the wrong results."""
+    header = (f"{'pattern':<24} {'ok?':<13}"
+              + "".join(f" {col.name:>10}" for col in cols))
     print(header)
     print("-" * len(header))
-    failures: list[str] = []
+    problems: list[Problem] = []
     for pattern in PATTERNS:
-        std = run_pattern(pattern, asyncio.SelectorEventLoop)
-        ours = run_pattern(pattern, pyasync_factory) if pyasync_factory else None
-        ok = "ok" if std.ok else "FAIL"
-        if ours is not None:
-            ok += "/ok" if ours.ok else "/FAIL"
-        ratio = f"{ours.seconds / std.seconds:.2f}" if ours and std.seconds > 0 else "n/a"
-        print(f"{pattern.name:<24} {ok:<10} {_cell(std):>10} {_cell(ours):>10} {ratio:>7}")
-        for label, outcome in (("stdlib", std), ("pyasync_c", ours)):
+        outcomes = [run_pattern(pattern, col.factory) if col.factory else None for col in cols]
+        print(f"{pattern.name:<24} {ok_cell([o.ok if o else None for o in outcomes]):<13}"
+              + "".join(f" {_cell(o):>10}" for o in outcomes))
+        for col, outcome in zip(cols, outcomes):
             if outcome is not None and not outcome.ok:
-                failures.append(f"{pattern.name} [{label}]: {outcome.error}")
-    print("\nok? is stdlib/pyasync_c; ratio is pyasync_c time / stdlib time (lower is faster).")
-    print("These patterns wait on sleeps and threads, so both loops take about the same time.\n")
+                problems.append(Problem(f"{pattern.name} [{col.name}]: {outcome.error}",
+                                        col.counts))
+    names = "/".join(col.name for col in cols)
+    print(f"\nok? is {names}: each loop's result is checked against the expected one.")
+    print("These patterns wait on sleeps and threads, so every loop takes about the same time;")
+    print("the table below measures the loops and the primitives.\n")
+    return problems
+
+
+def main() -> int:
+    cols, notes = columns()
+    for note in notes:
+        print(note)
+    if notes:
+        print()
+    problems = print_pattern_table(cols)
     try:
         from pyasync_c.demo_scale import print_scale_table
     except ImportError as exc:
         print(f"(throughput table unavailable: {exc})")
     else:
-        failures += print_scale_table(pyasync_factory)
+        problems += [Problem(text, counts) for text, counts in print_scale_table(cols)]
+    failures = [p.text for p in problems if p.counts]
+    differences = [p.text for p in problems if not p.counts]
     if failures:
         print("\nFailures:")
-        for line in failures:
-            print(f"  {line}")
+        print("".join(f"  {line}\n" for line in failures), end="")
+    if differences:
+        print("\nuvloop gave other results (shown for comparison; they do not fail the demo):")
+        print("".join(f"  {line}\n" for line in differences), end="")
     return 1 if failures else 0
 
 

@@ -1,9 +1,10 @@
 """The guide patterns at scale, without sleeps, so the loop and the primitives
 are what is measured.  Part of ``python -m pyasync_c.demo``.
 
-The stdlib column is asyncio's loop with asyncio's primitives; the pyasync_c
-column is pyasync_c's loop with its C primitives — what ``python -m pyasync_c``
-gives an unmodified program.  Each pattern returns a value checked against
+The stdlib column is asyncio's loop with asyncio's primitives, the uvloop
+column uvloop's loop with asyncio's primitives (what ``uvloop.run()`` gives),
+and the pyasync_c column pyasync_c's loop with its C primitives — what
+``python -m pyasync_c`` gives an unmodified program.  Each pattern returns a value checked against
 the expected one, so a fast wrong answer still fails.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import random
 import time
 import types
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine, Optional
+from typing import Any, Callable, Coroutine, Optional, Sequence
 
 Prims = types.SimpleNamespace
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
@@ -66,7 +67,7 @@ async def pipeline(p: Prims, items: int = 100_000, workers: int = 4) -> int:
 async def callback_chain(p: Prims, hops: int = 300_000) -> int:
     """A callback that reschedules itself with call_soon."""
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
+    done: asyncio.Future[int] = loop.create_future()
     count = 0
 
     def hop() -> None:
@@ -85,7 +86,7 @@ async def timer_storm(p: Prims, timers: int = 100_000) -> int:
     mostly don't fire, as in a server)."""
     loop = asyncio.get_running_loop()
     rng = random.Random(7)
-    done = loop.create_future()
+    done: asyncio.Future[int] = loop.create_future()
     expected = timers - timers // 2
     fired = 0
 
@@ -207,26 +208,49 @@ def native_primitives() -> Optional[Prims]:
         return None
 
 
-def print_scale_table(pyasync_factory: Optional[LoopFactory]) -> list[str]:
-    """Prints the throughput table; returns failure descriptions."""
-    native = native_primitives() if pyasync_factory else None
-    header = f"{'at scale (best of 3)':<24} {'ok?':<10} {'stdlib':>10} {'pyasync_c':>10} {'speedup':>8}"
+def _milliseconds(seconds: Optional[float]) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1e3:.1f} ms"
+
+
+def _ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
+    if numerator is None or denominator is None or denominator <= 0:
+        return "n/a"
+    return f"{numerator / denominator:.2f}x"
+
+
+def print_scale_table(columns: Sequence[Any]) -> list[tuple[str, bool]]:
+    """Prints the throughput table for the demo's columns (stdlib, uvloop,
+    pyasync_c: objects with name, factory, counts and c_primitives) and
+    returns (description, counts) for each wrong result."""
+    native = native_primitives()
+    names = [col.name for col in columns]
+    header = (f"{'at scale (best of 3)':<24} {'ok?':<13}"
+              + "".join(f" {name:>10}" for name in names)
+              + f" {'vs stdlib':>10} {'vs uvloop':>10}")
     print(header)
     print("-" * len(header))
-    failures = []
+    problems: list[tuple[str, bool]] = []
     for pattern in SCALE_PATTERNS:
-        std_ok, std_time = measure(pattern, asyncio.SelectorEventLoop, stdlib_primitives())
-        cell, speedup, ok = "n/a", "n/a", "ok" if std_ok else "FAIL"
-        if pyasync_factory is not None and native is not None:
-            our_ok, our_time = measure(pattern, pyasync_factory, native)
-            cell = f"{our_time * 1e3:.1f} ms"
-            speedup = f"{std_time / our_time:.2f}x"
-            ok += "/ok" if our_ok else "/FAIL"
-            if not our_ok:
-                failures.append(f"{pattern.name} [pyasync_c]: wrong result")
-        if not std_ok:
-            failures.append(f"{pattern.name} [stdlib]: wrong result")
-        print(f"{pattern.name:<24} {ok:<10} {std_time * 1e3:>7.1f} ms {cell:>10} {speedup:>8}")
-    print("\nstdlib = asyncio loop + asyncio primitives; pyasync_c = its loop + C primitives "
-          "(as `python -m pyasync_c` runs a program). speedup = stdlib time / pyasync_c time.")
-    return failures
+        times: dict[str, Optional[float]] = {}
+        oks: list[Optional[bool]] = []
+        for col in columns:
+            prims = native if col.c_primitives else stdlib_primitives()
+            if col.factory is None or prims is None:
+                times[col.name] = None
+                oks.append(None)
+                continue
+            ok, seconds = measure(pattern, col.factory, prims)
+            times[col.name] = seconds
+            oks.append(ok)
+            if not ok:
+                problems.append((f"{pattern.name} [{col.name}]: wrong result", col.counts))
+        ok_text = "/".join("-" if ok is None else "ok" if ok else "FAIL" for ok in oks)
+        cells = "".join(f" {_milliseconds(times[name]):>10}" for name in names)
+        ours = times.get("pyasync_c")
+        print(f"{pattern.name:<24} {ok_text:<13}{cells}"
+              f" {_ratio(times.get('stdlib'), ours):>10} {_ratio(times.get('uvloop'), ours):>10}")
+    print("\nstdlib = asyncio's loop + asyncio's primitives.")
+    print("uvloop = uvloop's loop + asyncio's primitives (what uvloop.run() gives).")
+    print("pyasync_c = its loop + its C primitives (what `python -m pyasync_c` gives a program).")
+    print("vs stdlib, vs uvloop = that loop's time / pyasync_c's time (above 1: pyasync_c is faster).")
+    return problems
