@@ -117,7 +117,7 @@ asan-build:
 	# so invisible to UBSan: -fno-wrapv (appended after them) turns the check on.
 	CFLAGS="$$CFLAGS -fno-wrapv" PYASYNC_C_SANITIZE=1 $(PYTHON) setup.py build_ext --build-lib $(ASAN_DIR) --build-temp $(ASAN_TMP)
 	# Python sources next to the .so files so `import pyasync_c` resolves here first.
-	cp pyasync_c/*.py pyasync_c/py.typed $(ASAN_DIR)/pyasync_c/
+	cp pyasync_c/*.py pyasync_c/*.pyi pyasync_c/py.typed $(ASAN_DIR)/pyasync_c/
 
 asan: asan-build
 	@test -f "$(ASAN_RUNTIME)" || { echo "libasan.so not found (gcc -print-file-name)"; exit 1; }

@@ -35,6 +35,8 @@ from typing import Any
 
 import pytest
 
+from package_path import PACKAGE_PARENT
+
 from net_util import TLSFiles, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -247,7 +249,7 @@ def uvicorn_subprocess(loop: str, extra_env: dict[str, str] | None = None,
     env = dict(os.environ, **(extra_env or {}))
     # The in-place pyasync_c build (the repo root) and this directory.
     env["PYTHONPATH"] = os.pathsep.join(
-        ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []) + [str(ROOT), str(HERE)])
+        ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []) + [PACKAGE_PARENT, str(HERE)])
     proc = subprocess.Popen(
         [sys.executable, *(["-m", "pyasync_c"] if under_pyasync_c else []), "-m", "uvicorn", "--factory", "integration_util:make_fastapi_app",
          "--host", "127.0.0.1", "--port", str(port), "--loop", loop,

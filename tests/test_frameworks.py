@@ -23,6 +23,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from package_path import PACKAGE_PARENT
+
 from integration_util import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +91,7 @@ def workdir(tmp_path: Path) -> Path:
 
 def env_for(workdir: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ, FW_RECORD=str(workdir / "record.jsonl"), **extra)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(workdir)])
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT, str(workdir)])
     env.pop("PYASYNC_C_SAID", None)
     env.pop("PYASYNC_C_STDLIB_PRIMITIVES", None)
     return env
@@ -431,7 +433,7 @@ def run_sample(tmp_path: Path, *args: str, expect_loop: str, expect_queue: str,
     (tmp_path / "conftest.py").write_text(SAMPLE_CONFTEST)
     (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n"
                                          "asyncio_mode = strict\n" + ini)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), EXPECT_LOOP=expect_loop,
+    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT, EXPECT_LOOP=expect_loop,
                EXPECT_QUEUE=expect_queue)
     env.pop("PYASYNC_C_SAID", None)
     env.pop("PYTEST_ADDOPTS", None)

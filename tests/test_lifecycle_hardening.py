@@ -23,10 +23,11 @@ import weakref
 
 import pytest
 
+from package_path import PACKAGE_PARENT
+
 import pyasync_c
 from pyasync_c import _loop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIO_TIMEOUT = 60
 
 # The subprocess scenarios name the loop they run on by the fixture's name.
@@ -105,7 +106,7 @@ def blocking_resolver(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def run_scenario(loop_name: str, body: str, preload: str | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = PACKAGE_PARENT + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONWARNINGS"] = "ignore::DeprecationWarning"  # 3.12+: fork() with threads
     if preload is not None:
         env["LD_PRELOAD"] = preload

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from package_path import PACKAGE_PARENT
+
 from net_util import (EchoProtocol, ExceptionHandlerRecorder, ProtocolCollector, Recorder, arun,
                       connected_transport, fd_leak, full_backlog, listener, nofile_soft_limit,
                       open_fds, process_fd_report, recv_exactly, recv_until_eof, server_port, tcp_server)
@@ -372,7 +374,7 @@ def test_closing_a_socket_under_a_pending_operation_does_not_crash(loop_name, op
     """The stdlib shrugs (the operation just never completes); the process must not
     die, whether or not the loop has polled the fd yet."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", CLOSE_UNDER_PENDING, loop_name, op, str(delay)],
                           env=env, cwd=root, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr[-2000:]

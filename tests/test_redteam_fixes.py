@@ -28,7 +28,8 @@ from fractions import Fraction
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from package_path import PACKAGE_PARENT
+
 SCENARIO_TIMEOUT = 60
 
 PRELUDE = """\
@@ -52,7 +53,7 @@ def run(coro):
 
 def run_scenario(loop_name: str, impl: str, body: str) -> list[str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = PACKAGE_PARENT + os.pathsep + env.get("PYTHONPATH", "")
     script = PRELUDE + textwrap.dedent(body)
     try:
         result = subprocess.run([sys.executable, "-c", script, loop_name, impl], capture_output=True,

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from package_path import PACKAGE_PARENT
+
 
 PROBE = """
 import asyncio, atexit, json, sys
@@ -50,7 +51,7 @@ print(json.dumps({"loop_module": asyncio.run(main())}))
 def python(args: list[str], cwd: Path, pythonpath: list[str] | None = None,
            stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([*(pythonpath or []), str(ROOT)])
+    env["PYTHONPATH"] = os.pathsep.join([*(pythonpath or []), PACKAGE_PARENT])
     env.pop("PYTHONSAFEPATH", None)
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, input=stdin,
                           capture_output=True, timeout=timeout)

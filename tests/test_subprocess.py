@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from package_path import PACKAGE_PARENT
+
 from net_util import arun, open_fds
 
 __all__ = ["arun"]
@@ -201,9 +203,8 @@ def test_subprocess_in_a_forked_child(loop_name):
     """After fork() the child runs its own loop and subprocesses (a fresh
     interpreter forks, not the multi-threaded pytest process)."""
     import subprocess
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    # the parent's own path first (e.g. make asan's build), this checkout as a fallback
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), repo])))
+    # the build this process imported (e.g. make asan's)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")])))
     done = subprocess.run([PY, "-c", _FORK_SCRIPT, loop_name], env=env, timeout=60)
     assert done.returncode == 0
 
