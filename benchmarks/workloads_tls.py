@@ -1,7 +1,10 @@
 """TLS workloads beyond tls_pingpong (workloads_loop.py): bulk transfer, new
-connections per second; and, run as a script, RSS per idle TLS connection:
+connections per second; and, run as a script, RSS per idle TLS connection and
+a uvloop/pyasync_c comparison by CPU time per unit (steadier than wall-clock
+rates on a loaded machine):
 
     python benchmarks/workloads_tls.py idle-memory stdlib|uvloop|pyasync_c [COUNT]
+    python benchmarks/workloads_tls.py compare tls_pingpong|tls_bulk|tls_connect N ROUNDS
 
 Each ``make(prims, n)`` does its untimed set-up and returns the timed
 coroutine, which returns the number of units it moved.
@@ -189,24 +192,77 @@ def idle_memory(loop_name: str, count: int = 1000) -> float:
         server.close()
         return (after - before) / (2 * count)
 
+    with asyncio.Runner(loop_factory=_loop_factory(loop_name)) as runner:
+        return runner.run(main())
+
+
+def _loop_factory(loop_name: str) -> Any:
     if loop_name == "uvloop":
         import uvloop
-        factory = uvloop.new_event_loop
-    elif loop_name == "pyasync_c":
+        return uvloop.new_event_loop
+    if loop_name == "pyasync_c":
         import pyasync_c
-        factory = pyasync_c.new_event_loop
-    else:
-        factory = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main())
+        return pyasync_c.new_event_loop
+    return asyncio.new_event_loop
+
+
+def _timed_runs(loop_name: str, name: str, n: int, runs: int) -> None:
+    """Child of `compare`: one warm-up and `runs` timed runs of a workload on one
+    loop; prints rate, user and system CPU seconds per unit, one line per run."""
+    import resource
+    import time
+    import workloads_loop
+    make = {"tls_pingpong": workloads_loop.tls_pingpong, "tls_bulk": tls_bulk,
+            "tls_connect": tls_connect}[name]
+    loop = _loop_factory(loop_name)()
+    loop.run_until_complete(make(None, max(1, n // 10)))  # type: ignore[arg-type]
+    for _ in range(runs):
+        body = make(None, n)  # type: ignore[arg-type]
+        start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        loop.run_until_complete(body)
+        wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+        print(n / wall, (after.ru_utime - before.ru_utime) / n,
+              (after.ru_stime - before.ru_stime) / n, flush=True)
+    loop.close()
+
+
+def compare(name: str, n: int, rounds: int) -> None:
+    """uvloop against pyasync_c on one TLS workload, alternating fresh processes
+    (`rounds` each, 2 timed runs per process): medians of the rate and of the
+    CPU time per unit. On a loaded machine the CPU time is the steadier figure."""
+    import statistics
+    import subprocess
+    import sys
+    results: dict[str, list[list[float]]] = {"uvloop": [], "pyasync_c": []}
+    for r in range(rounds):
+        for loop_name in (("uvloop", "pyasync_c") if r % 2 == 0 else ("pyasync_c", "uvloop")):
+            out = subprocess.run([sys.executable, __file__, "_runs", loop_name, name, str(n), "2"],
+                                 capture_output=True, text=True, check=True).stdout
+            results[loop_name] += [[float(x) for x in line.split()] for line in out.splitlines()]
+    med = {k: [statistics.median(run[i] for run in v) for i in range(3)]
+           for k, v in results.items()}
+    for k, (rate, user, system) in med.items():
+        print(f"{name} {k:9}: median {rate:.0f}/s, user {user * 1e6:.2f} us, "
+              f"system {system * 1e6:.2f} us per unit ({len(results[k])} runs)")
+    u, p = med["uvloop"], med["pyasync_c"]
+    print(f"{name} pyasync_c/uvloop: rate {p[0] / u[0]:.2f}x, "
+          f"CPU per unit {(u[1] + u[2]) / (p[1] + p[2]):.2f}x less")
 
 
 if __name__ == "__main__":
     # python benchmarks/workloads_tls.py idle-memory LOOP [COUNT]
+    # python benchmarks/workloads_tls.py compare tls_pingpong|tls_bulk|tls_connect N ROUNDS
     import resource
     import sys
+    if len(sys.argv) >= 2 and sys.argv[1] == "_runs":
+        _timed_runs(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        sys.exit(0)
+    if len(sys.argv) == 5 and sys.argv[1] == "compare":
+        compare(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        sys.exit(0)
     if len(sys.argv) < 3 or sys.argv[1] != "idle-memory":
-        sys.exit("usage: workloads_tls.py idle-memory stdlib|uvloop|pyasync_c [COUNT]")
+        sys.exit("usage: workloads_tls.py idle-memory stdlib|uvloop|pyasync_c [COUNT]\n"
+                 "       workloads_tls.py compare tls_pingpong|tls_bulk|tls_connect N ROUNDS")
     count = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * count + 256)), hard))
