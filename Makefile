@@ -6,7 +6,7 @@
 #                 Python 3.11/3.12/3.13 present + `make stress-short` + CPython test_asyncio
 #                 conformance
 #   make asan     ASan+UBSan build in build/asan (not in place) + full pytest with it,
-#                 then tests/leakcheck.py --smoke and tests/fuzz_primitives.py;
+#                 then tests/leakcheck.py --smoke, tests/fuzz_primitives.py and 60 s of tests/fuzz_tls.py;
 #                 any sanitizer report fails it
 #                 (PYTHON=/path/to/python3.12 works too: per-ABI .so names)
 #   make leaks    refcount-leak check (tests/leakcheck.py) on Debian's python3.11-dbg,
@@ -131,6 +131,8 @@ asan: asan-build
 	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P $(CURDIR)/tests/leakcheck.py --smoke --rounds 2
 	# Odd arguments and re-entrant subclass overrides thrown at the C primitives.
 	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P $(CURDIR)/tests/fuzz_primitives.py --seeds 10
+	# Random app actions and raw peers over native TLS connections, for 60 s.
+	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P $(CURDIR)/tests/fuzz_tls.py --seconds 60
 
 # Reliability harness (overview: stress/__init__.py; options: stress/run.py --help).
 # Exit status 1 if pyasync_c or asyncio (the reference: a check failing there is

@@ -1,6 +1,9 @@
 """Random-input fuzzing of pyasync_c's native TLS layer (csrc/loop/tls_transport.c).
 
-    python tests/fuzz_tls.py [--seeds N] [--first S] [--loop pyasync_c|stdlib]
+    python tests/fuzz_tls.py [--seeds N | --seconds T] [--first S] [--loop pyasync_c|stdlib]
+
+--seconds T runs consecutive seeds until T seconds have passed (at least one;
+`make asan` runs it for 60 s under the sanitizers).
 
 Per seed, on one loop, a few TLS connections (client and server in this
 process) where both application protocols act at random on every callback
@@ -215,6 +218,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="run seeds from --first on until this many seconds passed")
     ap.add_argument("--first", type=int, default=0)
     ap.add_argument("--loop", choices=["pyasync_c", "stdlib"], default="pyasync_c")
     args = ap.parse_args()
@@ -232,7 +237,16 @@ def main() -> int:
     with asyncio.Runner(loop_factory=factory) as runner:  # process-wide libuv fds
         runner.run(asyncio.sleep(0))
     fds_before = len(os.listdir("/proc/self/fd"))
-    for seed in range(args.first, args.first + args.seeds):
+    import itertools
+    import time
+    deadline = time.monotonic() + args.seconds if args.seconds is not None else None
+    seeds = (itertools.count(args.first) if deadline is not None
+             else range(args.first, args.first + args.seeds))
+    done = 0
+    for seed in seeds:
+        if deadline is not None and done and time.monotonic() >= deadline:
+            break
+        done += 1
         with asyncio.Runner(loop_factory=factory) as runner:
             errors = runner.run(one_seed(seed, sctx, cctx))
         gc.collect()
@@ -240,7 +254,7 @@ def main() -> int:
             failures += 1
             print(f"seed {seed}: " + "; ".join(sorted(set(errors))))
     leaked = len(os.listdir("/proc/self/fd")) - fds_before
-    print(f"{args.loop}: {args.seeds} seeds, {failures} with invariant violations, fds leaked: "
+    print(f"{args.loop}: {done} seeds, {failures} with invariant violations, fds leaked: "
           f"{leaked}; still open after 6 s (aborted): {STUCK or 'none'}")
     return 1 if failures or leaked > 0 else 0
 

@@ -682,3 +682,39 @@ def test_loops_in_two_threads_keep_their_tls_streams_apart(loop_factory, tls_fil
     for thread in threads:
         thread.join(90)
     assert results == {0x41: True, 0x42: True}
+
+
+def test_instance_overrides_of_the_fast_paths(arun, tls_files):
+    """The SSL protocol's buffer_updated and the socket transport's write, replaced
+    on the instance, are called (the native layer's C shortcuts between its
+    SSLProtocol and our socket transport step aside)."""
+    async def main():
+        async with tcp_server(ssl=server_context(tls_files)) as server:
+            tr, proto = await tls_connect(server, tls_files)
+            ssl_proto = tr._ssl_protocol
+            raw = ssl_proto._transport
+            calls = {"buffer_updated": 0, "write": 0}
+            original_updated, original_write = ssl_proto.buffer_updated, raw.write
+
+            def buffer_updated(n):
+                calls["buffer_updated"] += 1
+                return original_updated(n)
+
+            def write(data):
+                calls["write"] += 1
+                return original_write(data)
+
+            ssl_proto.buffer_updated = buffer_updated
+            raw.write = write
+            for i in range(5):
+                tr.write(b"ping %d" % i)
+                await proto.wait_data(len(b"ping 0") * (i + 1))
+            assert calls["buffer_updated"] >= 5 and calls["write"] >= 5, calls
+            del ssl_proto.buffer_updated, raw.write
+            before = dict(calls)
+            tr.write(b"more")
+            await proto.wait_data(len(b"ping 0") * 5 + 4)
+            assert calls == before
+            tr.close()
+            await proto.wait_lost()
+    arun(main())

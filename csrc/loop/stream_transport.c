@@ -19,6 +19,7 @@
  * writable.  Lifecycle and ownership: transport_base.c.
  */
 #include "transport.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <string.h>
@@ -183,10 +184,40 @@ read_failed(TransportObject *self, int error_number)
     Py_DECREF(exc);
 }
 
+/* Our SSLProtocol: C calls instead of get_buffer()/buffer_updated() (tls.h). */
+static void
+read_into_tls_protocol(TransportObject *self)
+{
+    char *buffer = transport_take_read_buffer(self->loop);
+    ssize_t received = buffer ? read(self->fd, buffer, TRANSPORT_READ_BUFFER_SIZE) : -1;
+    int error_number = errno;
+    if (received > 0) {  /* the buffer is given back by the callee */
+        if (tls_feed_from_read_buffer(self->protocol, self, buffer, received) < 0) {
+            transport_handle_error(self, "Fatal error: protocol.buffer_updated() call failed.");
+        }
+        return;
+    }
+    if (buffer == NULL) {
+        transport_handle_error(self, "Fatal error: protocol.get_buffer() call failed.");
+        return;
+    }
+    transport_give_back_read_buffer(self->loop, buffer);
+    if (received == 0) {
+        on_eof(self);
+    }
+    else if (!would_block(error_number)) {
+        read_failed(self, error_number);
+    }
+}
+
 static void
 read_into_protocol_buffer(TransportObject *self)
 {
     ModuleState *state = self->loop->state;
+    if (tls_is_native_protocol(self->protocol)) {
+        read_into_tls_protocol(self);
+        return;
+    }
     static const char get_buffer_failed[] = "Fatal error: protocol.get_buffer() call failed.";
     PyObject *size_hint = PyLong_FromLong(-1);
     if (size_hint == NULL) {

@@ -136,6 +136,7 @@ static struct {
     PyObject *bio_write;           /* MemoryBIO.write / read descriptors */
     PyObject *bio_read;
     PyObject *bio_pending;         /* MemoryBIO.pending getset descriptor */
+    PyObject *socket_write;        /* our SocketTransport.write method descriptor */
     PyObject *create_transport_context;
     PyObject *CancelledError;
     PyObject *default_handshake_timeout;
@@ -235,6 +236,11 @@ ssl_lazy_init(void)
     G.bio_pending = G.bio_read ? PyObject_GetAttrString(G.MemoryBIOType, "pending") : NULL;
     if (G.bio_pending == NULL || Py_TYPE(G.bio_pending)->tp_descr_get == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "pyasync_c: unexpected ssl.MemoryBIO layout");
+        goto done;
+    }
+    G.socket_write = PyObject_GetAttrString((PyObject *)G.module_state->SocketTransportType,
+                                            "write");
+    if (G.socket_write == NULL) {
         goto done;
     }
     G.ssl_ready = 1;
@@ -606,6 +612,37 @@ call_transport(SSLProtocolObject *self, PyObject *name, PyObject *arg)
     return 0;
 }
 
+/* transport.write(data): our socket transport's C method through its cached
+ * descriptor unless the instance replaced it (1), else by name (0); -1 on error. */
+static int
+transport_write(SSLProtocolObject *self, PyObject *data)
+{
+    PyObject *transport = self->transport;
+    if (transport == NULL) {
+        return 0;
+    }
+    if (G.socket_write != NULL && Py_IS_TYPE(transport, G.module_state->SocketTransportType)) {
+        PyObject *dict = ((TransportObject *)transport)->dict;
+        PyObject *own = dict != NULL && PyDict_GET_SIZE(dict) > 0
+                            ? PyDict_GetItemWithError(dict, G.str_write) : NULL;
+        if (own == NULL && !PyErr_Occurred()) {
+            Py_INCREF(transport);
+            PyObject *args[2] = {transport, data};
+            PyObject *r = PyObject_Vectorcall(G.socket_write, args, 2, NULL);
+            Py_DECREF(transport);
+            if (r == NULL) {
+                return -1;
+            }
+            Py_DECREF(r);
+            return 1;
+        }
+        if (own == NULL) {
+            return -1;
+        }
+    }
+    return call_transport(self, G.str_write, data);
+}
+
 /* ---- flow control ---- */
 
 static Py_ssize_t
@@ -643,10 +680,12 @@ call_app_flow(SSLProtocolObject *self, PyObject *name, const char *message)
     Py_XDECREF(res);
 }
 
+/* outgoing_pending: the outgoing BIO's size when known, else -1. */
 static int
-control_app_writing(SSLProtocolObject *self)
+control_app_writing(SSLProtocolObject *self, Py_ssize_t outgoing_pending)
 {
-    Py_ssize_t size = write_buffer_size(self);
+    Py_ssize_t size = outgoing_pending >= 0 ? outgoing_pending + self->write_buffer_size
+                                            : write_buffer_size(self);
     if (size < 0) {
         return -1;
     }
@@ -686,24 +725,25 @@ control_ssl_reading(SSLProtocolObject *self)
 static int
 process_outgoing(SSLProtocolObject *self)
 {
-    if (!self->ssl_writing_paused) {
-        Py_ssize_t pending = bio_pending(self->outgoing);
-        if (pending < 0) {
-            return -1;
-        }
-        if (pending > 0) {
-            PyObject *data = PyObject_CallOneArg(G.bio_read, self->outgoing);
-            if (data == NULL) {
-                return -1;
-            }
-            int rc = call_transport(self, G.str_write, data);
-            Py_DECREF(data);
-            if (rc < 0) {
-                return -1;
-            }
-        }
+    if (self->ssl_writing_paused) {
+        return control_app_writing(self, -1);
     }
-    return control_app_writing(self);
+    /* read() of an empty BIO is b'' (a singleton): no pending() call first */
+    PyObject *data = PyObject_CallOneArg(G.bio_read, self->outgoing);
+    if (data == NULL) {
+        return -1;
+    }
+    int rc = 1;
+    if (!PyBytes_Check(data) || PyBytes_GET_SIZE(data) > 0) {
+        rc = transport_write(self, data);
+    }
+    Py_DECREF(data);
+    if (rc < 0) {
+        return -1;
+    }
+    /* The BIO is empty now, unless a foreign transport's write() ran code
+     * that wrote to the SSL object: then ask it. */
+    return control_app_writing(self, rc == 1 ? 0 : -1);
 }
 
 /* Byte length of a bytes-like object (-1 with TypeError otherwise). */
@@ -1483,9 +1523,9 @@ protocol_get_buffer(SSLProtocolObject *self, PyObject *n)
     return PyMemoryView_FromObject(self->own_buffer);
 }
 
-/* Feeds n bytes of ciphertext and runs the state machine. */
+/* Copies n bytes of ciphertext into the incoming BIO. */
 static int
-feed_incoming(SSLProtocolObject *self, const char *bytes, Py_ssize_t n)
+bio_feed(SSLProtocolObject *self, const char *bytes, Py_ssize_t n)
 {
     WindowObject *chunk = window_open((char *)bytes, n, 1);
     if (chunk == NULL) {
@@ -1498,6 +1538,13 @@ feed_incoming(SSLProtocolObject *self, const char *bytes, Py_ssize_t n)
         return -1;
     }
     Py_DECREF(r);
+    return 0;
+}
+
+/* Runs the state machine after ciphertext arrived. */
+static int
+process_incoming(SSLProtocolObject *self)
+{
     switch (self->state) {
     case ST_DO_HANDSHAKE:
         return do_handshake(self);
@@ -1510,6 +1557,55 @@ feed_incoming(SSLProtocolObject *self, const char *bytes, Py_ssize_t n)
     default:
         return 0;
     }
+}
+
+/* Feeds n bytes of ciphertext and runs the state machine. */
+static int
+feed_incoming(SSLProtocolObject *self, const char *bytes, Py_ssize_t n)
+{
+    if (bio_feed(self, bytes, n) < 0) {
+        return -1;
+    }
+    return process_incoming(self);
+}
+
+/* The read hook of our socket transport (tls.h): the instance must not
+ * replace get_buffer/buffer_updated (the type cannot be subclassed). */
+int
+tls_is_native_protocol(PyObject *protocol)
+{
+    if (protocol == NULL || G.ProtocolType == NULL || !Py_IS_TYPE(protocol, G.ProtocolType)) {
+        return 0;
+    }
+    PyObject *dict = ((SSLProtocolObject *)protocol)->dict;
+    if (dict == NULL || PyDict_GET_SIZE(dict) == 0) {
+        return 1;
+    }
+    ModuleState *state = G.module_state;
+    PyObject *found = PyDict_GetItemWithError(dict, state->str_get_buffer);
+    if (found == NULL && !PyErr_Occurred()) {
+        found = PyDict_GetItemWithError(dict, state->str_buffer_updated);
+    }
+    if (PyErr_Occurred()) {
+        PyErr_Clear();  /* the method-call path then reports what is wrong */
+        return 0;
+    }
+    return found == NULL;
+}
+
+int
+tls_feed_from_read_buffer(PyObject *protocol, TransportObject *transport, char *buffer,
+                          Py_ssize_t n)
+{
+    SSLProtocolObject *self = (SSLProtocolObject *)Py_NewRef(protocol);
+    int rc = bio_feed(self, buffer, n);
+    /* copied: the buffer goes back before any Python code of the state machine */
+    transport_give_back_read_buffer(transport->loop, buffer);
+    if (rc == 0) {
+        rc = process_incoming(self);
+    }
+    Py_DECREF(self);
+    return rc;
 }
 
 static PyObject *
@@ -2175,7 +2271,7 @@ tls_set_write_buffer_limits(SSLTransportObject *self, PyObject *args, PyObject *
     if (proto == NULL || parse_limits(args, kwargs, "|OO:set_write_buffer_limits", &high, &low) < 0
         || flowcontrol_limits(high, low, G.high_water_write_kb, &proto->outgoing_high,
                               &proto->outgoing_low) < 0
-        || control_app_writing(proto) < 0) {
+        || control_app_writing(proto, -1) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
