@@ -21,7 +21,7 @@ import pytest
 
 from net_util import (ExceptionHandlerRecorder, ProtocolCollector, Recorder, TLSFiles, arun,
                       client_context, payload, server_context, server_port, tcp_server,
-                      tls_connect, tls_files)
+                      tls_connect, tls_files, wait_until)
 
 __all__ = ["arun", "tls_files"]  # fixtures, imported for pytest
 
@@ -718,3 +718,40 @@ def test_instance_overrides_of_the_fast_paths(arun, tls_files):
             tr.close()
             await proto.wait_lost()
     arun(main())
+
+
+def test_sslobject_class_write_count_is_sliced_like_asyncio(arun, tls_files):
+    # An sslobject_class whose write() reports a bogus (negative) count:
+    # asyncio keeps data[count:] (Python slicing) for the next write; the
+    # native layer must do the same and never send bytes from outside data.
+    class BuggyObject(ssl.SSLObject):
+        lie = True
+
+        def write(self, data):  # type: ignore[override]
+            n = super().write(data)
+            if BuggyObject.lie and len(data) == 16:
+                BuggyObject.lie = False
+                return -8
+            return n
+
+    received = bytearray()
+
+    class Collect(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            received.extend(data)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        cctx = client_context(tls_files)
+        cctx.sslobject_class = BuggyObject
+        server = await loop.create_server(Collect, "127.0.0.1", 0, ssl=server_context(tls_files))
+        async with server:
+            tr, _ = await loop.create_connection(
+                asyncio.Protocol, "127.0.0.1", server_port(server), ssl=cctx,
+                server_hostname="localhost")
+            tr.write(b"0123456789abcdef")
+            await wait_until(lambda: len(received) >= 24)
+            tr.close()
+
+    arun(main())
+    assert bytes(received) == b"0123456789abcdef" + b"89abcdef"

@@ -82,6 +82,8 @@ typedef struct {
     Py_ssize_t write_buffer_size;   /* bytes in backlog */
     Py_ssize_t conn_lost;
     Py_ssize_t incoming_high, incoming_low, outgoing_high, outgoing_low;
+    PyObject *incoming_limits, *outgoing_limits; /* (low, high) objects, or NULL: see
+                                                  * transport_parse_buffer_limits */
     int state;
     int app_state;
     char server_side;
@@ -450,50 +452,6 @@ log_message(PyObject *level, PyObject *exc_info, const char *format, PyObject *a
     Py_XDECREF(r);
 }
 
-/* asyncio's add_flowcontrol_defaults(high, low, kb). */
-static int
-flowcontrol_limits(PyObject *high, PyObject *low, Py_ssize_t kb, Py_ssize_t *high_out,
-                   Py_ssize_t *low_out)
-{
-    Py_ssize_t hi, lo;
-    if (high == NULL || high == Py_None) {
-        if (low == NULL || low == Py_None) {
-            hi = kb * 1024;
-        }
-        else {
-            lo = PyNumber_AsSsize_t(low, PyExc_OverflowError);
-            if (lo == -1 && PyErr_Occurred()) {
-                return -1;
-            }
-            hi = 4 * lo;
-        }
-    }
-    else {
-        hi = PyNumber_AsSsize_t(high, PyExc_OverflowError);
-        if (hi == -1 && PyErr_Occurred()) {
-            return -1;
-        }
-    }
-    if (low == NULL || low == Py_None) {
-        lo = hi / 4;
-        if (hi < 0 && hi % 4) {
-            lo -= 1;  /* floor division, as Python's // */
-        }
-    }
-    else {
-        lo = PyNumber_AsSsize_t(low, PyExc_OverflowError);
-        if (lo == -1 && PyErr_Occurred()) {
-            return -1;
-        }
-    }
-    if (!(hi >= lo && lo >= 0)) {
-        PyErr_Format(PyExc_ValueError, "high (%zd) must be >= low (%zd) must be >= 0", hi, lo);
-        return -1;
-    }
-    *high_out = hi;
-    *low_out = lo;
-    return 0;
-}
 
 /* ---- state ---- */
 
@@ -786,7 +744,12 @@ ssl_write_one(SSLProtocolObject *self, PyObject *data, Py_ssize_t length, PyObje
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
         return -1;
     }
-    *rest = PyBytes_FromStringAndSize((const char *)view.buf + count, view.len - count);
+    /* data[count:] as asyncio slices it: an sslobject_class's write() may
+     * return any int, and a negative one counts from the end (never read
+     * outside the buffer). */
+    Py_ssize_t start = count < 0 ? count + view.len : count;
+    start = start < 0 ? 0 : start > view.len ? view.len : start;
+    *rest = PyBytes_FromStringAndSize((const char *)view.buf + start, view.len - start);
     PyBuffer_Release(&view);
     if (*rest == NULL) {
         return -1;
@@ -1498,8 +1461,10 @@ protocol_get_buffer(SSLProtocolObject *self, PyObject *n)
 {
     LoopObject *loop = socket_transport_loop(self);
     if (loop != NULL) {
-        if (loop->tls_read_buffer == NULL) {
-            loop->tls_read_buffer = PyByteArray_FromStringAndSize(NULL, TLS_MAX_SIZE);
+        /* whoever got it before may have resized it: then it is not ours */
+        if (loop->tls_read_buffer == NULL
+            || PyByteArray_GET_SIZE(loop->tls_read_buffer) != TLS_MAX_SIZE) {
+            Py_XSETREF(loop->tls_read_buffer, PyByteArray_FromStringAndSize(NULL, TLS_MAX_SIZE));
             if (loop->tls_read_buffer == NULL) {
                 return NULL;
             }
@@ -1921,10 +1886,12 @@ protocol_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             Py_DECREF(inner);
         }
     }
-    if (flowcontrol_limits(NULL, NULL, G.high_water_read_kb, &self->incoming_high,
-                           &self->incoming_low) < 0
-        || flowcontrol_limits(NULL, NULL, G.high_water_write_kb, &self->outgoing_high,
-                              &self->outgoing_low) < 0) {
+    if (transport_parse_buffer_limits(NULL, NULL, G.high_water_read_kb * 1024, 1,
+                                      &self->incoming_high, &self->incoming_low,
+                                      &self->incoming_limits) < 0
+        || transport_parse_buffer_limits(NULL, NULL, G.high_water_write_kb * 1024, 1,
+                                         &self->outgoing_high, &self->outgoing_low,
+                                         &self->outgoing_limits) < 0) {
         goto error;
     }
     SSLTransportObject *tr = (SSLTransportObject *)G.TransportType->tp_alloc(G.TransportType, 0);
@@ -1966,6 +1933,8 @@ protocol_traverse(SSLProtocolObject *self, visitproc visit, void *arg)
     Py_VISIT(self->server_hostname);
     Py_VISIT(self->backlog);
     Py_VISIT(self->own_buffer);
+    Py_VISIT(self->incoming_limits);
+    Py_VISIT(self->outgoing_limits);
     return 0;
 }
 
@@ -1993,6 +1962,8 @@ protocol_clear(SSLProtocolObject *self)
     Py_CLEAR(self->server_hostname);
     Py_CLEAR(self->backlog);
     Py_CLEAR(self->own_buffer);
+    Py_CLEAR(self->incoming_limits);
+    Py_CLEAR(self->outgoing_limits);
     return 0;
 }
 
@@ -2268,10 +2239,17 @@ tls_set_write_buffer_limits(SSLTransportObject *self, PyObject *args, PyObject *
 {
     PyObject *high, *low;
     SSLProtocolObject *proto = transport_proto(self);
+    PyObject *values;
+    Py_ssize_t hi, lo;
     if (proto == NULL || parse_limits(args, kwargs, "|OO:set_write_buffer_limits", &high, &low) < 0
-        || flowcontrol_limits(high, low, G.high_water_write_kb, &proto->outgoing_high,
-                              &proto->outgoing_low) < 0
-        || control_app_writing(proto, -1) < 0) {
+        || transport_parse_buffer_limits(high, low, G.high_water_write_kb * 1024, 1, &hi, &lo,
+                                         &values) < 0) {
+        return NULL;
+    }
+    proto->outgoing_high = hi;
+    proto->outgoing_low = lo;
+    Py_XSETREF(proto->outgoing_limits, values);
+    if (control_app_writing(proto, -1) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -2281,7 +2259,9 @@ static PyObject *
 tls_get_write_buffer_limits(SSLTransportObject *self, PyObject *unused)
 {
     SSLProtocolObject *proto = transport_proto(self);
-    return proto ? Py_BuildValue("(nn)", proto->outgoing_low, proto->outgoing_high) : NULL;
+    return proto ? transport_buffer_limits_tuple(proto->outgoing_limits, proto->outgoing_high,
+                                                 proto->outgoing_low)
+                 : NULL;
 }
 
 static PyObject *
@@ -2300,10 +2280,17 @@ tls_set_read_buffer_limits(SSLTransportObject *self, PyObject *args, PyObject *k
 {
     PyObject *high, *low;
     SSLProtocolObject *proto = transport_proto(self);
+    PyObject *values;
+    Py_ssize_t hi, lo;
     if (proto == NULL || parse_limits(args, kwargs, "|OO:set_read_buffer_limits", &high, &low) < 0
-        || flowcontrol_limits(high, low, G.high_water_read_kb, &proto->incoming_high,
-                              &proto->incoming_low) < 0
-        || control_ssl_reading(proto) < 0) {
+        || transport_parse_buffer_limits(high, low, G.high_water_read_kb * 1024, 1, &hi, &lo,
+                                         &values) < 0) {
+        return NULL;
+    }
+    proto->incoming_high = hi;
+    proto->incoming_low = lo;
+    Py_XSETREF(proto->incoming_limits, values);
+    if (control_ssl_reading(proto) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -2313,7 +2300,9 @@ static PyObject *
 tls_get_read_buffer_limits(SSLTransportObject *self, PyObject *unused)
 {
     SSLProtocolObject *proto = transport_proto(self);
-    return proto ? Py_BuildValue("(nn)", proto->incoming_low, proto->incoming_high) : NULL;
+    return proto ? transport_buffer_limits_tuple(proto->incoming_limits, proto->incoming_high,
+                                                 proto->incoming_low)
+                 : NULL;
 }
 
 static PyObject *
