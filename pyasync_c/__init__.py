@@ -17,11 +17,13 @@ from typing import Any, Coroutine, TypeVar
 
 from ._loop import Handle, TimerHandle, libuv_version
 from .loop import Loop
+from ._observe import log_stats_every, watch_blocking
 
 __all__ = [
     "Loop", "Handle", "TimerHandle", "new_event_loop", "run", "install", "EventLoopPolicy",
     "libuv_version", "Lock", "Event", "Semaphore", "BoundedSemaphore", "Queue",
     "LifoQueue", "PriorityQueue", "gather", "sleep", "PRIMITIVE_NAMES",
+    "watch_blocking", "log_stats_every",
 ]
 __version__ = "0.1.0"
 

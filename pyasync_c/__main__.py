@@ -21,12 +21,14 @@ from typing import NamedTuple
 from . import install
 
 
-USAGE = """usage: python -m pyasync_c [--stdlib-primitives] (script.py | -m module) [args...]
+USAGE = """usage: python -m pyasync_c [--stdlib-primitives] [--stats] [--blocking SECONDS] (script.py | -m module) [args...]
 
 Run an asyncio program on pyasync_c's event loop, unmodified.
 
   --stdlib-primitives  keep asyncio's own Lock/Event/Semaphore/Queue/gather...
                        (by default the C versions replace them)
+  --stats              print a summary of the loops' stats at exit (README: "Seeing inside the loop")
+  --blocking SECONDS   report callbacks that block the loop longer than SECONDS
   -m MODULE            run a library module as a script, like python -m
 Everything after the script path (or -m MODULE) is passed to it untouched.
 """
@@ -58,7 +60,8 @@ def _parse(argv: list[str]) -> _Options:
 
 
 def main(argv: list[str] | None = None) -> None:
-    options = _parse(sys.argv[1:] if argv is None else argv)
+    from ._observe import take_cli_options  # --stats, --blocking SECONDS
+    options = _parse(take_cli_options(sys.argv[1:] if argv is None else argv))
     install(primitives=not options.stdlib_primitives)
     if options.module is not None:
         sys.argv = [options.module, *options.target]

@@ -496,8 +496,8 @@ monotonic_seconds(void)
  *   beat >= 0 (a stall started at `since` is being followed): returns
  *     ("end", end) when that unit is over (end: half a period before the
  *     sample that saw it), or ("still", now) once now >= until.
- * Either way ("timeout",) after `timeout` seconds and ("stop",) when the
- * token changed.  The caller's reference keeps the loop alive meanwhile. */
+ * Either way ("timeout",) after `timeout` seconds (not while a possible
+ * stall is being timed) and ("stop",) when the token changed.  The caller's reference keeps the loop alive meanwhile. */
 static PyObject *
 loop_watch_wait(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -532,20 +532,20 @@ loop_watch_wait(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_BEGIN_ALLOW_THREADS
     double deadline = monotonic_seconds() + timeout;
     for (;;) {
-        if (atomic_load_explicit(&stats->watch_token, memory_order_relaxed) != token) {
-            outcome = STOP;
-            break;
-        }
         double now = monotonic_seconds();
         int busy = atomic_load_explicit(&stats->running, memory_order_relaxed)
                    && !atomic_load_explicit(&stats->idle, memory_order_relaxed);
         uint64_t beat = heartbeat(stats);
+        if (beat_arg >= 0 && (!busy || beat != (uint64_t)beat_arg)) {
+            outcome = END;  /* before the token: a stopping watchdog still reports the end */
+            result_time = now - period / 2;
+            break;
+        }
+        if (atomic_load_explicit(&stats->watch_token, memory_order_relaxed) != token) {
+            outcome = STOP;
+            break;
+        }
         if (beat_arg >= 0) {
-            if (!busy || beat != (uint64_t)beat_arg) {
-                outcome = END;
-                result_time = now - period / 2;
-                break;
-            }
             if (now >= until) {
                 outcome = STILL;
                 result_time = now;
@@ -565,8 +565,8 @@ loop_watch_wait(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
             result_time = seen_at;
             break;
         }
-        if (now >= deadline) {
-            break;
+        if (now >= deadline && !seen) {
+            break;  /* (never while a candidate is being timed: its start would be lost) */
         }
         nanosleep(&nap, NULL);
     }
