@@ -409,9 +409,9 @@ def format_stats_line(stats: dict[str, Any]) -> str:
             f"lag p50 {_seconds(stats['callback_lag_p50_seconds'])} p99 {_seconds(stats['callback_lag_p99_seconds'])} "
             f"max {_seconds(stats['callback_lag_max_seconds'])}, "
             f"timers late p99 {_seconds(stats['timer_lateness_p99_seconds'])}, "
-            f"{stats['transports_open']} transports, {stats['servers_open']} servers, "
+            f"transports {stats['transports_open']}, servers {stats['servers_open']}, "
             f"in {_bytes(stats['bytes_received_total'])} out {_bytes(stats['bytes_sent_total'])}, "
-            f"{stats['blocking_events_total']} blocking")
+            f"blocking {stats['blocking_events_total']}")
 
 
 class StatsLogger:

@@ -207,6 +207,29 @@ def test_poll_time_and_lag():
         loop.close()
 
 
+@pytest.mark.parametrize("warmup", [0, 1, 100, "slow"])
+def test_longest_callback_between_idle_polls(warmup):
+    loop = pyasync_c.new_event_loop()
+    try:
+        async def main():
+            if warmup == "slow":  # slow callbacks: one clock window per callback
+                for _ in range(3):
+                    loop.call_soon(time.sleep, 0.001)
+                    await asyncio.sleep(0)
+            else:
+                for _ in range(warmup):
+                    await asyncio.sleep(0)
+            await asyncio.sleep(0.01)
+            loop.reset_stats()
+            loop.call_soon(time.sleep, 0.05)  # alone between two blocking polls
+            await asyncio.sleep(0.1)
+
+        loop.run_until_complete(main())
+        assert 0.045 <= loop.stats()["longest_callback_seconds"] < 0.09
+    finally:
+        loop.close()
+
+
 def test_histogram_quantile():
     quantile = pyasync_c.Loop._histogram_quantile
     assert quantile([0] * 32, 0.5) == 0.0

@@ -333,9 +333,10 @@ stats_io_event(LoopObject *loop)
 {
 #if PYASYNC_C_STATS
     stats_relaxed_inc(&loop->stats.io_events);
-    if (--loop->stats.window_left <= 0) {
-        stats_tick(loop, stats_clock_ns());
+    if (loop->stats.window_left <= 0) {
+        stats_tick(loop, stats_clock_ns());  /* this unit starts the next window */
     }
+    loop->stats.window_left--;
 #endif
 }
 
@@ -347,9 +348,10 @@ stats_before_callback(LoopObject *loop, HandleObject *handle)
 #if PYASYNC_C_STATS
     LoopStats *stats = &loop->stats;
     stats_relaxed_inc(&stats->callbacks);
-    if (--stats->window_left <= 0) {
-        stats_tick(loop, stats_clock_ns());
+    if (stats->window_left <= 0) {
+        stats_tick(loop, stats_clock_ns());  /* this callback starts the next window */
     }
+    stats->window_left--;
     int64_t ready = handle->ready_ns;
     if (!handle->is_timer && ready < stats->wake_ns) {
         ready = stats->wake_ns;  /* queued by another thread while we slept: ready at wake-up */
