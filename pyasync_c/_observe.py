@@ -160,7 +160,11 @@ _RUN_FOREVER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lo
 def _callback_stack(frame: Any) -> list[traceback.FrameSummary]:
     """The loop thread's stack from the callback down (the frames above
     Loop.run_forever are whoever started the loop: left out)."""
-    stack = traceback.extract_stack(frame)
+    # Source lines are read later, when formatted: reading them here (linecache:
+    # stat, open) would release the GIL and hand the loop thread the rest of
+    # its switch interval before the event is out.
+    stack = traceback.StackSummary.extract(traceback.walk_stack(frame), lookup_lines=False)
+    stack.reverse()
     for index in range(len(stack) - 1, -1, -1):
         if stack[index].name == "run_forever" and stack[index].filename == _RUN_FOREVER_FILE:
             return stack[index + 1:]
