@@ -118,6 +118,22 @@ def test_timer_cancelled_while_ready_counts_once():
         loop.close()
 
 
+def test_timers_in_the_distant_past():
+    loop = pyasync_c.new_event_loop()
+    try:
+        fired = []
+        for when in (float("-inf"), -1e300, 0.0):
+            loop.call_at(when, fired.append, when)
+        loop.run_until_complete(asyncio.sleep(0))
+        stats = loop.stats()
+        assert len(fired) == 3
+        assert stats["timers_fired_total"] == 3
+        assert 0 < stats["timer_lateness_max_seconds"] < 1e10
+        assert sum(stats["timer_lateness_buckets"]) == 3
+    finally:
+        loop.close()
+
+
 def test_reset(loop, loop_name):
     if loop_name != "pyasync_c":
         pytest.skip("stats() is pyasync_c's")
@@ -478,8 +494,10 @@ def test_bad_arguments():
             pyasync_c.log_stats_every(0, loop=loop)
         with pytest.raises(TypeError):
             loop._watch_wait(1, 2)
-        with pytest.raises(ValueError):
-            loop._watch_wait(0, -1.0, 0.1, 0.1, -1, 0.0, 0.0)
+        for period, timeout, threshold in ((-1.0, 0.1, 0.1), (5.0, 0.1, 0.1), (0.01, float("nan"), 0.1),
+                                           (0.01, 0.1, 0.0)):
+            with pytest.raises(ValueError):
+                loop._watch_wait(0, period, timeout, threshold, -1, 0.0, 0.0)
         stdlib = asyncio.new_event_loop()
         try:
             with pytest.raises(TypeError):

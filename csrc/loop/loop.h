@@ -366,6 +366,15 @@ stats_before_callback(LoopObject *loop, HandleObject *handle)
 #endif
 }
 
+/* A timer's deadline (loop.time() seconds) on the stats clock; clamped so that
+ * call_at(-inf) or call_at(-1e300) convert without overflow. */
+static inline int64_t
+stats_deadline_ns(double when)
+{
+    double ns = when * 1e9;
+    return ns > -4e18 ? (int64_t)ns : (int64_t)-4e18;
+}
+
 static inline void
 stats_bytes(LoopObject *loop, Py_ssize_t received, Py_ssize_t sent)
 {

@@ -598,7 +598,7 @@ run_once(LoopObject *self)
         while (self->timers.count > 0 && self->timers.items[0]->when < end) {
             HandleObject *timer = timer_heap_pop(&self->timers);
             int status = ready_push(&self->ready, timer);
-            timer->ready_ns = (int64_t)(timer->when * 1e9);  /* a timer is ready at its deadline */
+            timer->ready_ns = stats_deadline_ns(timer->when);  /* a timer is ready at its deadline */
             Py_DECREF(timer);
             if (status < 0) {
                 return -1;

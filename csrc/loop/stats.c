@@ -518,8 +518,8 @@ loop_watch_wait(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    if (!(period > 0.0) || !(threshold > 0.0) || !(timeout >= 0.0)) {
-        PyErr_SetString(PyExc_ValueError, "period and threshold must be > 0, timeout >= 0");
+    if (!(period > 0.0 && period <= 1.0) || !(threshold > 0.0) || !(timeout >= 0.0 && timeout <= 3600.0)) {
+        PyErr_SetString(PyExc_ValueError, "need 0 < period <= 1, threshold > 0, 0 <= timeout <= 3600");
         return NULL;
     }
     LoopStats *stats = &self->stats;
