@@ -491,11 +491,12 @@ monotonic_seconds(void)
 /* _watch_wait(token, period, timeout, threshold, beat, since, until)
  * Polls the loop's heartbeat every `period` seconds with the GIL released.
  *   beat < 0 (looking): returns ("stall", beat, start) once the loop has been
- *     busy on one unit of work for `threshold` seconds; start is estimated
- *     half a period before the first sample that saw that heartbeat.
+ *     busy on one unit of work for `threshold` seconds; start is the first
+ *     sample that saw that heartbeat (at most one period after the real
+ *     start, so a stall is never reported before the threshold).
  *   beat >= 0 (a stall started at `since` is being followed): returns
- *     ("end", end) when that unit is over (end: half a period before the
- *     sample that saw it), or ("still", now) once now >= until.
+ *     ("end", end) when that unit is over (end: the sample that saw it, at
+ *     most one period late, like start), or ("still", now) once now >= until.
  * Either way ("timeout",) after `timeout` seconds (not while a possible
  * stall is being timed) and ("stop",) when the token changed.  The caller's reference keeps the loop alive meanwhile. */
 static PyObject *
@@ -538,7 +539,7 @@ loop_watch_wait(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
         uint64_t beat = heartbeat(stats);
         if (beat_arg >= 0 && (!busy || beat != (uint64_t)beat_arg)) {
             outcome = END;  /* before the token: a stopping watchdog still reports the end */
-            result_time = now - period / 2;
+            result_time = now;
             break;
         }
         if (atomic_load_explicit(&stats->watch_token, memory_order_relaxed) != token) {
@@ -558,7 +559,7 @@ loop_watch_wait(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
         else if (!seen || beat != seen_beat) {
             seen = 1;
             seen_beat = beat;
-            seen_at = now - period / 2;
+            seen_at = now;  /* the unit began before: never reported early */
         }
         else if (now - seen_at >= threshold) {
             outcome = STALL;
