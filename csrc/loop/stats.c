@@ -187,12 +187,13 @@ stats_call_run_hook(LoopObject *loop)
     if (run_hook == NULL) {
         return 0;
     }
-    PyObject *result = PyObject_CallOneArg(run_hook, (PyObject *)loop);
+    PyObject *hook = Py_NewRef(run_hook);  /* the hook may replace itself */
+    PyObject *result = PyObject_CallOneArg(hook, (PyObject *)loop);
     if (result == NULL) {
-        PyErr_WriteUnraisable(run_hook);
-        return 0;
+        PyErr_WriteUnraisable(hook);
     }
-    Py_DECREF(result);
+    Py_XDECREF(result);
+    Py_DECREF(hook);
     return 0;
 }
 
