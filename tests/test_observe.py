@@ -643,3 +643,36 @@ def test_detector_re_enabled_in_fork_child():
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert "child 0" in result.stdout
+
+
+def test_run_hook_errors_do_not_stop_the_loop():
+    seen = []
+
+    def bad_hook(loop):
+        seen.append(loop)
+        raise RuntimeError("hook failed")
+
+    original = _observe._on_loop_run
+    pyasync_c.Loop._set_run_hook(bad_hook)
+    try:
+        with pytest.raises(TypeError):
+            pyasync_c.Loop._set_run_hook(3)
+        unraisable = []
+        old_hook = sys.unraisablehook
+        sys.unraisablehook = unraisable.append
+        try:
+            assert pyasync_c.run(asyncio.sleep(0, "done")) == "done"
+        finally:
+            sys.unraisablehook = old_hook
+        assert seen and unraisable and isinstance(unraisable[0].exc_value, RuntimeError)
+    finally:
+        pyasync_c.Loop._set_run_hook(original)
+
+
+def test_bad_env_value_is_ignored_with_a_warning(tmp_path):
+    script = tmp_path / "blocker.py"
+    script.write_text(BLOCKING_SCRIPT)
+    result = run_python("", "-m", "pyasync_c", str(script), env={"PYASYNC_C_BLOCKING": "soon"})
+    assert result.returncode == 0, result.stderr
+    assert "ignoring PYASYNC_C_BLOCKING='soon'" in result.stderr
+    assert "still running" not in result.stderr
