@@ -25,6 +25,7 @@ __all__ = [
     "Loop", "Handle", "TimerHandle", "new_event_loop", "run", "install", "install_primitives",
     "EventLoopPolicy", "libuv_version", "Lock", "Event", "Semaphore", "BoundedSemaphore", "Queue",
     "LifoQueue", "PriorityQueue", "gather", "sleep", "PRIMITIVE_NAMES", "status",
+    "watch_blocking", "log_stats_every",
 ]
 
 _T = TypeVar("_T")
@@ -32,7 +33,7 @@ _T = TypeVar("_T")
 #: The asyncio names that install(primitives=True) replaces with the C versions.
 PRIMITIVE_NAMES = ("Lock", "Event", "Semaphore", "BoundedSemaphore",
                    "Queue", "LifoQueue", "PriorityQueue", "gather", "sleep")
-_LOOP_NAMES = ("Loop", "Handle", "TimerHandle", "libuv_version")
+_LOOP_NAMES = ("Loop", "Handle", "TimerHandle", "libuv_version", "watch_blocking", "log_stats_every")
 
 # The two extensions are imported independently: _primitives needs no libuv,
 # so a missing libuv.so (or an unbuilt _loop) only disables the loop, with a
@@ -46,6 +47,7 @@ except ImportError as exc:
 try:
     from ._loop import Handle, TimerHandle, libuv_version  # noqa: F401  (re-exported)
     from .loop import Loop
+    from ._observe import log_stats_every, watch_blocking  # noqa: F401  (re-exported)
 except ImportError as exc:
     _import_errors["_loop"] = exc
 

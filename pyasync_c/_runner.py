@@ -49,6 +49,9 @@ Options:
                        (by default the C versions replace them)
   --check              print which loop and primitives asyncio uses here, and
                        exit (pyasync_c.status() gives the same from code)
+  --stats              print a summary of the loops' stats at exit (README:
+                       "Seeing inside the loop")
+  --blocking SECONDS   report callbacks that block the loop longer than SECONDS
 Everything after the target is passed to it untouched.
 """
 
@@ -296,7 +299,8 @@ def activate(*, primitives: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    options = parse(sys.argv[1:] if argv is None else argv)
+    from ._observe import take_cli_options  # --stats, --blocking SECONDS
+    options = parse(take_cli_options(sys.argv[1:] if argv is None else argv))
     activate(primitives=not options.stdlib_primitives)
     if options.check:
         from . import _frameworks

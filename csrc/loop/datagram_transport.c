@@ -183,6 +183,7 @@ send_one(TransportObject *self, PyObject *data, PyObject *address)
         int error_number = errno;
         PyBuffer_Release(&view);
         if (sent >= 0) {
+            stats_bytes(self->loop, 0, sent);
             return 0;
         }
         if (error_number == EAGAIN || error_number == EWOULDBLOCK || error_number == EINTR) {
@@ -274,6 +275,7 @@ receive_datagram(TransportObject *self)
         }
         return NULL;
     }
+    stats_bytes(self->loop, received, 0);
     PyObject *data = PyBytes_FromStringAndSize(buffer, received);
     transport_give_back_read_buffer(self->loop, buffer);
     PyObject *address = data ? address_to_python(&source, length) : NULL;

@@ -82,6 +82,9 @@ handle_new(LoopObject *loop, PyTypeObject *type, PyObject *callback,
     handle->loop = (LoopObject *)Py_NewRef(loop);
     handle->heap_index = -1;
     handle->is_timer = (type == loop->state->TimerHandleType);
+#if PYASYNC_C_STATS
+    loop->stats.timers_scheduled += (uint64_t)handle->is_timer;
+#endif
     if (loop->debug) {
         handle->source_traceback = PyObject_CallMethodNoArgs((PyObject *)loop, loop->state->str_extract_stack);
         if (handle->source_traceback == NULL) {
@@ -157,6 +160,9 @@ handle_cancel(HandleObject *self, PyObject *unused)
         Py_RETURN_NONE;
     }
     if (self->is_timer && self->heap_index >= 0) {
+#if PYASYNC_C_STATS
+        self->loop->stats.timers_cancelled++;
+#endif
         Py_INCREF(self);
         timer_heap_remove(&self->loop->timers, self);
         Py_DECREF(self);

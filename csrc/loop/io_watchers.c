@@ -218,6 +218,7 @@ on_poll(uv_poll_t *poll, int status, int events)
     WatcherObject *self = poll->data;
     LoopObject *loop = self->loop;
     loop_take_gil(loop);
+    stats_io_event(loop);
     if (status < 0) {
         /* An error condition (POLLERR: a reset peer, an ICMP error on a UDP
          * socket...) wakes both sides, as select() does; the callbacks' own

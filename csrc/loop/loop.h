@@ -12,6 +12,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <uv.h>
@@ -149,6 +150,7 @@ struct HandleObject {
     PyObject *repr;              /* debug mode: repr saved at cancel() */
     double when;                 /* TimerHandle: deadline on loop.time()'s clock */
     uint64_t sequence;           /* TimerHandle: tie-break so equal deadlines keep call order */
+    int64_t ready_ns;            /* the loop's clock (stats.c) when last put on the ready queue */
     Py_ssize_t heap_index;       /* TimerHandle: position in the loop's heap, -1 when not scheduled */
     char cancelled;
     char is_timer;
@@ -167,6 +169,7 @@ typedef struct {
     Py_ssize_t head;      /* index of the oldest item */
     Py_ssize_t count;
     Py_ssize_t capacity;  /* power of two */
+    int64_t stamp;        /* the loop's last clock reading (stats.c), copied into each pushed handle */
 } ReadyQueue;
 
 int ready_push(ReadyQueue *queue, HandleObject *handle);  /* takes a new reference */
@@ -205,6 +208,41 @@ typedef struct {
     int fd;
     int identity_known;          /* 0: fd was already closed then */
 } PollRecord;
+
+/* ---- always-on counters (stats.c) ----
+ * Kept by the loop thread with the GIL held.  The few fields a watchdog
+ * thread reads without the GIL (blocking detector) are atomics, written with
+ * relaxed load+store (plain moves, no locked instruction: one writer).
+ * Build with -DPYASYNC_C_STATS=0 to compile every hook out (to measure their cost). */
+#ifndef PYASYNC_C_STATS
+#define PYASYNC_C_STATS 1
+#endif
+#define STATS_LAG_BUCKETS 32     /* bucket 0: < 1024 ns; bucket b: [512 << b, 1024 << b) ns */
+typedef struct {
+    _Atomic uint64_t callbacks;  /* handles run; with io_events, the watchdog's heartbeat */
+    _Atomic uint64_t io_events;  /* fd readiness events dispatched (transports, watchers) */
+    _Atomic int running;         /* inside _run/_run_once */
+    _Atomic int idle;            /* blocked in poll with the GIL released */
+    _Atomic uint64_t watch_token;  /* changed to stop the blocking watchdog (stats.c) */
+    uint64_t callbacks_base, io_events_base;  /* values at the last reset */
+    uint64_t iterations;
+    uint64_t timers_scheduled, timers_fired, timers_cancelled;
+    uint64_t bytes_received, bytes_sent;
+    uint64_t blocking_events;    /* callbacks the watchdog caught */
+    int64_t blocked_ns;          /* their total duration */
+    int64_t poll_ns;             /* blocked in poll (GIL released) */
+    int64_t busy_ns;             /* running and not blocked in poll */
+    int64_t longest_ns;          /* longest clock window holding one unit of work or more */
+    int64_t now_ns;              /* last clock reading: the loop's cheap "now" */
+    int64_t wake_ns;             /* end of the last blocking poll (or run start) */
+    int64_t window_start_ns;     /* start of the current clock window (see stats.c) */
+    int64_t reset_ns;            /* clock at the last reset */
+    int32_t window_left;         /* units of work before the next clock reading */
+    int32_t window_size;         /* units in the current window when it started */
+    int64_t lag_max_ns, timer_max_ns;
+    uint64_t lag_hist[STATS_LAG_BUCKETS];    /* callbacks: ready -> ran */
+    uint64_t timer_hist[STATS_LAG_BUCKETS];  /* timers: deadline -> ran */
+} LoopStats;
 
 /* ---- the loop (loop_core.c) ---- */
 struct LoopObject {
@@ -249,6 +287,7 @@ struct LoopObject {
     Py_ssize_t changed_polls_count;
     Py_ssize_t changed_polls_capacity;
     Py_ssize_t closing_polls;    /* watcher polls uv_close()d whose close callback has not run */
+    LoopStats stats;             /* always-on counters (stats.c) */
     long pid;                    /* process whose kernel state (epoll, eventfd, signal socket) the
                                   * loop uses: the creator's, or the child's after loop_after_fork */
     struct DnsChannel *dns;      /* results of this loop's lookups (dns.c); NULL before the first */
@@ -264,6 +303,91 @@ struct LoopObject {
                                   * their I/O behind them (transport_base.c) */
 };
 
+/* ---- stats hooks (stats.c) ----
+ * Clock readings: around each blocking poll, at the timer check, and every
+ * `window_size` units of work (adaptive, see stats.c), never per callback. */
+int64_t stats_clock_ns(void);                  /* CLOCK_MONOTONIC, ns */
+void stats_tick(LoopObject *loop, int64_t now);  /* closes the clock window at `now` */
+void stats_poll_begin(LoopObject *loop);       /* the GIL is about to be released in poll */
+void stats_poll_end_slow(LoopObject *loop);
+void stats_run_begin(LoopObject *loop);        /* _run / _run_once entry and exit */
+void stats_run_end(LoopObject *loop);
+void stats_record_lag(LoopStats *stats, HandleObject *handle, int64_t lag);
+int stats_call_run_hook(LoopObject *loop);     /* pyasync_c._observe's hook at _run entry */
+int stats_add_methods(PyTypeObject *type);     /* stats(), reset_stats(), watchdog helpers on LoopCore */
+
+static inline void
+stats_relaxed_inc(_Atomic uint64_t *counter)
+{
+    atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+static inline void
+stats_poll_end(LoopObject *loop)
+{
+#if PYASYNC_C_STATS
+    stats_poll_end_slow(loop);
+#endif
+}
+
+/* One unit of work (a transport's poll event). */
+static inline void
+stats_io_event(LoopObject *loop)
+{
+#if PYASYNC_C_STATS
+    stats_relaxed_inc(&loop->stats.io_events);
+    if (loop->stats.window_left <= 0) {
+        stats_tick(loop, stats_clock_ns());  /* this unit starts the next window */
+    }
+    loop->stats.window_left--;
+#endif
+}
+
+/* Before running a handle from the ready queue: counts it and records its
+ * lag (ready -> now) with the loop's last clock reading. */
+static inline void
+stats_before_callback(LoopObject *loop, HandleObject *handle)
+{
+#if PYASYNC_C_STATS
+    LoopStats *stats = &loop->stats;
+    stats_relaxed_inc(&stats->callbacks);
+    if (stats->window_left <= 0) {
+        stats_tick(loop, stats_clock_ns());  /* this callback starts the next window */
+    }
+    stats->window_left--;
+    int64_t ready = handle->ready_ns;
+    if (!handle->is_timer && ready < stats->wake_ns) {
+        ready = stats->wake_ns;  /* queued by another thread while we slept: ready at wake-up */
+    }
+    int64_t lag = stats->now_ns - ready;
+    if (lag < 1024 && !handle->is_timer) {
+        stats->lag_hist[0]++;  /* the common case: same clock window */
+    }
+    else {
+        stats_record_lag(stats, handle, lag);
+    }
+#endif
+}
+
+/* A timer's deadline (loop.time() seconds) on the stats clock; clamped so that
+ * call_at(-inf) or call_at(-1e300) convert without overflow. */
+static inline int64_t
+stats_deadline_ns(double when)
+{
+    double ns = when * 1e9;
+    return ns > -4e18 ? (int64_t)ns : (int64_t)-4e18;
+}
+
+static inline void
+stats_bytes(LoopObject *loop, Py_ssize_t received, Py_ssize_t sent)
+{
+#if PYASYNC_C_STATS
+    loop->stats.bytes_received += (uint64_t)received;
+    loop->stats.bytes_sent += (uint64_t)sent;
+#endif
+}
+
 static inline void
 loop_take_gil(LoopObject *loop)
 {
@@ -272,6 +396,7 @@ loop_take_gil(LoopObject *loop)
         loop->released_tstate = NULL;
         PyEval_RestoreThread(tstate);
         loop->polling = 0;
+        stats_poll_end(loop);
     }
 }
 

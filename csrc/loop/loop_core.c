@@ -88,6 +88,7 @@ on_prepare(uv_prepare_t *prepare)
         uv_stop(&self->uv);
         return;
     }
+    stats_poll_begin(self);
     self->polling = 1;
     self->released_tstate = PyEval_SaveThread();
 }
@@ -685,11 +686,17 @@ run_once(LoopObject *self)
     else if (PyErr_CheckSignals() < 0) {
         return -1;
     }
+#if PYASYNC_C_STATS
+    self->stats.iterations++;
+#endif
     if (self->timers.count > 0) {
-        double end = loop_monotonic() + self->state->clock_resolution;
+        int64_t now = stats_clock_ns();  /* the same reading as loop_monotonic() */
+        stats_tick(self, now);
+        double end = (double)now / 1e9 + self->state->clock_resolution;
         while (self->timers.count > 0 && self->timers.items[0]->when < end) {
             HandleObject *timer = timer_heap_pop(&self->timers);
             int status = ready_push(&self->ready, timer);
+            timer->ready_ns = stats_deadline_ns(timer->when);  /* a timer is ready at its deadline */
             Py_DECREF(timer);
             if (status < 0) {
                 return -1;
@@ -700,8 +707,14 @@ run_once(LoopObject *self)
         HandleObject *handle = ready_pop(&self->ready);
         int status = 0;
         if (!handle->cancelled) {
+            stats_before_callback(self, handle);
             status = self->debug ? run_ready_debug(self, handle) : handle_run(handle);
         }
+#if PYASYNC_C_STATS
+        else if (handle->is_timer) {
+            self->stats.timers_cancelled++;  /* cancelled after it left the heap */
+        }
+#endif
         Py_DECREF(handle);
         if (status < 0) {
             return -1;
@@ -713,7 +726,10 @@ run_once(LoopObject *self)
 static PyObject *
 loop_run_once(LoopObject *self, PyObject *unused)
 {
-    if (run_once(self) < 0) {
+    stats_run_begin(self);
+    int status = run_once(self);
+    stats_run_end(self);
+    if (status < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -725,9 +741,12 @@ static PyObject *
 loop_run(LoopObject *self, PyObject *unused)
 {
     int status;
+    stats_call_run_hook(self);  /* pyasync_c._observe: PYASYNC_C_BLOCKING & co. */
+    stats_run_begin(self);
     do {
         status = run_once(self);
     } while (status == 0 && !self->stopping);
+    stats_run_end(self);
     self->stopping = 0;
     if (status < 0) {
         return NULL;
@@ -1113,5 +1132,8 @@ loop_core_init_type(PyObject *module, ModuleState *state)
         return -1;
     }
     state->LoopCoreType = (PyTypeObject *)type;
+    if (stats_add_methods(state->LoopCoreType) < 0) {
+        return -1;
+    }
     return PyModule_AddObjectRef(module, "LoopCore", type);
 }

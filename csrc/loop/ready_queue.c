@@ -30,6 +30,9 @@ ready_push(ReadyQueue *queue, HandleObject *handle)
         return -1;
     }
     Py_INCREF(handle);
+#if PYASYNC_C_STATS
+    handle->ready_ns = queue->stamp;  /* for the lag statistics (stats.c) */
+#endif
     queue->items[(queue->head + queue->count) & (queue->capacity - 1)] = handle;
     queue->count++;
     return 0;

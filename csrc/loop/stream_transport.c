@@ -46,10 +46,10 @@ write_error_message(TransportObject *self)
 static ssize_t
 write_some(TransportObject *self, const char *data, Py_ssize_t size)
 {
-    if (self->kind == TRANSPORT_SOCKET_STREAM) {
-        return send(self->fd, data, (size_t)size, MSG_NOSIGNAL);
-    }
-    return write(self->fd, data, (size_t)size);
+    ssize_t sent = self->kind == TRANSPORT_SOCKET_STREAM ? send(self->fd, data, (size_t)size, MSG_NOSIGNAL)
+                                                          : write(self->fd, data, (size_t)size);
+    stats_bytes(self->loop, 0, sent > 0 ? sent : 0);
+    return sent;
 }
 
 static void
@@ -102,6 +102,7 @@ stream_flush(TransportObject *self)
         }
         return;
     }
+    stats_bytes(self->loop, 0, sent);
     write_queue_consume(queue, sent);
     transport_maybe_resume_protocol(self);  /* may queue more */
     if (queue->count > 0 || self->conn_lost) {
@@ -245,6 +246,7 @@ read_into_protocol_buffer(TransportObject *self)
     }
     ssize_t received = read(self->fd, view.buf, (size_t)view.len);
     int error_number = errno;
+    stats_bytes(self->loop, received > 0 ? received : 0, 0);
     PyBuffer_Release(&view);
     Py_DECREF(buffer);
     if (received < 0) {
@@ -348,6 +350,7 @@ stream_on_readable(TransportObject *self)
     }
     ssize_t received = read(self->fd, buffer, TRANSPORT_READ_BUFFER_SIZE);
     int error_number = errno;
+    stats_bytes(self->loop, received > 0 ? received : 0, 0);
     if (received <= 0) {
         transport_give_back_read_buffer(self->loop, buffer);
         if (received == 0) {

@@ -875,6 +875,7 @@ on_poll(uv_poll_t *poll, int status, int events)
         return;
     }
     loop_take_gil(shared->loop);
+    stats_io_event(shared->loop);
     TransportObject *users[2] = {shared->users[0], shared->users[1]};
     int wanted[2] = {0, 0};
     for (int i = 0; i < 2; i++) {

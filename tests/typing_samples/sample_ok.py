@@ -90,6 +90,12 @@ def entry_points() -> None:
     version: str = pyasync_c.__version__
     prims: tuple[str, ...] = PRIMITIVE_NAMES
     uv: str = libuv_version
+    watcher = pyasync_c.watch_blocking(0.5)
+    watcher.stop()
+    stats_loop = new_event_loop()
+    logger = pyasync_c.log_stats_every(60.0, loop=stats_loop)
+    logger.cancel()
+    stats_loop.close()
     report: dict[str, Any] = pyasync_c.status()
     assert "on_pyasync_c" in report
     print(result, names, version, prims, uv)
