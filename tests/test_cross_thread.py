@@ -68,13 +68,17 @@ def hammer_in_thread(loop, body, cycles, seconds=4.0):
 """
 
 
-def run_scenario(loop_name: str, code: str, timeout: float = 60) -> str:
+def run_scenario(loop_name: str, code: str, timeout: float = 60, stdlib_may_fail: bool = False) -> str:
+    """Runs PRELUDE + code with the loop kind as argv[1]; returns its stdout.
+    With stdlib_may_fail, asyncio's own loop only has to exit without a crash."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path if p)}
     try:
         proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(code), loop_name], env=env,
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"hung for {timeout} s\n{exc.stdout}\n{exc.stderr}")
+    if stdlib_may_fail and loop_name == "stdlib" and proc.returncode > 0:
+        pytest.skip(f"asyncio's loop fails this misuse too: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -277,24 +281,27 @@ def test_pause_resume_reading_from_thread(loop_name):
 
 
 def test_call_later_from_thread(loop_name):
-    # Not thread-safe either (nothing wakes the loop, as on asyncio): the
-    # timers still all run, on the loop thread, once the loop wakes up.
+    # Not thread-safe either (nothing wakes the loop, as on asyncio), and it
+    # touches no libuv state on pyasync_c (the wake timer is armed by the loop
+    # thread before each poll): the timers all run, on the loop thread.
+    # asyncio's heapq timers do not survive this: "list changed size during
+    # iteration" in _run_once, or a timer lost.
     out = run_scenario(loop_name, """
         loop = new_loop()
         ran = []
         def body(i):
-            handle = loop.call_later((i % 50) * 0.0002, lambda: ran.append(threading.get_ident()))
             if i % 7 == 0:
-                handle.cancel()
-                ran.append(None)
+                loop.call_later(3600, ran.append, "cancelled").cancel()
+            else:
+                loop.call_later((i % 50) * 0.0002, lambda: ran.append(threading.get_ident()))
         async def main():
             n = await hammer_in_thread(loop, body, 20000)
-            await until(lambda: len(ran) == n)  # a cancelled one appends None
+            await until(lambda: len(ran) == n - (n + 6) // 7)
             me = threading.get_ident()
-            print("cycles", n > 0, all(r in (me, None) for r in ran))
+            print("cycles", n > 0, all(r == me for r in ran))
             await check_delivers(loop)
         loop.run_until_complete(main())
         loop.close()
         print("ok")
-    """)
+    """, stdlib_may_fail=True)
     assert out.split() == ["cycles", "True", "True", "ok"]
