@@ -196,6 +196,7 @@ watcher_stop_poll(WatcherObject *self)
     if (self->poll != NULL) {
         LoopObject *loop = self->loop;
         loop_forget_poll(loop, self->poll);
+        self->poll->data = NULL;  /* on_poll: closed (maybe in this very poll phase) */
         if (loop_own_epoll_after_fork(loop) == 0) {
             loop->closing_polls++;
             uv_close((uv_handle_t *)self->poll, free_watcher_poll);  /* stops it too */
@@ -346,10 +347,10 @@ on_poll(uv_poll_t *poll, int status, int events)
 {
     LoopObject *loop = poll->loop->data;
     loop_take_gil(loop);  /* first: the changes it applies may close this very poll */
-    if (uv_is_closing((uv_handle_t *)poll)) {
+    WatcherObject *self = poll->data;
+    if (self == NULL) {
         return;
     }
-    WatcherObject *self = poll->data;
     if (status < 0) {
         /* An error condition (POLLERR: a reset peer, an ICMP error on a UDP
          * socket...) wakes both sides, as select() does; the callbacks' own

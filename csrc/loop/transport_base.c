@@ -857,7 +857,7 @@ on_poll(uv_poll_t *poll, int status, int events)
 {
     loop_take_gil(poll->loop->data);  /* first: the changes it applies may close this poll */
     TransportPoll *shared = poll->data;
-    if (shared == NULL || uv_is_closing((uv_handle_t *)poll)) {
+    if (shared == NULL) {  /* closed (maybe by those changes) */
         return;
     }
     TransportObject *users[2] = {shared->users[0], shared->users[1]};
