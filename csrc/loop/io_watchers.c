@@ -10,15 +10,29 @@
  * Level-triggered, like the stdlib's selectors: a ready fd queues its handle
  * on every iteration, and an error condition (POLLERR, after which libuv stops
  * the poll) is reported to both sides and the poll re-armed.
+ *
+ * Other threads (misuse asyncio survives): while the loop thread runs uv_run
+ * without the GIL, another thread's add_reader/remove_reader changes the
+ * Watcher (its handles, loop.watchers) at once, as asyncio's selector map
+ * does, and queues the libuv side (the poll restart) for the loop thread,
+ * which applies it as soon as it takes the GIL (before it looks at any poll)
+ * and polls again; the fd is checked at once (probe_pollable), so the call
+ * raises what asyncio's epoll_ctl() would.  The queue (LibuvChange) is
+ * shared with the transports' polls.
  */
 #include "loop.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#endif
 
 /* getpid() of this process, refreshed in a fork() child (pthread_atfork). */
 static long current_pid;
@@ -71,8 +85,85 @@ typedef struct {
     HandleObject *reader;
     HandleObject *writer;
     uv_poll_t *poll;  /* NULL when nothing is watched */
+    LibuvChange restart;  /* a restart another thread queued (owns a reference while queued) */
     int fd;
 } WatcherObject;
+
+/* ---- libuv changes queued by other threads (see loop.h) ---- */
+
+int
+loop_defer_libuv_change(LoopObject *loop, LibuvChange *change)
+{
+    if (change->queued) {
+        return 0;
+    }
+    change->queued = 1;
+    change->next = NULL;
+    if (loop->libuv_changes_tail != NULL) {
+        loop->libuv_changes_tail->next = change;
+    }
+    else {
+        loop->libuv_changes = change;
+    }
+    loop->libuv_changes_tail = change;
+    if (loop->polling) {
+        uv_async_send(&loop->async_handle);  /* thread-safe: uv_run returns, the change applies */
+    }
+    return 1;
+}
+
+/* On the loop thread, holding the GIL, not inside libuv: applies the queued
+ * changes in order.  An owner's changes are applied in the order its
+ * Python-level state changed, e.g. a poll closed before another poll of the
+ * same fd is made.  Applying may run Python code (a reference dropped);
+ * what is queued meanwhile (by this thread or another) joins the line. */
+void
+loop_apply_libuv_changes(LoopObject *loop)
+{
+    PyObject *exc = compat_fetch_exception();
+    loop->defer_libuv = 1;
+    while (loop->libuv_changes != NULL) {
+        LibuvChange *change = loop->libuv_changes;
+        loop->libuv_changes = change->next;
+        if (loop->libuv_changes == NULL) {
+            loop->libuv_changes_tail = NULL;
+        }
+        change->next = NULL;
+        change->queued = 0;
+        change->apply(change);
+    }
+    loop->defer_libuv = 0;
+    if (exc != NULL) {
+        compat_restore_exception(exc);
+    }
+}
+
+/* Would epoll watch fd?  0, or -errno: EBADF for a closed fd, EPERM for a
+ * regular file or a directory -- what asyncio's selector raises at
+ * add_reader.  Asked of an epoll instance of our own (process-wide, made on
+ * first use) by a thread that must not touch libuv: uv_poll_init, which
+ * checks the same on the loop's epoll, then runs later on the loop thread. */
+static int
+probe_pollable(int fd)
+{
+#ifdef __linux__
+    static int probe_fd = -1;  /* guarded by the GIL; shared with fork() children: harmless */
+    if (probe_fd < 0) {
+        probe_fd = epoll_create1(EPOLL_CLOEXEC);
+    }
+    if (probe_fd >= 0) {
+        struct epoll_event event;
+        memset(&event, 0, sizeof event);
+        event.events = EPOLLIN;
+        if (epoll_ctl(probe_fd, EPOLL_CTL_ADD, fd, &event) < 0) {
+            return errno == EEXIST ? 0 : -errno;
+        }
+        epoll_ctl(probe_fd, EPOLL_CTL_DEL, fd, &event);
+        return 0;
+    }
+#endif
+    return fcntl(fd, F_GETFD) < 0 ? -EBADF : 0;
+}
 
 /* asyncio's rule for a file object: an int, or int(obj.fileno()); anything
  * else is ValueError('Invalid file object: ...'). */
@@ -105,6 +196,7 @@ watcher_stop_poll(WatcherObject *self)
     if (self->poll != NULL) {
         LoopObject *loop = self->loop;
         loop_forget_poll(loop, self->poll);
+        self->poll->data = NULL;  /* on_poll: closed (maybe in this very poll phase) */
         if (loop_own_epoll_after_fork(loop) == 0) {
             loop->closing_polls++;
             uv_close((uv_handle_t *)self->poll, free_watcher_poll);  /* stops it too */
@@ -132,9 +224,9 @@ watcher_events(WatcherObject *self)
 }
 
 /* Starts watching for whichever of reader/writer is set, on the file the fd
- * refers to now. */
+ * refers to now (or stops when neither is).  Only where libuv may be touched. */
 static int
-watcher_restart(WatcherObject *self)
+watcher_restart_now(WatcherObject *self)
 {
     int events = watcher_events(self);
     watcher_stop_poll(self);
@@ -171,6 +263,44 @@ watcher_restart(WatcherObject *self)
     return 0;
 }
 
+/* The loop thread applies a restart another thread queued. */
+static void
+watcher_apply_restart(LibuvChange *change)
+{
+    WatcherObject *self = (WatcherObject *)((char *)change - offsetof(WatcherObject, restart));
+    if (self->loop->uv_ready && watcher_restart_now(self) < 0) {
+        /* The fd was closed (or became another file) since the call checked
+         * it: as with a selector, whose registration went with the file, the
+         * watcher sees nothing; its handles stay until removed. */
+        PyErr_Clear();
+    }
+    Py_DECREF(self);  /* the queue's reference */
+}
+
+/* watcher_restart_now where libuv may be touched; otherwise (another thread
+ * while the loop thread polls) the restart is queued for the loop thread and
+ * only the fd is checked now, so the caller gets asyncio's OSError. */
+static int
+watcher_restart(WatcherObject *self)
+{
+    if (loop_may_touch_libuv(self->loop)) {
+        return watcher_restart_now(self);
+    }
+    if (loop_defer_libuv_change(self->loop, &self->restart)) {
+        Py_INCREF(self);
+    }
+    if (watcher_events(self) == 0) {
+        return 0;
+    }
+    int err = probe_pollable(self->fd);
+    if (err < 0) {
+        errno = -err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
 /* Detaches reader or writer; drops the watcher from the loop when idle. */
 static int
 watcher_drop(WatcherObject *self, int events)
@@ -188,7 +318,7 @@ watcher_drop(WatcherObject *self, int events)
         return -1;
     }
     if (self->reader == NULL && self->writer == NULL) {
-        watcher_stop_poll(self);
+        watcher_restart(self);  /* stops the poll (cannot fail) */
         PyObject *key = PyLong_FromLong(self->fd);
         if (key == NULL || PyDict_DelItem(self->loop->watchers, key) < 0) {
             Py_XDECREF(key);
@@ -215,9 +345,12 @@ queue_if_ready(WatcherObject *self, HandleObject *handle, int events)
 static void
 on_poll(uv_poll_t *poll, int status, int events)
 {
+    LoopObject *loop = poll->loop->data;
+    loop_take_gil(loop);  /* first: the changes it applies may close this very poll */
     WatcherObject *self = poll->data;
-    LoopObject *loop = self->loop;
-    loop_take_gil(loop);
+    if (self == NULL) {
+        return;
+    }
     stats_io_event(loop);
     if (status < 0) {
         /* An error condition (POLLERR: a reset peer, an ICMP error on a UDP
@@ -263,6 +396,7 @@ watcher_for_fd(LoopObject *loop, int fd, int create)
     watcher->loop = (LoopObject *)Py_NewRef(loop);
     watcher->reader = watcher->writer = NULL;
     watcher->poll = NULL;
+    watcher->restart = (LibuvChange){.next = NULL, .apply = watcher_apply_restart, .queued = 0};
     watcher->fd = fd;
     PyObject_GC_Track(watcher);
     if (PyDict_SetItem(loop->watchers, key, (PyObject *)watcher) < 0) {
@@ -420,6 +554,8 @@ watcher_dealloc(WatcherObject *self)
 {
     PyTypeObject *type = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    /* Never while the loop thread polls: loop.watchers (or a queued restart)
+     * holds a watcher whose poll is open until the loop thread closed it. */
     if (self->poll != NULL && self->loop != NULL && self->loop->uv_ready) {
         watcher_stop_poll(self);
     }

@@ -6,6 +6,9 @@
  * while the loop thread has released the GIL to block in libuv's poll (see
  * loop_core.c: `polling` / `released_tstate`).  Other Python threads that call
  * call_soon_threadsafe hold the GIL, so the ready queue needs no lock.
+ * libuv's own state is the loop thread's while it runs uv_run without the
+ * GIL: other threads then queue their libuv changes (`defer_libuv`,
+ * LibuvChange below) instead of making them.
  */
 #ifndef PYASYNC_C_LOOP_H
 #define PYASYNC_C_LOOP_H
@@ -244,6 +247,18 @@ typedef struct {
     uint64_t timer_hist[STATS_LAG_BUCKETS];  /* timers: deadline -> ran */
 } LoopStats;
 
+/* A change of libuv state (a poll to init, start, stop or close) asked for by
+ * a thread that must not touch libuv now: queued on the loop, applied by the
+ * loop thread as soon as it holds the GIL again (loop_apply_libuv_changes,
+ * io_watchers.c).  Embedded in its owner (a Watcher, a TransportPoll), so
+ * queueing never allocates; `apply` brings libuv to the owner's state at
+ * that time and drops whatever keeps the owner alive while it is queued. */
+typedef struct LibuvChange {
+    struct LibuvChange *next;
+    void (*apply)(struct LibuvChange *change);
+    char queued;
+} LibuvChange;
+
 /* ---- the loop (loop_core.c) ---- */
 struct LoopObject {
     PyObject_HEAD
@@ -291,6 +306,8 @@ struct LoopObject {
     long pid;                    /* process whose kernel state (epoll, eventfd, signal socket) the
                                   * loop uses: the creator's, or the child's after loop_after_fork */
     struct DnsChannel *dns;      /* results of this loop's lookups (dns.c); NULL before the first */
+    LibuvChange *libuv_changes;  /* FIFO of changes other threads queued while defer_libuv */
+    LibuvChange *libuv_changes_tail;
     LoopObject *live_prev;       /* every loop with libuv state, for the fork hook (loop_core.c) */
     LoopObject *live_next;
     char uv_ready;               /* uv loop and our handles are initialised */
@@ -299,6 +316,9 @@ struct LoopObject {
     char debug;
     char may_block;              /* this uv_run may block: prepare releases the GIL */
     char polling;                /* the GIL is released in poll: threadsafe callers must wake us */
+    char defer_libuv;            /* the loop thread runs libuv without the GIL (set with
+                                  * `polling`), or is applying the changes queued meanwhile:
+                                  * libuv changes are queued, not made (loop_may_touch_libuv) */
     char defer_io;               /* callbacks were ready before this poll: transports queue
                                   * their I/O behind them (transport_base.c) */
 };
@@ -388,6 +408,12 @@ stats_bytes(LoopObject *loop, Py_ssize_t received, Py_ssize_t sent)
 #endif
 }
 
+
+void loop_apply_libuv_changes(LoopObject *loop);
+
+/* Called by every libuv callback that needs the GIL, and after uv_run: the
+ * GIL back, then the libuv changes other threads queued meanwhile, before
+ * anything else looks at the polls. */
 static inline void
 loop_take_gil(LoopObject *loop)
 {
@@ -395,10 +421,32 @@ loop_take_gil(LoopObject *loop)
         PyThreadState *tstate = loop->released_tstate;
         loop->released_tstate = NULL;
         PyEval_RestoreThread(tstate);
+        if (loop->libuv_changes != NULL) {
+            loop_apply_libuv_changes(loop);
+        }
+        loop->defer_libuv = 0;
         loop->polling = 0;
         stats_poll_end(loop);
     }
 }
+
+/* May the calling thread (holding the GIL) call into this loop's libuv now
+ * (uv_poll_*, uv_close, uv_walk...)?  Not while the loop thread runs uv_run
+ * without the GIL: libuv is not thread-safe.  Every other time is safe: the
+ * loop is not running, or the caller is the loop thread, or the loop thread
+ * is stopped in Python code (a libuv callback's, at most: the change is then
+ * one that callback could have made itself).  When not, queue the change
+ * (loop_defer_libuv_change). */
+static inline int
+loop_may_touch_libuv(LoopObject *loop)
+{
+    return !loop->defer_libuv;
+}
+
+/* Queues `change` (once: a queued change is applied at its first position)
+ * and wakes the loop thread.  Returns 1 if it was newly queued (the caller
+ * then keeps its owner alive until `apply` runs), 0 if already queued. */
+int loop_defer_libuv_change(LoopObject *loop, LibuvChange *change);
 
 /* Stores the current Python exception to be raised when uv_run returns, and
  * stops libuv.  Must hold the GIL. */

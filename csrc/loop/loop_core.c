@@ -90,6 +90,7 @@ on_prepare(uv_prepare_t *prepare)
     }
     stats_poll_begin(self);
     self->polling = 1;
+    self->defer_libuv = 1;  /* libuv is ours until loop_take_gil: others queue their changes */
     self->released_tstate = PyEval_SaveThread();
 }
 
@@ -147,6 +148,8 @@ loop_after_fork(LoopObject *self)
      * that released the GIL does not exist here. */
     self->released_tstate = NULL;
     self->polling = 0;
+    /* changes queued by then stay first in line (poll_io or close applies them) */
+    self->defer_libuv = self->libuv_changes != NULL;
     int err = uv_loop_fork(&self->uv);  /* new epoll + eventfd; watchers re-registered lazily */
     if (err < 0) {
         /* pid unchanged: the loop still shares the parent's epoll, and the
@@ -206,10 +209,12 @@ loop_close_uv(LoopObject *self)
          * would remove the parent's registration): leak the libuv side. */
         PyErr_WriteUnraisable((PyObject *)self);
         self->uv_ready = 0;
+        loop_apply_libuv_changes(self);  /* releases their owners; libuv is left alone */
         live_unlink(self);
         dns_close(self);  /* touches no kernel state */
         return;
     }
+    loop_apply_libuv_changes(self);  /* queued by another thread in the last poll */
     self->uv_ready = 0;
     live_unlink(self);
     loop_close_watchers(self);
@@ -605,6 +610,9 @@ arm_wake_timer(LoopObject *self, double delay)
 static int
 poll_io(LoopObject *self)
 {
+    if (self->libuv_changes != NULL) {
+        loop_apply_libuv_changes(self);  /* left queued by a fork (loop_take_gil applies the rest) */
+    }
     if (self->changed_polls_count > 0) {
         loop_check_changed_polls(self);  /* may schedule callbacks: before deciding to block */
     }
@@ -1037,8 +1045,11 @@ static PyObject *
 get_poll_stats(LoopObject *self, void *c)
 {
     Py_ssize_t uv_handles = 0;
-    if (self->uv_ready) {
+    if (self->uv_ready && loop_may_touch_libuv(self)) {
         uv_walk(&self->uv, count_handle, &uv_handles);  /* closing handles too, until freed */
+    }
+    else if (self->uv_ready) {
+        uv_handles = -1;  /* asked from another thread while the loop thread runs libuv */
     }
     return Py_BuildValue("{snsnsnsn}", "noted_polls", self->poll_records_count, "closing_polls",
                          self->closing_polls, "changed_polls", self->changed_polls_count, "uv_handles", uv_handles);

@@ -46,10 +46,16 @@ typedef struct {
  * its last user detaches, and freed by the close callback. */
 typedef struct TransportPoll {
     uv_poll_t handle;                  /* first: the close callback frees the struct */
-    LoopObject *loop;                  /* borrowed: every user holds the loop */
+    LoopObject *loop;                  /* borrowed: every user holds the loop; the loop
+                                        * applies `sync` before it goes */
     struct TransportObject *users[2];  /* borrowed: a user detaches before it lets go */
+    LibuvChange sync;                  /* queued by a thread that must not touch libuv: the
+                                        * loop thread brings the handle to what the users
+                                        * poll (and closes it once they are gone) */
     int events;                        /* the events the handle is started with */
     int fd;
+    char initialized;                  /* uv_poll_init done (later when asked from another
+                                        * thread while the loop polls) */
 } TransportPoll;
 
 typedef struct TransportObject {

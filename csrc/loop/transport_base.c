@@ -37,6 +37,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <structmember.h>
@@ -410,10 +411,45 @@ poll_stopped(TransportObject *self)
 
 static void transport_bad_fd(void *owner);
 
-/* Starts, changes or stops the shared handle to what its users poll. */
+/* uv_poll_init of the shared handle; releases a stale watcher of a reused
+ * fd number. */
 static int
-shared_poll_apply(TransportPoll *shared)
+shared_poll_init(TransportPoll *shared)
 {
+    int err = loop_poll_init(shared->loop, &shared->handle, shared->fd);
+    if (err < 0) {
+        if (err == UV_EEXIST) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "File descriptor %d is already watched by add_reader()/add_writer()",
+                         shared->fd);
+        }
+        else {
+            errno = -err;
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return -1;
+    }
+    shared->handle.data = shared;
+    shared->initialized = 1;
+    return 0;
+}
+
+/* Brings the shared handle to what its users poll: made if need be,
+ * started, changed or stopped; closed (and freed) once it has no user.
+ * Only where libuv may be touched (loop_may_touch_libuv). */
+static int
+shared_poll_sync_now(TransportPoll *shared)
+{
+    if (shared->users[0] == NULL && shared->users[1] == NULL) {
+        if (!shared->initialized) {
+            free(shared);
+            return 0;
+        }
+        shared->handle.data = NULL;
+        loop_forget_poll(shared->loop, &shared->handle);
+        uv_close((uv_handle_t *)&shared->handle, free_poll);  /* stops it too */
+        return 0;
+    }
     int events = 0;
     for (int i = 0; i < 2; i++) {
         if (shared->users[i] != NULL) {
@@ -428,6 +464,9 @@ shared_poll_apply(TransportPoll *shared)
         shared->events = 0;
         return 0;
     }
+    if (!shared->initialized && shared_poll_init(shared) < 0) {
+        return -1;
+    }
     int err = uv_poll_start(&shared->handle, events, on_poll);
     if (err < 0) {
         errno = -err;
@@ -436,6 +475,19 @@ shared_poll_apply(TransportPoll *shared)
     }
     shared->events = events;
     return loop_note_poll_change(shared->loop, &shared->handle, shared->fd, transport_bad_fd, shared);
+}
+
+/* shared_poll_sync_now, or, from another thread while the loop thread
+ * polls, queued for the loop thread (the users' poll_events, the loop's
+ * active_io and polled_transports change at once). */
+static int
+shared_poll_apply(TransportPoll *shared)
+{
+    if (loop_may_touch_libuv(shared->loop)) {
+        return shared_poll_sync_now(shared);
+    }
+    loop_defer_libuv_change(shared->loop, &shared->sync);
+    return 0;
 }
 
 /* libuv stopped the handle (an error), or we do: every user is stopped. */
@@ -453,11 +505,11 @@ shared_poll_stopped(TransportPoll *shared)
     }
 }
 
-/* The fd was closed under the transports (not through them). */
+/* The poll cannot go on: every user stops polling and gets a fatal error
+ * with `exc` (a new reference, NULL: EBADF). */
 static void
-transport_bad_fd(void *owner)
+shared_poll_fail(TransportPoll *shared, PyObject *exc, const char *message)
 {
-    TransportPoll *shared = owner;
     TransportObject *users[2] = {shared->users[0], shared->users[1]};
     Py_XINCREF(users[0]);
     Py_XINCREF(users[1]);
@@ -466,17 +518,44 @@ transport_bad_fd(void *owner)
         if (users[i] == NULL) {
             continue;
         }
-        PyObject *exc = transport_oserror(EBADF);
-        if (exc != NULL) {
-            transport_fatal_error(users[i], exc, "Fatal error: the transport's file descriptor was closed");
-            Py_DECREF(exc);
+        PyObject *error = exc != NULL ? Py_NewRef(exc) : transport_oserror(EBADF);
+        if (error != NULL) {
+            transport_fatal_error(users[i], error, message);
+            Py_DECREF(error);
         }
         else {
             PyErr_Clear();
         }
     }
+    Py_XDECREF(exc);
     Py_XDECREF(users[0]);
     Py_XDECREF(users[1]);
+}
+
+/* The fd was closed under the transports (not through them). */
+static void
+transport_bad_fd(void *owner)
+{
+    shared_poll_fail(owner, NULL, "Fatal error: the transport's file descriptor was closed");
+}
+
+/* The loop thread applies a change another thread queued. */
+static void
+shared_poll_apply_sync(LibuvChange *change)
+{
+    TransportPoll *shared = (TransportPoll *)((char *)change - offsetof(TransportPoll, sync));
+    if (!shared->loop->uv_ready) {
+        /* libuv left alone (a fork child without an epoll of its own) */
+        if (shared->users[0] == NULL && shared->users[1] == NULL && !shared->initialized) {
+            free(shared);
+        }
+        return;
+    }
+    if (shared_poll_sync_now(shared) < 0) {
+        /* what transport_update_poll's callers would have reported */
+        shared_poll_fail(shared, compat_fetch_exception(),
+                         "Fatal error: cannot poll the transport's file descriptor");
+    }
 }
 
 /* Gives the transport a poll: its partner's, or a new one. */
@@ -495,24 +574,14 @@ attach_poll(TransportObject *self)
         PyErr_NoMemory();
         return -1;
     }
-    /* releases a stale watcher of a reused fd number */
-    int err = loop_poll_init(self->loop, &shared->handle, self->fd);
-    if (err < 0) {
-        free(shared);
-        if (err == UV_EEXIST) {
-            PyErr_Format(PyExc_RuntimeError,
-                         "File descriptor %d is already watched by add_reader()/add_writer()",
-                         self->fd);
-        }
-        else {
-            errno = -err;
-            PyErr_SetFromErrno(PyExc_OSError);
-        }
-        return -1;
-    }
-    shared->handle.data = shared;
     shared->loop = self->loop;
     shared->fd = self->fd;
+    shared->sync.apply = shared_poll_apply_sync;
+    /* else made by the loop thread when it applies the start */
+    if (loop_may_touch_libuv(self->loop) && shared_poll_init(shared) < 0) {
+        free(shared);
+        return -1;
+    }
     shared->users[0] = self;
     self->poll = shared;
     return 0;
@@ -533,13 +602,8 @@ detach_poll(TransportObject *self)
         }
     }
     self->poll = NULL;
-    if (shared->users[0] == NULL && shared->users[1] == NULL) {
-        shared->handle.data = NULL;
-        loop_forget_poll(shared->loop, &shared->handle);
-        uv_close((uv_handle_t *)&shared->handle, free_poll);  /* stops it too */
-        return;
-    }
     PyObject *exc = compat_fetch_exception();
+    /* closes it if nobody else uses it */
     if (shared_poll_apply(shared) < 0) {
         PyErr_Clear();  /* the partner finds out at its next syscall */
     }
@@ -870,11 +934,11 @@ transport_poll_event(TransportObject *self, int events)
 static void
 on_poll(uv_poll_t *poll, int status, int events)
 {
+    loop_take_gil(poll->loop->data);  /* first: the changes it applies may close this poll */
     TransportPoll *shared = poll->data;
-    if (shared == NULL) {
+    if (shared == NULL) {  /* closed (maybe by those changes) */
         return;
     }
-    loop_take_gil(shared->loop);
     stats_io_event(shared->loop);
     TransportObject *users[2] = {shared->users[0], shared->users[1]};
     int wanted[2] = {0, 0};
