@@ -116,23 +116,25 @@ asan-build:
 	# CPython's own CFLAGS carry -fwrapv, which makes signed overflow defined and
 	# so invisible to UBSan: -fno-wrapv (appended after them) turns the check on.
 	CFLAGS="$$CFLAGS -fno-wrapv" PYASYNC_C_SANITIZE=1 $(PYTHON) setup.py build_ext --build-lib $(ASAN_DIR) --build-temp $(ASAN_TMP)
-	# Python sources next to the .so files so `import pyasync_c` resolves here first.
-	cp pyasync_c/*.py pyasync_c/*.pyi pyasync_c/py.typed $(ASAN_DIR)/pyasync_c/
+	# A copy of the tracked tree next to the .so files: `import pyasync_c` resolves
+	# here, and so does every child a test starts from the tree's root (tests use
+	# their own location as the root: sys.path[0] of `python -c`/`-m` is the cwd).
+	git ls-files -z | xargs -0 cp --parents -t $(ASAN_DIR)
 
 asan: asan-build
 	@test -f "$(ASAN_RUNTIME)" || { echo "libasan.so not found (gcc -print-file-name)"; exit 1; }
 	$(ASAN_ENV) $(PYTHON) -P -c 'import pyasync_c, sys; f = pyasync_c.__file__; \
 	    assert "/$(ASAN_DIR)/" in f, f"not the ASan build: {f}"; print("ASan build:", f)'
-	# Run from $(ASAN_DIR): tests that spawn `python -c` children get that
-	# directory (the ASan pyasync_c) as their sys.path[0], not the in-place build.
-	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P -m pytest --rootdir="$(CURDIR)" -c "$(CURDIR)/pyproject.toml" \
-	    $(ASAN_PYTEST_ARGS) $(addprefix $(CURDIR)/,$(ASAN_TESTS))
+	# Run the copy's tests from $(ASAN_DIR): children they spawn import the ASan
+	# pyasync_c too (cwd and their own root), never the in-place build.
+	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P -m pytest --rootdir=. -c pyproject.toml \
+	    $(ASAN_PYTEST_ARGS) $(ASAN_TESTS)
 	# The leak-check scenarios (storms of every C path) as a sanitizer smoke test.
-	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P $(CURDIR)/tests/leakcheck.py --smoke --rounds 2
+	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P tests/leakcheck.py --smoke --rounds 2
 	# Odd arguments and re-entrant subclass overrides thrown at the C primitives.
-	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P $(CURDIR)/tests/fuzz_primitives.py --seeds 10
+	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P tests/fuzz_primitives.py --seeds 10
 	# Random app actions and raw peers over native TLS connections, for 60 s.
-	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P $(CURDIR)/tests/fuzz_tls.py --seconds 60
+	cd $(ASAN_DIR) && $(ASAN_ENV) $(PYTHON) -P tests/fuzz_tls.py --seconds 60
 
 # Reliability harness (overview: stress/__init__.py; options: stress/run.py --help).
 # Exit status 1 if pyasync_c or asyncio (the reference: a check failing there is

@@ -109,7 +109,8 @@ def run_scenario(loop_name: str, body: str, preload: str | None = None) -> subpr
     env["PYTHONPATH"] = PACKAGE_PARENT + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONWARNINGS"] = "ignore::DeprecationWarning"  # 3.12+: fork() with threads
     if preload is not None:
-        env["LD_PRELOAD"] = preload
+        # after what is preloaded already (make asan: libasan must come first)
+        env["LD_PRELOAD"] = ":".join(filter(None, [env.get("LD_PRELOAD"), preload]))
     script = PRELUDE + (SHIM_PRELUDE if preload else "") + textwrap.dedent(body)
     try:
         return subprocess.run([sys.executable, "-c", script, loop_name], capture_output=True,

@@ -563,4 +563,6 @@ def test_repeated_faults_do_not_leak(arun, tls_files: TLSFiles) -> None:
             return start, rss_kib()
 
     start, end = arun(main(), timeout=120)
+    if "ASAN_OPTIONS" in os.environ:
+        return  # make asan: the rounds ran under the sanitizer; its quarantine keeps freed memory
     assert end - start < 3 * 1024, (start, end)  # KiB; a leak of ~10 KiB per round is 3 MiB
