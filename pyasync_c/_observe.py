@@ -13,7 +13,9 @@ The counters themselves live in C (``csrc/loop/stats.c``) and are read with
   ``PYASYNC_C_BLOCKING`` and ``PYASYNC_C_STATS_INTERVAL``, and the loops the
   ``--stats`` summary covers.
 
-Why a Python thread is enough: the watchdog waits in C (``_watch_wait``)
+Why a Python thread is enough: the watchdog waits in C (``WatchPulse.wait``,
+a handle holding only a weak reference to the loop, so a watched loop that is
+abandoned is still collected and its watchdog ends)
 with the GIL released, polling the loop's heartbeat (atomics the loop bumps
 before each callback) every few ms, so it never competes for the GIL while
 all is well.  It needs the GIL only to capture a stack once a block is seen;
@@ -191,6 +193,9 @@ class BlockingWatch:
         # Sampling period: the start of a block is known to within it.
         self.period = min(max(threshold / 20, 0.0005), 0.005)
         self._loop_ref = weakref.ref(loop)
+        # The thread waits on the pulse, never on the loop: it must not keep an
+        # abandoned loop alive (the pulse's wait returns "stop" once it is gone).
+        self._pulse = loop._watch_pulse()
         self._pid = os.getpid()
         self._stopped = False
         self._token = loop._watch_token(True)  # a new token stops any earlier watchdog of this loop
@@ -238,12 +243,16 @@ class BlockingWatch:
             loop = self._loop_ref()
             if loop is None or loop.is_closed():
                 break
-            result = loop._watch_wait(self._token, self.period, _WAIT_TIMEOUT, self.threshold, beat, since, until)
+            del loop  # no strong reference while waiting (during a stall `first` holds one)
+            result = self._pulse.wait(self._token, self.period, _WAIT_TIMEOUT, self.threshold, beat, since, until)
             kind = result[0]
             if kind == "stop":
                 break
             if kind == "timeout":
                 continue
+            loop = self._loop_ref()
+            if loop is None:
+                break
             if kind == "stall":
                 beat, since, reports = result[1], result[2], 1
                 first = self._capture(loop, beat, since, reports)

@@ -676,3 +676,54 @@ def test_bad_env_value_is_ignored_with_a_warning(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "ignoring PYASYNC_C_BLOCKING='soon'" in result.stderr
     assert "still running" not in result.stderr
+
+
+ABANDONED_WATCHED_LOOPS = textwrap.dedent("""\
+    import asyncio, gc, sys, threading, time, warnings, weakref
+    import pyasync_c
+    from pyasync_c import _observe
+    warnings.simplefilter("ignore", ResourceWarning)
+    factory = pyasync_c.new_event_loop if sys.argv[1] == "pyasync_c" else asyncio.new_event_loop
+    def make():
+        loop = factory()
+        if sys.argv[1] == "pyasync_c":
+            _observe.watch_blocking(0.5, loop=loop, callback=lambda event: None)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        return weakref.ref(loop)   # never closed: abandoned in its reference cycles
+    refs = [make() for _ in range(5)]
+    for _ in range(40):
+        gc.collect()
+        if all(ref() is None for ref in refs):
+            break
+        time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+            t.name == "pyasync_c-blocking-watchdog" for t in threading.enumerate()):
+        time.sleep(0.05)
+    threads = sum(t.name == "pyasync_c-blocking-watchdog" for t in threading.enumerate())
+    print(sum(ref() is not None for ref in refs), threads)
+""")
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "pyasync_c"])
+def test_watchdog_does_not_keep_an_abandoned_loop_alive(kind):
+    # The watchdog thread holds only a weak handle (WatchPulse) on its loop:
+    # an unclosed loop dropped by its owner is collected like asyncio's, and
+    # its watchdog thread ends.
+    result = run_python(ABANDONED_WATCHED_LOOPS, kind)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "0"], result.stdout
+
+
+def test_watch_pulse_outlives_its_loop():
+    loop = pyasync_c.new_event_loop()
+    pulse = loop._watch_pulse()
+    token = loop._watch_token(False)
+    assert pulse.alive()
+    assert pulse.wait(token, 0.001, 0.0, 1.0, -1, 0.0, 0.0) == ("timeout",)
+    loop.close()
+    del loop
+    import gc
+    gc.collect()
+    assert not pulse.alive()
+    assert pulse.wait(token, 0.001, 0.0, 1.0, -1, 0.0, 0.0) == ("stop",)

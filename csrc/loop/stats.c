@@ -42,7 +42,9 @@
 #include <errno.h>
 #include <math.h>
 #include <sys/socket.h>
+#include <sched.h>
 #include <time.h>
+#include <unistd.h>
 
 #define WINDOW_TARGET_NS 20000  /* 20 us of busy time per clock reading */
 #define WINDOW_MAX 64
@@ -489,7 +491,115 @@ monotonic_seconds(void)
     return (double)stats_clock_ns() / 1e9;
 }
 
-/* _watch_wait(token, period, timeout, threshold, beat, since, until)
+/* ---- the watchdog's handle on a loop: WatchPulse ----
+ * The watchdog thread must not keep its loop alive (an abandoned, unclosed
+ * loop sits in a reference cycle: any strong reference held by the thread
+ * makes every GC pass find it reachable).  So the thread holds a WatchPulse:
+ * a small object with a weak reference to the loop and a pointer to its
+ * LoopStats, which it reads without the GIL.  The weak reference's callback
+ * is the pulse itself: when the loop goes (before its memory is freed) the
+ * pointer is cleared, after waiting for a read in progress to finish, and
+ * every later wait returns ("stop",).  The pulse may outlive the loop. */
+typedef struct {
+    PyObject_HEAD
+    _Atomic(LoopStats *) stats;   /* NULL once the loop is gone */
+    _Atomic int readers;          /* watchdog samples in progress (GIL released) */
+    PyObject *loop_ref;           /* weakref to the loop, callback: this pulse */
+    pid_t pid;                    /* in a fork child no reader can be in progress */
+} WatchPulse;
+
+static PyTypeObject WatchPulseType;
+
+/* The loop's stats for one sample, or NULL (loop gone): pair with pulse_leave. */
+static LoopStats *
+pulse_enter(WatchPulse *pulse)
+{
+    atomic_fetch_add(&pulse->readers, 1);
+    LoopStats *stats = atomic_load(&pulse->stats);
+    if (stats == NULL) {
+        atomic_fetch_sub(&pulse->readers, 1);
+    }
+    return stats;
+}
+
+static void
+pulse_leave(WatchPulse *pulse)
+{
+    atomic_fetch_sub(&pulse->readers, 1);
+}
+
+/* Called with the GIL (weakref callback, or the pulse going away). */
+static void
+pulse_detach(WatchPulse *pulse)
+{
+    if (atomic_exchange(&pulse->stats, NULL) == NULL) {
+        return;
+    }
+    if (pulse->pid != getpid()) {
+        return;  /* fork child: the watchdog thread does not exist here */
+    }
+    while (atomic_load(&pulse->readers) != 0) {
+        sched_yield();  /* a sample is a few atomic loads: at most microseconds */
+    }
+}
+
+static PyObject *
+pulse_call(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    pulse_detach((WatchPulse *)self);
+    Py_RETURN_NONE;
+}
+
+static int
+pulse_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(((WatchPulse *)self)->loop_ref);
+    return 0;
+}
+
+static int
+pulse_clear(PyObject *self)
+{
+    Py_CLEAR(((WatchPulse *)self)->loop_ref);
+    return 0;
+}
+
+static void
+pulse_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    pulse_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyObject *
+pulse_new_for(LoopObject *loop)
+{
+    WatchPulse *pulse = PyObject_GC_New(WatchPulse, &WatchPulseType);
+    if (pulse == NULL) {
+        return NULL;
+    }
+    atomic_init(&pulse->stats, &loop->stats);
+    atomic_init(&pulse->readers, 0);
+    pulse->pid = getpid();
+    pulse->loop_ref = PyWeakref_NewRef((PyObject *)loop, (PyObject *)pulse);
+    if (pulse->loop_ref == NULL) {
+        atomic_store(&pulse->stats, NULL);
+        Py_DECREF(pulse);
+        return NULL;
+    }
+    PyObject_GC_Track(pulse);
+    return (PyObject *)pulse;
+}
+
+/* loop._watch_pulse() -> a new WatchPulse on this loop */
+static PyObject *
+loop_watch_pulse(LoopObject *self, PyObject *unused)
+{
+    return pulse_new_for(self);
+}
+
+/* pulse.wait(token, period, timeout, threshold, beat, since, until)
  * Polls the loop's heartbeat every `period` seconds with the GIL released.
  *   beat < 0 (looking): returns ("stall", beat, start) once the loop has been
  *     busy on one unit of work for `threshold` seconds; start is the first
@@ -499,9 +609,10 @@ monotonic_seconds(void)
  *     ("end", end) when that unit is over (end: the sample that saw it, at
  *     most one period late, like start), or ("still", now) once now >= until.
  * Either way ("timeout",) after `timeout` seconds (not while a possible
- * stall is being timed) and ("stop",) when the token changed.  The caller's reference keeps the loop alive meanwhile. */
+ * stall is being timed) and ("stop",) when the token changed or the loop
+ * is gone (the pulse never keeps it alive). */
 static PyObject *
-loop_watch_wait(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
+pulse_wait(WatchPulse *pulse, PyObject *const *args, Py_ssize_t nargs)
 {
     unsigned long long token;
     double period, timeout, threshold, since, until;
@@ -524,7 +635,6 @@ loop_watch_wait(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "need 0 < period <= 1, threshold > 0, 0 <= timeout <= 3600");
         return NULL;
     }
-    LoopStats *stats = &self->stats;
     struct timespec nap = {(time_t)period, (long)(fmod(period, 1.0) * 1e9)};
     enum { STOP, TIMEOUT, STALL, END, STILL } outcome = TIMEOUT;
     double result_time = 0.0;
@@ -535,15 +645,22 @@ loop_watch_wait(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
     double deadline = monotonic_seconds() + timeout;
     for (;;) {
         double now = monotonic_seconds();
+        LoopStats *stats = pulse_enter(pulse);
+        if (stats == NULL) {
+            outcome = STOP;  /* the loop is gone */
+            break;
+        }
         int busy = atomic_load_explicit(&stats->running, memory_order_relaxed)
                    && !atomic_load_explicit(&stats->idle, memory_order_relaxed);
         uint64_t beat = heartbeat(stats);
+        uint64_t current_token = atomic_load_explicit(&stats->watch_token, memory_order_relaxed);
+        pulse_leave(pulse);
         if (beat_arg >= 0 && (!busy || beat != (uint64_t)beat_arg)) {
             outcome = END;  /* before the token: a stopping watchdog still reports the end */
             result_time = now;
             break;
         }
-        if (atomic_load_explicit(&stats->watch_token, memory_order_relaxed) != token) {
+        if (current_token != token) {
             outcome = STOP;
             break;
         }
@@ -573,16 +690,21 @@ loop_watch_wait(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
         nanosleep(&nap, NULL);
     }
     Py_END_ALLOW_THREADS
+    /* With the GIL held the loop cannot be freed under us: stats is either
+     * still the live loop's or NULL. */
+    LoopStats *stats = atomic_load(&pulse->stats);
     switch (outcome) {
     case STOP:
         return Py_BuildValue("(s)", "stop");
     case TIMEOUT:
         return Py_BuildValue("(s)", "timeout");
     case STALL:
-        stats->blocking_events++;
+        if (stats != NULL) {
+            stats->blocking_events++;
+        }
         return Py_BuildValue("(sKd)", "stall", (unsigned long long)seen_beat, result_time);
     case END:
-        if (result_time > since) {
+        if (stats != NULL && result_time > since) {
             stats->blocked_ns += (int64_t)((result_time - since) * 1e9);
         }
         return Py_BuildValue("(sd)", "end", result_time);
@@ -591,6 +713,46 @@ loop_watch_wait(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
 }
 
+/* loop._watch_wait(...): pulse.wait on a pulse of its own (the caller's
+ * reference keeps the loop alive meanwhile). */
+static PyObject *
+loop_watch_wait(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *pulse = pulse_new_for(self);
+    if (pulse == NULL) {
+        return NULL;
+    }
+    PyObject *result = pulse_wait((WatchPulse *)pulse, args, nargs);
+    Py_DECREF(pulse);
+    return result;
+}
+
+static PyObject *
+pulse_alive(WatchPulse *pulse, PyObject *unused)
+{
+    return PyBool_FromLong(atomic_load(&pulse->stats) != NULL);
+}
+
+static PyMethodDef pulse_methods[] = {
+    {"wait", (PyCFunction)(void (*)(void))pulse_wait, METH_FASTCALL,
+     "Wait, without the GIL, for a callback holding the loop (see stats.c)."},
+    {"alive", (PyCFunction)pulse_alive, METH_NOARGS, "False once the loop is gone."},
+    {NULL},
+};
+
+static PyTypeObject WatchPulseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyasync_c._loop.WatchPulse",
+    .tp_basicsize = sizeof(WatchPulse),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The blocking watchdog's weak handle on a loop's heartbeat.",
+    .tp_dealloc = pulse_dealloc,
+    .tp_traverse = pulse_traverse,
+    .tp_clear = pulse_clear,
+    .tp_call = pulse_call,
+    .tp_methods = pulse_methods,
+};
+
 static PyMethodDef stats_loop_methods[] = {
     {"stats", (PyCFunction)(void (*)(void))loop_stats, METH_FASTCALL | METH_KEYWORDS,
      "stats(reset=False)\n--\n\nA snapshot of the loop's counters as a dict (see README, "
@@ -598,6 +760,8 @@ static PyMethodDef stats_loop_methods[] = {
     {"reset_stats", (PyCFunction)loop_reset_stats, METH_NOARGS, "Zero the loop's counters."},
     {"_watch_state", (PyCFunction)loop_watch_state, METH_NOARGS, "(running, idle, heartbeat) of the loop."},
     {"_watch_token", (PyCFunction)loop_watch_token, METH_O, "The blocking watchdog's token; True: a new one."},
+    {"_watch_pulse", (PyCFunction)loop_watch_pulse, METH_NOARGS,
+     "A WatchPulse on this loop: the watchdog's handle that does not keep it alive."},
     {"_watch_wait", (PyCFunction)(void (*)(void))loop_watch_wait, METH_FASTCALL,
      "Wait, without the GIL, for a callback holding the loop (the blocking watchdog)."},
     {"_set_run_hook", (PyCFunction)set_run_hook, METH_O | METH_CLASS, "hook(loop) called at each _run entry."},
@@ -611,6 +775,9 @@ int
 stats_add_methods(PyTypeObject *type)
 {
     PyObject *dict = type->tp_dict;
+    if (PyType_Ready(&WatchPulseType) < 0) {
+        return -1;
+    }
     for (PyMethodDef *def = stats_loop_methods; def->ml_name != NULL; def++) {
         PyObject *descr;
         if (def->ml_flags & METH_CLASS) {
