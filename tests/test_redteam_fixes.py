@@ -417,3 +417,68 @@ def test_write_buffer_limits_private_attributes(loop):
             await asyncio.sleep(0)
 
     loop.run_until_complete(main())
+
+
+class OrderedOnly:
+    """A limit that only compares (no __index__, __float__, __floor__):
+    asyncio accepts it, since it only ever compares the limits."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def _other(self, other):
+        return other.value if isinstance(other, OrderedOnly) else other
+
+    def __ge__(self, other):
+        return self.value >= self._other(other)
+
+    def __gt__(self, other):
+        return self.value > self._other(other)
+
+    def __le__(self, other):
+        return self.value <= self._other(other)
+
+    def __lt__(self, other):
+        return self.value < self._other(other)
+
+    def __eq__(self, other):
+        return isinstance(other, OrderedOnly) and self.value == other.value
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"OrderedOnly({self.value})"
+
+
+def test_write_buffer_limits_comparison_only_objects(loop):
+    async def main():
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport, protocol = await loop.create_connection(RecordingProtocol, sock=a)
+        try:
+            transport.set_write_buffer_limits(high=OrderedOnly(1000), low=0)
+            assert transport.get_write_buffer_limits() == (0, OrderedOnly(1000))
+            transport.set_write_buffer_limits(high=10**30)
+            transport.write(b"x" * (4 << 20))      # the peer does not read: most is queued
+            size = transport.get_write_buffer_size()
+            assert size > 0
+            for high in (OrderedOnly(size + 0.5), OrderedOnly(size), OrderedOnly(2**64)):
+                transport.set_write_buffer_limits(high=high, low=OrderedOnly(0))
+                assert protocol.events == [], high
+            transport.set_write_buffer_limits(high=OrderedOnly(size - 0.5), low=OrderedOnly(0.5))
+            assert protocol.events == ["pause"]
+            assert transport.get_write_buffer_limits() == (OrderedOnly(0.5), OrderedOnly(size - 0.5))
+            b.setblocking(False)
+            while transport.get_write_buffer_size() > 0:
+                try:
+                    b.recv(1 << 20)
+                except BlockingIOError:
+                    pass
+                await asyncio.sleep(0)
+            assert protocol.events == ["pause", "resume"]
+        finally:
+            transport.abort()
+            b.close()
+            await asyncio.sleep(0)
+
+    loop.run_until_complete(main())

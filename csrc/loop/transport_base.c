@@ -1580,6 +1580,53 @@ saturate_int(PyObject *value, Py_ssize_t *out, int *exact)
     return 0;
 }
 
+/* The comparison asyncio makes between a buffer size n and a limit, as the
+ * question "has n passed the threshold?" (false for small n, true above):
+ * a high mark pauses when n > high (n >= high: round_up), a low mark stops
+ * resuming when not n <= low.  1, 0 or -1 (error). */
+static int
+limit_passed(Py_ssize_t n, PyObject *limit, int is_high, int round_up)
+{
+    PyObject *size = PyLong_FromSsize_t(n);
+    if (size == NULL) {
+        return -1;
+    }
+    int result = PyObject_RichCompareBool(size, limit, is_high ? (round_up ? Py_GE : Py_GT) : Py_LE);
+    Py_DECREF(size);
+    return result < 0 ? -1 : is_high ? result : !result;
+}
+
+/* The C threshold of a limit that only supports comparisons with ints (no
+ * floor/ceiling): a binary search over buffer sizes 0..PY_SSIZE_T_MAX for the
+ * first size past it (the comparisons are assumed monotonic, as for any
+ * ordered value), then the C form of limit_threshold: pause when
+ * size > high (size >= high with round_up), resume when size <= low. */
+static int
+limit_threshold_by_comparison(PyObject *value, int is_high, int round_up, Py_ssize_t *out)
+{
+    Py_ssize_t lo = 0, hi = PY_SSIZE_T_MAX;
+    int passed = limit_passed(hi, value, is_high, round_up);
+    if (passed <= 0) {
+        *out = PY_SSIZE_T_MAX;  /* never passed: never pauses / always resumes */
+        return passed;
+    }
+    while (lo < hi) {  /* invariant: the first size past it is in [lo, hi] */
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        passed = limit_passed(mid, value, is_high, round_up);
+        if (passed < 0) {
+            return -1;
+        }
+        if (passed) {
+            hi = mid;
+        }
+        else {
+            lo = mid + 1;
+        }
+    }
+    *out = is_high && round_up ? lo : lo - 1;
+    return 0;
+}
+
 /* The C threshold for one limit.  For a whole byte count n, `n <= x` and
  * `n > x` equal `n <= floor(x)` and `n > floor(x)`; `n >= x` equals
  * `n >= ceil(x)` (round_up).  Beyond Py_ssize_t: saturated (10**30 never
@@ -1620,7 +1667,14 @@ limit_threshold(PyObject *value, int is_high, int round_up, Py_ssize_t *out, int
     PyObject *integer = PyObject_CallMethod(math, round_up ? "ceil" : "floor", "O", value);
     Py_DECREF(math);
     if (integer == NULL) {
-        return -1;
+        if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+            return -1;
+        }
+        /* Not a number, but asyncio only ever compares the limits with the
+         * buffer size: find the same threshold by comparisons. */
+        PyErr_Clear();
+        *exact = 0;
+        return limit_threshold_by_comparison(value, is_high, round_up, out);
     }
     int rc;
     if (PyLong_Check(integer)) {
