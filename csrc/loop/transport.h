@@ -211,6 +211,9 @@ void write_queue_clear(WriteQueue *queue);
 
 /* ---- stream_transport.c / datagram_transport.c ---- */
 int stream_transports_init(PyObject *module, ModuleState *state);
+/* 1 (errno EBADF) when user code closed/detached the socket object under a
+ * socket or datagram transport: its cached fd must not be used. */
+int transport_socket_gone(TransportObject *self);
 
 /* streams_fast.c: hands `size` received bytes to asyncio's
  * StreamReaderProtocol/StreamReader without their Python frames.
