@@ -167,6 +167,8 @@ void transport_warn_write_after_lost(TransportObject *self, const char *message)
 /* add_reader/add_writer/sock_* on fd: RuntimeError if a transport that is
  * not closing uses it (as asyncio); a closing one hands the fd over. */
 int transport_check_fd_free(LoopObject *loop, int fd);
+/* loop._transports: a new dict fd -> transport, a copy of the registry. */
+PyObject *registry_snapshot(LoopObject *loop);
 void transports_close_all(LoopObject *loop);            /* loop close: release every poll */
 /* The loop's tp_traverse / tp_clear: its polled transports. */
 int transports_traverse(LoopObject *loop, visitproc visit, void *arg);
