@@ -78,10 +78,14 @@ address_from_python(PyObject *address, int family, struct sockaddr_storage *out,
         PyErr_Clear();
         return 0;
     }
-    const char *text = PyUnicode_AsUTF8(host);
+    Py_ssize_t text_size;
+    const char *text = PyUnicode_AsUTF8AndSize(host, &text_size);
     if (text == NULL) {
         PyErr_Clear();
         return 0;
+    }
+    if (strlen(text) != (size_t)text_size) {
+        return 0;  /* an embedded NUL: inet_pton would stop there; the socket module refuses it */
     }
     memset(out, 0, sizeof(*out));
     if (family == AF_INET && PyTuple_GET_SIZE(address) == 2) {
@@ -177,7 +181,8 @@ send_one(TransportObject *self, PyObject *data, PyObject *address)
         if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
             return -1;
         }
-        ssize_t sent = connected ? send(self->fd, view.buf, (size_t)view.len, 0)
+        ssize_t sent = transport_socket_gone(self) ? -1  /* asyncio: EBADF from the closed socket */
+                       : connected ? send(self->fd, view.buf, (size_t)view.len, 0)
                                  : sendto(self->fd, view.buf, (size_t)view.len, 0,
                                           (struct sockaddr *)&target, target_length);
         int error_number = errno;
@@ -264,7 +269,7 @@ receive_datagram(TransportObject *self)
     }
     struct sockaddr_storage source;
     socklen_t length = sizeof(source);
-    ssize_t received = recvfrom(self->fd, buffer, TRANSPORT_READ_BUFFER_SIZE, 0,
+    ssize_t received = transport_socket_gone(self) ? -1 : recvfrom(self->fd, buffer, TRANSPORT_READ_BUFFER_SIZE, 0,
                                 (struct sockaddr *)&source, &length);
     if (received < 0) {
         int error_number = errno;

@@ -140,26 +140,24 @@ loop_apply_libuv_changes(LoopObject *loop)
 
 /* Would epoll watch fd?  0, or -errno: EBADF for a closed fd, EPERM for a
  * regular file or a directory -- what asyncio's selector raises at
- * add_reader.  Asked of an epoll instance of our own (process-wide, made on
- * first use) by a thread that must not touch libuv: uv_poll_init, which
- * checks the same on the loop's epoll, then runs later on the loop thread. */
+ * add_reader.  Asked of a throwaway epoll instance by a thread that must not
+ * touch libuv (uv_poll_init, which checks the same on the loop's epoll, runs
+ * later on the loop thread).  Made per call (a few microseconds, on the
+ * cross-thread path only): a long-lived one could be closed behind our back
+ * (os.closerange) and its number reused by another file, even another epoll
+ * whose registrations our EPOLL_CTL_DEL would then remove. */
 static int
 probe_pollable(int fd)
 {
 #ifdef __linux__
-    static int probe_fd = -1;  /* guarded by the GIL; shared with fork() children: harmless */
-    if (probe_fd < 0) {
-        probe_fd = epoll_create1(EPOLL_CLOEXEC);
-    }
+    int probe_fd = epoll_create1(EPOLL_CLOEXEC);
     if (probe_fd >= 0) {
         struct epoll_event event;
         memset(&event, 0, sizeof event);
         event.events = EPOLLIN;
-        if (epoll_ctl(probe_fd, EPOLL_CTL_ADD, fd, &event) < 0) {
-            return errno == EEXIST ? 0 : -errno;
-        }
-        epoll_ctl(probe_fd, EPOLL_CTL_DEL, fd, &event);
-        return 0;
+        int rc = epoll_ctl(probe_fd, EPOLL_CTL_ADD, fd, &event) < 0 ? -errno : 0;
+        close(probe_fd);
+        return rc;
     }
 #endif
     return fcntl(fd, F_GETFD) < 0 ? -EBADF : 0;

@@ -948,7 +948,7 @@ loop_set_signal_handlers_active(LoopObject *self, PyObject *delta)
 /* ---- attributes shared with asyncio.BaseEventLoop's Python code ---- */
 
 static PyObject *get_closed(LoopObject *self, void *c) { return PyBool_FromLong(self->closed); }
-static PyObject *get_transports(LoopObject *self, void *c) { return Py_NewRef(self->transports); }
+static PyObject *get_transports(LoopObject *self, void *c) { return registry_snapshot(self); }
 static PyObject *get_stopping(LoopObject *self, void *c) { return PyBool_FromLong(self->stopping); }
 static PyObject *get_debug_attr(LoopObject *self, void *c) { return PyBool_FromLong(self->debug); }
 static PyObject *get_thread_id(LoopObject *self, void *c) { return Py_NewRef(self->thread_id); }
@@ -1057,7 +1057,7 @@ get_poll_stats(LoopObject *self, void *c)
 
 static PyGetSetDef loop_getsets[] = {
     {"_closed", (getter)get_closed, (setter)set_closed, NULL, NULL},
-    {"_transports", (getter)get_transports, NULL, "dict fd -> transport address (C registry)", NULL},
+    {"_transports", (getter)get_transports, NULL, "a new dict fd -> transport (a copy of the C registry)", NULL},
     {"_stopping", (getter)get_stopping, (setter)set_stopping, NULL, NULL},
     {"_debug", (getter)get_debug_attr, (setter)set_debug_attr, NULL, NULL},
     {"_thread_id", (getter)get_thread_id, (setter)set_thread_id, NULL, NULL},

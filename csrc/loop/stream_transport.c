@@ -36,6 +36,79 @@ would_block(int error_number)
     return error_number == EAGAIN || error_number == EWOULDBLOCK || error_number == EINTR;
 }
 
+/* ---- is the socket object still the owner of the fd? ----
+ * The transport caches the fd number.  User code may close (or detach) the
+ * socket object under an open transport, and the number may then belong to
+ * an unrelated socket; asyncio's sock.send()/recv() would fail with EBADF.
+ * So before a syscall on the cached fd we check the socket object still
+ * holds it.  For _socket.socket (and subclasses) that is one load of the fd
+ * field its C object starts with (PyObject_HEAD, then the fd), an offset
+ * verified at module init on a real socket; anything else (or a build where
+ * the check failed) is asked fileno(). */
+static PyObject *socket_base_type;      /* _socket.socket; strong reference, never released */
+static Py_ssize_t socket_fd_offset;     /* 0: not verified, call fileno() */
+
+static void
+calibrate_socket_fd_offset(void)
+{
+    PyObject *module = PyImport_ImportModule("_socket");
+    PyObject *type = module ? PyObject_GetAttrString(module, "socket") : NULL;
+    Py_XDECREF(module);
+    PyObject *sock = type ? PyObject_CallNoArgs(type) : NULL;
+    if (sock == NULL) {
+        Py_XDECREF(type);
+        PyErr_Clear();
+        return;
+    }
+    Py_ssize_t offset = (Py_ssize_t)sizeof(PyObject);
+    int fd = PyObject_AsFileDescriptor(sock);
+    int open_matches = fd >= 0 && Py_TYPE(sock)->tp_basicsize >= offset + (Py_ssize_t)sizeof(int)
+                       && *(int *)((char *)sock + offset) == fd;
+    PyObject *r = PyObject_CallMethod(sock, "close", NULL);
+    Py_XDECREF(r);
+    int closed_matches = r != NULL && *(int *)((char *)sock + offset) == -1;
+    Py_DECREF(sock);
+    PyErr_Clear();
+    if (open_matches && closed_matches && socket_base_type == NULL) {
+        socket_base_type = type;
+        socket_fd_offset = offset;
+    }
+    else {
+        Py_DECREF(type);
+    }
+}
+
+/* 1 (with errno set to EBADF) when the socket object under a socket
+ * transport no longer holds self->fd, else 0.  The fileno() fallback runs
+ * Python code: callers re-check the transport's state after it. */
+int
+transport_socket_gone(TransportObject *self)
+{
+    if ((self->kind != TRANSPORT_SOCKET_STREAM && self->kind != TRANSPORT_DATAGRAM) || self->sock == NULL) {
+        return 0;
+    }
+    PyObject *sock = self->sock;
+    int fd;
+    if (socket_fd_offset > 0 && PyObject_TypeCheck(sock, (PyTypeObject *)socket_base_type)) {
+        fd = *(int *)((char *)sock + socket_fd_offset);
+    }
+    else {
+        PyObject *exc = compat_fetch_exception();
+        Py_INCREF(sock);
+        fd = PyObject_AsFileDescriptor(sock);
+        Py_DECREF(sock);
+        PyErr_Clear();
+        if (exc != NULL) {
+            compat_restore_exception(exc);
+        }
+    }
+    if (fd == self->fd) {
+        return 0;
+    }
+    errno = EBADF;
+    return 1;
+}
+
 static const char *
 write_error_message(TransportObject *self)
 {
@@ -46,6 +119,9 @@ write_error_message(TransportObject *self)
 static ssize_t
 write_some(TransportObject *self, const char *data, Py_ssize_t size)
 {
+    if (transport_socket_gone(self)) {
+        return -1;
+    }
     ssize_t sent = self->kind == TRANSPORT_SOCKET_STREAM ? send(self->fd, data, (size_t)size, MSG_NOSIGNAL)
                                                           : write(self->fd, data, (size_t)size);
     stats_bytes(self->loop, 0, sent > 0 ? sent : 0);
@@ -86,7 +162,10 @@ stream_flush(TransportObject *self)
         count++;
     }
     ssize_t sent;
-    if (self->kind == TRANSPORT_SOCKET_STREAM) {
+    if (transport_socket_gone(self)) {
+        sent = -1;
+    }
+    else if (self->kind == TRANSPORT_SOCKET_STREAM) {
         struct msghdr message;
         memset(&message, 0, sizeof(message));
         message.msg_iov = iov;
@@ -118,7 +197,7 @@ stream_flush(TransportObject *self)
         }
     }
     else if (self->eof_written && self->kind == TRANSPORT_SOCKET_STREAM) {
-        if (shutdown(self->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+        if ((transport_socket_gone(self) || shutdown(self->fd, SHUT_WR) < 0) && errno != ENOTCONN) {
             write_failed(self, errno);
         }
     }
@@ -190,7 +269,9 @@ static void
 read_into_tls_protocol(TransportObject *self)
 {
     char *buffer = transport_take_read_buffer(self->loop);
-    ssize_t received = buffer ? read(self->fd, buffer, TRANSPORT_READ_BUFFER_SIZE) : -1;
+    ssize_t received = buffer == NULL ? -1
+                       : transport_socket_gone(self) ? -1
+                       : read(self->fd, buffer, TRANSPORT_READ_BUFFER_SIZE);
     int error_number = errno;
     if (received > 0) {  /* the buffer is given back by the callee */
         if (tls_feed_from_read_buffer(self->protocol, self, buffer, received) < 0) {
@@ -244,8 +325,14 @@ read_into_protocol_buffer(TransportObject *self)
         transport_handle_error(self, get_buffer_failed);
         return;
     }
-    ssize_t received = read(self->fd, view.buf, (size_t)view.len);
-    int error_number = errno;
+    /* get_buffer() (or the buffer's exporter) may have closed the socket
+     * object or the whole transport, and the fd number may be reused. */
+    ssize_t received = -1;
+    int error_number = EBADF;
+    if (!transport_socket_gone(self)) {
+        received = read(self->fd, view.buf, (size_t)view.len);
+        error_number = errno;
+    }
     stats_bytes(self->loop, received > 0 ? received : 0, 0);
     PyBuffer_Release(&view);
     Py_DECREF(buffer);
@@ -348,7 +435,7 @@ stream_on_readable(TransportObject *self)
         transport_handle_error(self, "Fatal read error on socket transport");
         return;
     }
-    ssize_t received = read(self->fd, buffer, TRANSPORT_READ_BUFFER_SIZE);
+    ssize_t received = transport_socket_gone(self) ? -1 : read(self->fd, buffer, TRANSPORT_READ_BUFFER_SIZE);
     int error_number = errno;
     stats_bytes(self->loop, received > 0 ? received : 0, 0);
     if (received <= 0) {
@@ -651,7 +738,7 @@ socket_write_eof(TransportObject *self, PyObject *unused)
         Py_RETURN_NONE;
     }
     self->eof_written = 1;
-    if (self->queue.count == 0 && shutdown(self->fd, SHUT_WR) < 0) {
+    if (self->queue.count == 0 && (transport_socket_gone(self) || shutdown(self->fd, SHUT_WR) < 0)) {
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     Py_RETURN_NONE;
@@ -807,6 +894,9 @@ make_kind(PyObject *module, const char *name, PyType_Slot *slots, PyObject *base
 int
 stream_transports_init(PyObject *module, ModuleState *state)
 {
+    if (socket_fd_offset == 0) {
+        calibrate_socket_fd_offset();
+    }
     PyObject *asyncio = PyImport_ImportModule("asyncio.transports");
     if (asyncio == NULL) {
         return -1;

@@ -167,6 +167,8 @@ void transport_warn_write_after_lost(TransportObject *self, const char *message)
 /* add_reader/add_writer/sock_* on fd: RuntimeError if a transport that is
  * not closing uses it (as asyncio); a closing one hands the fd over. */
 int transport_check_fd_free(LoopObject *loop, int fd);
+/* loop._transports: a new dict fd -> transport, a copy of the registry. */
+PyObject *registry_snapshot(LoopObject *loop);
 void transports_close_all(LoopObject *loop);            /* loop close: release every poll */
 /* The loop's tp_traverse / tp_clear: its polled transports. */
 int transports_traverse(LoopObject *loop, visitproc visit, void *arg);
@@ -211,6 +213,9 @@ void write_queue_clear(WriteQueue *queue);
 
 /* ---- stream_transport.c / datagram_transport.c ---- */
 int stream_transports_init(PyObject *module, ModuleState *state);
+/* 1 (errno EBADF) when user code closed/detached the socket object under a
+ * socket or datagram transport: its cached fd must not be used. */
+int transport_socket_gone(TransportObject *self);
 
 /* streams_fast.c: hands `size` received bytes to asyncio's
  * StreamReaderProtocol/StreamReader without their Python frames.

@@ -229,6 +229,28 @@ registry_get(LoopObject *loop, int fd)
     return value == NULL ? NULL : PyLong_AsVoidPtr(value);
 }
 
+/* loop._transports: a new dict fd -> transport object (asyncio's map holds
+ * the transports).  A copy: the registry itself holds addresses and must not
+ * be writable from Python (a restored stale entry would be dereferenced). */
+PyObject *
+registry_snapshot(LoopObject *loop)
+{
+    PyObject *snapshot = PyDict_New();
+    if (snapshot == NULL || loop->transports == NULL) {
+        return snapshot;
+    }
+    PyObject *key, *value;
+    Py_ssize_t position = 0;
+    while (PyDict_Next(loop->transports, &position, &key, &value)) {
+        PyObject *transport = PyLong_AsVoidPtr(value);
+        if (transport == NULL || PyDict_SetItem(snapshot, key, transport) < 0) {
+            Py_DECREF(snapshot);
+            return NULL;
+        }
+    }
+    return snapshot;
+}
+
 static void update_poll_quietly(TransportObject *self);
 
 /* The transport lets go of its fd: leaves the registry (its partner, if
@@ -275,6 +297,12 @@ transport_check_fd_free(LoopObject *loop, int fd)
     TransportObject *transport = registry_get(loop, fd);
     if (transport == NULL) {
         return PyErr_Occurred() ? -1 : 0;
+    }
+    if (transport->empty_waiter != NULL && transport->fd_partner == NULL) {
+        /* A native sendfile is in progress (loop._sendfile_native): asyncio
+         * takes the transport out of its map meanwhile, so sock_sendfile may
+         * watch the fd. */
+        return 0;
     }
     TransportObject *users[2] = {transport, transport->fd_partner};
     for (int i = 0; i < 2; i++) {
