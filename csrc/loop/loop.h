@@ -127,6 +127,7 @@ typedef struct {
     PyObject *str_datagram_received, *str_error_received, *str_close;
     PyObject *str_call_exception_handler, *str_attach, *str_detach, *str_call_connection_lost;
     PyObject *str_connection_made_cb, *str_set_result, *str_set_exception, *str_cancelled;
+    PyObject *str_socket_class, *str_connection_closed;
     StreamsFast streams;
     double clock_resolution;
 } ModuleState;

@@ -1429,7 +1429,7 @@ transport_call_connection_lost(TransportObject *self, PyObject *exc)
 static PyObject *
 make_transport_socket(TransportObject *self, PyObject *extra, PyObject *sock)
 {
-    PyObject *cls = PyObject_GetAttrString((PyObject *)Py_TYPE(self), "_socket_class");
+    PyObject *cls = PyObject_GetAttr((PyObject *)Py_TYPE(self), state_of(self)->str_socket_class);
     if (cls == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
             return NULL;
@@ -1528,7 +1528,7 @@ remember_socket_info(TransportObject *self)
     value = PyDict_GetItemString(extra, "socket");
     if (value != NULL) {
         Py_INCREF(value);
-        PyObject *r = PyObject_CallMethod(value, "_connection_closed", NULL);
+        PyObject *r = PyObject_CallMethodNoArgs(value, state_of(self)->str_connection_closed);
         Py_XDECREF(r);  /* AttributeError: not ours (a user's 'socket' extra) */
     }
     else if (sock != NULL) {
@@ -2344,7 +2344,9 @@ transports_init(PyObject *module, ModuleState *state)
         || intern(&state->str_connection_made_cb, "_connection_made") < 0
         || intern(&state->str_set_result, "set_result") < 0
         || intern(&state->str_set_exception, "set_exception") < 0
-        || intern(&state->str_cancelled, "cancelled") < 0) {
+        || intern(&state->str_cancelled, "cancelled") < 0
+        || intern(&state->str_socket_class, "_socket_class") < 0
+        || intern(&state->str_connection_closed, "_connection_closed") < 0) {
         return -1;
     }
     PyObject *protocols = PyImport_ImportModule("asyncio.protocols");
