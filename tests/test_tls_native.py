@@ -910,3 +910,35 @@ def test_get_buffer_switching_to_a_plain_protocol_still_reports_the_read(arun, t
 
     arun(main())
     assert got[0] == ("buffered", b"hello world")
+
+
+def test_sslobject_class_partial_writes_are_all_sent(arun, tls_files):
+    """An sslobject_class whose write() takes at most 5 bytes a call: asyncio's
+    _do_write loops over the rest at once, nothing waits for a later event."""
+    class Chunky(ssl.SSLObject):
+        def write(self, data):  # type: ignore[override]
+            return super().write(bytes(data)[:5])
+
+    received = bytearray()
+
+    class Collect(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            received.extend(data)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        cctx = client_context(tls_files)
+        cctx.sslobject_class = Chunky
+        server = await loop.create_server(Collect, "127.0.0.1", 0, ssl=server_context(tls_files))
+        async with server:
+            tr, _ = await loop.create_connection(
+                asyncio.Protocol, "127.0.0.1", server_port(server), ssl=cctx,
+                server_hostname="localhost")
+            await asyncio.sleep(0.2)  # session tickets are in: no later event comes
+            tr.write(b"hello world, 23 bytes!!")
+            await wait_until(lambda: len(received) >= 23, timeout=3)
+            assert tr.get_write_buffer_size() == 0
+            tr.close()
+
+    arun(main())
+    assert bytes(received) == b"hello world, 23 bytes!!"

@@ -777,8 +777,14 @@ do_write(SSLProtocolObject *self)
             return -1;
         }
         if (rc == 2) {
+            /* no progress (a write() that returned <= 0): the rest waits for
+             * the next event, where asyncio's loop would spin forever */
+            int stuck = PyBytes_GET_SIZE(rest) >= length;
             if (PyList_SetItem(self->backlog, 0, rest) < 0) {
                 return -1;
+            }
+            if (stuck) {
+                break;
             }
             continue;
         }
@@ -838,8 +844,11 @@ write_appdata_one(SSLProtocolObject *self, PyObject *data)
             rc = PyList_Append(self->backlog, data);
         }
         else if (rc == 2) {
+            /* partial write: the rest goes on now, as asyncio's _do_write loops */
             rc = PyList_Append(self->backlog, rest);
             Py_DECREF(rest);
+            rc = rc < 0 ? -1 : do_write(self);
+            goto written;
         }
         else {
             self->write_buffer_size -= length;
@@ -854,6 +863,7 @@ write_appdata_one(SSLProtocolObject *self, PyObject *data)
             rc = do_write(self);
         }
     }
+written:
     if (rc < 0 && catch_fatal(self, "Fatal error on SSL protocol") < 0) {
         return NULL;
     }
