@@ -942,3 +942,32 @@ def test_sslobject_class_partial_writes_are_all_sent(arun, tls_files):
 
     arun(main())
     assert bytes(received) == b"hello world, 23 bytes!!"
+
+
+def test_sslobject_class_read_returning_more_than_asked_is_all_delivered(arun, tls_files):
+    """An sslobject_class whose read(n) returns more than n bytes (it doubles
+    every byte): asyncio gives the app everything read() returned."""
+    class Doubling(ssl.SSLObject):
+        def read(self, n=1024, buffer=None):  # type: ignore[override]
+            if buffer is not None:
+                return super().read(n, buffer)
+            return bytes(b for c in super().read(n) for b in (c, c))
+
+    data = bytes(range(256)) * 64
+    expected = bytes(b for c in data for b in (c, c))
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        cctx = client_context(tls_files)
+        cctx.sslobject_class = Doubling
+        async with tcp_server(ssl=server_context(tls_files)) as server:
+            tr, proto = await loop.create_connection(
+                Recorder, "127.0.0.1", server_port(server), ssl=cctx,
+                server_hostname="localhost")
+            tr.write(data)
+            await proto.wait_data(len(expected))
+            tr.close()
+            await proto.wait_lost()
+            return bytes(proto.data)
+
+    assert arun(main()) == expected

@@ -877,10 +877,15 @@ static int start_shutdown(SSLProtocolObject *self);
 
 /* Reads decrypted data into buf[0:capacity]: read(capacity, window) on our
  * fast path, read(capacity) and a copy for an SSLObject subclass.  count >= 0,
- * or -2 for "SSL wants more input", or -1 on error. */
+ * or -2 for "SSL wants more input", or -1 on error.  A subclass's read(n) may
+ * return more than n bytes: with `excess` given, the bytes past capacity come
+ * back in *excess (a new bytes object, else NULL); without, they are dropped. */
 static Py_ssize_t
-ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity)
+ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity, PyObject **excess)
 {
+    if (excess != NULL) {
+        *excess = NULL;
+    }
     PyObject *size = PyLong_FromSsize_t(capacity);
     if (size == NULL) {
         return -1;
@@ -917,10 +922,18 @@ ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity)
             Py_DECREF(r);
             return -1;
         }
-        count = view.len < capacity ? view.len : capacity;
+        int oversize = view.len > capacity;
+        count = oversize ? capacity : view.len;
         memcpy(buf, view.buf, (size_t)count);
+        if (oversize && excess != NULL) {
+            *excess = PyBytes_FromStringAndSize((const char *)view.buf + capacity,
+                                                view.len - capacity);
+        }
         PyBuffer_Release(&view);
         Py_DECREF(r);
+        if (oversize && excess != NULL && *excess == NULL) {
+            return -1;
+        }
     }
     /* a read that filled the window may have left bytes of the record in OpenSSL */
     self->may_have_plaintext = count >= capacity;
@@ -983,7 +996,22 @@ read_copied(SSLProtocolObject *self)
             }
             capacity = total + want;
         }
-        Py_ssize_t count = ssl_read_into(self, PyBytes_AS_STRING(data) + total, capacity - total);
+        PyObject *excess;
+        Py_ssize_t count = ssl_read_into(self, PyBytes_AS_STRING(data) + total, capacity - total,
+                                         &excess);
+        if (excess != NULL) {
+            /* all that read() returned goes to the app, as asyncio's join */
+            Py_ssize_t extra = PyBytes_GET_SIZE(excess);
+            if (_PyBytes_Resize(&data, total + count + extra) < 0) {
+                Py_DECREF(excess);
+                goto error;
+            }
+            memcpy(PyBytes_AS_STRING(data) + total + count, PyBytes_AS_STRING(excess),
+                   (size_t)extra);
+            Py_DECREF(excess);
+            capacity = total + count + extra;
+            count += extra;
+        }
         if (count == -2) {
             break;
         }
@@ -1061,7 +1089,7 @@ read_buffered(SSLProtocolObject *self)
     Py_ssize_t wants = view.len, offset = 0, count = 1;
     int rc = 0;
     while (offset < wants) {
-        count = ssl_read_into(self, (char *)view.buf + offset, wants - offset);
+        count = ssl_read_into(self, (char *)view.buf + offset, wants - offset, NULL);
         if (count == -2) {
             count = 1;
             break;
