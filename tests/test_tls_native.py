@@ -971,3 +971,67 @@ def test_sslobject_class_read_returning_more_than_asked_is_all_delivered(arun, t
             return bytes(proto.data)
 
     assert arun(main()) == expected
+
+
+_LOST_IN_READ_CHILD = r'''
+import asyncio, ssl, sys
+loop_name, cert, key = sys.argv[1:4]
+if loop_name == "pyasync_c":
+    import pyasync_c
+    from pyasync_c import _network
+    _network._NATIVE_TLS = True
+    new_loop = pyasync_c.new_event_loop
+else:
+    new_loop = asyncio.new_event_loop
+held = {}
+
+class LoseInRead(ssl.SSLObject):
+    def read(self, n=1024, buffer=None):
+        r = super().read(n, buffer) if buffer is not None else super().read(n)
+        if r and "ssl_protocol" in held:
+            held.pop("ssl_protocol").connection_lost(None)
+        return r
+
+async def main():
+    loop = asyncio.get_running_loop()
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.load_verify_locations(cert)
+    cctx.sslobject_class = LoseInRead
+    class Server(asyncio.Protocol):
+        def connection_made(self, tr):
+            loop.call_later(0.1, tr.write, b"x" * 100)
+    srv = await loop.create_server(Server, "127.0.0.1", 0, ssl=sctx)
+    tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1",
+                                         srv.sockets[0].getsockname()[1], ssl=cctx,
+                                         server_hostname="localhost")
+    held["ssl_protocol"] = tr._ssl_protocol
+    await asyncio.sleep(0.4)
+    srv.close()
+    return "done"
+
+loop = new_loop()
+try:
+    print("result:", loop.run_until_complete(main()))
+finally:
+    loop.close()
+'''
+
+
+def test_connection_lost_inside_sslobject_read(tls_files, loop_name):
+    """An sslobject_class's read() calling the SSL protocol's connection_lost()
+    drops the app protocol while decrypted data waits for it: no crash (asyncio
+    reports an AttributeError to the exception handler)."""
+    import os
+    import subprocess
+    import sys
+
+    from package_path import PACKAGE_PARENT
+    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT)
+    proc = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", _LOST_IN_READ_CHILD, loop_name,
+         str(tls_files.cert), str(tls_files.key)],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "result: done"

@@ -1024,7 +1024,9 @@ read_copied(SSLProtocolObject *self)
         }
         total += count;
     }
-    if (total > 0) {
+    /* an sslobject_class's read() may have run connection_lost(), which drops
+     * the app protocol: nobody to give the data to */
+    if (total > 0 && self->app_protocol != NULL) {
         if (total != capacity && _PyBytes_Resize(&data, total) < 0) {
             goto error;
         }
