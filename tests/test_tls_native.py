@@ -755,3 +755,283 @@ def test_sslobject_class_write_count_is_sliced_like_asyncio(arun, tls_files):
 
     arun(main())
     assert bytes(received) == b"0123456789abcdef" + b"89abcdef"
+
+
+# A child process runs each scenario below that crashed the native layer:
+# Python code run inside a transport method (a key's __hash__, a limit's
+# arithmetic, a protocol's __getattr__) closes the transport a second time,
+# which drops its SSL protocol while the method still uses it.
+_SECOND_CLOSE_CHILD = r'''
+import asyncio, gc, ssl, sys
+loop_name, cert, key, variant = sys.argv[1:5]
+if loop_name == "pyasync_c":
+    import pyasync_c
+    from pyasync_c import _network
+    _network._NATIVE_TLS = True
+    new_loop = pyasync_c.new_event_loop
+else:
+    new_loop = asyncio.new_event_loop
+
+async def main():
+    loop = asyncio.get_running_loop()
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.load_verify_locations(cert)
+    srv = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl=sctx)
+    lost = loop.create_future()
+
+    class App(asyncio.Protocol):
+        def connection_lost(self, exc):
+            lost.set_result(None)
+
+    tr, _ = await loop.create_connection(App, "127.0.0.1", srv.sockets[0].getsockname()[1],
+                                         ssl=cctx, server_hostname="localhost")
+    tr.abort()
+    await lost
+    for _ in range(5):
+        await asyncio.sleep(0)
+    del cctx
+    gc.collect()
+
+    def second_close():
+        tr.close()
+        gc.collect()
+        junk = [bytearray(200) for _ in range(2000)]  # reuse freed memory
+
+    class Key:
+        def __hash__(self):
+            second_close()
+            return hash("peername")
+        def __eq__(self, other):
+            return False
+
+    class High(int):
+        def __floordiv__(self, other):
+            second_close()
+            return int(self) // other
+
+    class Switch(asyncio.Protocol):
+        def __getattr__(self, name):
+            if name == "get_buffer":
+                second_close()
+            raise AttributeError(name)
+
+    try:
+        if variant == "extra":
+            r = tr.get_extra_info(Key(), "DEFAULT")
+        elif variant == "write_limits":
+            r = tr.set_write_buffer_limits(high=High(100000))
+        elif variant == "read_limits":
+            r = tr.set_read_buffer_limits(high=High(100000))
+        else:
+            r = tr.set_protocol(Switch())
+    except (AttributeError, RuntimeError) as e:  # asyncio: AttributeError on None
+        r = "error"
+    srv.close()
+    await srv.wait_closed()
+    return r
+
+loop = new_loop()
+try:
+    print("result:", loop.run_until_complete(main()))
+finally:
+    loop.close()
+'''
+
+
+@pytest.mark.parametrize("variant,expected", [
+    ("extra", "DEFAULT"), ("write_limits", None), ("read_limits", None),
+    ("set_protocol", None)])
+def test_second_close_inside_a_transport_method(tls_files, loop_name, variant, expected):
+    import os
+    import subprocess
+    import sys
+
+    from package_path import PACKAGE_PARENT
+    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT, PYTHONMALLOC="debug")
+    proc = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", _SECOND_CLOSE_CHILD, loop_name,
+         str(tls_files.cert), str(tls_files.key), variant],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    # the limits variants: asyncio raises AttributeError ('NoneType' object has no
+    # attribute '_control_app_writing'), the native layer applies the limits
+    assert last in (f"result: {expected}", "result: error"), last
+
+
+def test_get_buffer_switching_to_a_plain_protocol_still_reports_the_read(arun, tls_files):
+    """get_buffer() calling transport.set_protocol(<plain Protocol>): the bytes
+    read into its buffer are reported to the buffer_updated() of the protocol
+    that gave the buffer, as asyncio does."""
+    got: list[tuple[str, bytes]] = []
+
+    class Plain(asyncio.Protocol):
+        def data_received(self, data):
+            got.append(("plain", bytes(data)))
+
+    class Switching(asyncio.BufferedProtocol):
+        def __init__(self) -> None:
+            self.buf = bytearray(100)
+            self.armed = False
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def get_buffer(self, sizehint):
+            if self.armed:
+                self.transport.set_protocol(Plain())
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            got.append(("buffered", bytes(self.buf[:nbytes])))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server_transports: list[asyncio.Transport] = []
+
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport):
+                server_transports.append(transport)
+
+        server = await loop.create_server(Server, "127.0.0.1", 0,
+                                          ssl=server_context(tls_files))
+        async with server:
+            tr, proto = await loop.create_connection(
+                Switching, "127.0.0.1", server_port(server), ssl=client_context(tls_files),
+                server_hostname="localhost")
+            await wait_until(lambda: bool(server_transports))
+            await asyncio.sleep(0.1)  # session tickets are in
+            proto.armed = True
+            server_transports[0].write(b"hello world")
+            await wait_until(lambda: bool(got))
+            tr.close()
+
+    arun(main())
+    assert got[0] == ("buffered", b"hello world")
+
+
+def test_sslobject_class_partial_writes_are_all_sent(arun, tls_files):
+    """An sslobject_class whose write() takes at most 5 bytes a call: asyncio's
+    _do_write loops over the rest at once, nothing waits for a later event."""
+    class Chunky(ssl.SSLObject):
+        def write(self, data):  # type: ignore[override]
+            return super().write(bytes(data)[:5])
+
+    received = bytearray()
+
+    class Collect(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            received.extend(data)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        cctx = client_context(tls_files)
+        cctx.sslobject_class = Chunky
+        server = await loop.create_server(Collect, "127.0.0.1", 0, ssl=server_context(tls_files))
+        async with server:
+            tr, _ = await loop.create_connection(
+                asyncio.Protocol, "127.0.0.1", server_port(server), ssl=cctx,
+                server_hostname="localhost")
+            await asyncio.sleep(0.2)  # session tickets are in: no later event comes
+            tr.write(b"hello world, 23 bytes!!")
+            await wait_until(lambda: len(received) >= 23, timeout=3)
+            assert tr.get_write_buffer_size() == 0
+            tr.close()
+
+    arun(main())
+    assert bytes(received) == b"hello world, 23 bytes!!"
+
+
+def test_sslobject_class_read_returning_more_than_asked_is_all_delivered(arun, tls_files):
+    """An sslobject_class whose read(n) returns more than n bytes (it doubles
+    every byte): asyncio gives the app everything read() returned."""
+    class Doubling(ssl.SSLObject):
+        def read(self, n=1024, buffer=None):  # type: ignore[override]
+            if buffer is not None:
+                return super().read(n, buffer)
+            return bytes(b for c in super().read(n) for b in (c, c))
+
+    data = bytes(range(256)) * 64
+    expected = bytes(b for c in data for b in (c, c))
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        cctx = client_context(tls_files)
+        cctx.sslobject_class = Doubling
+        async with tcp_server(ssl=server_context(tls_files)) as server:
+            tr, proto = await loop.create_connection(
+                Recorder, "127.0.0.1", server_port(server), ssl=cctx,
+                server_hostname="localhost")
+            tr.write(data)
+            await proto.wait_data(len(expected))
+            tr.close()
+            await proto.wait_lost()
+            return bytes(proto.data)
+
+    assert arun(main()) == expected
+
+
+_LOST_IN_READ_CHILD = r'''
+import asyncio, ssl, sys
+loop_name, cert, key = sys.argv[1:4]
+if loop_name == "pyasync_c":
+    import pyasync_c
+    from pyasync_c import _network
+    _network._NATIVE_TLS = True
+    new_loop = pyasync_c.new_event_loop
+else:
+    new_loop = asyncio.new_event_loop
+held = {}
+
+class LoseInRead(ssl.SSLObject):
+    def read(self, n=1024, buffer=None):
+        r = super().read(n, buffer) if buffer is not None else super().read(n)
+        if r and "ssl_protocol" in held:
+            held.pop("ssl_protocol").connection_lost(None)
+        return r
+
+async def main():
+    loop = asyncio.get_running_loop()
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.load_verify_locations(cert)
+    cctx.sslobject_class = LoseInRead
+    class Server(asyncio.Protocol):
+        def connection_made(self, tr):
+            loop.call_later(0.1, tr.write, b"x" * 100)
+    srv = await loop.create_server(Server, "127.0.0.1", 0, ssl=sctx)
+    tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1",
+                                         srv.sockets[0].getsockname()[1], ssl=cctx,
+                                         server_hostname="localhost")
+    held["ssl_protocol"] = tr._ssl_protocol
+    await asyncio.sleep(0.4)
+    srv.close()
+    return "done"
+
+loop = new_loop()
+try:
+    print("result:", loop.run_until_complete(main()))
+finally:
+    loop.close()
+'''
+
+
+def test_connection_lost_inside_sslobject_read(tls_files, loop_name):
+    """An sslobject_class's read() calling the SSL protocol's connection_lost()
+    drops the app protocol while decrypted data waits for it: no crash (asyncio
+    reports an AttributeError to the exception handler)."""
+    import os
+    import subprocess
+    import sys
+
+    from package_path import PACKAGE_PARENT
+    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT)
+    proc = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", _LOST_IN_READ_CHILD, loop_name,
+         str(tls_files.cert), str(tls_files.key)],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "result: done"

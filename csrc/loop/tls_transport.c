@@ -777,8 +777,14 @@ do_write(SSLProtocolObject *self)
             return -1;
         }
         if (rc == 2) {
+            /* no progress (a write() that returned <= 0): the rest waits for
+             * the next event, where asyncio's loop would spin forever */
+            int stuck = PyBytes_GET_SIZE(rest) >= length;
             if (PyList_SetItem(self->backlog, 0, rest) < 0) {
                 return -1;
+            }
+            if (stuck) {
+                break;
             }
             continue;
         }
@@ -838,8 +844,11 @@ write_appdata_one(SSLProtocolObject *self, PyObject *data)
             rc = PyList_Append(self->backlog, data);
         }
         else if (rc == 2) {
+            /* partial write: the rest goes on now, as asyncio's _do_write loops */
             rc = PyList_Append(self->backlog, rest);
             Py_DECREF(rest);
+            rc = rc < 0 ? -1 : do_write(self);
+            goto written;
         }
         else {
             self->write_buffer_size -= length;
@@ -854,6 +863,7 @@ write_appdata_one(SSLProtocolObject *self, PyObject *data)
             rc = do_write(self);
         }
     }
+written:
     if (rc < 0 && catch_fatal(self, "Fatal error on SSL protocol") < 0) {
         return NULL;
     }
@@ -867,10 +877,15 @@ static int start_shutdown(SSLProtocolObject *self);
 
 /* Reads decrypted data into buf[0:capacity]: read(capacity, window) on our
  * fast path, read(capacity) and a copy for an SSLObject subclass.  count >= 0,
- * or -2 for "SSL wants more input", or -1 on error. */
+ * or -2 for "SSL wants more input", or -1 on error.  A subclass's read(n) may
+ * return more than n bytes: with `excess` given, the bytes past capacity come
+ * back in *excess (a new bytes object, else NULL); without, they are dropped. */
 static Py_ssize_t
-ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity)
+ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity, PyObject **excess)
 {
+    if (excess != NULL) {
+        *excess = NULL;
+    }
     PyObject *size = PyLong_FromSsize_t(capacity);
     if (size == NULL) {
         return -1;
@@ -907,10 +922,18 @@ ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity)
             Py_DECREF(r);
             return -1;
         }
-        count = view.len < capacity ? view.len : capacity;
+        int oversize = view.len > capacity;
+        count = oversize ? capacity : view.len;
         memcpy(buf, view.buf, (size_t)count);
+        if (oversize && excess != NULL) {
+            *excess = PyBytes_FromStringAndSize((const char *)view.buf + capacity,
+                                                view.len - capacity);
+        }
         PyBuffer_Release(&view);
         Py_DECREF(r);
+        if (oversize && excess != NULL && *excess == NULL) {
+            return -1;
+        }
     }
     /* a read that filled the window may have left bytes of the record in OpenSSL */
     self->may_have_plaintext = count >= capacity;
@@ -973,7 +996,22 @@ read_copied(SSLProtocolObject *self)
             }
             capacity = total + want;
         }
-        Py_ssize_t count = ssl_read_into(self, PyBytes_AS_STRING(data) + total, capacity - total);
+        PyObject *excess;
+        Py_ssize_t count = ssl_read_into(self, PyBytes_AS_STRING(data) + total, capacity - total,
+                                         &excess);
+        if (excess != NULL) {
+            /* all that read() returned goes to the app, as asyncio's join */
+            Py_ssize_t extra = PyBytes_GET_SIZE(excess);
+            if (_PyBytes_Resize(&data, total + count + extra) < 0) {
+                Py_DECREF(excess);
+                goto error;
+            }
+            memcpy(PyBytes_AS_STRING(data) + total + count, PyBytes_AS_STRING(excess),
+                   (size_t)extra);
+            Py_DECREF(excess);
+            capacity = total + count + extra;
+            count += extra;
+        }
         if (count == -2) {
             break;
         }
@@ -986,7 +1024,9 @@ read_copied(SSLProtocolObject *self)
         }
         total += count;
     }
-    if (total > 0) {
+    /* an sslobject_class's read() may have run connection_lost(), which drops
+     * the app protocol: nobody to give the data to */
+    if (total > 0 && self->app_protocol != NULL) {
         if (total != capacity && _PyBytes_Resize(&data, total) < 0) {
             goto error;
         }
@@ -1029,22 +1069,29 @@ read_buffered(SSLProtocolObject *self)
     if (hint == NULL) {
         return -1;
     }
+    /* Both bound methods of this read, taken now: get_buffer() may switch the
+     * transport to another protocol (set_protocol), and the bytes read into its
+     * buffer are still reported to the buffer_updated() of its protocol, as
+     * asyncio does. */
     PyObject *get_buffer = Py_NewRef(self->app_get_buffer);
+    PyObject *updated = Py_NewRef(self->app_buffer_updated);
     PyObject *buffer = PyObject_CallOneArg(get_buffer, hint);
     Py_DECREF(get_buffer);
     Py_DECREF(hint);
     if (buffer == NULL) {
+        Py_DECREF(updated);
         return -1;
     }
     Py_buffer view;
     if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE) < 0) {
         Py_DECREF(buffer);
+        Py_DECREF(updated);
         return -1;
     }
     Py_ssize_t wants = view.len, offset = 0, count = 1;
     int rc = 0;
     while (offset < wants) {
-        count = ssl_read_into(self, (char *)view.buf + offset, wants - offset);
+        count = ssl_read_into(self, (char *)view.buf + offset, wants - offset, NULL);
         if (count == -2) {
             count = 1;
             break;
@@ -1064,6 +1111,7 @@ read_buffered(SSLProtocolObject *self)
     PyBuffer_Release(&view);
     Py_DECREF(buffer);
     if (rc < 0) {
+        Py_DECREF(updated);
         return -1;
     }
     if (offset > 0 && offset >= wants) {
@@ -1072,24 +1120,22 @@ read_buffered(SSLProtocolObject *self)
         PyObject *cb = PyCFunction_New(&def, (PyObject *)self);
         if (cb == NULL || call_soon(self, cb, NULL) < 0) {
             Py_XDECREF(cb);
+            Py_DECREF(updated);
             return -1;
         }
         Py_DECREF(cb);
     }
     if (offset > 0) {
         PyObject *n = PyLong_FromSsize_t(offset);
-        if (n == NULL) {
-            return -1;
-        }
-        PyObject *updated = Py_NewRef(self->app_buffer_updated);
-        PyObject *r = PyObject_CallOneArg(updated, n);
-        Py_DECREF(updated);
-        Py_DECREF(n);
+        PyObject *r = n ? PyObject_CallOneArg(updated, n) : NULL;
+        Py_XDECREF(n);
         if (r == NULL) {
+            Py_DECREF(updated);
             return -1;
         }
         Py_DECREF(r);
     }
+    Py_DECREF(updated);
     if (count == 0) {
         if (call_eof_received(self) < 0 || start_shutdown(self) < 0) {
             return -1;
@@ -2110,6 +2156,17 @@ transport_proto(SSLTransportObject *self)
     return self->proto;
 }
 
+/* transport_proto() as a new reference, for methods that run Python code
+ * (hash, arithmetic, attribute lookups, app callbacks): that code may close
+ * the transport a second time, which drops self->proto. */
+static SSLProtocolObject *
+transport_proto_ref(SSLTransportObject *self)
+{
+    SSLProtocolObject *proto = transport_proto(self);
+    Py_XINCREF(proto);
+    return proto;
+}
+
 static PyObject *
 tls_get_extra_info(SSLTransportObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -2119,35 +2176,40 @@ tls_get_extra_info(SSLTransportObject *self, PyObject *args, PyObject *kwargs)
                                      &fallback)) {
         return NULL;
     }
-    SSLProtocolObject *proto = self->proto;
-    if (proto == NULL) {
+    if (self->proto == NULL) {
         return Py_NewRef(fallback);  /* released by a second close() */
     }
-    PyObject *value = PyDict_GetItemWithError(proto->extra, name);
-    if (value != NULL) {
-        return Py_NewRef(value);
+    /* name's __hash__/__eq__ may close the transport again */
+    SSLProtocolObject *proto = (SSLProtocolObject *)Py_NewRef(self->proto);
+    PyObject *result = PyDict_GetItemWithError(proto->extra, name);
+    if (result != NULL) {
+        Py_INCREF(result);
     }
-    if (PyErr_Occurred()) {
-        return NULL;
+    else if (!PyErr_Occurred()) {
+        if (proto->transport != NULL) {
+            PyObject *lower = Py_NewRef(proto->transport);
+            PyObject *call_args[3] = {lower, name, fallback};
+            result = PyObject_VectorcallMethod(G.str_get_extra_info, call_args, 3, NULL);
+            Py_DECREF(lower);
+        }
+        else {
+            result = Py_NewRef(fallback);
+        }
     }
-    if (proto->transport != NULL) {
-        PyObject *lower = Py_NewRef(proto->transport);
-        PyObject *call_args[3] = {lower, name, fallback};
-        PyObject *r = PyObject_VectorcallMethod(G.str_get_extra_info, call_args, 3, NULL);
-        Py_DECREF(lower);
-        return r;
-    }
-    return Py_NewRef(fallback);
+    Py_DECREF(proto);
+    return result;
 }
 
 static PyObject *
 tls_set_protocol(SSLTransportObject *self, PyObject *protocol)
 {
-    SSLProtocolObject *proto = transport_proto(self);
-    if (proto == NULL || set_app_protocol(proto, protocol) < 0) {
+    SSLProtocolObject *proto = transport_proto_ref(self);
+    if (proto == NULL) {
         return NULL;
     }
-    Py_RETURN_NONE;
+    int rc = set_app_protocol(proto, protocol);
+    Py_DECREF(proto);
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *
@@ -2210,20 +2272,19 @@ tls_pause_reading(SSLTransportObject *self, PyObject *unused)
 static PyObject *
 tls_resume_reading(SSLTransportObject *self, PyObject *unused)
 {
-    SSLProtocolObject *proto = transport_proto(self);
+    SSLProtocolObject *proto = transport_proto_ref(self);
     if (proto == NULL) {
         return NULL;
     }
+    int rc = 0;
     if (proto->app_reading_paused) {
         proto->app_reading_paused = 0;
         PyObject *cb = PyObject_GetAttr((PyObject *)proto, G.str_resume_cb);
-        int rc = cb ? call_soon(proto, cb, NULL) : -1;
+        rc = cb ? call_soon(proto, cb, NULL) : -1;
         Py_XDECREF(cb);
-        if (rc < 0) {
-            return NULL;
-        }
     }
-    Py_RETURN_NONE;
+    Py_DECREF(proto);
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static int
@@ -2238,21 +2299,25 @@ static PyObject *
 tls_set_write_buffer_limits(SSLTransportObject *self, PyObject *args, PyObject *kwargs)
 {
     PyObject *high, *low;
-    SSLProtocolObject *proto = transport_proto(self);
     PyObject *values;
     Py_ssize_t hi, lo;
-    if (proto == NULL || parse_limits(args, kwargs, "|OO:set_write_buffer_limits", &high, &low) < 0
-        || transport_parse_buffer_limits(high, low, G.high_water_write_kb * 1024, 1, &hi, &lo,
-                                         &values) < 0) {
+    if (parse_limits(args, kwargs, "|OO:set_write_buffer_limits", &high, &low) < 0) {
         return NULL;
     }
-    proto->outgoing_high = hi;
-    proto->outgoing_low = lo;
-    Py_XSETREF(proto->outgoing_limits, values);
-    if (control_app_writing(proto, -1) < 0) {
+    /* the limits' arithmetic may close the transport again */
+    SSLProtocolObject *proto = transport_proto_ref(self);
+    if (proto == NULL) {
         return NULL;
     }
-    Py_RETURN_NONE;
+    int rc = transport_parse_buffer_limits(high, low, G.high_water_write_kb * 1024, 1, &hi, &lo, &values);
+    if (rc == 0) {
+        proto->outgoing_high = hi;
+        proto->outgoing_low = lo;
+        Py_XSETREF(proto->outgoing_limits, values);
+        rc = control_app_writing(proto, -1);
+    }
+    Py_DECREF(proto);
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *
@@ -2279,21 +2344,25 @@ static PyObject *
 tls_set_read_buffer_limits(SSLTransportObject *self, PyObject *args, PyObject *kwargs)
 {
     PyObject *high, *low;
-    SSLProtocolObject *proto = transport_proto(self);
     PyObject *values;
     Py_ssize_t hi, lo;
-    if (proto == NULL || parse_limits(args, kwargs, "|OO:set_read_buffer_limits", &high, &low) < 0
-        || transport_parse_buffer_limits(high, low, G.high_water_read_kb * 1024, 1, &hi, &lo,
-                                         &values) < 0) {
+    if (parse_limits(args, kwargs, "|OO:set_read_buffer_limits", &high, &low) < 0) {
         return NULL;
     }
-    proto->incoming_high = hi;
-    proto->incoming_low = lo;
-    Py_XSETREF(proto->incoming_limits, values);
-    if (control_ssl_reading(proto) < 0) {
+    /* the limits' arithmetic may close the transport again */
+    SSLProtocolObject *proto = transport_proto_ref(self);
+    if (proto == NULL) {
         return NULL;
     }
-    Py_RETURN_NONE;
+    int rc = transport_parse_buffer_limits(high, low, G.high_water_read_kb * 1024, 1, &hi, &lo, &values);
+    if (rc == 0) {
+        proto->incoming_high = hi;
+        proto->incoming_low = lo;
+        Py_XSETREF(proto->incoming_limits, values);
+        rc = control_ssl_reading(proto);
+    }
+    Py_DECREF(proto);
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *
@@ -2328,11 +2397,10 @@ tls_write(SSLTransportObject *self, PyObject *data)
     if (length <= 0) {
         return length < 0 ? NULL : Py_NewRef(Py_None);
     }
-    SSLProtocolObject *proto = transport_proto(self);
+    SSLProtocolObject *proto = transport_proto_ref(self);
     if (proto == NULL) {
         return NULL;
     }
-    Py_INCREF(proto);
     PyObject *r = write_appdata_one(proto, data);
     Py_DECREF(proto);
     return r;
@@ -2341,11 +2409,10 @@ tls_write(SSLTransportObject *self, PyObject *data)
 static PyObject *
 tls_writelines(SSLTransportObject *self, PyObject *list_of_data)
 {
-    SSLProtocolObject *proto = transport_proto(self);
+    SSLProtocolObject *proto = transport_proto_ref(self);
     if (proto == NULL) {
         return NULL;
     }
-    Py_INCREF(proto);
     PyObject *result = NULL;
     if (proto->state == ST_FLUSHING || proto->state == ST_SHUTDOWN
         || proto->state == ST_UNWRAPPED) {
@@ -2416,11 +2483,14 @@ tls_abort(SSLTransportObject *self, PyObject *unused)
 static PyObject *
 tls_append_write_backlog(SSLTransportObject *self, PyObject *data)
 {
-    SSLProtocolObject *proto = transport_proto(self);
-    if (proto == NULL || backlog_append(proto, data) < 0) {
+    /* data's buffer protocol (__buffer__) may close the transport again */
+    SSLProtocolObject *proto = transport_proto_ref(self);
+    if (proto == NULL) {
         return NULL;
     }
-    Py_RETURN_NONE;
+    int rc = backlog_append(proto, data);
+    Py_DECREF(proto);
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *
