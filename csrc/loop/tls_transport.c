@@ -2688,22 +2688,9 @@ make_type(PyObject *module, PyType_Spec *spec, const char *base_module, const ch
     if (base == NULL) {
         return NULL;
     }
-    if (((PyTypeObject *)base)->tp_basicsize > room) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "pyasync_c: %s's layout does not fit the space reserved for it", base_name);
-        Py_DECREF(base);
-        return NULL;
-    }
-    PyObject *type = PyType_FromModuleAndSpec(module, spec, base);
+    PyTypeObject *type = make_type_in_room(module, spec, base, room);
     Py_DECREF(base);
-    if (type == NULL) {
-        return NULL;
-    }
-    if (PyModule_AddObjectRef(module, strrchr(spec->name, '.') + 1, type) < 0) {
-        Py_DECREF(type);
-        return NULL;
-    }
-    return (PyTypeObject *)type;
+    return type;
 }
 
 int

@@ -110,6 +110,10 @@ typedef struct TransportObject {
 int transports_init(PyObject *module, ModuleState *state);
 /* Creates one of our transport types with `bases` (an asyncio class or a tuple of them). */
 PyTypeObject *transport_make_type(PyObject *module, PyType_Spec *spec, PyObject *bases);
+/* The same for any C type laid out over Python base classes whose instance
+ * fields must fit in the first `room` bytes of the C struct. */
+PyTypeObject *make_type_in_room(PyObject *module, PyType_Spec *spec, PyObject *bases,
+                                Py_ssize_t room);
 /* Fills the fields every kind shares; registers fd with the loop. */
 int transport_setup(TransportObject *self, LoopObject *loop, PyObject *sock, PyObject *protocol,
                     PyObject *extra, PyObject *server, TransportKind kind);

@@ -2290,13 +2290,19 @@ transport_join_methods(const PyMethodDef *const *tables, int count)
 PyTypeObject *
 transport_make_type(PyObject *module, PyType_Spec *spec, PyObject *bases)
 {
+    return make_type_in_room(module, spec, bases, (Py_ssize_t)offsetof(TransportObject, dict));
+}
+
+PyTypeObject *
+make_type_in_room(PyObject *module, PyType_Spec *spec, PyObject *bases, Py_ssize_t room)
+{
     PyObject *tuple = PyTuple_Check(bases) ? Py_NewRef(bases) : PyTuple_Pack(1, bases);
     if (tuple == NULL) {
         return NULL;
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tuple); i++) {
         PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(tuple, i);
-        if (base->tp_basicsize > (Py_ssize_t)offsetof(TransportObject, dict)) {
+        if (base->tp_basicsize > room) {
             PyErr_Format(PyExc_RuntimeError,
                          "pyasync_c: %s's layout does not fit the space reserved for it; "
                          "this Python version is not supported", base->tp_name);
