@@ -29,11 +29,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import dataclasses
+import io
+import linecache
 import logging
 import math
 import os
 import sys
 import threading
+import tokenize
 import traceback
 import weakref
 from typing import Any, Callable, Optional
@@ -161,16 +164,61 @@ _RUN_FOREVER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lo
 
 def _callback_stack(frame: Any) -> list[traceback.FrameSummary]:
     """The loop thread's stack from the callback down (the frames above
-    Loop.run_forever are whoever started the loop: left out)."""
-    # Source lines are read later, when formatted: reading them here (linecache:
-    # stat, open) would release the GIL and hand the loop thread the rest of
-    # its switch interval before the event is out.
-    stack = traceback.StackSummary.extract(traceback.walk_stack(frame), lookup_lines=False)
-    stack.reverse()
-    for index in range(len(stack) - 1, -1, -1):
-        if stack[index].name == "run_forever" and stack[index].filename == _RUN_FOREVER_FILE:
-            return stack[index + 1:]
+    Loop.run_forever are whoever started the loop: left out), with each
+    frame's source line.
+
+    Nothing here may release the GIL: the loop thread, CPU-bound in Python,
+    would take it back for a whole switch interval before the report is out.
+    traceback.StackSummary.extract() calls linecache.checkcache() (os.stat)
+    and linecache reads files with open()/read(), all of which release it;
+    so the frames are walked here and source lines come from linecache's
+    cache or from _source_lines (read in C holding the GIL)."""
+    frames = []
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    frames.reverse()
+    for index in range(len(frames) - 1, -1, -1):
+        code = frames[index].f_code
+        if code.co_name == "run_forever" and code.co_filename == _RUN_FOREVER_FILE:
+            frames = frames[index + 1:]
+            break
+    stack = []
+    for frame in frames:
+        code, lineno = frame.f_code, frame.f_lineno
+        stack.append(traceback.FrameSummary(code.co_filename, lineno, code.co_name, lookup_line=False,
+                                            line=_source_line(code.co_filename, lineno)))
     return stack
+
+
+# filename -> its lines, read by the watchdog (a few files: where loops block)
+_source_cache: dict[str, Optional[list[str]]] = {}
+
+
+def _source_line(filename: str, lineno: Optional[int]) -> str:
+    if not lineno:
+        return ""
+    cached = linecache.cache.get(filename)
+    if cached is not None and len(cached) != 1:
+        lines: Optional[list[str]] = cached[2]
+    else:
+        if filename not in _source_cache:
+            if len(_source_cache) >= 256:
+                _source_cache.clear()
+            data = _loop.LoopCore._read_source(filename) if not filename.startswith("<") else None
+            _source_cache[filename] = _decode_source(data) if data is not None else None
+        lines = _source_cache[filename]
+    if lines is None or not 0 < lineno <= len(lines):
+        return ""
+    return lines[lineno - 1].strip()
+
+
+def _decode_source(data: bytes) -> Optional[list[str]]:
+    try:
+        encoding = tokenize.detect_encoding(io.BytesIO(data).readline)[0]
+        return data.decode(encoding, "replace").splitlines()
+    except (SyntaxError, LookupError):
+        return None
 
 
 class BlockingWatch:

@@ -356,6 +356,42 @@ def test_event_arrives_before_cpu_loop_returns():
     assert state["seen_while_running"]
 
 
+def test_report_shows_source_lines_without_going_through_linecache(tmp_path, monkeypatch):
+    """The report's stack has each frame's source line, read without releasing
+    the GIL: not through linecache (os.stat/open/read release it, handing a
+    CPU-bound loop thread the GIL for a whole switch interval before the
+    report is out), so a module linecache never saw stays out of its cache."""
+    import importlib
+    import linecache
+
+    module_file = tmp_path / "blocking_dep_mod.py"
+    module_file.write_bytes(
+        b"# -*- coding: latin-1 -*-\n"
+        b"import time\n"
+        b"def churn():\n"
+        b"    start = time.monotonic()\n"
+        b"    while time.monotonic() - start < 0.25:  # caf\xe9 spin\n"
+        b"        sum(range(50))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("blocking_dep_mod")
+    linecache.checkcache()
+    linecache.cache.pop(str(module_file), None)
+    recorder = Recorder()
+
+    async def main():
+        with pyasync_c.watch_blocking(0.1, callback=recorder):
+            module.churn()
+            await asyncio.sleep(0.05)
+
+    pyasync_c.run(main())
+    first = recorder.events[0]
+    assert first.kind == "blocking" and first.in_the_act
+    assert first.filename == str(module_file) and first.function == "churn"
+    assert first.stack[-1].line in ("while time.monotonic() - start < 0.25:  # caf\xe9 spin", "sum(range(50))")
+    assert "caf\xe9 spin" in first.format() or "sum(range(50))" in first.format()
+    assert str(module_file) not in linecache.cache
+
+
 def test_nothing_reported_for_many_short_callbacks():
     recorder = Recorder()
 

@@ -40,9 +40,11 @@
 #include "loop.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <sys/socket.h>
 #include <sched.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -687,7 +689,16 @@ pulse_wait(WatchPulse *pulse, PyObject *const *args, Py_ssize_t nargs)
         if (now >= deadline && !seen) {
             break;  /* (never while a candidate is being timed: its start would be lost) */
         }
-        nanosleep(&nap, NULL);
+        /* Wake exactly at the moment to report rather than up to a period
+         * (plus each nap's timer slack) after it. */
+        double due = beat_arg >= 0 ? until : (seen ? seen_at + threshold : INFINITY);
+        struct timespec this_nap = nap;
+        if (due - now < period) {
+            double left = due - now > 0.0 ? due - now : 0.0;
+            this_nap.tv_sec = (time_t)left;
+            this_nap.tv_nsec = (long)(fmod(left, 1.0) * 1e9);
+        }
+        nanosleep(&this_nap, NULL);
     }
     Py_END_ALLOW_THREADS
     /* With the GIL held the loop cannot be freed under us: stats is either
@@ -711,6 +722,50 @@ pulse_wait(WatchPulse *pulse, PyObject *const *args, Py_ssize_t nargs)
     default:
         return Py_BuildValue("(sd)", "still", result_time);
     }
+}
+
+/* _read_source(path) -> bytes or None: a source file read WITHOUT releasing
+ * the GIL, for the watchdog's report.  Once the watchdog holds the GIL over a
+ * CPU-bound loop thread, any call that releases it (os.stat, open, read:
+ * what linecache does) hands the GIL back to that thread for a whole switch
+ * interval (5 ms, more on a busy machine) before the report is out.  Local
+ * source files are read in microseconds; None for anything but a regular
+ * file under 4 MiB, or on any error. */
+static PyObject *
+read_source_holding_gil(PyObject *unused, PyObject *path)
+{
+    PyObject *encoded = NULL;
+    if (!PyUnicode_FSConverter(path, &encoded)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    int fd = open(PyBytes_AS_STRING(encoded), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    Py_DECREF(encoded);
+    struct stat info;
+    if (fd >= 0 && fstat(fd, &info) == 0 && S_ISREG(info.st_mode) && info.st_size <= (4 << 20)) {
+        result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)info.st_size);
+        Py_ssize_t got = 0;
+        while (result != NULL && got < (Py_ssize_t)info.st_size) {
+            ssize_t n = read(fd, PyBytes_AS_STRING(result) + got, (size_t)(info.st_size - got));
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            if (n <= 0) {
+                break;
+            }
+            got += n;
+        }
+        if (result != NULL && got < (Py_ssize_t)info.st_size) {
+            _PyBytes_Resize(&result, got);  /* the file shrank meanwhile: what was read */
+        }
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (result == NULL && PyErr_Occurred()) {
+        return NULL;  /* MemoryError */
+    }
+    return result != NULL ? result : Py_NewRef(Py_None);
 }
 
 /* loop._watch_wait(...): pulse.wait on a pulse of its own (the caller's
@@ -765,6 +820,8 @@ static PyMethodDef stats_loop_methods[] = {
     {"_watch_wait", (PyCFunction)(void (*)(void))loop_watch_wait, METH_FASTCALL,
      "Wait, without the GIL, for a callback holding the loop (the blocking watchdog)."},
     {"_set_run_hook", (PyCFunction)set_run_hook, METH_O | METH_CLASS, "hook(loop) called at each _run entry."},
+    {"_read_source", (PyCFunction)read_source_holding_gil, METH_O | METH_STATIC,
+     "_read_source(path) -> bytes or None: a source file read without releasing the GIL (the watchdog's report)."},
     {"_histogram_quantile", (PyCFunction)(void (*)(void))histogram_quantile, METH_FASTCALL | METH_STATIC,
      "Upper bound (seconds) of the lag bucket holding quantile q of counts."},
     {NULL},
