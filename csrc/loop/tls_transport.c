@@ -875,80 +875,69 @@ written:
 static int call_eof_received(SSLProtocolObject *self);
 static int start_shutdown(SSLProtocolObject *self);
 
-/* Reads decrypted data into buf[0:capacity]: read(capacity, window) on our
- * fast path, read(capacity) and a copy for an SSLObject subclass.  count >= 0,
- * or -2 for "SSL wants more input", or -1 on error.  A subclass's read(n) may
- * return more than n bytes: with `excess` given, the bytes past capacity come
- * back in *excess (a new bytes object, else NULL); without, they are dropped. */
+/* The fast path's read: _SSLSocket.read(capacity, window on buf[0:capacity]).
+ * count >= 0, or -2 for "SSL wants more input", or -1 on error. */
 static Py_ssize_t
-ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity, PyObject **excess)
+ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity)
 {
-    if (excess != NULL) {
-        *excess = NULL;
+    if (capacity > INT_MAX) {
+        capacity = INT_MAX;  /* read()'s length is a C int; the caller loops */
     }
     PyObject *size = PyLong_FromSsize_t(capacity);
     if (size == NULL) {
         return -1;
     }
-    int again;
-    Py_ssize_t count;
-    if (self->fast) {
-        WindowObject *window = window_open(buf, capacity, 0);
-        if (window == NULL) {
-            Py_DECREF(size);
-            return -1;
-        }
-        PyObject *args[2] = {size, (PyObject *)window};
-        PyObject *r = ssl_op(self, OP_READ, args, 2, &again);
-        window_done(window);
+    WindowObject *window = window_open(buf, capacity, 0);
+    if (window == NULL) {
         Py_DECREF(size);
-        if (r == NULL) {
-            goto failed;
-        }
-        count = PyLong_AsSsize_t(r);
-        Py_DECREF(r);
-        if (count < 0) {
-            return PyErr_Occurred() ? -1 : 0;
-        }
+        return -1;
     }
-    else {
-        PyObject *r = ssl_op(self, OP_READ, &size, 1, &again);
-        Py_DECREF(size);
-        if (r == NULL) {
-            goto failed;
+    int again;
+    PyObject *args[2] = {size, (PyObject *)window};
+    PyObject *r = ssl_op(self, OP_READ, args, 2, &again);
+    window_done(window);
+    Py_DECREF(size);
+    if (r == NULL) {
+        if (again) {
+            self->may_have_plaintext = 0;
+            return -2;
         }
-        Py_buffer view;
-        if (PyObject_GetBuffer(r, &view, PyBUF_SIMPLE) < 0) {
-            Py_DECREF(r);
-            return -1;
-        }
-        int oversize = view.len > capacity;
-        count = oversize ? capacity : view.len;
-        memcpy(buf, view.buf, (size_t)count);
-        if (oversize && excess != NULL) {
-            *excess = PyBytes_FromStringAndSize((const char *)view.buf + capacity,
-                                                view.len - capacity);
-        }
-        PyBuffer_Release(&view);
-        Py_DECREF(r);
-        if (oversize && excess != NULL && *excess == NULL) {
-            return -1;
-        }
+        return -1;
+    }
+    Py_ssize_t count = PyLong_AsSsize_t(r);
+    Py_DECREF(r);
+    if (count < 0) {
+        return PyErr_Occurred() ? -1 : 0;
     }
     /* a read that filled the window may have left bytes of the record in OpenSSL */
     self->may_have_plaintext = count >= capacity;
     return count;
-failed:
-    if (again) {
-        self->may_have_plaintext = 0;
-        return -2;
+}
+
+/* An SSLObject subclass's read(n) or read(n, target), called as asyncio
+ * does: the result, or NULL with *again set (no exception) for
+ * SSLWantReadError/SSLSyscallError, or NULL with the exception set. */
+static PyObject *
+ssl_read_object(SSLProtocolObject *self, Py_ssize_t n, PyObject *target, int *again)
+{
+    if (n > INT_MAX) {
+        n = INT_MAX;  /* read()'s length is a C int: a shorter read, as _ssl clamps to the buffer */
     }
-    return -1;
+    PyObject *size = PyLong_FromSsize_t(n);
+    if (size == NULL) {
+        *again = 0;
+        return NULL;
+    }
+    PyObject *args[2] = {size, target};
+    PyObject *r = ssl_op(self, OP_READ, args, target ? 2 : 1, again);
+    Py_DECREF(size);
+    return r;
 }
 
 /* True when a read could return something: ciphertext waits in the incoming
  * BIO or OpenSSL may hold decrypted bytes (else read() would only raise
- * SSLWantReadError). -1 on error. */
+ * SSLWantReadError). -1 on error.  Only the fast path skips reads this way:
+ * a subclass's read() is called until it raises, as asyncio does. */
 static int
 readable(SSLProtocolObject *self, Py_ssize_t *bio_out)
 {
@@ -960,6 +949,71 @@ readable(SSLProtocolObject *self, Py_ssize_t *bio_out)
     return bio > 0 || self->may_have_plaintext;
 }
 
+/* Makes room for `want` more bytes after data[0:total] (data NULL: a new
+ * bytes object); *capacity is its size. */
+static int
+reserve_bytes(PyObject **data, Py_ssize_t total, Py_ssize_t want, Py_ssize_t *capacity)
+{
+    if (*data == NULL) {
+        *data = PyBytes_FromStringAndSize(NULL, want);
+        if (*data == NULL) {
+            return -1;
+        }
+        *capacity = want;
+    }
+    else if (*capacity - total < want) {
+        if (_PyBytes_Resize(data, total + want) < 0) {
+            return -1;
+        }
+        *capacity = total + want;
+    }
+    return 0;
+}
+
+/* One read of the copied path: appended to *data; count, 0 at close_notify,
+ * -2 when SSL wants more input, -1 on error. */
+static Py_ssize_t
+read_copied_once(SSLProtocolObject *self, PyObject **data, Py_ssize_t total,
+                 Py_ssize_t *capacity)
+{
+    if (self->fast) {
+        Py_ssize_t bio;
+        int can = readable(self, &bio);
+        if (can <= 0) {
+            return can < 0 ? -1 : -2;
+        }
+        /* Decrypted data is at most the ciphertext, plus a record OpenSSL
+         * may already have begun; a read that fills the window loops. */
+        Py_ssize_t want = bio + (self->may_have_plaintext ? TLS_RECORD_PLAINTEXT : 0) + 1024;
+        if (want > TLS_MAX_SIZE) {
+            want = TLS_MAX_SIZE;
+        }
+        if (reserve_bytes(data, total, want, capacity) < 0) {
+            return -1;
+        }
+        return ssl_read_into(self, PyBytes_AS_STRING(*data) + total, *capacity - total);
+    }
+    /* asyncio's read(max_size): all it returns (a subclass may return more) */
+    int again;
+    PyObject *chunk = ssl_read_object(self, TLS_MAX_SIZE, NULL, &again);
+    if (chunk == NULL) {
+        return again ? -2 : -1;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(chunk, &view, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(chunk);
+        return -1;
+    }
+    Py_ssize_t count = view.len;
+    int rc = count > 0 ? reserve_bytes(data, total, count, capacity) : 0;
+    if (rc == 0 && count > 0) {
+        memcpy(PyBytes_AS_STRING(*data) + total, view.buf, (size_t)count);
+    }
+    PyBuffer_Release(&view);
+    Py_DECREF(chunk);
+    return rc < 0 ? -1 : count;
+}
+
 /* asyncio's _do_read__copied: everything decryptable now in one
  * data_received() call. */
 static int
@@ -969,49 +1023,7 @@ read_copied(SSLProtocolObject *self)
     Py_ssize_t total = 0, capacity = 0;
     int eof = 0;
     for (;;) {
-        Py_ssize_t bio;
-        int can = readable(self, &bio);
-        if (can < 0) {
-            goto error;
-        }
-        if (!can) {
-            break;
-        }
-        /* Decrypted data is at most the ciphertext, plus a record OpenSSL
-         * may already have begun; a read that fills the window loops. */
-        Py_ssize_t want = bio + (self->may_have_plaintext ? TLS_RECORD_PLAINTEXT : 0) + 1024;
-        if (want > TLS_MAX_SIZE) {
-            want = TLS_MAX_SIZE;
-        }
-        if (data == NULL) {
-            data = PyBytes_FromStringAndSize(NULL, want);
-            if (data == NULL) {
-                goto error;
-            }
-            capacity = want;
-        }
-        else if (capacity - total < want) {
-            if (_PyBytes_Resize(&data, total + want) < 0) {
-                goto error;
-            }
-            capacity = total + want;
-        }
-        PyObject *excess;
-        Py_ssize_t count = ssl_read_into(self, PyBytes_AS_STRING(data) + total, capacity - total,
-                                         &excess);
-        if (excess != NULL) {
-            /* all that read() returned goes to the app, as asyncio's join */
-            Py_ssize_t extra = PyBytes_GET_SIZE(excess);
-            if (_PyBytes_Resize(&data, total + count + extra) < 0) {
-                Py_DECREF(excess);
-                goto error;
-            }
-            memcpy(PyBytes_AS_STRING(data) + total + count, PyBytes_AS_STRING(excess),
-                   (size_t)extra);
-            Py_DECREF(excess);
-            capacity = total + count + extra;
-            count += extra;
-        }
+        Py_ssize_t count = read_copied_once(self, &data, total, &capacity);
         if (count == -2) {
             break;
         }
@@ -1054,16 +1066,102 @@ error:
     return -1;
 }
 
+/* The reads of one get_buffer() on the fast path: into buf[0:wants] through
+ * windows.  *count: the last read's result (0 = close_notify, 1 when none
+ * said so).  Bytes read, or -1 on error. */
+static Py_ssize_t
+read_buffered_fast(SSLProtocolObject *self, char *buf, Py_ssize_t wants, Py_ssize_t *count)
+{
+    Py_ssize_t offset = 0;
+    while (offset < wants) {
+        Py_ssize_t n = ssl_read_into(self, buf + offset, wants - offset);
+        if (n == -2) {
+            break;
+        }
+        if (n < 0) {
+            return -1;
+        }
+        if (n == 0) {
+            *count = 0;
+            break;
+        }
+        offset += n;
+        if (offset < wants) {
+            Py_ssize_t bio;
+            int can = readable(self, &bio);
+            if (can < 0) {
+                return -1;
+            }
+            if (!can) {
+                break;
+            }
+        }
+    }
+    return offset;
+}
+
+/* The same through an SSLObject subclass, called as asyncio does: read(wants,
+ * buffer), then read(wants - offset, <the rest of the buffer>) until it is
+ * full or read() returns <= 0 or raises SSLWantReadError.  The rest of the
+ * buffer is a slice of a memoryview on it (asyncio's buffer[offset:] would
+ * copy a bytearray: the bytes read into the copy would be lost). */
+static Py_ssize_t
+read_buffered_object(SSLProtocolObject *self, PyObject *buffer, PyObject *whole,
+                     Py_ssize_t wants, Py_ssize_t *count)
+{
+    Py_ssize_t offset = 0;
+    PyObject *target = Py_NewRef(buffer);
+    for (;;) {
+        int again;
+        PyObject *r = ssl_read_object(self, wants - offset, target, &again);
+        Py_DECREF(target);
+        if (r == NULL) {
+            return again ? offset : -1;
+        }
+        Py_ssize_t n = PyLong_AsSsize_t(r);
+        Py_DECREF(r);
+        if (n == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (n <= 0) {
+            *count = n;
+            return offset;
+        }
+        offset += n;
+        if (offset >= wants) {
+            return offset;
+        }
+        target = PySequence_GetSlice(whole, offset, PY_SSIZE_T_MAX);
+        if (target == NULL) {
+            return -1;
+        }
+    }
+}
+
 static PyObject *protocol_do_read_cb(SSLProtocolObject *self, PyObject *unused);
+
+static Py_ssize_t
+empty_buffer_error(void)
+{
+    /* asyncio's read(0, buffer) returns 0, which it takes for close_notify;
+     * our socket transport's error instead */
+    PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
+    return -1;
+}
 
 /* asyncio's _do_read__buffered: into the app's get_buffer(), buffer_updated(n). */
 static int
 read_buffered(SSLProtocolObject *self)
 {
-    Py_ssize_t bio;
-    int can = readable(self, &bio);
-    if (can <= 0) {
-        return can;
+    Py_ssize_t bio = 0;
+    if (self->fast) {
+        int can = readable(self, &bio);
+        if (can <= 0) {
+            return can;
+        }
+    }
+    else if ((bio = bio_pending(self->incoming)) < 0) {
+        return -1;
     }
     PyObject *hint = PyLong_FromSsize_t(bio);
     if (hint == NULL) {
@@ -1082,35 +1180,29 @@ read_buffered(SSLProtocolObject *self)
         Py_DECREF(updated);
         return -1;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE) < 0) {
-        Py_DECREF(buffer);
-        Py_DECREF(updated);
-        return -1;
-    }
-    Py_ssize_t wants = view.len, offset = 0, count = 1;
-    int rc = 0;
-    while (offset < wants) {
-        count = ssl_read_into(self, (char *)view.buf + offset, wants - offset, NULL);
-        if (count == -2) {
-            count = 1;
-            break;
-        }
-        if (count < 0) {
-            rc = -1;
-            break;
-        }
-        if (count == 0) {
-            break;
-        }
-        offset += count;
-        if (offset < wants && !readable(self, &bio)) {
-            break;
+    /* One export of the buffer held across all the reads: its memory and size
+     * stay put whatever they run (a resize raises BufferError). */
+    Py_ssize_t wants = 0, offset = -1, count = 1;
+    if (self->fast) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE) == 0) {
+            wants = view.len;
+            offset = wants > 0 ? read_buffered_fast(self, view.buf, wants, &count)
+                               : empty_buffer_error();
+            PyBuffer_Release(&view);
         }
     }
-    PyBuffer_Release(&view);
+    else {
+        PyObject *whole = PyMemoryView_FromObject(buffer);
+        if (whole != NULL) {
+            wants = PyMemoryView_GET_BUFFER(whole)->len;
+            offset = wants > 0 ? read_buffered_object(self, buffer, whole, wants, &count)
+                               : empty_buffer_error();
+            Py_DECREF(whole);
+        }
+    }
     Py_DECREF(buffer);
-    if (rc < 0) {
+    if (offset < 0) {
         Py_DECREF(updated);
         return -1;
     }
