@@ -54,6 +54,12 @@ static const char *const op_object_names[OP_COUNT] = {
 
 typedef struct SSLTransportObject SSLTransportObject;
 
+/* What OpenSSL may hold of decrypted data: nothing (a read with an empty
+ * incoming BIO could only raise SSLWantReadError), perhaps something (just
+ * after the handshake: one read finds out), or the rest of a record whose
+ * start filled the last read's buffer (up to TLS_RECORD_PLAINTEXT bytes). */
+enum { PLAINTEXT_NONE, PLAINTEXT_MAYBE, PLAINTEXT_PARTIAL };
+
 typedef struct {
     PyObject_HEAD
     PyObject *dict;
@@ -69,14 +75,19 @@ typedef struct {
     PyObject *sslobj;               /* its _sslobj when `fast` */
     PyObject *incoming;             /* ssl.MemoryBIO */
     PyObject *outgoing;
-    PyObject *extra;                /* dict */
+    /* asyncio's _extra dict as fields: 'sslcontext' and 'ssl_object' are the
+     * fields above; these three are NULL until the handshake completes
+     * (extra_lookup) */
+    PyObject *peercert;
+    PyObject *cipher;
+    PyObject *compression;
     PyObject *waiter;
     PyObject *handshake_timer;
     PyObject *shutdown_timer;
     PyObject *handshake_timeout;    /* numbers, as given (or asyncio's defaults) */
     PyObject *shutdown_timeout;
-    PyObject *server_hostname;      /* NULL unless a client with a hostname */
-    PyObject *backlog;              /* list of app data not yet given to the SSL object */
+    PyObject *backlog;              /* list of app data not yet given to the SSL object;
+                                     * NULL until first needed (backlog_list) */
     PyObject *own_buffer;           /* bytearray for get_buffer() of foreign transports */
     double handshake_start;
     Py_ssize_t write_buffer_size;   /* bytes in backlog */
@@ -95,7 +106,8 @@ typedef struct {
     char ssl_reading_paused;
     char eof_received;
     char app_writing_paused;
-    char may_have_plaintext;        /* OpenSSL may hold decrypted bytes not yet read */
+    char may_have_plaintext;        /* OpenSSL may hold decrypted bytes not yet read:
+                                     * PLAINTEXT_* */
 } SSLProtocolObject;
 
 struct SSLTransportObject {
@@ -148,11 +160,13 @@ static struct {
     Py_ssize_t log_threshold;
     PyTypeObject *WindowType;
     WindowObject *window;          /* the reusable window */
+    PyObject *last_cipher;         /* the last handshake's cipher() tuple (shared_cipher) */
     PyObject *str_write, *str_close, *str_abort, *str_force_close, *str_pause_reading,
         *str_resume_reading, *str_get_extra_info, *str_call_later, *str_call_soon, *str_cancel,
         *str_get_debug, *str_time, *str_debug, *str_warning, *str_wrap_bio, *str_server_side,
         *str_server_hostname, *str_sslobj, *str_check_handshake,
-        *str_check_shutdown, *str_resume_cb, *str_exc_info;
+        *str_check_shutdown, *str_resume_cb, *str_exc_info, *str_sslcontext, *str_ssl_object,
+        *str_peercert, *str_cipher, *str_compression;
 } G;
 
 static int
@@ -758,12 +772,28 @@ ssl_write_one(SSLProtocolObject *self, PyObject *data, Py_ssize_t length, PyObje
     return 2;
 }
 
+/* The write backlog is made on first use: most connections never need one. */
+static inline Py_ssize_t
+backlog_len(SSLProtocolObject *self)
+{
+    return self->backlog != NULL ? PyList_GET_SIZE(self->backlog) : 0;
+}
+
+static PyObject *
+backlog_list(SSLProtocolObject *self)
+{
+    if (self->backlog == NULL) {
+        self->backlog = PyList_New(0);
+    }
+    return self->backlog;
+}
+
 /* asyncio's _do_write: the backlog into the SSL object, then the outgoing BIO
  * to the transport. */
 static int
 do_write(SSLProtocolObject *self)
 {
-    while (PyList_GET_SIZE(self->backlog) > 0) {
+    while (backlog_len(self) > 0) {
         PyObject *data = Py_NewRef(PyList_GET_ITEM(self->backlog, 0));
         Py_ssize_t length = buffer_length(data);
         if (length < 0) {
@@ -803,7 +833,8 @@ static int
 backlog_append(SSLProtocolObject *self, PyObject *data)
 {
     Py_ssize_t length = buffer_length(data);
-    if (length < 0 || PyList_Append(self->backlog, data) < 0) {
+    PyObject *backlog = length < 0 ? NULL : backlog_list(self);
+    if (backlog == NULL || PyList_Append(backlog, data) < 0) {
         return -1;
     }
     self->write_buffer_size += length;
@@ -828,7 +859,7 @@ write_appdata_one(SSLProtocolObject *self, PyObject *data)
         Py_RETURN_NONE;
     }
     int rc;
-    if (self->state == ST_WRAPPED && PyList_GET_SIZE(self->backlog) == 0) {
+    if (self->state == ST_WRAPPED && backlog_len(self) == 0) {
         /* the common case: straight into the SSL object */
         Py_ssize_t length = buffer_length(data);
         if (length < 0) {
@@ -841,11 +872,11 @@ write_appdata_one(SSLProtocolObject *self, PyObject *data)
             self->write_buffer_size -= length;
         }
         else if (rc == 0) {
-            rc = PyList_Append(self->backlog, data);
+            rc = backlog_list(self) ? PyList_Append(self->backlog, data) : -1;
         }
         else if (rc == 2) {
             /* partial write: the rest goes on now, as asyncio's _do_write loops */
-            rc = PyList_Append(self->backlog, rest);
+            rc = backlog_list(self) ? PyList_Append(self->backlog, rest) : -1;
             Py_DECREF(rest);
             rc = rc < 0 ? -1 : do_write(self);
             goto written;
@@ -899,7 +930,7 @@ ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity)
     Py_DECREF(size);
     if (r == NULL) {
         if (again) {
-            self->may_have_plaintext = 0;
+            self->may_have_plaintext = PLAINTEXT_NONE;
             return -2;
         }
         return -1;
@@ -910,7 +941,7 @@ ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity)
         return PyErr_Occurred() ? -1 : 0;
     }
     /* a read that filled the window may have left bytes of the record in OpenSSL */
-    self->may_have_plaintext = count >= capacity;
+    self->may_have_plaintext = count >= capacity ? PLAINTEXT_PARTIAL : PLAINTEXT_NONE;
     return count;
 }
 
@@ -946,7 +977,7 @@ readable(SSLProtocolObject *self, Py_ssize_t *bio_out)
         return -1;
     }
     *bio_out = bio;
-    return bio > 0 || self->may_have_plaintext;
+    return bio > 0 || self->may_have_plaintext != PLAINTEXT_NONE;
 }
 
 /* Makes room for `want` more bytes after data[0:total] (data NULL: a new
@@ -982,9 +1013,10 @@ read_copied_once(SSLProtocolObject *self, PyObject **data, Py_ssize_t total,
         if (can <= 0) {
             return can < 0 ? -1 : -2;
         }
-        /* Decrypted data is at most the ciphertext, plus a record OpenSSL
-         * may already have begun; a read that fills the window loops. */
-        Py_ssize_t want = bio + (self->may_have_plaintext ? TLS_RECORD_PLAINTEXT : 0) + 1024;
+        /* Decrypted data is at most the ciphertext, plus the rest of a record
+         * OpenSSL has begun; a read that fills the window loops. */
+        Py_ssize_t want = bio + 1024
+            + (self->may_have_plaintext == PLAINTEXT_PARTIAL ? TLS_RECORD_PLAINTEXT : 0);
         if (want > TLS_MAX_SIZE) {
             want = TLS_MAX_SIZE;
         }
@@ -1255,7 +1287,7 @@ do_read(SSLProtocolObject *self)
             rc = read_copied(self);
         }
         if (rc == 0) {
-            rc = PyList_GET_SIZE(self->backlog) ? do_write(self) : process_outgoing(self);
+            rc = backlog_len(self) ? do_write(self) : process_outgoing(self);
         }
     }
     if (rc == 0) {
@@ -1306,6 +1338,46 @@ call_eof_received(SSLProtocolObject *self)
 
 /* ---- handshake ---- */
 
+/* True for a tuple of str/int/None (exactly those types): comparing two runs
+ * no Python code, and sharing one between connections cannot be observed. */
+static int
+is_plain_tuple(PyObject *value)
+{
+    if (!PyTuple_CheckExact(value)) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(value); i++) {
+        PyObject *item = PyTuple_GET_ITEM(value, i);
+        if (!PyUnicode_CheckExact(item) && !PyLong_CheckExact(item) && item != Py_None) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* cipher() gives a new ('TLS_AES_256_GCM_SHA384', 'TLSv1.3', 256) per
+ * connection (~190 bytes of objects kept in the extra info): equal tuples are
+ * shared instead.  Takes the reference to cipher, returns a new one. */
+static PyObject *
+shared_cipher(PyObject *cipher)
+{
+    if (!is_plain_tuple(cipher)) {
+        return cipher;
+    }
+    if (G.last_cipher != NULL) {
+        int same = PyObject_RichCompareBool(cipher, G.last_cipher, Py_EQ);
+        if (same < 0) {
+            PyErr_Clear();  /* cannot happen with these types; keep the new one */
+        }
+        if (same > 0) {
+            Py_DECREF(cipher);
+            return Py_NewRef(G.last_cipher);
+        }
+    }
+    Py_XSETREF(G.last_cipher, Py_NewRef(cipher));
+    return cipher;
+}
+
 static int
 on_handshake_complete(SSLProtocolObject *self, PyObject *handshake_exc)
 {
@@ -1354,23 +1426,24 @@ on_handshake_complete(SSLProtocolObject *self, PyObject *handshake_exc)
     PyObject *cipher = ssl_op(self, OP_CIPHER, NULL, 0, &again);
     PyObject *compression = cipher ? ssl_op(self, OP_COMPRESSION, NULL, 0, &again) : NULL;
     int rc = -1;
-    if (compression != NULL
-        && PyDict_SetItemString(self->extra, "peercert", peercert) == 0
-        && PyDict_SetItemString(self->extra, "cipher", cipher) == 0
-        && PyDict_SetItemString(self->extra, "compression", compression) == 0
-        && PyDict_SetItemString(self->extra, "ssl_object", self->sslobject) == 0) {
+    if (compression != NULL) {
+        /* extra_lookup: the handshake's keys are there from now on */
+        Py_XSETREF(self->peercert, peercert);
+        Py_XSETREF(self->cipher, shared_cipher(cipher));
+        Py_XSETREF(self->compression, compression);
         rc = 0;
     }
-    Py_DECREF(peercert);
-    Py_XDECREF(cipher);
-    Py_XDECREF(compression);
+    else {
+        Py_DECREF(peercert);
+        Py_XDECREF(cipher);
+    }
     if (rc < 0) {
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_RuntimeError, "cipher()/compression() wants I/O");
         }
         return -1;
     }
-    self->may_have_plaintext = 1;  /* records after Finished may already be in */
+    self->may_have_plaintext = PLAINTEXT_MAYBE;  /* checked by the first read */
     if (self->app_state == APP_INIT && self->app_protocol != NULL) {
         self->app_state = APP_CON_MADE;
         if (self->app_transport == NULL) {
@@ -1540,7 +1613,8 @@ static PyObject *
 protocol_connection_lost(SSLProtocolObject *self, PyObject *exc)
 {
     PyObject *arg = exc == Py_None ? NULL : exc;
-    if (PyList_SetSlice(self->backlog, 0, PyList_GET_SIZE(self->backlog), NULL) < 0) {
+    if (backlog_len(self) > 0
+        && PyList_SetSlice(self->backlog, 0, PyList_GET_SIZE(self->backlog), NULL) < 0) {
         return NULL;
     }
     self->write_buffer_size = 0;
@@ -1980,12 +2054,8 @@ protocol_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (has_hostname < 0) {
         goto error;
     }
-    self->server_hostname = has_hostname && !server_side ? Py_NewRef(server_hostname) : NULL;
-    self->extra = Py_BuildValue("{s:O}", "sslcontext", self->sslcontext);
-    self->backlog = PyList_New(0);
-    if (self->extra == NULL || self->backlog == NULL) {
-        goto error;
-    }
+    /* wrap_bio's server_hostname: None unless a client with a hostname */
+    PyObject *hostname = has_hostname && !server_side ? server_hostname : Py_None;
     self->waiter = waiter == Py_None ? NULL : Py_NewRef(waiter);
     self->loop = Py_NewRef(loop);
     if (set_app_protocol(self, app_protocol) < 0) {
@@ -2001,7 +2071,7 @@ protocol_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     /* sslcontext.wrap_bio(): sslobject_class, SNI owner, session... as asyncio */
     PyObject *wrap_args[5] = {self->sslcontext, self->incoming, self->outgoing,
                               server_side ? Py_True : Py_False,
-                              self->server_hostname ? self->server_hostname : Py_None};
+                              hostname};
     PyObject *kwnames = PyTuple_Pack(2, G.str_server_side, G.str_server_hostname);
     if (kwnames == NULL) {
         goto error;
@@ -2062,13 +2132,14 @@ protocol_traverse(SSLProtocolObject *self, visitproc visit, void *arg)
     Py_VISIT(self->sslobj);
     Py_VISIT(self->incoming);
     Py_VISIT(self->outgoing);
-    Py_VISIT(self->extra);
+    Py_VISIT(self->peercert);
+    Py_VISIT(self->cipher);
+    Py_VISIT(self->compression);
     Py_VISIT(self->waiter);
     Py_VISIT(self->handshake_timer);
     Py_VISIT(self->shutdown_timer);
     Py_VISIT(self->handshake_timeout);
     Py_VISIT(self->shutdown_timeout);
-    Py_VISIT(self->server_hostname);
     Py_VISIT(self->backlog);
     Py_VISIT(self->own_buffer);
     Py_VISIT(self->incoming_limits);
@@ -2091,13 +2162,14 @@ protocol_clear(SSLProtocolObject *self)
     Py_CLEAR(self->sslobj);
     Py_CLEAR(self->incoming);
     Py_CLEAR(self->outgoing);
-    Py_CLEAR(self->extra);
+    Py_CLEAR(self->peercert);
+    Py_CLEAR(self->cipher);
+    Py_CLEAR(self->compression);
     Py_CLEAR(self->waiter);
     Py_CLEAR(self->handshake_timer);
     Py_CLEAR(self->shutdown_timer);
     Py_CLEAR(self->handshake_timeout);
     Py_CLEAR(self->shutdown_timeout);
-    Py_CLEAR(self->server_hostname);
     Py_CLEAR(self->backlog);
     Py_CLEAR(self->own_buffer);
     Py_CLEAR(self->incoming_limits);
@@ -2157,7 +2229,8 @@ protocol_get_loop(SSLProtocolObject *self, void *closure)
 static PyObject *
 protocol_get_backlog(SSLProtocolObject *self, void *closure)
 {
-    return Py_NewRef(self->backlog ? self->backlog : Py_None);
+    /* asyncio's always exists */
+    return Py_XNewRef(backlog_list(self));
 }
 
 static PyObject *
@@ -2259,6 +2332,42 @@ transport_proto_ref(SSLTransportObject *self)
     return proto;
 }
 
+/* asyncio's `name in self._extra` and `self._extra[name]`: a new reference, or
+ * NULL without an exception when name is not a key.  An exact str is compared
+ * here; any other object gets the dict lookup (its own __hash__/__eq__). */
+static PyObject *
+extra_lookup(SSLProtocolObject *self, PyObject *name)
+{
+    int done = self->peercert != NULL;  /* the handshake's keys */
+    PyObject *keys[5] = {G.str_sslcontext, G.str_ssl_object, G.str_peercert, G.str_cipher,
+                         G.str_compression};
+    PyObject *values[5] = {self->sslcontext, self->sslobject, self->peercert, self->cipher,
+                           self->compression};
+    int count = done ? 5 : 1;
+    if (PyUnicode_CheckExact(name)) {
+        for (int i = 0; i < count; i++) {
+            if (name == keys[i] || PyUnicode_Compare(name, keys[i]) == 0) {
+                return Py_XNewRef(values[i]);
+            }
+        }
+        return NULL;
+    }
+    PyObject *extra = PyDict_New();
+    if (extra == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < count; i++) {
+        if (values[i] != NULL && PyDict_SetItem(extra, keys[i], values[i]) < 0) {
+            Py_DECREF(extra);
+            return NULL;
+        }
+    }
+    PyObject *result = PyDict_GetItemWithError(extra, name);
+    Py_XINCREF(result);
+    Py_DECREF(extra);
+    return result;
+}
+
 static PyObject *
 tls_get_extra_info(SSLTransportObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -2273,11 +2382,8 @@ tls_get_extra_info(SSLTransportObject *self, PyObject *args, PyObject *kwargs)
     }
     /* name's __hash__/__eq__ may close the transport again */
     SSLProtocolObject *proto = (SSLProtocolObject *)Py_NewRef(self->proto);
-    PyObject *result = PyDict_GetItemWithError(proto->extra, name);
-    if (result != NULL) {
-        Py_INCREF(result);
-    }
-    else if (!PyErr_Occurred()) {
+    PyObject *result = extra_lookup(proto, name);
+    if (result == NULL && !PyErr_Occurred()) {
         if (proto->transport != NULL) {
             PyObject *lower = Py_NewRef(proto->transport);
             PyObject *call_args[3] = {lower, name, fallback};
@@ -2801,6 +2907,9 @@ tls_transport_init(PyObject *module, ModuleState *state)
         {&G.str_check_handshake, "_check_handshake_timeout"},
         {&G.str_check_shutdown, "_check_shutdown_timeout"},
         {&G.str_resume_cb, "_resume_reading_cb"}, {&G.str_exc_info, "exc_info"},
+        {&G.str_sslcontext, "sslcontext"}, {&G.str_ssl_object, "ssl_object"},
+        {&G.str_peercert, "peercert"}, {&G.str_cipher, "cipher"},
+        {&G.str_compression, "compression"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (intern_name(names[i].slot, names[i].text) < 0) {
