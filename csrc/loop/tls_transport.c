@@ -91,6 +91,8 @@ typedef struct {
     PyObject *own_buffer;           /* bytearray for get_buffer() of foreign transports */
     double handshake_start;
     Py_ssize_t write_buffer_size;   /* bytes in backlog */
+    Py_ssize_t incoming_known;      /* bytes in the incoming BIO when known, else -1
+                                     * (incoming_pending) */
     Py_ssize_t conn_lost;
     Py_ssize_t incoming_high, incoming_low, outgoing_high, outgoing_low;
     PyObject *incoming_limits, *outgoing_limits; /* (low, high) objects, or NULL: see
@@ -342,6 +344,20 @@ bio_pending(PyObject *bio)
     return n;
 }
 
+/* The incoming BIO's size.  Each MemoryBIO.pending is a C call making an int;
+ * instead the size is remembered from the last one, grown by what bio_feed
+ * writes and forgotten by any SSL operation, the only thing that reads the
+ * BIO (user code reading the SSL object behind our back can only make it
+ * smaller than remembered: then a read finds nothing).  -1 on error. */
+static Py_ssize_t
+incoming_pending(SSLProtocolObject *self)
+{
+    if (self->incoming_known < 0) {
+        self->incoming_known = bio_pending(self->incoming);
+    }
+    return self->incoming_known;
+}
+
 /* Calls op on the SSL object.  Returns the result, or NULL with *again set
  * (and no exception) for SSLWantReadError/SSLSyscallError, or NULL with the
  * exception set. */
@@ -360,6 +376,8 @@ ssl_op(SSLProtocolObject *self, int op, PyObject *const *args, Py_ssize_t nargs,
     else {
         result = PyObject_VectorcallMethod(G.op_names[op], stack, (size_t)nargs + 1, NULL);
     }
+    /* any operation may have consumed ciphertext (as may Python code it ran) */
+    self->incoming_known = -1;
     *again = 0;
     if (result == NULL && PyErr_ExceptionMatches(G.again_errors)) {
         PyErr_Clear();
@@ -675,7 +693,7 @@ control_app_writing(SSLProtocolObject *self, Py_ssize_t outgoing_pending)
 static int
 control_ssl_reading(SSLProtocolObject *self)
 {
-    Py_ssize_t size = bio_pending(self->incoming);
+    Py_ssize_t size = incoming_pending(self);
     if (size < 0) {
         return -1;
     }
@@ -972,7 +990,7 @@ ssl_read_object(SSLProtocolObject *self, Py_ssize_t n, PyObject *target, int *ag
 static int
 readable(SSLProtocolObject *self, Py_ssize_t *bio_out)
 {
-    Py_ssize_t bio = bio_pending(self->incoming);
+    Py_ssize_t bio = incoming_pending(self);
     if (bio < 0) {
         return -1;
     }
@@ -1001,6 +1019,50 @@ reserve_bytes(PyObject **data, Py_ssize_t total, Py_ssize_t want, Py_ssize_t *ca
     return 0;
 }
 
+/* The first read of the copied path on the fast path: _SSLSocket.read(want)
+ * makes a bytes object of the record's size, which becomes *data (a single
+ * record, the common case, is then handed over as it is: no window, no
+ * resize of ours).  Results as read_copied_once. */
+static Py_ssize_t
+read_first_bytes(SSLProtocolObject *self, Py_ssize_t want, PyObject **data, Py_ssize_t *capacity)
+{
+    PyObject *size = PyLong_FromSsize_t(want);
+    if (size == NULL) {
+        return -1;
+    }
+    int again;
+    PyObject *r = ssl_op(self, OP_READ, &size, 1, &again);
+    Py_DECREF(size);
+    if (r == NULL) {
+        if (again) {
+            self->may_have_plaintext = PLAINTEXT_NONE;
+            return -2;
+        }
+        return -1;
+    }
+    if (!PyBytes_CheckExact(r)) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_TypeError, "_SSLSocket.read() did not return bytes");
+        return -1;
+    }
+    Py_ssize_t count = PyBytes_GET_SIZE(r);
+    self->may_have_plaintext = count >= want ? PLAINTEXT_PARTIAL : PLAINTEXT_NONE;
+    if (count == 0) {
+        Py_DECREF(r);  /* close_notify */
+        return 0;
+    }
+    if (Py_REFCNT(r) != 1) {
+        /* not ours alone (never seen): more reads must not resize it in place */
+        Py_SETREF(r, PyBytes_FromStringAndSize(PyBytes_AS_STRING(r), count));
+        if (r == NULL) {
+            return -1;
+        }
+    }
+    *data = r;
+    *capacity = count;
+    return count;
+}
+
 /* One read of the copied path: appended to *data; count, 0 at close_notify,
  * -2 when SSL wants more input, -1 on error. */
 static Py_ssize_t
@@ -1019,6 +1081,9 @@ read_copied_once(SSLProtocolObject *self, PyObject **data, Py_ssize_t total,
             + (self->may_have_plaintext == PLAINTEXT_PARTIAL ? TLS_RECORD_PLAINTEXT : 0);
         if (want > TLS_MAX_SIZE) {
             want = TLS_MAX_SIZE;
+        }
+        if (*data == NULL) {
+            return read_first_bytes(self, want, data, capacity);
         }
         if (reserve_bytes(data, total, want, capacity) < 0) {
             return -1;
@@ -1192,7 +1257,7 @@ read_buffered(SSLProtocolObject *self)
             return can;
         }
     }
-    else if ((bio = bio_pending(self->incoming)) < 0) {
+    else if ((bio = incoming_pending(self)) < 0) {
         return -1;
     }
     PyObject *hint = PyLong_FromSsize_t(bio);
@@ -1712,9 +1777,13 @@ bio_feed(SSLProtocolObject *self, const char *bytes, Py_ssize_t n)
     PyObject *r = PyObject_Vectorcall(G.bio_write, args, 2, NULL);
     window_done(chunk);
     if (r == NULL) {
+        self->incoming_known = -1;
         return -1;
     }
     Py_DECREF(r);
+    if (self->incoming_known >= 0) {
+        self->incoming_known += n;
+    }
     return 0;
 }
 
@@ -2029,6 +2098,7 @@ protocol_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     self->handshake_start = -1.0;
+    self->incoming_known = -1;
     if (check_timeout(&self->handshake_timeout, handshake_timeout, G.default_handshake_timeout,
                       "ssl_handshake_timeout") < 0
         || check_timeout(&self->shutdown_timeout, shutdown_timeout, G.default_shutdown_timeout,
@@ -2579,7 +2649,7 @@ tls_get_read_buffer_size(SSLTransportObject *self, PyObject *unused)
     if (proto == NULL) {
         return NULL;
     }
-    Py_ssize_t size = bio_pending(proto->incoming);
+    Py_ssize_t size = incoming_pending(proto);
     return size < 0 ? NULL : PyLong_FromSsize_t(size);
 }
 
