@@ -46,11 +46,13 @@ static const char *const state_names[] = {"UNWRAPPED", "DO_HANDSHAKE", "WRAPPED"
 /* Operations on the SSL object: the _ssl._SSLSocket method, and the
  * ssl.SSLObject method a subclass may override. */
 enum { OP_DO_HANDSHAKE, OP_READ, OP_WRITE, OP_UNWRAP, OP_PENDING, OP_GETPEERCERT, OP_CIPHER,
-       OP_COMPRESSION, OP_COUNT };
+       OP_COMPRESSION, OP_VERSION, OP_COUNT };
 static const char *const op_sock_names[OP_COUNT] = {
-    "do_handshake", "read", "write", "shutdown", "pending", "getpeercert", "cipher", "compression"};
+    "do_handshake", "read", "write", "shutdown", "pending", "getpeercert", "cipher", "compression",
+    "version"};
 static const char *const op_object_names[OP_COUNT] = {
-    "do_handshake", "read", "write", "unwrap", "pending", "getpeercert", "cipher", "compression"};
+    "do_handshake", "read", "write", "unwrap", "pending", "getpeercert", "cipher", "compression",
+    "version"};
 
 typedef struct SSLTransportObject SSLTransportObject;
 
@@ -110,6 +112,10 @@ typedef struct {
     char app_writing_paused;
     char may_have_plaintext;        /* OpenSSL may hold decrypted bytes not yet read:
                                      * PLAINTEXT_* */
+    char outgoing_empty;            /* the outgoing BIO is empty: process_outgoing
+                                     * drained it and no SSL operation ran since */
+    char write_reads_nothing;       /* TLS 1.3 on the fast path: SSL_write never
+                                     * reads the incoming BIO (no renegotiation) */
 } SSLProtocolObject;
 
 struct SSLTransportObject {
@@ -376,8 +382,12 @@ ssl_op(SSLProtocolObject *self, int op, PyObject *const *args, Py_ssize_t nargs,
     else {
         result = PyObject_VectorcallMethod(G.op_names[op], stack, (size_t)nargs + 1, NULL);
     }
-    /* any operation may have consumed ciphertext (as may Python code it ran) */
-    self->incoming_known = -1;
+    /* any operation may have consumed ciphertext (as may Python code it ran)
+     * and produced some */
+    if (op != OP_WRITE || !self->write_reads_nothing) {
+        self->incoming_known = -1;
+    }
+    self->outgoing_empty = 0;
     *again = 0;
     if (result == NULL && PyErr_ExceptionMatches(G.again_errors)) {
         PyErr_Clear();
@@ -718,6 +728,10 @@ process_outgoing(SSLProtocolObject *self)
     if (self->ssl_writing_paused) {
         return control_app_writing(self, -1);
     }
+    if (self->outgoing_empty) {
+        /* e.g. after a read whose data_received() wrote (and so flushed) */
+        return control_app_writing(self, 0);
+    }
     /* read() of an empty BIO is b'' (a singleton): no pending() call first */
     PyObject *data = PyObject_CallOneArg(G.bio_read, self->outgoing);
     if (data == NULL) {
@@ -733,6 +747,7 @@ process_outgoing(SSLProtocolObject *self)
     }
     /* The BIO is empty now, unless a foreign transport's write() ran code
      * that wrote to the SSL object: then ask it. */
+    self->outgoing_empty = rc == 1;
     return control_app_writing(self, rc == 1 ? 0 : -1);
 }
 
@@ -1082,7 +1097,9 @@ read_copied_once(SSLProtocolObject *self, PyObject **data, Py_ssize_t total,
         if (want > TLS_MAX_SIZE) {
             want = TLS_MAX_SIZE;
         }
-        if (*data == NULL) {
+        if (*data == NULL && want <= TLS_RECORD_PLAINTEXT + 2048) {
+            /* at most one record waits: read() sizes the bytes object itself
+             * (more records would each shrink and regrow it) */
             return read_first_bytes(self, want, data, capacity);
         }
         if (reserve_bytes(data, total, want, capacity) < 0) {
@@ -1509,6 +1526,17 @@ on_handshake_complete(SSLProtocolObject *self, PyObject *handshake_exc)
         return -1;
     }
     self->may_have_plaintext = PLAINTEXT_MAYBE;  /* checked by the first read */
+    if (self->fast) {
+        PyObject *version = ssl_op(self, OP_VERSION, NULL, 0, &again);
+        if (version == NULL) {
+            PyErr_Clear();
+        }
+        else {
+            self->write_reads_nothing = PyUnicode_Check(version)
+                && PyUnicode_CompareWithASCIIString(version, "TLSv1.3") == 0;
+            Py_DECREF(version);
+        }
+    }
     if (self->app_state == APP_INIT && self->app_protocol != NULL) {
         self->app_state = APP_CON_MADE;
         if (self->app_transport == NULL) {
