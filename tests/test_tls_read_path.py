@@ -187,3 +187,49 @@ def test_get_buffer_returning_an_empty_buffer(arun, tls_files, loop_name):
         assert [c["message"] for c in contexts] == ["Fatal error on SSL protocol"]
     else:
         assert app.events[:2] == ["made", "eof"]
+
+
+class Recording(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(exc)
+
+
+def test_incoming_flow_control_while_the_app_is_paused(arun, tls_files):
+    """The app pauses reading; ciphertext piles up in the incoming BIO until the
+    socket transport is paused at the high-water mark; get_read_buffer_size()
+    reports it; set_read_buffer_limits() and resume_reading() let it go on,
+    and everything arrives."""
+    data = DATA * 3  # 900 KiB
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with tcp_server(lambda: Sender(data), ssl=server_context(tls_files)) as srv:
+            tr, app = await loop.create_connection(
+                Recording, "127.0.0.1", server_port(srv), ssl=client_context(tls_files),
+                server_hostname="localhost")
+            tr.pause_reading()
+            socket_transport = tr._ssl_protocol._transport
+            high = tr.get_read_buffer_limits()[1]
+            async with asyncio.timeout(8):
+                while socket_transport.is_reading():
+                    await asyncio.sleep(0.01)
+            assert tr.get_read_buffer_size() >= high
+            received = len(app.data)
+            await asyncio.sleep(0.1)
+            assert len(app.data) == received  # nothing while paused
+            tr.set_read_buffer_limits(high=16 * high)  # low = 4 * high: reading again
+            assert socket_transport.is_reading()
+            tr.set_read_buffer_limits(high=high)  # paused again at once
+            assert not socket_transport.is_reading()
+            tr.resume_reading()
+            await asyncio.wait_for(app.lost, 8)
+            assert bytes(app.data) == data
+            assert tr.get_read_buffer_size() == 0
+    arun(main())
