@@ -46,6 +46,14 @@ class EqualsCipher:
         return other == "cipher"
 
 
+class EqualsPeercert:
+    def __hash__(self) -> int:
+        return hash("peercert")
+
+    def __eq__(self, other: object) -> bool:
+        return other == "peercert"
+
+
 def test_before_the_handshake_only_sslcontext(arun, tls_files, loop_name):
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -91,4 +99,55 @@ def test_after_the_handshake(arun, tls_files):
                 await p.wait_lost()
             assert tr.get_extra_info("ssl_object") is sslobj
             assert tr.get_extra_info("cipher") == cipher
+            assert tr.get_extra_info("peercert") is peercert
+            # first asked once the connection is gone: the handshake's certificate
+            peercert2 = tr2.get_extra_info(EqualsPeercert())
+            assert peercert2 == peercert
+            assert tr2.get_extra_info("peercert") is peercert2
+    arun(main())
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_peercert_on_both_sides(arun, tls_files, version):
+    """The client's view of the server certificate and, with a client
+    certificate required, the server's view of the client's, on TLS 1.2 and
+    1.3; asked before and after the connection is gone."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sctx = server_context(tls_files)
+        sctx.verify_mode = ssl.CERT_REQUIRED
+        sctx.load_verify_locations(tls_files.cert)
+        cctx = client_context(tls_files)
+        cctx.load_cert_chain(tls_files.cert, tls_files.key)
+        cctx.maximum_version = getattr(ssl.TLSVersion, version)
+        server_side: list[Any] = []
+
+        class Server(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                server_side.append(transport)
+                transport.write(b"hi")
+
+        server = await loop.create_server(Server, "127.0.0.1", 0, ssl=sctx)
+        try:
+            got: asyncio.Future[bytes] = loop.create_future()
+
+            class Client(asyncio.Protocol):
+                def data_received(self, data: bytes) -> None:
+                    if not got.done():
+                        got.set_result(data)
+
+            tr, _ = await loop.create_connection(
+                Client, "127.0.0.1", server.sockets[0].getsockname()[1], ssl=cctx,
+                server_hostname="localhost")
+            assert await asyncio.wait_for(got, 5) == b"hi"
+            assert tr.get_extra_info("ssl_object").version() == version.replace("_", ".")
+            seen_by_server = server_side[0].get_extra_info("peercert")
+            assert seen_by_server["subject"] == ((("commonName", "localhost"),),)
+            tr.close()
+            await asyncio.sleep(0.1)
+            seen_by_client = tr.get_extra_info("peercert")
+            assert seen_by_client == seen_by_server  # one self-signed certificate
+            assert tr.get_extra_info("peercert") is seen_by_client
+        finally:
+            server.close()
     arun(main())

@@ -116,6 +116,8 @@ typedef struct {
                                      * drained it and no SSL operation ran since */
     char write_reads_nothing;       /* TLS 1.3 on the fast path: SSL_write never
                                      * reads the incoming BIO (no renegotiation) */
+    char handshake_extra;           /* peercert/cipher/compression are known */
+    char peercert_lazy;             /* peercert made on first use (extra_peercert) */
 } SSLProtocolObject;
 
 struct SSLTransportObject {
@@ -1460,21 +1462,50 @@ shared_cipher(PyObject *cipher)
     return cipher;
 }
 
+/* write_reads_nothing from version() (fast path only: a subclass's write()
+ * may do anything). */
+static void
+note_protocol_version(SSLProtocolObject *self)
+{
+    if (!self->fast) {
+        return;
+    }
+    int again;
+    PyObject *version = ssl_op(self, OP_VERSION, NULL, 0, &again);
+    if (version == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    self->write_reads_nothing = PyUnicode_Check(version)
+        && PyUnicode_CompareWithASCIIString(version, "TLSv1.3") == 0;
+    Py_DECREF(version);
+}
+
 static int
 on_handshake_complete(SSLProtocolObject *self, PyObject *handshake_exc)
 {
     cancel_timer(&self->handshake_timer);
     PyObject *peercert = NULL;
     PyObject *exc = NULL;
+    int lazy_peercert = 0;
     if (handshake_exc == NULL) {
         if (set_state(self, ST_WRAPPED) == 0) {
-            int again;
-            peercert = ssl_op(self, OP_GETPEERCERT, NULL, 0, &again);
-            if (peercert == NULL && again) {
-                PyErr_SetString(PyExc_RuntimeError, "getpeercert() wants I/O");
+            note_protocol_version(self);
+            /* A TLS 1.3 client's view of the server certificate cannot change
+             * after the handshake (no renegotiation; post-handshake auth is a
+             * server asking for the client's): its getpeercert() dict (~1 KiB
+             * per connection, rarely asked for) is made on first use, giving
+             * what asyncio stores now. */
+            lazy_peercert = self->write_reads_nothing && !self->server_side;
+            if (!lazy_peercert) {
+                int again;
+                peercert = ssl_op(self, OP_GETPEERCERT, NULL, 0, &again);
+                if (peercert == NULL && again) {
+                    PyErr_SetString(PyExc_RuntimeError, "getpeercert() wants I/O");
+                }
             }
         }
-        if (peercert == NULL) {
+        if (peercert == NULL && !lazy_peercert) {
             if (!PyErr_ExceptionMatches(PyExc_Exception)) {
                 return -1;
             }
@@ -1513,10 +1544,12 @@ on_handshake_complete(SSLProtocolObject *self, PyObject *handshake_exc)
         Py_XSETREF(self->peercert, peercert);
         Py_XSETREF(self->cipher, shared_cipher(cipher));
         Py_XSETREF(self->compression, compression);
+        self->peercert_lazy = (char)lazy_peercert;
+        self->handshake_extra = 1;
         rc = 0;
     }
     else {
-        Py_DECREF(peercert);
+        Py_XDECREF(peercert);
         Py_XDECREF(cipher);
     }
     if (rc < 0) {
@@ -1526,17 +1559,6 @@ on_handshake_complete(SSLProtocolObject *self, PyObject *handshake_exc)
         return -1;
     }
     self->may_have_plaintext = PLAINTEXT_MAYBE;  /* checked by the first read */
-    if (self->fast) {
-        PyObject *version = ssl_op(self, OP_VERSION, NULL, 0, &again);
-        if (version == NULL) {
-            PyErr_Clear();
-        }
-        else {
-            self->write_reads_nothing = PyUnicode_Check(version)
-                && PyUnicode_CompareWithASCIIString(version, "TLSv1.3") == 0;
-            Py_DECREF(version);
-        }
-    }
     if (self->app_state == APP_INIT && self->app_protocol != NULL) {
         self->app_state = APP_CON_MADE;
         if (self->app_transport == NULL) {
@@ -2433,10 +2455,28 @@ transport_proto_ref(SSLTransportObject *self)
 /* asyncio's `name in self._extra` and `self._extra[name]`: a new reference, or
  * NULL without an exception when name is not a key.  An exact str is compared
  * here; any other object gets the dict lookup (its own __hash__/__eq__). */
+static int
+extra_peercert(SSLProtocolObject *self)
+{
+    if (!self->peercert_lazy || self->peercert != NULL) {
+        return 0;
+    }
+    int again;
+    PyObject *peercert = ssl_op(self, OP_GETPEERCERT, NULL, 0, &again);
+    if (peercert == NULL) {
+        if (again) {
+            PyErr_SetString(PyExc_RuntimeError, "getpeercert() wants I/O");
+        }
+        return -1;
+    }
+    Py_XSETREF(self->peercert, peercert);  /* (ssl_op ran no Python code here: fast path) */
+    return 0;
+}
+
 static PyObject *
 extra_lookup(SSLProtocolObject *self, PyObject *name)
 {
-    int done = self->peercert != NULL;  /* the handshake's keys */
+    int done = self->handshake_extra;  /* the handshake's keys */
     PyObject *keys[5] = {G.str_sslcontext, G.str_ssl_object, G.str_peercert, G.str_cipher,
                          G.str_compression};
     PyObject *values[5] = {self->sslcontext, self->sslobject, self->peercert, self->cipher,
@@ -2445,11 +2485,18 @@ extra_lookup(SSLProtocolObject *self, PyObject *name)
     if (PyUnicode_CheckExact(name)) {
         for (int i = 0; i < count; i++) {
             if (name == keys[i] || PyUnicode_Compare(name, keys[i]) == 0) {
-                return Py_XNewRef(values[i]);
+                if (i == 2 && extra_peercert(self) < 0) {
+                    return NULL;
+                }
+                return Py_XNewRef(i == 2 ? self->peercert : values[i]);
             }
         }
         return NULL;
     }
+    if (done && extra_peercert(self) < 0) {
+        return NULL;
+    }
+    values[2] = self->peercert;
     PyObject *extra = PyDict_New();
     if (extra == NULL) {
         return NULL;
