@@ -15,7 +15,7 @@ import asyncio
 import os
 from typing import Any
 
-from harness import Body, Prims, workload
+from harness import Body, Prims, loop_factory, workload
 from workloads_loop import _self_signed_contexts
 
 CHUNK = 64 * 1024
@@ -197,13 +197,9 @@ def idle_memory(loop_name: str, count: int = 1000) -> float:
 
 
 def _loop_factory(loop_name: str) -> Any:
-    if loop_name == "uvloop":
-        import uvloop
-        return uvloop.new_event_loop
-    if loop_name == "pyasync_c":
-        import pyasync_c
-        return pyasync_c.new_event_loop
-    return asyncio.new_event_loop
+    # harness's: pyasync_c from this repository's in-place build (the repository
+    # root goes on sys.path), so the script needs no PYTHONPATH
+    return loop_factory(loop_name)
 
 
 def _timed_runs(loop_name: str, name: str, n: int, runs: int) -> None:

@@ -46,13 +46,21 @@ static const char *const state_names[] = {"UNWRAPPED", "DO_HANDSHAKE", "WRAPPED"
 /* Operations on the SSL object: the _ssl._SSLSocket method, and the
  * ssl.SSLObject method a subclass may override. */
 enum { OP_DO_HANDSHAKE, OP_READ, OP_WRITE, OP_UNWRAP, OP_PENDING, OP_GETPEERCERT, OP_CIPHER,
-       OP_COMPRESSION, OP_COUNT };
+       OP_COMPRESSION, OP_VERSION, OP_COUNT };
 static const char *const op_sock_names[OP_COUNT] = {
-    "do_handshake", "read", "write", "shutdown", "pending", "getpeercert", "cipher", "compression"};
+    "do_handshake", "read", "write", "shutdown", "pending", "getpeercert", "cipher", "compression",
+    "version"};
 static const char *const op_object_names[OP_COUNT] = {
-    "do_handshake", "read", "write", "unwrap", "pending", "getpeercert", "cipher", "compression"};
+    "do_handshake", "read", "write", "unwrap", "pending", "getpeercert", "cipher", "compression",
+    "version"};
 
 typedef struct SSLTransportObject SSLTransportObject;
+
+/* What OpenSSL may hold of decrypted data: nothing (a read with an empty
+ * incoming BIO could only raise SSLWantReadError), perhaps something (just
+ * after the handshake: one read finds out), or the rest of a record whose
+ * start filled the last read's buffer (up to TLS_RECORD_PLAINTEXT bytes). */
+enum { PLAINTEXT_NONE, PLAINTEXT_MAYBE, PLAINTEXT_PARTIAL };
 
 typedef struct {
     PyObject_HEAD
@@ -69,17 +77,24 @@ typedef struct {
     PyObject *sslobj;               /* its _sslobj when `fast` */
     PyObject *incoming;             /* ssl.MemoryBIO */
     PyObject *outgoing;
-    PyObject *extra;                /* dict */
+    /* asyncio's _extra dict as fields: 'sslcontext' and 'ssl_object' are the
+     * fields above; these three are NULL until the handshake completes
+     * (extra_lookup) */
+    PyObject *peercert;
+    PyObject *cipher;
+    PyObject *compression;
     PyObject *waiter;
     PyObject *handshake_timer;
     PyObject *shutdown_timer;
     PyObject *handshake_timeout;    /* numbers, as given (or asyncio's defaults) */
     PyObject *shutdown_timeout;
-    PyObject *server_hostname;      /* NULL unless a client with a hostname */
-    PyObject *backlog;              /* list of app data not yet given to the SSL object */
+    PyObject *backlog;              /* list of app data not yet given to the SSL object;
+                                     * NULL until first needed (backlog_list) */
     PyObject *own_buffer;           /* bytearray for get_buffer() of foreign transports */
     double handshake_start;
     Py_ssize_t write_buffer_size;   /* bytes in backlog */
+    Py_ssize_t incoming_known;      /* bytes in the incoming BIO when known, else -1
+                                     * (incoming_pending) */
     Py_ssize_t conn_lost;
     Py_ssize_t incoming_high, incoming_low, outgoing_high, outgoing_low;
     PyObject *incoming_limits, *outgoing_limits; /* (low, high) objects, or NULL: see
@@ -95,7 +110,14 @@ typedef struct {
     char ssl_reading_paused;
     char eof_received;
     char app_writing_paused;
-    char may_have_plaintext;        /* OpenSSL may hold decrypted bytes not yet read */
+    char may_have_plaintext;        /* OpenSSL may hold decrypted bytes not yet read:
+                                     * PLAINTEXT_* */
+    char outgoing_empty;            /* the outgoing BIO is empty: process_outgoing
+                                     * drained it and no SSL operation ran since */
+    char write_reads_nothing;       /* TLS 1.3 on the fast path: SSL_write never
+                                     * reads the incoming BIO (no renegotiation) */
+    char handshake_extra;           /* peercert/cipher/compression are known */
+    char peercert_lazy;             /* peercert made on first use (extra_peercert) */
 } SSLProtocolObject;
 
 struct SSLTransportObject {
@@ -148,11 +170,13 @@ static struct {
     Py_ssize_t log_threshold;
     PyTypeObject *WindowType;
     WindowObject *window;          /* the reusable window */
+    PyObject *last_cipher;         /* the last handshake's cipher() tuple (shared_cipher) */
     PyObject *str_write, *str_close, *str_abort, *str_force_close, *str_pause_reading,
         *str_resume_reading, *str_get_extra_info, *str_call_later, *str_call_soon, *str_cancel,
         *str_get_debug, *str_time, *str_debug, *str_warning, *str_wrap_bio, *str_server_side,
         *str_server_hostname, *str_sslobj, *str_check_handshake,
-        *str_check_shutdown, *str_resume_cb, *str_exc_info;
+        *str_check_shutdown, *str_resume_cb, *str_exc_info, *str_sslcontext, *str_ssl_object,
+        *str_peercert, *str_cipher, *str_compression;
 } G;
 
 static int
@@ -328,6 +352,20 @@ bio_pending(PyObject *bio)
     return n;
 }
 
+/* The incoming BIO's size.  Each MemoryBIO.pending is a C call making an int;
+ * instead the size is remembered from the last one, grown by what bio_feed
+ * writes and forgotten by any SSL operation, the only thing that reads the
+ * BIO (user code reading the SSL object behind our back can only make it
+ * smaller than remembered: then a read finds nothing).  -1 on error. */
+static Py_ssize_t
+incoming_pending(SSLProtocolObject *self)
+{
+    if (self->incoming_known < 0) {
+        self->incoming_known = bio_pending(self->incoming);
+    }
+    return self->incoming_known;
+}
+
 /* Calls op on the SSL object.  Returns the result, or NULL with *again set
  * (and no exception) for SSLWantReadError/SSLSyscallError, or NULL with the
  * exception set. */
@@ -346,6 +384,12 @@ ssl_op(SSLProtocolObject *self, int op, PyObject *const *args, Py_ssize_t nargs,
     else {
         result = PyObject_VectorcallMethod(G.op_names[op], stack, (size_t)nargs + 1, NULL);
     }
+    /* any operation may have consumed ciphertext (as may Python code it ran)
+     * and produced some */
+    if (op != OP_WRITE || !self->write_reads_nothing) {
+        self->incoming_known = -1;
+    }
+    self->outgoing_empty = 0;
     *again = 0;
     if (result == NULL && PyErr_ExceptionMatches(G.again_errors)) {
         PyErr_Clear();
@@ -661,7 +705,7 @@ control_app_writing(SSLProtocolObject *self, Py_ssize_t outgoing_pending)
 static int
 control_ssl_reading(SSLProtocolObject *self)
 {
-    Py_ssize_t size = bio_pending(self->incoming);
+    Py_ssize_t size = incoming_pending(self);
     if (size < 0) {
         return -1;
     }
@@ -686,6 +730,10 @@ process_outgoing(SSLProtocolObject *self)
     if (self->ssl_writing_paused) {
         return control_app_writing(self, -1);
     }
+    if (self->outgoing_empty) {
+        /* e.g. after a read whose data_received() wrote (and so flushed) */
+        return control_app_writing(self, 0);
+    }
     /* read() of an empty BIO is b'' (a singleton): no pending() call first */
     PyObject *data = PyObject_CallOneArg(G.bio_read, self->outgoing);
     if (data == NULL) {
@@ -701,6 +749,7 @@ process_outgoing(SSLProtocolObject *self)
     }
     /* The BIO is empty now, unless a foreign transport's write() ran code
      * that wrote to the SSL object: then ask it. */
+    self->outgoing_empty = rc == 1;
     return control_app_writing(self, rc == 1 ? 0 : -1);
 }
 
@@ -758,12 +807,28 @@ ssl_write_one(SSLProtocolObject *self, PyObject *data, Py_ssize_t length, PyObje
     return 2;
 }
 
+/* The write backlog is made on first use: most connections never need one. */
+static inline Py_ssize_t
+backlog_len(SSLProtocolObject *self)
+{
+    return self->backlog != NULL ? PyList_GET_SIZE(self->backlog) : 0;
+}
+
+static PyObject *
+backlog_list(SSLProtocolObject *self)
+{
+    if (self->backlog == NULL) {
+        self->backlog = PyList_New(0);
+    }
+    return self->backlog;
+}
+
 /* asyncio's _do_write: the backlog into the SSL object, then the outgoing BIO
  * to the transport. */
 static int
 do_write(SSLProtocolObject *self)
 {
-    while (PyList_GET_SIZE(self->backlog) > 0) {
+    while (backlog_len(self) > 0) {
         PyObject *data = Py_NewRef(PyList_GET_ITEM(self->backlog, 0));
         Py_ssize_t length = buffer_length(data);
         if (length < 0) {
@@ -803,7 +868,8 @@ static int
 backlog_append(SSLProtocolObject *self, PyObject *data)
 {
     Py_ssize_t length = buffer_length(data);
-    if (length < 0 || PyList_Append(self->backlog, data) < 0) {
+    PyObject *backlog = length < 0 ? NULL : backlog_list(self);
+    if (backlog == NULL || PyList_Append(backlog, data) < 0) {
         return -1;
     }
     self->write_buffer_size += length;
@@ -828,7 +894,7 @@ write_appdata_one(SSLProtocolObject *self, PyObject *data)
         Py_RETURN_NONE;
     }
     int rc;
-    if (self->state == ST_WRAPPED && PyList_GET_SIZE(self->backlog) == 0) {
+    if (self->state == ST_WRAPPED && backlog_len(self) == 0) {
         /* the common case: straight into the SSL object */
         Py_ssize_t length = buffer_length(data);
         if (length < 0) {
@@ -841,11 +907,11 @@ write_appdata_one(SSLProtocolObject *self, PyObject *data)
             self->write_buffer_size -= length;
         }
         else if (rc == 0) {
-            rc = PyList_Append(self->backlog, data);
+            rc = backlog_list(self) ? PyList_Append(self->backlog, data) : -1;
         }
         else if (rc == 2) {
             /* partial write: the rest goes on now, as asyncio's _do_write loops */
-            rc = PyList_Append(self->backlog, rest);
+            rc = backlog_list(self) ? PyList_Append(self->backlog, rest) : -1;
             Py_DECREF(rest);
             rc = rc < 0 ? -1 : do_write(self);
             goto written;
@@ -875,89 +941,193 @@ written:
 static int call_eof_received(SSLProtocolObject *self);
 static int start_shutdown(SSLProtocolObject *self);
 
-/* Reads decrypted data into buf[0:capacity]: read(capacity, window) on our
- * fast path, read(capacity) and a copy for an SSLObject subclass.  count >= 0,
- * or -2 for "SSL wants more input", or -1 on error.  A subclass's read(n) may
- * return more than n bytes: with `excess` given, the bytes past capacity come
- * back in *excess (a new bytes object, else NULL); without, they are dropped. */
+/* The fast path's read: _SSLSocket.read(capacity, window on buf[0:capacity]).
+ * count >= 0, or -2 for "SSL wants more input", or -1 on error. */
 static Py_ssize_t
-ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity, PyObject **excess)
+ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity)
 {
-    if (excess != NULL) {
-        *excess = NULL;
+    if (capacity > INT_MAX) {
+        capacity = INT_MAX;  /* read()'s length is a C int; the caller loops */
     }
     PyObject *size = PyLong_FromSsize_t(capacity);
     if (size == NULL) {
         return -1;
     }
-    int again;
-    Py_ssize_t count;
-    if (self->fast) {
-        WindowObject *window = window_open(buf, capacity, 0);
-        if (window == NULL) {
-            Py_DECREF(size);
-            return -1;
-        }
-        PyObject *args[2] = {size, (PyObject *)window};
-        PyObject *r = ssl_op(self, OP_READ, args, 2, &again);
-        window_done(window);
+    WindowObject *window = window_open(buf, capacity, 0);
+    if (window == NULL) {
         Py_DECREF(size);
-        if (r == NULL) {
-            goto failed;
-        }
-        count = PyLong_AsSsize_t(r);
-        Py_DECREF(r);
-        if (count < 0) {
-            return PyErr_Occurred() ? -1 : 0;
-        }
+        return -1;
     }
-    else {
-        PyObject *r = ssl_op(self, OP_READ, &size, 1, &again);
-        Py_DECREF(size);
-        if (r == NULL) {
-            goto failed;
+    int again;
+    PyObject *args[2] = {size, (PyObject *)window};
+    PyObject *r = ssl_op(self, OP_READ, args, 2, &again);
+    window_done(window);
+    Py_DECREF(size);
+    if (r == NULL) {
+        if (again) {
+            self->may_have_plaintext = PLAINTEXT_NONE;
+            return -2;
         }
-        Py_buffer view;
-        if (PyObject_GetBuffer(r, &view, PyBUF_SIMPLE) < 0) {
-            Py_DECREF(r);
-            return -1;
-        }
-        int oversize = view.len > capacity;
-        count = oversize ? capacity : view.len;
-        memcpy(buf, view.buf, (size_t)count);
-        if (oversize && excess != NULL) {
-            *excess = PyBytes_FromStringAndSize((const char *)view.buf + capacity,
-                                                view.len - capacity);
-        }
-        PyBuffer_Release(&view);
-        Py_DECREF(r);
-        if (oversize && excess != NULL && *excess == NULL) {
-            return -1;
-        }
+        return -1;
+    }
+    Py_ssize_t count = PyLong_AsSsize_t(r);
+    Py_DECREF(r);
+    if (count < 0) {
+        return PyErr_Occurred() ? -1 : 0;
     }
     /* a read that filled the window may have left bytes of the record in OpenSSL */
-    self->may_have_plaintext = count >= capacity;
+    self->may_have_plaintext = count >= capacity ? PLAINTEXT_PARTIAL : PLAINTEXT_NONE;
     return count;
-failed:
-    if (again) {
-        self->may_have_plaintext = 0;
-        return -2;
+}
+
+/* An SSLObject subclass's read(n) or read(n, target), called as asyncio
+ * does: the result, or NULL with *again set (no exception) for
+ * SSLWantReadError/SSLSyscallError, or NULL with the exception set. */
+static PyObject *
+ssl_read_object(SSLProtocolObject *self, Py_ssize_t n, PyObject *target, int *again)
+{
+    if (n > INT_MAX) {
+        n = INT_MAX;  /* read()'s length is a C int: a shorter read, as _ssl clamps to the buffer */
     }
-    return -1;
+    PyObject *size = PyLong_FromSsize_t(n);
+    if (size == NULL) {
+        *again = 0;
+        return NULL;
+    }
+    PyObject *args[2] = {size, target};
+    PyObject *r = ssl_op(self, OP_READ, args, target ? 2 : 1, again);
+    Py_DECREF(size);
+    return r;
 }
 
 /* True when a read could return something: ciphertext waits in the incoming
  * BIO or OpenSSL may hold decrypted bytes (else read() would only raise
- * SSLWantReadError). -1 on error. */
+ * SSLWantReadError). -1 on error.  Only the fast path skips reads this way:
+ * a subclass's read() is called until it raises, as asyncio does. */
 static int
 readable(SSLProtocolObject *self, Py_ssize_t *bio_out)
 {
-    Py_ssize_t bio = bio_pending(self->incoming);
+    Py_ssize_t bio = incoming_pending(self);
     if (bio < 0) {
         return -1;
     }
     *bio_out = bio;
-    return bio > 0 || self->may_have_plaintext;
+    return bio > 0 || self->may_have_plaintext != PLAINTEXT_NONE;
+}
+
+/* Makes room for `want` more bytes after data[0:total] (data NULL: a new
+ * bytes object); *capacity is its size. */
+static int
+reserve_bytes(PyObject **data, Py_ssize_t total, Py_ssize_t want, Py_ssize_t *capacity)
+{
+    if (*data == NULL) {
+        *data = PyBytes_FromStringAndSize(NULL, want);
+        if (*data == NULL) {
+            return -1;
+        }
+        *capacity = want;
+    }
+    else if (*capacity - total < want) {
+        if (_PyBytes_Resize(data, total + want) < 0) {
+            return -1;
+        }
+        *capacity = total + want;
+    }
+    return 0;
+}
+
+/* The first read of the copied path on the fast path: _SSLSocket.read(want)
+ * makes a bytes object of the record's size, which becomes *data (a single
+ * record, the common case, is then handed over as it is: no window, no
+ * resize of ours).  Results as read_copied_once. */
+static Py_ssize_t
+read_first_bytes(SSLProtocolObject *self, Py_ssize_t want, PyObject **data, Py_ssize_t *capacity)
+{
+    PyObject *size = PyLong_FromSsize_t(want);
+    if (size == NULL) {
+        return -1;
+    }
+    int again;
+    PyObject *r = ssl_op(self, OP_READ, &size, 1, &again);
+    Py_DECREF(size);
+    if (r == NULL) {
+        if (again) {
+            self->may_have_plaintext = PLAINTEXT_NONE;
+            return -2;
+        }
+        return -1;
+    }
+    if (!PyBytes_CheckExact(r)) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_TypeError, "_SSLSocket.read() did not return bytes");
+        return -1;
+    }
+    Py_ssize_t count = PyBytes_GET_SIZE(r);
+    self->may_have_plaintext = count >= want ? PLAINTEXT_PARTIAL : PLAINTEXT_NONE;
+    if (count == 0) {
+        Py_DECREF(r);  /* close_notify */
+        return 0;
+    }
+    if (Py_REFCNT(r) != 1) {
+        /* not ours alone (never seen): more reads must not resize it in place */
+        Py_SETREF(r, PyBytes_FromStringAndSize(PyBytes_AS_STRING(r), count));
+        if (r == NULL) {
+            return -1;
+        }
+    }
+    *data = r;
+    *capacity = count;
+    return count;
+}
+
+/* One read of the copied path: appended to *data; count, 0 at close_notify,
+ * -2 when SSL wants more input, -1 on error. */
+static Py_ssize_t
+read_copied_once(SSLProtocolObject *self, PyObject **data, Py_ssize_t total,
+                 Py_ssize_t *capacity)
+{
+    if (self->fast) {
+        Py_ssize_t bio;
+        int can = readable(self, &bio);
+        if (can <= 0) {
+            return can < 0 ? -1 : -2;
+        }
+        /* Decrypted data is at most the ciphertext, plus the rest of a record
+         * OpenSSL has begun; a read that fills the window loops. */
+        Py_ssize_t want = bio + 1024
+            + (self->may_have_plaintext == PLAINTEXT_PARTIAL ? TLS_RECORD_PLAINTEXT : 0);
+        if (want > TLS_MAX_SIZE) {
+            want = TLS_MAX_SIZE;
+        }
+        if (*data == NULL && want <= TLS_RECORD_PLAINTEXT + 2048) {
+            /* at most one record waits: read() sizes the bytes object itself
+             * (more records would each shrink and regrow it) */
+            return read_first_bytes(self, want, data, capacity);
+        }
+        if (reserve_bytes(data, total, want, capacity) < 0) {
+            return -1;
+        }
+        return ssl_read_into(self, PyBytes_AS_STRING(*data) + total, *capacity - total);
+    }
+    /* asyncio's read(max_size): all it returns (a subclass may return more) */
+    int again;
+    PyObject *chunk = ssl_read_object(self, TLS_MAX_SIZE, NULL, &again);
+    if (chunk == NULL) {
+        return again ? -2 : -1;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(chunk, &view, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(chunk);
+        return -1;
+    }
+    Py_ssize_t count = view.len;
+    int rc = count > 0 ? reserve_bytes(data, total, count, capacity) : 0;
+    if (rc == 0 && count > 0) {
+        memcpy(PyBytes_AS_STRING(*data) + total, view.buf, (size_t)count);
+    }
+    PyBuffer_Release(&view);
+    Py_DECREF(chunk);
+    return rc < 0 ? -1 : count;
 }
 
 /* asyncio's _do_read__copied: everything decryptable now in one
@@ -969,49 +1139,7 @@ read_copied(SSLProtocolObject *self)
     Py_ssize_t total = 0, capacity = 0;
     int eof = 0;
     for (;;) {
-        Py_ssize_t bio;
-        int can = readable(self, &bio);
-        if (can < 0) {
-            goto error;
-        }
-        if (!can) {
-            break;
-        }
-        /* Decrypted data is at most the ciphertext, plus a record OpenSSL
-         * may already have begun; a read that fills the window loops. */
-        Py_ssize_t want = bio + (self->may_have_plaintext ? TLS_RECORD_PLAINTEXT : 0) + 1024;
-        if (want > TLS_MAX_SIZE) {
-            want = TLS_MAX_SIZE;
-        }
-        if (data == NULL) {
-            data = PyBytes_FromStringAndSize(NULL, want);
-            if (data == NULL) {
-                goto error;
-            }
-            capacity = want;
-        }
-        else if (capacity - total < want) {
-            if (_PyBytes_Resize(&data, total + want) < 0) {
-                goto error;
-            }
-            capacity = total + want;
-        }
-        PyObject *excess;
-        Py_ssize_t count = ssl_read_into(self, PyBytes_AS_STRING(data) + total, capacity - total,
-                                         &excess);
-        if (excess != NULL) {
-            /* all that read() returned goes to the app, as asyncio's join */
-            Py_ssize_t extra = PyBytes_GET_SIZE(excess);
-            if (_PyBytes_Resize(&data, total + count + extra) < 0) {
-                Py_DECREF(excess);
-                goto error;
-            }
-            memcpy(PyBytes_AS_STRING(data) + total + count, PyBytes_AS_STRING(excess),
-                   (size_t)extra);
-            Py_DECREF(excess);
-            capacity = total + count + extra;
-            count += extra;
-        }
+        Py_ssize_t count = read_copied_once(self, &data, total, &capacity);
         if (count == -2) {
             break;
         }
@@ -1054,16 +1182,102 @@ error:
     return -1;
 }
 
+/* The reads of one get_buffer() on the fast path: into buf[0:wants] through
+ * windows.  *count: the last read's result (0 = close_notify, 1 when none
+ * said so).  Bytes read, or -1 on error. */
+static Py_ssize_t
+read_buffered_fast(SSLProtocolObject *self, char *buf, Py_ssize_t wants, Py_ssize_t *count)
+{
+    Py_ssize_t offset = 0;
+    while (offset < wants) {
+        Py_ssize_t n = ssl_read_into(self, buf + offset, wants - offset);
+        if (n == -2) {
+            break;
+        }
+        if (n < 0) {
+            return -1;
+        }
+        if (n == 0) {
+            *count = 0;
+            break;
+        }
+        offset += n;
+        if (offset < wants) {
+            Py_ssize_t bio;
+            int can = readable(self, &bio);
+            if (can < 0) {
+                return -1;
+            }
+            if (!can) {
+                break;
+            }
+        }
+    }
+    return offset;
+}
+
+/* The same through an SSLObject subclass, called as asyncio does: read(wants,
+ * buffer), then read(wants - offset, <the rest of the buffer>) until it is
+ * full or read() returns <= 0 or raises SSLWantReadError.  The rest of the
+ * buffer is a slice of a memoryview on it (asyncio's buffer[offset:] would
+ * copy a bytearray: the bytes read into the copy would be lost). */
+static Py_ssize_t
+read_buffered_object(SSLProtocolObject *self, PyObject *buffer, PyObject *whole,
+                     Py_ssize_t wants, Py_ssize_t *count)
+{
+    Py_ssize_t offset = 0;
+    PyObject *target = Py_NewRef(buffer);
+    for (;;) {
+        int again;
+        PyObject *r = ssl_read_object(self, wants - offset, target, &again);
+        Py_DECREF(target);
+        if (r == NULL) {
+            return again ? offset : -1;
+        }
+        Py_ssize_t n = PyLong_AsSsize_t(r);
+        Py_DECREF(r);
+        if (n == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (n <= 0) {
+            *count = n;
+            return offset;
+        }
+        offset += n;
+        if (offset >= wants) {
+            return offset;
+        }
+        target = PySequence_GetSlice(whole, offset, PY_SSIZE_T_MAX);
+        if (target == NULL) {
+            return -1;
+        }
+    }
+}
+
 static PyObject *protocol_do_read_cb(SSLProtocolObject *self, PyObject *unused);
+
+static Py_ssize_t
+empty_buffer_error(void)
+{
+    /* asyncio's read(0, buffer) returns 0, which it takes for close_notify;
+     * our socket transport's error instead */
+    PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
+    return -1;
+}
 
 /* asyncio's _do_read__buffered: into the app's get_buffer(), buffer_updated(n). */
 static int
 read_buffered(SSLProtocolObject *self)
 {
-    Py_ssize_t bio;
-    int can = readable(self, &bio);
-    if (can <= 0) {
-        return can;
+    Py_ssize_t bio = 0;
+    if (self->fast) {
+        int can = readable(self, &bio);
+        if (can <= 0) {
+            return can;
+        }
+    }
+    else if ((bio = incoming_pending(self)) < 0) {
+        return -1;
     }
     PyObject *hint = PyLong_FromSsize_t(bio);
     if (hint == NULL) {
@@ -1082,35 +1296,29 @@ read_buffered(SSLProtocolObject *self)
         Py_DECREF(updated);
         return -1;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE) < 0) {
-        Py_DECREF(buffer);
-        Py_DECREF(updated);
-        return -1;
-    }
-    Py_ssize_t wants = view.len, offset = 0, count = 1;
-    int rc = 0;
-    while (offset < wants) {
-        count = ssl_read_into(self, (char *)view.buf + offset, wants - offset, NULL);
-        if (count == -2) {
-            count = 1;
-            break;
-        }
-        if (count < 0) {
-            rc = -1;
-            break;
-        }
-        if (count == 0) {
-            break;
-        }
-        offset += count;
-        if (offset < wants && !readable(self, &bio)) {
-            break;
+    /* One export of the buffer held across all the reads: its memory and size
+     * stay put whatever they run (a resize raises BufferError). */
+    Py_ssize_t wants = 0, offset = -1, count = 1;
+    if (self->fast) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE) == 0) {
+            wants = view.len;
+            offset = wants > 0 ? read_buffered_fast(self, view.buf, wants, &count)
+                               : empty_buffer_error();
+            PyBuffer_Release(&view);
         }
     }
-    PyBuffer_Release(&view);
+    else {
+        PyObject *whole = PyMemoryView_FromObject(buffer);
+        if (whole != NULL) {
+            wants = PyMemoryView_GET_BUFFER(whole)->len;
+            offset = wants > 0 ? read_buffered_object(self, buffer, whole, wants, &count)
+                               : empty_buffer_error();
+            Py_DECREF(whole);
+        }
+    }
     Py_DECREF(buffer);
-    if (rc < 0) {
+    if (offset < 0) {
         Py_DECREF(updated);
         return -1;
     }
@@ -1163,7 +1371,7 @@ do_read(SSLProtocolObject *self)
             rc = read_copied(self);
         }
         if (rc == 0) {
-            rc = PyList_GET_SIZE(self->backlog) ? do_write(self) : process_outgoing(self);
+            rc = backlog_len(self) ? do_write(self) : process_outgoing(self);
         }
     }
     if (rc == 0) {
@@ -1214,21 +1422,90 @@ call_eof_received(SSLProtocolObject *self)
 
 /* ---- handshake ---- */
 
+/* True for a tuple of str/int/None (exactly those types): comparing two runs
+ * no Python code, and sharing one between connections cannot be observed. */
+static int
+is_plain_tuple(PyObject *value)
+{
+    if (!PyTuple_CheckExact(value)) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(value); i++) {
+        PyObject *item = PyTuple_GET_ITEM(value, i);
+        if (!PyUnicode_CheckExact(item) && !PyLong_CheckExact(item) && item != Py_None) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* cipher() gives a new ('TLS_AES_256_GCM_SHA384', 'TLSv1.3', 256) per
+ * connection (~190 bytes of objects kept in the extra info): equal tuples are
+ * shared instead.  Takes the reference to cipher, returns a new one. */
+static PyObject *
+shared_cipher(PyObject *cipher)
+{
+    if (!is_plain_tuple(cipher)) {
+        return cipher;
+    }
+    if (G.last_cipher != NULL) {
+        int same = PyObject_RichCompareBool(cipher, G.last_cipher, Py_EQ);
+        if (same < 0) {
+            PyErr_Clear();  /* cannot happen with these types; keep the new one */
+        }
+        if (same > 0) {
+            Py_DECREF(cipher);
+            return Py_NewRef(G.last_cipher);
+        }
+    }
+    Py_XSETREF(G.last_cipher, Py_NewRef(cipher));
+    return cipher;
+}
+
+/* write_reads_nothing from version() (fast path only: a subclass's write()
+ * may do anything). */
+static void
+note_protocol_version(SSLProtocolObject *self)
+{
+    if (!self->fast) {
+        return;
+    }
+    int again;
+    PyObject *version = ssl_op(self, OP_VERSION, NULL, 0, &again);
+    if (version == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    self->write_reads_nothing = PyUnicode_Check(version)
+        && PyUnicode_CompareWithASCIIString(version, "TLSv1.3") == 0;
+    Py_DECREF(version);
+}
+
 static int
 on_handshake_complete(SSLProtocolObject *self, PyObject *handshake_exc)
 {
     cancel_timer(&self->handshake_timer);
     PyObject *peercert = NULL;
     PyObject *exc = NULL;
+    int lazy_peercert = 0;
     if (handshake_exc == NULL) {
         if (set_state(self, ST_WRAPPED) == 0) {
-            int again;
-            peercert = ssl_op(self, OP_GETPEERCERT, NULL, 0, &again);
-            if (peercert == NULL && again) {
-                PyErr_SetString(PyExc_RuntimeError, "getpeercert() wants I/O");
+            note_protocol_version(self);
+            /* A TLS 1.3 client's view of the server certificate cannot change
+             * after the handshake (no renegotiation; post-handshake auth is a
+             * server asking for the client's): its getpeercert() dict (~1 KiB
+             * per connection, rarely asked for) is made on first use, giving
+             * what asyncio stores now. */
+            lazy_peercert = self->write_reads_nothing && !self->server_side;
+            if (!lazy_peercert) {
+                int again;
+                peercert = ssl_op(self, OP_GETPEERCERT, NULL, 0, &again);
+                if (peercert == NULL && again) {
+                    PyErr_SetString(PyExc_RuntimeError, "getpeercert() wants I/O");
+                }
             }
         }
-        if (peercert == NULL) {
+        if (peercert == NULL && !lazy_peercert) {
             if (!PyErr_ExceptionMatches(PyExc_Exception)) {
                 return -1;
             }
@@ -1262,23 +1539,26 @@ on_handshake_complete(SSLProtocolObject *self, PyObject *handshake_exc)
     PyObject *cipher = ssl_op(self, OP_CIPHER, NULL, 0, &again);
     PyObject *compression = cipher ? ssl_op(self, OP_COMPRESSION, NULL, 0, &again) : NULL;
     int rc = -1;
-    if (compression != NULL
-        && PyDict_SetItemString(self->extra, "peercert", peercert) == 0
-        && PyDict_SetItemString(self->extra, "cipher", cipher) == 0
-        && PyDict_SetItemString(self->extra, "compression", compression) == 0
-        && PyDict_SetItemString(self->extra, "ssl_object", self->sslobject) == 0) {
+    if (compression != NULL) {
+        /* extra_lookup: the handshake's keys are there from now on */
+        Py_XSETREF(self->peercert, peercert);
+        Py_XSETREF(self->cipher, shared_cipher(cipher));
+        Py_XSETREF(self->compression, compression);
+        self->peercert_lazy = (char)lazy_peercert;
+        self->handshake_extra = 1;
         rc = 0;
     }
-    Py_DECREF(peercert);
-    Py_XDECREF(cipher);
-    Py_XDECREF(compression);
+    else {
+        Py_XDECREF(peercert);
+        Py_XDECREF(cipher);
+    }
     if (rc < 0) {
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_RuntimeError, "cipher()/compression() wants I/O");
         }
         return -1;
     }
-    self->may_have_plaintext = 1;  /* records after Finished may already be in */
+    self->may_have_plaintext = PLAINTEXT_MAYBE;  /* checked by the first read */
     if (self->app_state == APP_INIT && self->app_protocol != NULL) {
         self->app_state = APP_CON_MADE;
         if (self->app_transport == NULL) {
@@ -1448,7 +1728,8 @@ static PyObject *
 protocol_connection_lost(SSLProtocolObject *self, PyObject *exc)
 {
     PyObject *arg = exc == Py_None ? NULL : exc;
-    if (PyList_SetSlice(self->backlog, 0, PyList_GET_SIZE(self->backlog), NULL) < 0) {
+    if (backlog_len(self) > 0
+        && PyList_SetSlice(self->backlog, 0, PyList_GET_SIZE(self->backlog), NULL) < 0) {
         return NULL;
     }
     self->write_buffer_size = 0;
@@ -1546,9 +1827,13 @@ bio_feed(SSLProtocolObject *self, const char *bytes, Py_ssize_t n)
     PyObject *r = PyObject_Vectorcall(G.bio_write, args, 2, NULL);
     window_done(chunk);
     if (r == NULL) {
+        self->incoming_known = -1;
         return -1;
     }
     Py_DECREF(r);
+    if (self->incoming_known >= 0) {
+        self->incoming_known += n;
+    }
     return 0;
 }
 
@@ -1863,6 +2148,7 @@ protocol_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     self->handshake_start = -1.0;
+    self->incoming_known = -1;
     if (check_timeout(&self->handshake_timeout, handshake_timeout, G.default_handshake_timeout,
                       "ssl_handshake_timeout") < 0
         || check_timeout(&self->shutdown_timeout, shutdown_timeout, G.default_shutdown_timeout,
@@ -1888,12 +2174,8 @@ protocol_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (has_hostname < 0) {
         goto error;
     }
-    self->server_hostname = has_hostname && !server_side ? Py_NewRef(server_hostname) : NULL;
-    self->extra = Py_BuildValue("{s:O}", "sslcontext", self->sslcontext);
-    self->backlog = PyList_New(0);
-    if (self->extra == NULL || self->backlog == NULL) {
-        goto error;
-    }
+    /* wrap_bio's server_hostname: None unless a client with a hostname */
+    PyObject *hostname = has_hostname && !server_side ? server_hostname : Py_None;
     self->waiter = waiter == Py_None ? NULL : Py_NewRef(waiter);
     self->loop = Py_NewRef(loop);
     if (set_app_protocol(self, app_protocol) < 0) {
@@ -1909,7 +2191,7 @@ protocol_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     /* sslcontext.wrap_bio(): sslobject_class, SNI owner, session... as asyncio */
     PyObject *wrap_args[5] = {self->sslcontext, self->incoming, self->outgoing,
                               server_side ? Py_True : Py_False,
-                              self->server_hostname ? self->server_hostname : Py_None};
+                              hostname};
     PyObject *kwnames = PyTuple_Pack(2, G.str_server_side, G.str_server_hostname);
     if (kwnames == NULL) {
         goto error;
@@ -1970,13 +2252,14 @@ protocol_traverse(SSLProtocolObject *self, visitproc visit, void *arg)
     Py_VISIT(self->sslobj);
     Py_VISIT(self->incoming);
     Py_VISIT(self->outgoing);
-    Py_VISIT(self->extra);
+    Py_VISIT(self->peercert);
+    Py_VISIT(self->cipher);
+    Py_VISIT(self->compression);
     Py_VISIT(self->waiter);
     Py_VISIT(self->handshake_timer);
     Py_VISIT(self->shutdown_timer);
     Py_VISIT(self->handshake_timeout);
     Py_VISIT(self->shutdown_timeout);
-    Py_VISIT(self->server_hostname);
     Py_VISIT(self->backlog);
     Py_VISIT(self->own_buffer);
     Py_VISIT(self->incoming_limits);
@@ -1999,13 +2282,14 @@ protocol_clear(SSLProtocolObject *self)
     Py_CLEAR(self->sslobj);
     Py_CLEAR(self->incoming);
     Py_CLEAR(self->outgoing);
-    Py_CLEAR(self->extra);
+    Py_CLEAR(self->peercert);
+    Py_CLEAR(self->cipher);
+    Py_CLEAR(self->compression);
     Py_CLEAR(self->waiter);
     Py_CLEAR(self->handshake_timer);
     Py_CLEAR(self->shutdown_timer);
     Py_CLEAR(self->handshake_timeout);
     Py_CLEAR(self->shutdown_timeout);
-    Py_CLEAR(self->server_hostname);
     Py_CLEAR(self->backlog);
     Py_CLEAR(self->own_buffer);
     Py_CLEAR(self->incoming_limits);
@@ -2065,7 +2349,8 @@ protocol_get_loop(SSLProtocolObject *self, void *closure)
 static PyObject *
 protocol_get_backlog(SSLProtocolObject *self, void *closure)
 {
-    return Py_NewRef(self->backlog ? self->backlog : Py_None);
+    /* asyncio's always exists */
+    return Py_XNewRef(backlog_list(self));
 }
 
 static PyObject *
@@ -2167,6 +2452,67 @@ transport_proto_ref(SSLTransportObject *self)
     return proto;
 }
 
+/* asyncio's `name in self._extra` and `self._extra[name]`: a new reference, or
+ * NULL without an exception when name is not a key.  An exact str is compared
+ * here; any other object gets the dict lookup (its own __hash__/__eq__). */
+static int
+extra_peercert(SSLProtocolObject *self)
+{
+    if (!self->peercert_lazy || self->peercert != NULL) {
+        return 0;
+    }
+    int again;
+    PyObject *peercert = ssl_op(self, OP_GETPEERCERT, NULL, 0, &again);
+    if (peercert == NULL) {
+        if (again) {
+            PyErr_SetString(PyExc_RuntimeError, "getpeercert() wants I/O");
+        }
+        return -1;
+    }
+    Py_XSETREF(self->peercert, peercert);  /* (ssl_op ran no Python code here: fast path) */
+    return 0;
+}
+
+static PyObject *
+extra_lookup(SSLProtocolObject *self, PyObject *name)
+{
+    int done = self->handshake_extra;  /* the handshake's keys */
+    PyObject *keys[5] = {G.str_sslcontext, G.str_ssl_object, G.str_peercert, G.str_cipher,
+                         G.str_compression};
+    PyObject *values[5] = {self->sslcontext, self->sslobject, self->peercert, self->cipher,
+                           self->compression};
+    int count = done ? 5 : 1;
+    if (PyUnicode_CheckExact(name)) {
+        for (int i = 0; i < count; i++) {
+            if (name == keys[i] || PyUnicode_Compare(name, keys[i]) == 0) {
+                if (i == 2 && extra_peercert(self) < 0) {
+                    return NULL;
+                }
+                return Py_XNewRef(i == 2 ? self->peercert : values[i]);
+            }
+        }
+        return NULL;
+    }
+    if (done && extra_peercert(self) < 0) {
+        return NULL;
+    }
+    values[2] = self->peercert;
+    PyObject *extra = PyDict_New();
+    if (extra == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < count; i++) {
+        if (values[i] != NULL && PyDict_SetItem(extra, keys[i], values[i]) < 0) {
+            Py_DECREF(extra);
+            return NULL;
+        }
+    }
+    PyObject *result = PyDict_GetItemWithError(extra, name);
+    Py_XINCREF(result);
+    Py_DECREF(extra);
+    return result;
+}
+
 static PyObject *
 tls_get_extra_info(SSLTransportObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -2181,11 +2527,8 @@ tls_get_extra_info(SSLTransportObject *self, PyObject *args, PyObject *kwargs)
     }
     /* name's __hash__/__eq__ may close the transport again */
     SSLProtocolObject *proto = (SSLProtocolObject *)Py_NewRef(self->proto);
-    PyObject *result = PyDict_GetItemWithError(proto->extra, name);
-    if (result != NULL) {
-        Py_INCREF(result);
-    }
-    else if (!PyErr_Occurred()) {
+    PyObject *result = extra_lookup(proto, name);
+    if (result == NULL && !PyErr_Occurred()) {
         if (proto->transport != NULL) {
             PyObject *lower = Py_NewRef(proto->transport);
             PyObject *call_args[3] = {lower, name, fallback};
@@ -2381,7 +2724,7 @@ tls_get_read_buffer_size(SSLTransportObject *self, PyObject *unused)
     if (proto == NULL) {
         return NULL;
     }
-    Py_ssize_t size = bio_pending(proto->incoming);
+    Py_ssize_t size = incoming_pending(proto);
     return size < 0 ? NULL : PyLong_FromSsize_t(size);
 }
 
@@ -2709,6 +3052,9 @@ tls_transport_init(PyObject *module, ModuleState *state)
         {&G.str_check_handshake, "_check_handshake_timeout"},
         {&G.str_check_shutdown, "_check_shutdown_timeout"},
         {&G.str_resume_cb, "_resume_reading_cb"}, {&G.str_exc_info, "exc_info"},
+        {&G.str_sslcontext, "sslcontext"}, {&G.str_ssl_object, "ssl_object"},
+        {&G.str_peercert, "peercert"}, {&G.str_cipher, "cipher"},
+        {&G.str_compression, "compression"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (intern_name(names[i].slot, names[i].text) < 0) {
