@@ -14,6 +14,7 @@
  * and the queued futures.
  */
 #include "waiters.h"
+#include "coroutine_function.h"
 
 #include <structmember.h>
 
@@ -21,6 +22,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
+    PyObject *dict;          /* instance __dict__, made on first use */
     waitq_t waiters;
     int waiters_made;        /* stdlib creates _waiters lazily: None until first wait */
     char locked;
@@ -30,6 +32,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
+    PyObject *dict;          /* instance __dict__, made on first use */
     waitq_t waiters;
     char value;
 } EventObject;
@@ -49,6 +52,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
+    PyObject *dict;          /* instance __dict__, made on first use */
     waitq_t waiters;
     int waiters_made;
     semval_t value;
@@ -76,11 +80,12 @@ is_cancelled_error(PyObject *exc)
 /* ------------------------------------------------------------------ */
 /* shared bits: loop attribute, repr, GC                               */
 
-/* All three structs start with HEAD, loop, weakreflist, waiters. */
+/* All three structs start with HEAD, loop, weakreflist, dict, waiters. */
 typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
+    PyObject *dict;          /* instance __dict__, made on first use */
     waitq_t waiters;
 } BoundObject;
 
@@ -105,6 +110,7 @@ bound_traverse(PyObject *self, visitproc visit, void *arg)
     BoundObject *b = (BoundObject *)self;
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(b->loop);
+    Py_VISIT(b->dict);
     return waitq_traverse(&b->waiters, visit, arg);
 }
 
@@ -113,6 +119,7 @@ bound_clear(PyObject *self)
 {
     BoundObject *b = (BoundObject *)self;
     Py_CLEAR(b->loop);
+    Py_CLEAR(b->dict);
     waitq_clear(&b->waiters);
     return 0;
 }
@@ -169,12 +176,8 @@ with_waiters(PyObject *extra, waitq_t *q)
 static PyObject *call_release(PyObject *self);   /* after the method tables */
 
 static PyObject *
-generic_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+generic_aexit(PyObject *self, PyObject *const *Py_UNUSED(exc_info))
 {
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)", nargs);
-        return NULL;
-    }
     PyObject *r = call_release(self);
     if (r == NULL) return NULL;
     Py_DECREF(r);
@@ -211,8 +214,12 @@ subclass_aenter(PyObject *self, PyObject **result)
     return *result != NULL ? 1 : -1;
 }
 
-#define MEMBERS_WEAKREF(T) \
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(T, weakreflist), READONLY, NULL}
+/* weakref.ref() and an instance __dict__ (mock.patch.object(lock, ...),
+ * attributes set by user code), as asyncio's Python objects have */
+#define MEMBERS_WEAKREF_DICT(T) \
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(T, weakreflist), READONLY, NULL}, \
+    {"__dictoffset__", T_PYSSIZET, offsetof(T, dict), READONLY, NULL}
+#define GETSET_DICT {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL}
 
 /* ------------------------------------------------------------------ */
 /* Lock                                                                */
@@ -301,7 +308,7 @@ lock_acquire_step(WaitOp *op, PyObject *exc, PyObject **res)
 static const waitop_kind lock_acquire_kind = {lock_acquire_step, "Lock.acquire"};
 
 static PyObject *
-lock_acquire(PyObject *self, PyObject *Py_UNUSED(a))
+lock_acquire(PyObject *self, PyObject *const *Py_UNUSED(args))
 {
     return waitop_new(&lock_acquire_kind, self, NULL, 0);
 }
@@ -310,7 +317,7 @@ lock_acquire(PyObject *self, PyObject *Py_UNUSED(a))
  * taken on the call and the shared done awaitable returned; otherwise the
  * acquire awaitable (which re-checks when first awaited). */
 static PyObject *
-lock_aenter(PyObject *op, PyObject *Py_UNUSED(a))
+lock_aenter(PyObject *op, PyObject *const *Py_UNUSED(args))
 {
     LockObject *self = (LockObject *)op;
     PyObject *via_acquire;
@@ -367,14 +374,20 @@ lock_get_locked(PyObject *op, void *c)
 
 static PyMethodDef lock_methods[] = {
     {"locked", lock_locked, METH_NOARGS, "Return True if lock is acquired."},
-    {"acquire", lock_acquire, METH_NOARGS, "Acquire the lock (awaitable); returns True."},
     {"release", lock_release, METH_NOARGS, "Release the lock; RuntimeError if not locked."},
-    {"__aenter__", lock_aenter, METH_NOARGS, NULL},
-    {"__aexit__", (PyCFunction)(void (*)(void))generic_aexit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
+/* asyncio's `async def` methods: coroutine methods (coroutine_function.h) */
+static const prim_coro_method_def lock_coro_methods[] = {
+    {"acquire", "(self)", lock_acquire, "Acquire the lock (awaitable); returns True."},
+    {"__aenter__", "(self)", lock_aenter, NULL},
+    {"__aexit__", "(self, exc_type, exc, tb)", generic_aexit, NULL},
+    {NULL, NULL, NULL, NULL},
+};
+
 static PyGetSetDef lock_getset[] = {
+    GETSET_DICT,
     {"_loop", bound_get_loop, bound_set_loop, NULL, NULL},
     {"_waiters", lock_get_waiters, NULL, "Snapshot of the waiter futures (None before the first wait).", NULL},
     {"_locked", lock_get_locked, NULL, NULL, NULL},
@@ -382,7 +395,7 @@ static PyGetSetDef lock_getset[] = {
 };
 
 static PyMemberDef lock_members[] = {
-    MEMBERS_WEAKREF(LockObject),
+    MEMBERS_WEAKREF_DICT(LockObject),
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -403,7 +416,7 @@ static PyType_Slot lock_slots[] = {
 static PyType_Spec lock_spec = {
     .name = "pyasync_c._primitives.Lock",
     .basicsize = sizeof(LockObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = lock_slots,
 };
 
@@ -448,7 +461,7 @@ event_wait_step(WaitOp *op, PyObject *exc, PyObject **res)
 static const waitop_kind event_wait_kind = {event_wait_step, "Event.wait"};
 
 static PyObject *
-event_wait(PyObject *self, PyObject *Py_UNUSED(a))
+event_wait(PyObject *self, PyObject *const *Py_UNUSED(args))
 {
     return waitop_new(&event_wait_kind, self, NULL, 0);
 }
@@ -525,11 +538,16 @@ static PyMethodDef event_methods[] = {
     {"is_set", event_is_set, METH_NOARGS, "Return True if and only if the internal flag is true."},
     {"set", event_set, METH_NOARGS, "Set the flag and wake every waiter."},
     {"clear", event_clear, METH_NOARGS, "Reset the flag."},
-    {"wait", event_wait, METH_NOARGS, "Wait until the flag is true (awaitable); returns True."},
     {NULL, NULL, 0, NULL},
 };
 
+static const prim_coro_method_def event_coro_methods[] = {
+    {"wait", "(self)", event_wait, "Wait until the flag is true (awaitable); returns True."},
+    {NULL, NULL, NULL, NULL},
+};
+
 static PyGetSetDef event_getset[] = {
+    GETSET_DICT,
     {"_loop", bound_get_loop, bound_set_loop, NULL, NULL},
     {"_waiters", event_get_waiters, NULL, "Snapshot of the waiter futures.", NULL},
     {"_value", event_get_value, NULL, NULL, NULL},
@@ -537,7 +555,7 @@ static PyGetSetDef event_getset[] = {
 };
 
 static PyMemberDef event_members[] = {
-    MEMBERS_WEAKREF(EventObject),
+    MEMBERS_WEAKREF_DICT(EventObject),
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -558,7 +576,7 @@ static PyType_Slot event_slots[] = {
 static PyType_Spec event_spec = {
     .name = "pyasync_c._primitives.Event",
     .basicsize = sizeof(EventObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = event_slots,
 };
 
@@ -838,13 +856,13 @@ sem_acquire_step(WaitOp *op, PyObject *exc, PyObject **res)
 static const waitop_kind sem_acquire_kind = {sem_acquire_step, "Semaphore.acquire"};
 
 static PyObject *
-sem_acquire(PyObject *self, PyObject *Py_UNUSED(a))
+sem_acquire(PyObject *self, PyObject *const *Py_UNUSED(args))
 {
     return waitop_new(&sem_acquire_kind, self, NULL, 0);
 }
 
 static PyObject *
-sem_aenter(PyObject *op, PyObject *Py_UNUSED(a))
+sem_aenter(PyObject *op, PyObject *const *Py_UNUSED(args))
 {
     SemObject *self = (SemObject *)op;
     PyObject *via_acquire;
@@ -921,11 +939,15 @@ sem_get_waiters(PyObject *op, void *c)
 
 static PyMethodDef sem_methods[] = {
     {"locked", sem_locked, METH_NOARGS, "Returns True if semaphore cannot be acquired immediately."},
-    {"acquire", sem_acquire, METH_NOARGS, "Acquire a permit (awaitable); returns True."},
     {"release", sem_release, METH_NOARGS, "Release a permit, waking the next waiter."},
-    {"__aenter__", sem_aenter, METH_NOARGS, NULL},
-    {"__aexit__", (PyCFunction)(void (*)(void))generic_aexit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
+};
+
+static const prim_coro_method_def sem_coro_methods[] = {
+    {"acquire", "(self)", sem_acquire, "Acquire a permit (awaitable); returns True."},
+    {"__aenter__", "(self)", sem_aenter, NULL},
+    {"__aexit__", "(self, exc_type, exc, tb)", generic_aexit, NULL},
+    {NULL, NULL, NULL, NULL},
 };
 
 static PyMethodDef bsem_methods[] = {
@@ -955,6 +977,7 @@ sem_set_counter(PyObject *op, PyObject *v, void *which)
 }
 
 static PyGetSetDef sem_getset[] = {
+    GETSET_DICT,
     {"_loop", bound_get_loop, bound_set_loop, NULL, NULL},
     {"_waiters", sem_get_waiters, NULL, "Snapshot of the waiter futures (None before the first wait).", NULL},
     {"_value", sem_get_counter, sem_set_counter, NULL, NULL},
@@ -967,7 +990,7 @@ static PyGetSetDef bsem_getset[] = {
 };
 
 static PyMemberDef sem_members[] = {
-    MEMBERS_WEAKREF(SemObject),
+    MEMBERS_WEAKREF_DICT(SemObject),
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1017,7 +1040,7 @@ static PyType_Slot sem_slots[] = {
 static PyType_Spec sem_spec = {
     .name = "pyasync_c._primitives.Semaphore",
     .basicsize = sizeof(SemObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = sem_slots,
 };
 
@@ -1035,7 +1058,7 @@ static PyType_Slot bsem_slots[] = {
 static PyType_Spec bsem_spec = {
     .name = "pyasync_c._primitives.BoundedSemaphore",
     .basicsize = sizeof(SemObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = bsem_slots,
 };
 
@@ -1080,16 +1103,17 @@ make_aenter_via_acquire(void)
 
 /* ------------------------------------------------------------------ */
 
+/* Create the class from spec, add its coroutine methods (coro: NULL for
+ * none) and register it on the module. */
 static int
-add_type(PyObject *module, PyType_Spec *spec, PyObject *base, PyTypeObject **out)
+add_type(PyObject *module, PyType_Spec *spec, PyObject *base, const prim_coro_method_def *coro,
+         PyTypeObject **out)
 {
     PyObject *t = PyType_FromModuleAndSpec(module, spec, base);
     if (t == NULL) return -1;
-    if (prim_short_tp_name((PyTypeObject *)t) < 0) {
-        Py_DECREF(t);
-        return -1;
-    }
-    if (PyModule_AddType(module, (PyTypeObject *)t) < 0) {
+    if (prim_short_tp_name((PyTypeObject *)t) < 0
+        || (coro != NULL && prim_add_coroutine_methods(module, (PyTypeObject *)t, coro) < 0)
+        || PyModule_AddType(module, (PyTypeObject *)t) < 0) {
         Py_DECREF(t);
         return -1;
     }
@@ -1105,13 +1129,13 @@ prim_locks_init(PyObject *module)
     if (prim_shared_init(module) < 0) return -1;
     if (aenter_via_acquire == NULL && (aenter_via_acquire = make_aenter_via_acquire()) == NULL)
         return -1;
-    if (add_type(module, &lock_spec, NULL, NULL) < 0) return -1;
+    if (add_type(module, &lock_spec, NULL, lock_coro_methods, NULL) < 0) return -1;
     if (EventType == NULL) {
-        if (add_type(module, &event_spec, NULL, &EventType) < 0) return -1;
+        if (add_type(module, &event_spec, NULL, event_coro_methods, &EventType) < 0) return -1;
     }
-    else if (add_type(module, &event_spec, NULL, NULL) < 0) return -1;
-    if (add_type(module, &sem_spec, NULL, &sem_type) < 0) return -1;
-    int rc = add_type(module, &bsem_spec, (PyObject *)sem_type, NULL);
+    else if (add_type(module, &event_spec, NULL, event_coro_methods, NULL) < 0) return -1;
+    if (add_type(module, &sem_spec, NULL, sem_coro_methods, &sem_type) < 0) return -1;
+    int rc = add_type(module, &bsem_spec, (PyObject *)sem_type, NULL, NULL);
     Py_DECREF(sem_type);
     return rc;
 }

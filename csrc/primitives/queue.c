@@ -20,6 +20,7 @@
  * Objects are GC-tracked; tp_clear drops storage, waiters, event and loop.
  */
 #include "waiters.h"
+#include "coroutine_function.h"
 
 #include <structmember.h>
 
@@ -29,6 +30,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
+    PyObject *dict;           /* instance __dict__, made on first use */
     PyObject *queue;          /* `_queue` */
     PyObject *finished;       /* native Event */
     PyObject *maxsize_obj;
@@ -458,6 +460,7 @@ queue_traverse(PyObject *op, visitproc visit, void *arg)
     QueueObject *self = (QueueObject *)op;
     Py_VISIT(Py_TYPE(op));
     Py_VISIT(self->loop);
+    Py_VISIT(self->dict);
     Py_VISIT(self->queue);
     Py_VISIT(self->finished);
     Py_VISIT(self->maxsize_obj);
@@ -470,6 +473,7 @@ queue_clear(PyObject *op)
 {
     QueueObject *self = (QueueObject *)op;
     Py_CLEAR(self->loop);
+    Py_CLEAR(self->dict);
     Py_CLEAR(self->queue);
     Py_CLEAR(self->finished);
     Py_CLEAR(self->maxsize_obj);
@@ -617,13 +621,13 @@ get_step(WaitOp *op, PyObject *exc, PyObject **res)
 static const waitop_kind get_kind = {get_step, "Queue.get"};
 
 static PyObject *
-queue_put(PyObject *self, PyObject *item)
+queue_put(PyObject *self, PyObject *const *args)
 {
-    return waitop_new(&put_kind, self, item, 0);
+    return waitop_new(&put_kind, self, args[0], 0);
 }
 
 static PyObject *
-queue_get(PyObject *self, PyObject *Py_UNUSED(a))
+queue_get(PyObject *self, PyObject *const *Py_UNUSED(args))
 {
     return waitop_new(&get_kind, self, NULL, 0);
 }
@@ -657,7 +661,7 @@ queue_task_done(PyObject *op, PyObject *Py_UNUSED(a))
 /* join() == `if unfinished: await self._finished.wait()`; the event is set
  * exactly when the count is 0, so waiting on it is the same test. */
 static PyObject *
-queue_join(PyObject *op, PyObject *Py_UNUSED(a))
+queue_join(PyObject *op, PyObject *const *Py_UNUSED(args))
 {
     return prim_event_wait(((QueueObject *)op)->finished, 1);
 }
@@ -866,12 +870,9 @@ static PyMethodDef queue_methods[] = {
     {"qsize", queue_qsize, METH_NOARGS, "Number of items in the queue."},
     {"empty", queue_empty, METH_NOARGS, "Return True if the queue is empty."},
     {"full", queue_full, METH_NOARGS, "Return True if there are maxsize items in the queue."},
-    {"put", queue_put, METH_O, "Put an item, waiting while the queue is full (awaitable)."},
     {"put_nowait", queue_put_nowait, METH_O, "Put an item; QueueFull if full."},
-    {"get", queue_get, METH_NOARGS, "Remove and return an item, waiting while empty (awaitable)."},
     {"get_nowait", queue_get_nowait, METH_NOARGS, "Remove and return an item; QueueEmpty if empty."},
     {"task_done", queue_task_done, METH_NOARGS, "Indicate that a formerly enqueued task is complete."},
-    {"join", queue_join, METH_NOARGS, "Wait until every item put has been marked done (awaitable)."},
 #if PRIM_PY313
     {"shutdown", (PyCFunction)(void (*)(void))queue_shutdown, METH_VARARGS | METH_KEYWORDS,
      "Shut down the queue: puts raise QueueShutDown, gets too once empty (at once if immediate)."},
@@ -884,7 +885,19 @@ static PyMethodDef queue_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* asyncio's `async def` methods: coroutine methods (coroutine_function.h);
+ * LifoQueue and PriorityQueue inherit them, as asyncio's subclasses do */
+static const prim_coro_method_def queue_coro_methods[] = {
+    {"put", "(self, item)", queue_put, "Put an item, waiting while the queue is full (awaitable)."},
+    {"get", "(self)", queue_get, "Remove and return an item, waiting while empty (awaitable)."},
+    {"join", "(self)", queue_join, "Wait until every item put has been marked done (awaitable)."},
+    {NULL, NULL, NULL, NULL},
+};
+
 static PyGetSetDef queue_getset[] = {
+    /* an instance __dict__ (mock.patch.object(q, ...), attributes set by
+     * user code), as asyncio's Python objects have */
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {"maxsize", get_maxsize, NULL, "Number of items allowed in the queue.", NULL},
     {"_maxsize", get_maxsize, NULL, NULL, NULL},
     {"_queue", get_queue, set_queue, "The storage (deque for Queue, list for Lifo/PriorityQueue).", NULL},
@@ -899,6 +912,7 @@ static PyGetSetDef queue_getset[] = {
 
 static PyMemberDef queue_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(QueueObject, weakreflist), READONLY, NULL},
+    {"__dictoffset__", T_PYSSIZET, offsetof(QueueObject, dict), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -920,7 +934,7 @@ static PyType_Slot queue_slots[] = {
 static PyType_Spec queue_spec = {
     .name = "pyasync_c._primitives.Queue",
     .basicsize = sizeof(QueueObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = queue_slots,
 };
 
@@ -959,14 +973,14 @@ static PyType_Slot heap_slots[] = {
 static PyType_Spec lifo_spec = {
     .name = "pyasync_c._primitives.LifoQueue",
     .basicsize = sizeof(QueueObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = lifo_slots,
 };
 
 static PyType_Spec heap_spec = {
     .name = "pyasync_c._primitives.PriorityQueue",
     .basicsize = sizeof(QueueObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = heap_slots,
 };
 
@@ -996,6 +1010,7 @@ prim_queue_init(PyObject *module)
         return 0;
     }
     if ((QueueType = make_type(module, &queue_spec, NULL)) == NULL) return -1;
+    if (prim_add_coroutine_methods(module, QueueType, queue_coro_methods) < 0) return -1;
     if ((LifoType = make_type(module, &lifo_spec, QueueType)) == NULL) return -1;
     if ((PrioType = make_type(module, &heap_spec, QueueType)) == NULL) return -1;
     PyTypeObject *classes[3] = {QueueType, LifoType, PrioType};
