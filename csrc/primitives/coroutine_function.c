@@ -189,19 +189,28 @@ objclass_name(CoroFunction *self)
     return PyType_GetName(self->objclass);
 }
 
-/* The TypeError a method descriptor gives for a self of another class. */
-static void
+/* The TypeError a method descriptor gives for a self of another class;
+ * returns NULL. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static PyObject *
 wrong_self(CoroFunction *self, PyObject *obj)
 {
     PyObject *cls = objclass_name(self);
-    if (cls == NULL) return;
+    if (cls == NULL) return NULL;
     PyErr_Format(PyExc_TypeError, "descriptor '%U' for '%U' objects doesn't apply to a '%.100s' object",
                  self->name, cls, Py_TYPE(obj)->tp_name);
     Py_DECREF(cls);
+    return NULL;
 }
 
 /* Keywords, or a wrong argument count: bind args[1:] + keywords to the
- * parameters as a Python function would, then call the body. */
+ * parameters as a Python function would, then call the body.  Kept out of
+ * line so the common call stays a few instructions and a tail call. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
 static PyObject *
 coromethod_call_slow(CoroFunction *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -254,10 +263,8 @@ coromethod_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObje
         PyErr_Format(PyExc_TypeError, "unbound method %U() needs an argument", self->qualname);
         return NULL;
     }
-    if (!Py_IS_TYPE(args[0], self->objclass) && !PyObject_TypeCheck(args[0], self->objclass)) {
-        wrong_self(self, args[0]);
-        return NULL;
-    }
+    if (!Py_IS_TYPE(args[0], self->objclass) && !PyObject_TypeCheck(args[0], self->objclass))
+        return wrong_self(self, args[0]);
     if (kwnames == NULL && nargs == self->nparams + 1) return self->impl(args[0], args + 1);
     return coromethod_call_slow(self, args, nargs, kwnames);
 }
@@ -269,10 +276,7 @@ coromethod_descr_get(PyObject *op, PyObject *obj, PyObject *type)
 {
     if (obj == NULL) return Py_NewRef(op);
     CoroFunction *self = (CoroFunction *)op;
-    if (!PyObject_TypeCheck(obj, self->objclass)) {
-        wrong_self(self, obj);
-        return NULL;
-    }
+    if (!PyObject_TypeCheck(obj, self->objclass)) return wrong_self(self, obj);
     return PyMethod_New(op, obj);
 }
 

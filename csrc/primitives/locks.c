@@ -228,6 +228,7 @@ static PyObject *
 lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     LockObject *self = (LockObject *)type->tp_alloc(type, 0);
+    if (self != NULL && prim_instance_dict_init(&self->dict) < 0) Py_CLEAR(self);
     return (PyObject *)self;
 }
 
@@ -426,7 +427,9 @@ static PyType_Spec lock_spec = {
 static PyObject *
 event_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    return type->tp_alloc(type, 0);
+    EventObject *self = (EventObject *)type->tp_alloc(type, 0);
+    if (self != NULL && prim_instance_dict_init(&self->dict) < 0) Py_CLEAR(self);
+    return (PyObject *)self;
 }
 
 static int
@@ -484,8 +487,7 @@ prim_event_clear(PyObject *op)
 PyObject *
 prim_event_new(void)
 {
-    PyObject *ev = EventType->tp_alloc(EventType, 0);
-    return ev;
+    return event_new(EventType, NULL, NULL);
 }
 
 PyObject *
@@ -667,6 +669,10 @@ sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     SemObject *self = (SemObject *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
+    if (prim_instance_dict_init(&self->dict) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
     self->value.n = self->bound_value.n = 1;
     PyTypeObject *own = own_base(type);
     if (own != type && own != NULL)

@@ -394,6 +394,10 @@ queue_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     QueueObject *self = (QueueObject *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
+    if (prim_instance_dict_init(&self->dict) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
     detect_mode(self, type);
     self->maxsize_obj = PyLong_FromLong(0);
     self->finished = prim_event_new();

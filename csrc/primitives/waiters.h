@@ -215,6 +215,25 @@ static inline int waitop_reraise(PyObject *exc)
  * with None (used by uncontended __aenter__ and by __aexit__). */
 static inline PyObject *prim_done_none(void) { return Py_NewRef(prim_shared.done_none); }
 
+/* ---- the instance __dict__ of Lock, Event, Semaphore, Queue... ---- */
+
+/* Called by tp_new on the object's `dict` field (its tp_dictoffset slot).
+ * 3.11's method-call specialisation (LOAD_METHOD) gives up on an object
+ * whose dict slot is NULL, so `q.get()` would take the generic lookup every
+ * time; there the dict is made with the object (empty dicts share one key
+ * table, so LOAD_METHOD_WITH_DICT then holds for all of them).  3.12+
+ * specialise a NULL slot (LOAD_ATTR_METHOD_LAZY_DICT): the dict is made on
+ * first use.  0, or -1 with MemoryError. */
+static inline int prim_instance_dict_init(PyObject **slot)
+{
+#if PRIM_PY312
+    (void)slot;
+#else
+    if (*slot == NULL && (*slot = PyDict_New()) == NULL) return -1;
+#endif
+    return 0;
+}
+
 /* ---- Event hooks used by Queue (implemented in locks.c) ---- */
 PyObject *prim_event_new(void);
 int prim_event_set(PyObject *ev);
