@@ -307,3 +307,86 @@ def test_methods_still_work_on_every_loop(loop_name, run) -> None:
         return results
 
     assert run(main()) == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- patches of the methods they call
+
+async def lock_patch_outcomes(mod) -> list:
+    """asyncio's locks call self.acquire()/release()/locked(): patches of
+    those, on the class or on the instance, take part."""
+    out = []
+    lock = mod.Lock()
+    with mock.patch.object(mod.Lock, "release") as release:
+        async with lock:
+            pass
+        out.append(("class release", release.call_count, lock.locked()))
+    lock.release()
+    with mock.patch.object(lock, "release") as release:
+        async with lock:
+            pass
+        out.append(("instance release", release.call_count, lock.locked()))
+    lock.release()
+    with mock.patch.object(mod.Lock, "acquire") as acquire:
+        try:
+            async with lock:
+                pass
+        except RuntimeError as exc:              # release() of a lock the mock did not take
+            out.append(("class acquire", acquire.await_count, str(exc)))
+    async with lock:
+        out.append(("unpatched", lock.locked()))
+    sem = mod.BoundedSemaphore(1)
+    with mock.patch.object(sem, "locked", return_value=True) as locked:
+        out.append(("instance locked", "[locked]" in repr(sem), locked.called))
+        waiter = asyncio.ensure_future(sem.acquire())
+        await asyncio.sleep(0)
+        out.append(("blocked", waiter.done()))
+        waiter.cancel()
+    with mock.patch.object(mod.Semaphore, "locked", return_value=True):
+        waiter = asyncio.ensure_future(sem.acquire())
+        await asyncio.sleep(0)
+        out.append(("class locked blocks", waiter.done()))
+        waiter.cancel()
+    async with sem:
+        out.append(("unpatched", sem.locked()))
+    return out
+
+
+async def queue_patch_outcomes(mod) -> list:
+    out = []
+    q = mod.Queue(2)
+    with mock.patch.object(mod.Queue, "put_nowait") as put_nowait:
+        await q.put(1)
+        out.append(("class put_nowait", put_nowait.call_args_list, q.qsize()))
+    await q.put(1)
+    with mock.patch.object(q, "get_nowait", return_value="mocked"):
+        out.append(("instance get_nowait", await q.get()))
+    out.append(("unpatched", await q.get()))
+    lifo = mod.LifoQueue(1)
+    with mock.patch.object(mod.Queue, "qsize", return_value=5):
+        out.append(("class qsize", lifo.full()))
+        with pytest.raises(asyncio.QueueFull):
+            lifo.put_nowait(1)
+    lifo.put_nowait(1)
+    with mock.patch.object(lifo, "empty", return_value=True):
+        waiter = asyncio.ensure_future(lifo.get())
+        await asyncio.sleep(0)
+        out.append(("instance empty", waiter.done()))
+        waiter.cancel()
+    with mock.patch.object(mod.LifoQueue, "_get", return_value="from _get"):
+        out.append(("class _get", lifo.get_nowait(), lifo.qsize()))
+    out.append(("unpatched", lifo.get_nowait()))
+    with mock.patch.object(lifo, "_put") as put:
+        lifo.put_nowait(2)
+        out.append(("instance _put", put.call_args_list, lifo.qsize()))
+    lifo.tag = "an attribute"                     # not a hook: the C paths still apply
+    lifo.put_nowait(3)
+    out.append(("with an attribute", await lifo.get(), lifo.qsize()))
+    return out
+
+
+@pytest.mark.parametrize("scenario", [lock_patch_outcomes, queue_patch_outcomes], ids=["locks", "queues"])
+def test_patches_of_the_methods_they_call_take_part_as_in_asyncio(scenario, run) -> None:
+    stdlib = run(scenario(asyncio.locks if scenario is lock_patch_outcomes else asyncio.queues))
+    ours = run(scenario(_primitives))
+    assert ours == stdlib
+    assert len(stdlib) >= 7

@@ -524,3 +524,10 @@ prim_add_coroutine_methods(PyObject *module, PyTypeObject *type, const prim_coro
     PyType_Modified(type);
     return rc;
 }
+
+prim_coro_impl
+prim_coroutine_method_impl(PyObject *obj)
+{
+    if (obj == NULL || CoroMethodType == NULL || !Py_IS_TYPE(obj, CoroMethodType)) return NULL;
+    return ((CoroFunction *)obj)->impl;
+}

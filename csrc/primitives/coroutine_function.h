@@ -48,4 +48,8 @@ PyObject *prim_coroutine_function_new(PyObject *module, const char *name, const 
 int prim_add_coroutine_methods(PyObject *module, PyTypeObject *type,
                                const prim_coro_method_def *defs);
 
+/* The body of a _CoroutineMethod, NULL when obj is none (borrowed obj, may be NULL):
+ * tells whether a class attribute is still one of ours. */
+prim_coro_impl prim_coroutine_method_impl(PyObject *obj);
+
 #endif

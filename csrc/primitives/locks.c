@@ -24,6 +24,8 @@ typedef struct {
     PyObject *weakreflist;
     PyObject *dict;          /* instance __dict__, made on first use */
     waitq_t waiters;
+    unsigned int type_tag;   /* see class_hooks() */
+    int hooks;
     int waiters_made;        /* stdlib creates _waiters lazily: None until first wait */
     char locked;
 } LockObject;
@@ -54,11 +56,11 @@ typedef struct {
     PyObject *weakreflist;
     PyObject *dict;          /* instance __dict__, made on first use */
     waitq_t waiters;
+    unsigned int type_tag;   /* see class_hooks() */
+    int hooks;
     int waiters_made;
     semval_t value;
     semval_t bound_value;
-    char locked_hook;        /* a Python subclass overrides locked(): acquire and
-                              * repr call it, as asyncio's do */
 } SemObject;
 
 static PyTypeObject *EventType;
@@ -166,13 +168,62 @@ with_waiters(PyObject *extra, waitq_t *q)
     return r;
 }
 
+/* ---- Python code overriding acquire/release/locked ----
+ *
+ * asyncio's locks call each other through self: `async with` awaits
+ * self.acquire() and calls self.release(), Semaphore.acquire() and its repr
+ * ask self.locked().  The C paths do the same whenever Python code has
+ * replaced one of them: a Python subclass defining it, a patch on the class
+ * (mock.patch.object(asyncio.Lock, "acquire"), the classes being mutable as
+ * asyncio's are) or on the instance (its __dict__).  The class part is
+ * looked up once per class version: an object remembers the class's
+ * tp_version_tag it last checked (CPython gives a class a new tag whenever
+ * it or a base is modified; 0 means none assigned: check again).  Our own
+ * classes are recognised by their tp_methods array, which subclasses do not
+ * inherit (and which survives a re-import of the module, unlike a type
+ * pointer); their C functions are compared with what the lookup finds. */
+enum { HOOK_ACQUIRE = 1, HOOK_RELEASE = 2, HOOK_LOCKED = 4 };
+
+/* The prefix of LockObject and SemObject. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop;
+    PyObject *weakreflist;
+    PyObject *dict;
+    waitq_t waiters;
+    unsigned int type_tag;
+    int hooks;
+} HookedObject;
+
+static int detect_class_hooks(PyTypeObject *type);   /* after the method tables */
+
+static inline int
+class_hooks(PyObject *self)
+{
+    HookedObject *h = (HookedObject *)self;
+    unsigned int tag = Py_TYPE(self)->tp_version_tag;
+    if (tag == 0 || tag != h->type_tag) {
+        h->hooks = detect_class_hooks(Py_TYPE(self));
+        h->type_tag = Py_TYPE(self)->tp_version_tag;   /* the lookups assigned one */
+    }
+    return h->hooks;
+}
+
+/* HOOK_* bits for self: its class's, and names in its instance __dict__
+ * (only looked at when it holds something). */
+static int
+hooks_of(PyObject *self)
+{
+    int hooks = class_hooks(self);
+    PyObject *dict = ((HookedObject *)self)->dict;
+    if (dict == NULL || PyDict_GET_SIZE(dict) == 0) return hooks;
+    PyObject *names[3] = {prim_shared.s_acquire, prim_shared.s_release, prim_shared.s_locked};
+    return hooks | prim_dict_names(dict, names, 3);
+}
+
 /* __aexit__(exc_type, exc, tb): `async with` awaits it immediately, so the
  * release happens on the call (no per-call awaitable); the result is the
- * shared awaitable that completes at once with None.  self.release() is
- * looked up so a subclass overriding release() is honoured; our own types
- * (immutable, no instance dict) call their C release directly.  They are
- * recognised by their tp_methods array, which subclasses do not inherit
- * (and which survives a re-import of the module, unlike a type pointer). */
+ * shared awaitable that completes at once with None. */
 static PyObject *call_release(PyObject *self);   /* after the method tables */
 
 static PyObject *
@@ -184,32 +235,17 @@ generic_aexit(PyObject *self, PyObject *const *Py_UNUSED(exc_info))
     return prim_done_none();
 }
 
-/* __aenter__ of a Python subclass that overrides acquire(): asyncio's is
- * `await self.acquire()`, so the override runs under `async with` too.  Our
- * own types (and subclasses that leave acquire() alone) take the C path;
- * for the others this returns the coroutine of a two-line Python
- * __aenter__ with asyncio's body (made once, by prim_locks_init).
- * Returns 0 when the C path applies, 1 with *result set, -1 on error. */
-static int is_own_type(PyTypeObject *type);   /* after the method tables */
+/* asyncio's __aenter__ is `await self.acquire()`: when acquire() is
+ * overridden, this returns the coroutine of a two-line Python __aenter__
+ * with that body (made once, by prim_locks_init).  Returns 0 when the C
+ * path applies, 1 with *result set, -1 on error. */
 static PyObject *aenter_via_acquire;          /* async def __aenter__(self): await self.acquire() */
 
-/* The nearest of our own types among type's bases, type itself included. */
-static PyTypeObject *
-own_base(PyTypeObject *type)
-{
-    while (type != NULL && !is_own_type(type)) type = type->tp_base;
-    return type;
-}
-
 static int
-subclass_aenter(PyObject *self, PyObject **result)
+aenter_override(PyObject *self, int hooks, PyObject **result)
 {
-    PyTypeObject *own = own_base(Py_TYPE(self));
-    if (own == Py_TYPE(self)) return 0;
-    PyObject *ours = own != NULL ? _PyType_Lookup(own, prim_shared.s_acquire) : NULL;
-    if (ours == NULL) return 0;
-    int same = prim_method_is(self, prim_shared.s_acquire, ours);
-    if (same != 0) return same < 0 ? -1 : 0;
+    if (hooks < 0) return -1;
+    if (!(hooks & HOOK_ACQUIRE)) return 0;
     *result = PyObject_CallOneArg(aenter_via_acquire, self);
     return *result != NULL ? 1 : -1;
 }
@@ -322,7 +358,7 @@ lock_aenter(PyObject *op, PyObject *const *Py_UNUSED(args))
 {
     LockObject *self = (LockObject *)op;
     PyObject *via_acquire;
-    int overridden = subclass_aenter(op, &via_acquire);
+    int overridden = aenter_override(op, hooks_of(op), &via_acquire);
     if (overridden != 0) return overridden > 0 ? via_acquire : NULL;
     if (!self->locked && waitq_len(&self->waiters) == 0) {
         self->locked = 1;
@@ -674,10 +710,6 @@ sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     self->value.n = self->bound_value.n = 1;
-    PyTypeObject *own = own_base(type);
-    if (own != type && own != NULL)
-        self->locked_hook = _PyType_Lookup(type, prim_shared.s_locked)
-                            != _PyType_Lookup(own, prim_shared.s_locked);
     return (PyObject *)self;
 }
 
@@ -765,11 +797,13 @@ sem_is_locked(SemObject *self)
     return waitq_any_not_cancelled(&self->waiters);
 }
 
-/* self.locked(): the C test, or a subclass's override */
+/* self.locked(): the C test, or an override (see hooks_of) */
 static int
 sem_call_locked(SemObject *self)
 {
-    if (!self->locked_hook) return sem_is_locked(self);
+    int hooks = hooks_of((PyObject *)self);
+    if (hooks < 0) return -1;
+    if (!(hooks & HOOK_LOCKED)) return sem_is_locked(self);
     PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, prim_shared.s_locked);
     if (r == NULL) return -1;
     int t = PyObject_IsTrue(r);
@@ -872,10 +906,11 @@ sem_aenter(PyObject *op, PyObject *const *Py_UNUSED(args))
 {
     SemObject *self = (SemObject *)op;
     PyObject *via_acquire;
-    int overridden = subclass_aenter(op, &via_acquire);
+    int hooks = hooks_of(op);
+    int overridden = aenter_override(op, hooks, &via_acquire);
     if (overridden != 0) return overridden > 0 ? via_acquire : NULL;
     if (self->value.obj == NULL && self->value.n > 0 && waitq_len(&self->waiters) == 0
-        && !self->locked_hook) {   /* see lock_aenter */
+        && !(hooks & HOOK_LOCKED)) {   /* see lock_aenter */
         self->value.n--;
         return prim_done_none();
     }
@@ -1068,25 +1103,62 @@ static PyType_Spec bsem_spec = {
     .slots = bsem_slots,
 };
 
-static int
-is_own_type(PyTypeObject *type)
+/* Our own classes' C acquire/release/locked, found by their tp_methods. */
+typedef struct {
+    PyMethodDef *methods;
+    prim_coro_impl acquire;
+    PyCFunction release, locked;
+} own_impls;
+
+static const own_impls own_classes[] = {
+    {lock_methods, lock_acquire, lock_release, lock_locked},
+    {sem_methods, sem_acquire, sem_release, sem_locked},
+    {bsem_methods, sem_acquire, bsem_release, sem_locked},
+};
+
+/* The C functions of the nearest of our own classes among type's bases
+ * (type itself included); NULL if none (not a lock type). */
+static const own_impls *
+own_impls_of(PyTypeObject *type)
 {
-    PyMethodDef *own = type->tp_methods;
-    return own == lock_methods || own == sem_methods || own == bsem_methods;
+    for (; type != NULL; type = type->tp_base)
+        for (size_t i = 0; i < sizeof own_classes / sizeof own_classes[0]; i++)
+            if (type->tp_methods == own_classes[i].methods) return &own_classes[i];
+    return NULL;
 }
 
-/* self.release() for __aexit__ (see generic_aexit) */
+static int
+is_c_method(PyObject *found, PyCFunction fn)
+{
+    return found != NULL && Py_IS_TYPE(found, &PyMethodDescr_Type)
+           && ((PyMethodDescrObject *)found)->d_method->ml_meth == fn;
+}
+
+/* HOOK_* bits for what type's acquire/release/locked are not our C ones. */
+static int
+detect_class_hooks(PyTypeObject *type)
+{
+    const own_impls *own = own_impls_of(type);
+    if (own == NULL) return HOOK_ACQUIRE | HOOK_RELEASE | HOOK_LOCKED;
+    int hooks = 0;
+    if (prim_coroutine_method_impl(_PyType_Lookup(type, prim_shared.s_acquire)) != own->acquire)
+        hooks |= HOOK_ACQUIRE;
+    if (!is_c_method(_PyType_Lookup(type, prim_shared.s_release), own->release)) hooks |= HOOK_RELEASE;
+    if (!is_c_method(_PyType_Lookup(type, prim_shared.s_locked), own->locked)) hooks |= HOOK_LOCKED;
+    return hooks;
+}
+
+/* self.release() for __aexit__: the C release unless overridden */
 static PyObject *
 call_release(PyObject *self)
 {
-    PyMethodDef *own = Py_TYPE(self)->tp_methods;
-    if (own == sem_methods) return sem_release(self, NULL);
-    if (own == bsem_methods) return bsem_release(self, NULL);
-    if (own == lock_methods) return lock_release(self, NULL);
+    int hooks = hooks_of(self);
+    if (hooks < 0) return NULL;
+    if (!(hooks & HOOK_RELEASE)) return own_impls_of(Py_TYPE(self))->release(self, NULL);
     return PyObject_CallMethodNoArgs(self, prim_shared.s_release);
 }
 
-/* asyncio's _ContextManagerMixin.__aenter__, for subclass_aenter() */
+/* asyncio's _ContextManagerMixin.__aenter__, for aenter_override() */
 static PyObject *
 make_aenter_via_acquire(void)
 {

@@ -43,6 +43,12 @@ typedef struct {
     int size_hooks;           /* qsize/empty/full overridden in Python */
     int nowait_hooks;         /* put_nowait (NOWAIT_PUT) / get_nowait (NOWAIT_GET) overridden:
                                * put()/get() then end with them, as asyncio's do */
+    /* mode/size_hooks/nowait_hooks above are what applies now (see
+     * queue_refresh): the class's, found at its version type_tag and kept
+     * in class_*, plus what the instance __dict__ overrides (inst_applied) */
+    unsigned int type_tag;
+    int class_mode, class_size_hooks, class_nowait_hooks;
+    char inst_applied;
     char is_shutdown;
 } QueueObject;
 
@@ -363,30 +369,84 @@ overrides(PyTypeObject *type, const char *const *names, PyObject **descs, int n)
     return bits;
 }
 
+/* Per own class (QM_FIFO/QM_LIFO/QM_HEAP index): the version tag at which
+ * it was last found free of Python overrides, so that Queue() skips the
+ * lookups while nobody patched the class (0: not known). */
+static unsigned int pristine_tag[3];
+
+static int
+own_class_index(PyTypeObject *type)
+{
+    return type == QueueType ? QM_FIFO : type == LifoType ? QM_LIFO : type == PrioType ? QM_HEAP : -1;
+}
+
+/* The class's storage mode and hooks, into self->class_* and type_tag. */
 static void
 detect_mode(QueueObject *self, PyTypeObject *type)
 {
-    self->size_hooks = 0;
-    self->nowait_hooks = 0;
-    if (type == QueueType) { self->mode = QM_FIFO; return; }
-    if (type == LifoType) { self->mode = QM_LIFO; return; }
-    if (type == PrioType) { self->mode = QM_HEAP; return; }
+    int own = own_class_index(type);
+    unsigned int tag = type->tp_version_tag;
+    self->class_size_hooks = 0;
+    self->class_nowait_hooks = 0;
+    if (own >= 0 && tag != 0 && tag == pristine_tag[own]) {
+        self->class_mode = own;
+        self->type_tag = tag;
+        return;
+    }
     static const char *hooks[3] = {"_init", "_get", "_put"};
     PyObject *found[3] = {NULL, NULL, NULL};
-    self->mode = QM_PY;
+    self->class_mode = QM_PY;
     for (int i = 0; i < 3; i++) {
         found[i] = PyObject_GetAttrString((PyObject *)type, hooks[i]);
         if (found[i] == NULL) PyErr_Clear();
     }
     for (int c = 0; c < 3; c++) {
         if (found[0] == hook_desc[c][0] && found[1] == hook_desc[c][1] && found[2] == hook_desc[c][2]) {
-            self->mode = c;   /* QM_FIFO/QM_LIFO/QM_HEAP match the class index */
+            self->class_mode = c;   /* QM_FIFO/QM_LIFO/QM_HEAP match the class index */
             break;
         }
     }
     for (int i = 0; i < 3; i++) Py_XDECREF(found[i]);
-    self->size_hooks = overrides(type, size_names, size_desc, 3) != 0;
-    self->nowait_hooks = overrides(type, nowait_names, nowait_desc, 2);
+    self->class_size_hooks = overrides(type, size_names, size_desc, 3) != 0;
+    self->class_nowait_hooks = overrides(type, nowait_names, nowait_desc, 2);
+    self->type_tag = type->tp_version_tag;      /* the lookups assigned one */
+    if (own >= 0 && self->class_mode == own && !self->class_size_hooks && !self->class_nowait_hooks)
+        pristine_tag[own] = self->type_tag;
+}
+
+/* Python code may override the storage hooks and qsize/empty/full/
+ * put_nowait/get_nowait, which asyncio's methods call through self: in a
+ * subclass, by patching the class (mutable, as asyncio's are:
+ * mock.patch.object(asyncio.Queue, "put_nowait")) or on the instance (its
+ * __dict__).  Called before each operation: the class is looked at again
+ * only when its version tag moved (CPython gives a class a new tag whenever
+ * it or a base changes; 0: none assigned, look again), the instance dict
+ * only while it holds something. */
+static void
+queue_refresh(QueueObject *self)
+{
+    unsigned int tag = Py_TYPE(self)->tp_version_tag;
+    int stale = tag == 0 || tag != self->type_tag;
+    PyObject *dict = self->dict;
+    int has_attrs = dict != NULL && PyDict_GET_SIZE(dict) != 0;
+    if (!stale && !has_attrs && !self->inst_applied) return;
+    if (stale) detect_mode(self, Py_TYPE(self));
+    self->mode = self->class_mode;
+    self->size_hooks = self->class_size_hooks;
+    self->nowait_hooks = self->class_nowait_hooks;
+    self->inst_applied = 0;
+    if (has_attrs) {
+        PyObject *names[8] = {prim_shared.s__init, prim_shared.s__get, prim_shared.s__put,
+                              prim_shared.s_qsize, prim_shared.s_empty, prim_shared.s_full,
+                              prim_shared.s_put_nowait, prim_shared.s_get_nowait};
+        int bits = prim_dict_names(dict, names, 8);
+        if (bits != 0) {
+            self->inst_applied = 1;
+            if (bits & 7) self->mode = QM_PY;
+            if (bits & (7 << 3)) self->size_hooks = 1;
+            self->nowait_hooks |= bits >> 6;       /* NOWAIT_PUT, NOWAIT_GET */
+        }
+    }
 }
 
 static PyObject *
@@ -398,7 +458,7 @@ queue_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return NULL;
     }
-    detect_mode(self, type);
+    queue_refresh(self);
     self->maxsize_obj = PyLong_FromLong(0);
     self->finished = prim_event_new();
     if (self->maxsize_obj == NULL || self->finished == NULL || prim_event_set(self->finished) < 0) {
@@ -454,6 +514,7 @@ queue_init(PyObject *op, PyObject *args, PyObject *kwds)
     self->maxsize = maxsize;
     self->unfinished = 0;
     self->is_shutdown = 0;
+    queue_refresh(self);
     if (prim_event_set(self->finished) < 0) return -1;
     return q_init_storage(self);
 }
@@ -568,6 +629,7 @@ static int
 put_step(WaitOp *op, PyObject *exc, PyObject **res)
 {
     QueueObject *self = (QueueObject *)op->owner;
+    queue_refresh(self);
     if (exc != NULL) return abandon_wait(self, &self->putters, op->fut, exc, 1);
     for (;;) {
         int full = q_full(self);
@@ -599,6 +661,7 @@ static int
 get_step(WaitOp *op, PyObject *exc, PyObject **res)
 {
     QueueObject *self = (QueueObject *)op->owner;
+    queue_refresh(self);
     if (exc != NULL) return abandon_wait(self, &self->getters, op->fut, exc, 0);
     for (;;) {
         int empty = q_empty(self);
@@ -639,6 +702,7 @@ queue_get(PyObject *self, PyObject *const *Py_UNUSED(args))
 static PyObject *
 queue_put_nowait(PyObject *self, PyObject *item)
 {
+    queue_refresh((QueueObject *)self);
     if (do_put_nowait((QueueObject *)self, item) < 0) return NULL;
     Py_RETURN_NONE;
 }
@@ -646,6 +710,7 @@ queue_put_nowait(PyObject *self, PyObject *item)
 static PyObject *
 queue_get_nowait(PyObject *self, PyObject *Py_UNUSED(a))
 {
+    queue_refresh((QueueObject *)self);
     return do_get_nowait((QueueObject *)self);
 }
 
@@ -678,6 +743,7 @@ queue_shutdown(PyObject *op, PyObject *args, PyObject *kwds)
     QueueObject *self = (QueueObject *)op;
     int immediate = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|p:shutdown", kwlist, &immediate)) return NULL;
+    queue_refresh(self);
     self->is_shutdown = 1;
     if (immediate) {
         for (;;) {
@@ -717,6 +783,7 @@ static PyObject *
 queue_full(PyObject *op, PyObject *Py_UNUSED(a))
 {
     QueueObject *self = (QueueObject *)op;
+    queue_refresh(self);
     if (!self->maxsize_generic && !self->size_hooks) {
         int f = full_body(self);
         if (f < 0) return NULL;

@@ -234,6 +234,11 @@ static inline int prim_instance_dict_init(PyObject **slot)
     return 0;
 }
 
+/* Bit i set when `dict` (an instance __dict__, may be NULL) has the str
+ * names[i] (n <= 16) as a key.  Runs no Python code (str keys are compared
+ * in C, others skipped): cheap for the few attributes an instance holds. */
+int prim_dict_names(PyObject *dict, PyObject *const *names, int n);
+
 /* ---- Event hooks used by Queue (implemented in locks.c) ---- */
 PyObject *prim_event_new(void);
 int prim_event_set(PyObject *ev);
