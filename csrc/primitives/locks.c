@@ -209,16 +209,25 @@ class_hooks(PyObject *self)
     return h->hooks;
 }
 
-/* HOOK_* bits for self: its class's, and names in its instance __dict__
- * (only looked at when it holds something). */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
 static int
+instance_hooks(PyObject *dict)
+{
+    PyObject *names[3] = {prim_shared.s_acquire, prim_shared.s_release, prim_shared.s_locked};
+    return prim_dict_names(dict, names, 3);
+}
+
+/* HOOK_* bits for self: its class's, and names in its instance __dict__
+ * (only looked at when it holds something).  Cannot fail. */
+static inline int
 hooks_of(PyObject *self)
 {
     int hooks = class_hooks(self);
     PyObject *dict = ((HookedObject *)self)->dict;
     if (dict == NULL || PyDict_GET_SIZE(dict) == 0) return hooks;
-    PyObject *names[3] = {prim_shared.s_acquire, prim_shared.s_release, prim_shared.s_locked};
-    return hooks | prim_dict_names(dict, names, 3);
+    return hooks | instance_hooks(dict);
 }
 
 /* __aexit__(exc_type, exc, tb): `async with` awaits it immediately, so the
@@ -244,7 +253,6 @@ static PyObject *aenter_via_acquire;          /* async def __aenter__(self): awa
 static int
 aenter_override(PyObject *self, int hooks, PyObject **result)
 {
-    if (hooks < 0) return -1;
     if (!(hooks & HOOK_ACQUIRE)) return 0;
     *result = PyObject_CallOneArg(aenter_via_acquire, self);
     return *result != NULL ? 1 : -1;
@@ -801,9 +809,7 @@ sem_is_locked(SemObject *self)
 static int
 sem_call_locked(SemObject *self)
 {
-    int hooks = hooks_of((PyObject *)self);
-    if (hooks < 0) return -1;
-    if (!(hooks & HOOK_LOCKED)) return sem_is_locked(self);
+    if (!(hooks_of((PyObject *)self) & HOOK_LOCKED)) return sem_is_locked(self);
     PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, prim_shared.s_locked);
     if (r == NULL) return -1;
     int t = PyObject_IsTrue(r);
@@ -1134,7 +1140,11 @@ is_c_method(PyObject *found, PyCFunction fn)
            && ((PyMethodDescrObject *)found)->d_method->ml_meth == fn;
 }
 
-/* HOOK_* bits for what type's acquire/release/locked are not our C ones. */
+/* HOOK_* bits for what type's acquire/release/locked are not our C ones.
+ * Out of line: class_hooks() stays a few inlined instructions. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
 static int
 detect_class_hooks(PyTypeObject *type)
 {
@@ -1152,9 +1162,7 @@ detect_class_hooks(PyTypeObject *type)
 static PyObject *
 call_release(PyObject *self)
 {
-    int hooks = hooks_of(self);
-    if (hooks < 0) return NULL;
-    if (!(hooks & HOOK_RELEASE)) return own_impls_of(Py_TYPE(self))->release(self, NULL);
+    if (!(hooks_of(self) & HOOK_RELEASE)) return own_impls_of(Py_TYPE(self))->release(self, NULL);
     return PyObject_CallMethodNoArgs(self, prim_shared.s_release);
 }
 

@@ -422,14 +422,12 @@ detect_mode(QueueObject *self, PyTypeObject *type)
  * only when its version tag moved (CPython gives a class a new tag whenever
  * it or a base changes; 0: none assigned, look again), the instance dict
  * only while it holds something. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
 static void
-queue_refresh(QueueObject *self)
+queue_refresh_slow(QueueObject *self, int stale, int has_attrs)
 {
-    unsigned int tag = Py_TYPE(self)->tp_version_tag;
-    int stale = tag == 0 || tag != self->type_tag;
-    PyObject *dict = self->dict;
-    int has_attrs = dict != NULL && PyDict_GET_SIZE(dict) != 0;
-    if (!stale && !has_attrs && !self->inst_applied) return;
     if (stale) detect_mode(self, Py_TYPE(self));
     self->mode = self->class_mode;
     self->size_hooks = self->class_size_hooks;
@@ -439,7 +437,7 @@ queue_refresh(QueueObject *self)
         PyObject *names[8] = {prim_shared.s__init, prim_shared.s__get, prim_shared.s__put,
                               prim_shared.s_qsize, prim_shared.s_empty, prim_shared.s_full,
                               prim_shared.s_put_nowait, prim_shared.s_get_nowait};
-        int bits = prim_dict_names(dict, names, 8);
+        int bits = prim_dict_names(self->dict, names, 8);
         if (bits != 0) {
             self->inst_applied = 1;
             if (bits & 7) self->mode = QM_PY;
@@ -447,6 +445,15 @@ queue_refresh(QueueObject *self)
             self->nowait_hooks |= bits >> 6;       /* NOWAIT_PUT, NOWAIT_GET */
         }
     }
+}
+
+static inline void
+queue_refresh(QueueObject *self)
+{
+    unsigned int tag = Py_TYPE(self)->tp_version_tag;
+    int stale = tag == 0 || tag != self->type_tag;
+    int has_attrs = self->dict != NULL && PyDict_GET_SIZE(self->dict) != 0;
+    if (stale || has_attrs || self->inst_applied) queue_refresh_slow(self, stale, has_attrs);
 }
 
 static PyObject *
