@@ -378,6 +378,12 @@ async def queue_patch_outcomes(mod) -> list:
     with mock.patch.object(lifo, "_put") as put:
         lifo.put_nowait(2)
         out.append(("instance _put", put.call_args_list, lifo.qsize()))
+    seq = mod.Queue()
+    seq.put_nowait(1)
+    for name in ("get_nowait", "put_nowait", "empty"):    # one patch after another, same dict size
+        with mock.patch.object(seq, name, return_value=False) as patched:
+            result = await (seq.get() if name != "put_nowait" else seq.put(2))
+            out.append(("in turn", name, result, patched.call_count, seq.qsize()))
     lifo.tag = "an attribute"                     # not a hook: the C paths still apply
     lifo.put_nowait(3)
     out.append(("with an attribute", await lifo.get(), lifo.qsize()))

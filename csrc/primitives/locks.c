@@ -24,8 +24,10 @@ typedef struct {
     PyObject *weakreflist;
     PyObject *dict;          /* instance __dict__, made on first use */
     waitq_t waiters;
-    unsigned int type_tag;   /* see class_hooks() */
+    unsigned int type_tag;   /* see hooks_of() */
     int hooks;
+    uint64_t dict_stamp;
+    int inst_hooks;
     int waiters_made;        /* stdlib creates _waiters lazily: None until first wait */
     char locked;
 } LockObject;
@@ -56,8 +58,10 @@ typedef struct {
     PyObject *weakreflist;
     PyObject *dict;          /* instance __dict__, made on first use */
     waitq_t waiters;
-    unsigned int type_tag;   /* see class_hooks() */
+    unsigned int type_tag;   /* see hooks_of() */
     int hooks;
+    uint64_t dict_stamp;
+    int inst_hooks;
     int waiters_made;
     semval_t value;
     semval_t bound_value;
@@ -178,7 +182,8 @@ with_waiters(PyObject *extra, waitq_t *q)
  * asyncio's are) or on the instance (its __dict__).  The class part is
  * looked up once per class version: an object remembers the class's
  * tp_version_tag it last checked (CPython gives a class a new tag whenever
- * it or a base is modified; 0 means none assigned: check again).  Our own
+ * it or a base is modified; 0 means none assigned: check again), the
+ * instance dict once per change of its stamp (prim_dict_stamp).  Our own
  * classes are recognised by their tp_methods array, which subclasses do not
  * inherit (and which survives a re-import of the module, unlike a type
  * pointer); their C functions are compared with what the lookup finds. */
@@ -191,8 +196,10 @@ typedef struct {
     PyObject *weakreflist;
     PyObject *dict;
     waitq_t waiters;
-    unsigned int type_tag;
-    int hooks;
+    unsigned int type_tag;   /* the class's version when `hooks` was found */
+    int hooks;               /* the class's HOOK_* bits */
+    uint64_t dict_stamp;     /* the instance dict's stamp when `inst_hooks` was found */
+    int inst_hooks;          /* the instance dict's HOOK_* bits */
 } HookedObject;
 
 static int detect_class_hooks(PyTypeObject *type);   /* after the method tables */
@@ -220,14 +227,18 @@ instance_hooks(PyObject *dict)
 }
 
 /* HOOK_* bits for self: its class's, and names in its instance __dict__
- * (only looked at when it holds something).  Cannot fail. */
+ * (looked at again when its stamp changes, see prim_dict_stamp).  Cannot fail. */
 static inline int
 hooks_of(PyObject *self)
 {
+    HookedObject *h = (HookedObject *)self;
     int hooks = class_hooks(self);
-    PyObject *dict = ((HookedObject *)self)->dict;
-    if (dict == NULL || PyDict_GET_SIZE(dict) == 0) return hooks;
-    return hooks | instance_hooks(dict);
+    uint64_t stamp = prim_dict_stamp(h->dict);
+    if (stamp != h->dict_stamp || stamp == PRIM_DICT_UNKNOWN) {
+        h->inst_hooks = stamp != 0 ? instance_hooks(h->dict) : 0;
+        h->dict_stamp = stamp;
+    }
+    return hooks | h->inst_hooks;
 }
 
 /* __aexit__(exc_type, exc, tb): `async with` awaits it immediately, so the

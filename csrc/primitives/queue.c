@@ -45,10 +45,11 @@ typedef struct {
                                * put()/get() then end with them, as asyncio's do */
     /* mode/size_hooks/nowait_hooks above are what applies now (see
      * queue_refresh): the class's, found at its version type_tag and kept
-     * in class_*, plus what the instance __dict__ overrides (inst_applied) */
+     * in class_*, plus what the instance __dict__ overrides, looked at when
+     * its stamp was dict_stamp */
     unsigned int type_tag;
     int class_mode, class_size_hooks, class_nowait_hooks;
-    char inst_applied;
+    uint64_t dict_stamp;
     char is_shutdown;
 } QueueObject;
 
@@ -421,29 +422,26 @@ detect_mode(QueueObject *self, PyTypeObject *type)
  * __dict__).  Called before each operation: the class is looked at again
  * only when its version tag moved (CPython gives a class a new tag whenever
  * it or a base changes; 0: none assigned, look again), the instance dict
- * only while it holds something. */
+ * only when its stamp changed (prim_dict_stamp). */
 #if defined(__GNUC__)
 __attribute__((noinline))
 #endif
 static void
-queue_refresh_slow(QueueObject *self, int stale, int has_attrs)
+queue_refresh_slow(QueueObject *self, int stale, uint64_t stamp)
 {
     if (stale) detect_mode(self, Py_TYPE(self));
     self->mode = self->class_mode;
     self->size_hooks = self->class_size_hooks;
     self->nowait_hooks = self->class_nowait_hooks;
-    self->inst_applied = 0;
-    if (has_attrs) {
+    self->dict_stamp = stamp;
+    if (stamp != 0) {
         PyObject *names[8] = {prim_shared.s__init, prim_shared.s__get, prim_shared.s__put,
                               prim_shared.s_qsize, prim_shared.s_empty, prim_shared.s_full,
                               prim_shared.s_put_nowait, prim_shared.s_get_nowait};
         int bits = prim_dict_names(self->dict, names, 8);
-        if (bits != 0) {
-            self->inst_applied = 1;
-            if (bits & 7) self->mode = QM_PY;
-            if (bits & (7 << 3)) self->size_hooks = 1;
-            self->nowait_hooks |= bits >> 6;       /* NOWAIT_PUT, NOWAIT_GET */
-        }
+        if (bits & 7) self->mode = QM_PY;
+        if (bits & (7 << 3)) self->size_hooks = 1;
+        self->nowait_hooks |= bits >> 6;           /* NOWAIT_PUT, NOWAIT_GET */
     }
 }
 
@@ -452,8 +450,9 @@ queue_refresh(QueueObject *self)
 {
     unsigned int tag = Py_TYPE(self)->tp_version_tag;
     int stale = tag == 0 || tag != self->type_tag;
-    int has_attrs = self->dict != NULL && PyDict_GET_SIZE(self->dict) != 0;
-    if (stale || has_attrs || self->inst_applied) queue_refresh_slow(self, stale, has_attrs);
+    uint64_t stamp = prim_dict_stamp(self->dict);
+    if (stale || stamp != self->dict_stamp || stamp == PRIM_DICT_UNKNOWN)
+        queue_refresh_slow(self, stale, stamp);
 }
 
 static PyObject *

@@ -179,11 +179,10 @@ prim_dict_names(PyObject *dict, PyObject *const *names, int n)
     PyObject *key, *value;
     while (PyDict_Next(dict, &pos, &key, &value)) {
         if (!PyUnicode_Check(key)) continue;
+        /* the names are interned: another interned str equals one only if it is it */
+        int interned = PyUnicode_CheckExact(key) && PyUnicode_CHECK_INTERNED(key);
         for (int i = 0; i < n; i++) {
-            /* the names are interned: another interned str is equal only if identical */
-            if (key == names[i]
-                || (!(PyUnicode_CheckExact(key) && PyUnicode_CHECK_INTERNED(key))
-                    && PyUnicode_Compare(key, names[i]) == 0)) {
+            if (key == names[i] || (!interned && PyUnicode_Compare(key, names[i]) == 0)) {
                 bits |= 1 << i;
                 break;
             }

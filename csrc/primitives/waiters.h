@@ -234,6 +234,30 @@ static inline int prim_instance_dict_init(PyObject **slot)
     return 0;
 }
 
+/* A stamp of an instance __dict__'s contents, to know when a look at it
+ * (prim_dict_names) must be made again: 0 when the dict is NULL or empty,
+ * else CPython's dict version (3.11-3.13: globally unique and changed by
+ * every modification; deprecated from 3.12, hence the pragma), or
+ * PRIM_DICT_UNKNOWN where there is none (look every time). */
+#define PRIM_DICT_UNKNOWN UINT64_MAX
+static inline uint64_t prim_dict_stamp(PyObject *dict)
+{
+    if (dict == NULL || PyDict_GET_SIZE(dict) == 0) return 0;
+#if PY_VERSION_HEX < 0x030E0000
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    uint64_t version = ((PyDictObject *)dict)->ma_version_tag;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+    return version != 0 && version != PRIM_DICT_UNKNOWN ? version : PRIM_DICT_UNKNOWN;
+#else
+    return PRIM_DICT_UNKNOWN;
+#endif
+}
+
 /* Bit i set when `dict` (an instance __dict__, may be NULL) has the str
  * names[i] (n <= 16) as a key.  Runs no Python code (str keys are compared
  * in C, others skipped): cheap for the few attributes an instance holds. */
