@@ -22,7 +22,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
-    PyObject *dict;          /* instance __dict__, made on first use */
+    PyObject *dict;          /* instance __dict__ (prim_instance_dict_init) */
     waitq_t waiters;
     unsigned int type_tag;   /* see hooks_of() */
     int hooks;
@@ -36,7 +36,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
-    PyObject *dict;          /* instance __dict__, made on first use */
+    PyObject *dict;          /* instance __dict__ (prim_instance_dict_init) */
     waitq_t waiters;
     char value;
 } EventObject;
@@ -56,7 +56,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
-    PyObject *dict;          /* instance __dict__, made on first use */
+    PyObject *dict;          /* instance __dict__ (prim_instance_dict_init) */
     waitq_t waiters;
     unsigned int type_tag;   /* see hooks_of() */
     int hooks;
@@ -91,7 +91,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
-    PyObject *dict;          /* instance __dict__, made on first use */
+    PyObject *dict;          /* instance __dict__ (prim_instance_dict_init) */
     waitq_t waiters;
 } BoundObject;
 

@@ -8,8 +8,9 @@
  * (waiters.c), the unfinished-task count, a native Event (`_finished`) and
  * the loop it got bound to on its first wait.
  *
- * Storage hooks: the mode is chosen per instance from its type when it is
- * created.  If the type's _init/_get/_put are all the C ones of Queue,
+ * Storage hooks: the mode is chosen per instance from its type (and again
+ * whenever the type or the instance dict changes, see queue_refresh).  If
+ * the type's _init/_get/_put are all the C ones of Queue,
  * LifoQueue or PriorityQueue, storage is manipulated directly in C (deque
  * descriptors, list API, heapq functions); otherwise (a Python subclass
  * overriding any of them) every storage access calls the Python methods, as
@@ -30,7 +31,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
-    PyObject *dict;           /* instance __dict__, made on first use */
+    PyObject *dict;           /* instance __dict__ (prim_instance_dict_init) */
     PyObject *queue;          /* `_queue` */
     PyObject *finished;       /* native Event */
     PyObject *maxsize_obj;
