@@ -539,10 +539,13 @@ prim_event_clear(PyObject *op)
     ((EventObject *)op)->value = 0;
 }
 
+/* A queue's internal `_finished` event: its methods are called from C, so
+ * 3.11's instance dict made up front (prim_instance_dict_init) would not
+ * pay; one is made on first use, as on 3.12+. */
 PyObject *
 prim_event_new(void)
 {
-    return event_new(EventType, NULL, NULL);
+    return EventType->tp_alloc(EventType, 0);
 }
 
 PyObject *
