@@ -14,6 +14,7 @@
  * and the queued futures.
  */
 #include "waiters.h"
+#include "coroutine_function.h"
 
 #include <structmember.h>
 
@@ -21,7 +22,12 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
+    PyObject *dict;          /* instance __dict__ (prim_instance_dict_init) */
     waitq_t waiters;
+    unsigned int type_tag;   /* see hooks_of() */
+    int hooks;
+    uint64_t dict_stamp;
+    int inst_hooks;
     int waiters_made;        /* stdlib creates _waiters lazily: None until first wait */
     char locked;
 } LockObject;
@@ -30,6 +36,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
+    PyObject *dict;          /* instance __dict__ (prim_instance_dict_init) */
     waitq_t waiters;
     char value;
 } EventObject;
@@ -49,12 +56,15 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
+    PyObject *dict;          /* instance __dict__ (prim_instance_dict_init) */
     waitq_t waiters;
+    unsigned int type_tag;   /* see hooks_of() */
+    int hooks;
+    uint64_t dict_stamp;
+    int inst_hooks;
     int waiters_made;
     semval_t value;
     semval_t bound_value;
-    char locked_hook;        /* a Python subclass overrides locked(): acquire and
-                              * repr call it, as asyncio's do */
 } SemObject;
 
 static PyTypeObject *EventType;
@@ -76,11 +86,12 @@ is_cancelled_error(PyObject *exc)
 /* ------------------------------------------------------------------ */
 /* shared bits: loop attribute, repr, GC                               */
 
-/* All three structs start with HEAD, loop, weakreflist, waiters. */
+/* All three structs start with HEAD, loop, weakreflist, dict, waiters. */
 typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
+    PyObject *dict;          /* instance __dict__ (prim_instance_dict_init) */
     waitq_t waiters;
 } BoundObject;
 
@@ -105,6 +116,7 @@ bound_traverse(PyObject *self, visitproc visit, void *arg)
     BoundObject *b = (BoundObject *)self;
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(b->loop);
+    Py_VISIT(b->dict);
     return waitq_traverse(&b->waiters, visit, arg);
 }
 
@@ -113,6 +125,7 @@ bound_clear(PyObject *self)
 {
     BoundObject *b = (BoundObject *)self;
     Py_CLEAR(b->loop);
+    Py_CLEAR(b->dict);
     waitq_clear(&b->waiters);
     return 0;
 }
@@ -159,60 +172,109 @@ with_waiters(PyObject *extra, waitq_t *q)
     return r;
 }
 
+/* ---- Python code overriding acquire/release/locked ----
+ *
+ * asyncio's locks call each other through self: `async with` awaits
+ * self.acquire() and calls self.release(), Semaphore.acquire() and its repr
+ * ask self.locked().  The C paths do the same whenever Python code has
+ * replaced one of them: a Python subclass defining it, a patch on the class
+ * (mock.patch.object(asyncio.Lock, "acquire"), the classes being mutable as
+ * asyncio's are) or on the instance (its __dict__).  The class part is
+ * looked up once per class version: an object remembers the class's
+ * tp_version_tag it last checked (CPython gives a class a new tag whenever
+ * it or a base is modified; 0 means none assigned: check again), the
+ * instance dict once per change of its stamp (prim_dict_stamp).  Our own
+ * classes are recognised by their tp_methods array, which subclasses do not
+ * inherit (and which survives a re-import of the module, unlike a type
+ * pointer); their C functions are compared with what the lookup finds. */
+enum { HOOK_ACQUIRE = 1, HOOK_RELEASE = 2, HOOK_LOCKED = 4 };
+
+/* The prefix of LockObject and SemObject. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop;
+    PyObject *weakreflist;
+    PyObject *dict;
+    waitq_t waiters;
+    unsigned int type_tag;   /* the class's version when `hooks` was found */
+    int hooks;               /* the class's HOOK_* bits */
+    uint64_t dict_stamp;     /* the instance dict's stamp when `inst_hooks` was found */
+    int inst_hooks;          /* the instance dict's HOOK_* bits */
+} HookedObject;
+
+static int detect_class_hooks(PyTypeObject *type);   /* after the method tables */
+
+static inline int
+class_hooks(PyObject *self)
+{
+    HookedObject *h = (HookedObject *)self;
+    unsigned int tag = Py_TYPE(self)->tp_version_tag;
+    if (tag == 0 || tag != h->type_tag) {
+        h->hooks = detect_class_hooks(Py_TYPE(self));
+        h->type_tag = Py_TYPE(self)->tp_version_tag;   /* the lookups assigned one */
+    }
+    return h->hooks;
+}
+
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static int
+instance_hooks(PyObject *dict)
+{
+    PyObject *names[3] = {prim_shared.s_acquire, prim_shared.s_release, prim_shared.s_locked};
+    return prim_dict_names(dict, names, 3);
+}
+
+/* HOOK_* bits for self: its class's, and names in its instance __dict__
+ * (looked at again when its stamp changes, see prim_dict_stamp).  Cannot fail. */
+static inline int
+hooks_of(PyObject *self)
+{
+    HookedObject *h = (HookedObject *)self;
+    int hooks = class_hooks(self);
+    uint64_t stamp = prim_dict_stamp(h->dict);
+    if (stamp != h->dict_stamp || stamp == PRIM_DICT_UNKNOWN) {
+        h->inst_hooks = stamp != 0 ? instance_hooks(h->dict) : 0;
+        h->dict_stamp = stamp;
+    }
+    return hooks | h->inst_hooks;
+}
+
 /* __aexit__(exc_type, exc, tb): `async with` awaits it immediately, so the
  * release happens on the call (no per-call awaitable); the result is the
- * shared awaitable that completes at once with None.  self.release() is
- * looked up so a subclass overriding release() is honoured; our own types
- * (immutable, no instance dict) call their C release directly.  They are
- * recognised by their tp_methods array, which subclasses do not inherit
- * (and which survives a re-import of the module, unlike a type pointer). */
+ * shared awaitable that completes at once with None. */
 static PyObject *call_release(PyObject *self);   /* after the method tables */
 
 static PyObject *
-generic_aexit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+generic_aexit(PyObject *self, PyObject *const *Py_UNUSED(exc_info))
 {
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "__aexit__() takes exactly 3 arguments (%zd given)", nargs);
-        return NULL;
-    }
     PyObject *r = call_release(self);
     if (r == NULL) return NULL;
     Py_DECREF(r);
     return prim_done_none();
 }
 
-/* __aenter__ of a Python subclass that overrides acquire(): asyncio's is
- * `await self.acquire()`, so the override runs under `async with` too.  Our
- * own types (and subclasses that leave acquire() alone) take the C path;
- * for the others this returns the coroutine of a two-line Python
- * __aenter__ with asyncio's body (made once, by prim_locks_init).
- * Returns 0 when the C path applies, 1 with *result set, -1 on error. */
-static int is_own_type(PyTypeObject *type);   /* after the method tables */
+/* asyncio's __aenter__ is `await self.acquire()`: when acquire() is
+ * overridden, this returns the coroutine of a two-line Python __aenter__
+ * with that body (made once, by prim_locks_init).  Returns 0 when the C
+ * path applies, 1 with *result set, -1 on error. */
 static PyObject *aenter_via_acquire;          /* async def __aenter__(self): await self.acquire() */
 
-/* The nearest of our own types among type's bases, type itself included. */
-static PyTypeObject *
-own_base(PyTypeObject *type)
-{
-    while (type != NULL && !is_own_type(type)) type = type->tp_base;
-    return type;
-}
-
 static int
-subclass_aenter(PyObject *self, PyObject **result)
+aenter_override(PyObject *self, int hooks, PyObject **result)
 {
-    PyTypeObject *own = own_base(Py_TYPE(self));
-    if (own == Py_TYPE(self)) return 0;
-    PyObject *ours = own != NULL ? _PyType_Lookup(own, prim_shared.s_acquire) : NULL;
-    if (ours == NULL) return 0;
-    int same = prim_method_is(self, prim_shared.s_acquire, ours);
-    if (same != 0) return same < 0 ? -1 : 0;
+    if (!(hooks & HOOK_ACQUIRE)) return 0;
     *result = PyObject_CallOneArg(aenter_via_acquire, self);
     return *result != NULL ? 1 : -1;
 }
 
-#define MEMBERS_WEAKREF(T) \
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(T, weakreflist), READONLY, NULL}
+/* weakref.ref() and an instance __dict__ (mock.patch.object(lock, ...),
+ * attributes set by user code), as asyncio's Python objects have */
+#define MEMBERS_WEAKREF_DICT(T) \
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(T, weakreflist), READONLY, NULL}, \
+    {"__dictoffset__", T_PYSSIZET, offsetof(T, dict), READONLY, NULL}
+#define GETSET_DICT {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL}
 
 /* ------------------------------------------------------------------ */
 /* Lock                                                                */
@@ -221,6 +283,7 @@ static PyObject *
 lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     LockObject *self = (LockObject *)type->tp_alloc(type, 0);
+    if (self != NULL && prim_instance_dict_init(&self->dict) < 0) Py_CLEAR(self);
     return (PyObject *)self;
 }
 
@@ -301,7 +364,7 @@ lock_acquire_step(WaitOp *op, PyObject *exc, PyObject **res)
 static const waitop_kind lock_acquire_kind = {lock_acquire_step, "Lock.acquire"};
 
 static PyObject *
-lock_acquire(PyObject *self, PyObject *Py_UNUSED(a))
+lock_acquire(PyObject *self, PyObject *const *Py_UNUSED(args))
 {
     return waitop_new(&lock_acquire_kind, self, NULL, 0);
 }
@@ -310,11 +373,11 @@ lock_acquire(PyObject *self, PyObject *Py_UNUSED(a))
  * taken on the call and the shared done awaitable returned; otherwise the
  * acquire awaitable (which re-checks when first awaited). */
 static PyObject *
-lock_aenter(PyObject *op, PyObject *Py_UNUSED(a))
+lock_aenter(PyObject *op, PyObject *const *Py_UNUSED(args))
 {
     LockObject *self = (LockObject *)op;
     PyObject *via_acquire;
-    int overridden = subclass_aenter(op, &via_acquire);
+    int overridden = aenter_override(op, hooks_of(op), &via_acquire);
     if (overridden != 0) return overridden > 0 ? via_acquire : NULL;
     if (!self->locked && waitq_len(&self->waiters) == 0) {
         self->locked = 1;
@@ -367,14 +430,20 @@ lock_get_locked(PyObject *op, void *c)
 
 static PyMethodDef lock_methods[] = {
     {"locked", lock_locked, METH_NOARGS, "Return True if lock is acquired."},
-    {"acquire", lock_acquire, METH_NOARGS, "Acquire the lock (awaitable); returns True."},
     {"release", lock_release, METH_NOARGS, "Release the lock; RuntimeError if not locked."},
-    {"__aenter__", lock_aenter, METH_NOARGS, NULL},
-    {"__aexit__", (PyCFunction)(void (*)(void))generic_aexit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
+/* asyncio's `async def` methods: coroutine methods (coroutine_function.h) */
+static const prim_coro_method_def lock_coro_methods[] = {
+    {"acquire", "(self)", lock_acquire, "Acquire the lock (awaitable); returns True."},
+    {"__aenter__", "(self)", lock_aenter, NULL},
+    {"__aexit__", "(self, exc_type, exc, tb)", generic_aexit, NULL},
+    {NULL, NULL, NULL, NULL},
+};
+
 static PyGetSetDef lock_getset[] = {
+    GETSET_DICT,
     {"_loop", bound_get_loop, bound_set_loop, NULL, NULL},
     {"_waiters", lock_get_waiters, NULL, "Snapshot of the waiter futures (None before the first wait).", NULL},
     {"_locked", lock_get_locked, NULL, NULL, NULL},
@@ -382,7 +451,7 @@ static PyGetSetDef lock_getset[] = {
 };
 
 static PyMemberDef lock_members[] = {
-    MEMBERS_WEAKREF(LockObject),
+    MEMBERS_WEAKREF_DICT(LockObject),
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -403,7 +472,7 @@ static PyType_Slot lock_slots[] = {
 static PyType_Spec lock_spec = {
     .name = "pyasync_c._primitives.Lock",
     .basicsize = sizeof(LockObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = lock_slots,
 };
 
@@ -413,7 +482,9 @@ static PyType_Spec lock_spec = {
 static PyObject *
 event_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    return type->tp_alloc(type, 0);
+    EventObject *self = (EventObject *)type->tp_alloc(type, 0);
+    if (self != NULL && prim_instance_dict_init(&self->dict) < 0) Py_CLEAR(self);
+    return (PyObject *)self;
 }
 
 static int
@@ -448,7 +519,7 @@ event_wait_step(WaitOp *op, PyObject *exc, PyObject **res)
 static const waitop_kind event_wait_kind = {event_wait_step, "Event.wait"};
 
 static PyObject *
-event_wait(PyObject *self, PyObject *Py_UNUSED(a))
+event_wait(PyObject *self, PyObject *const *Py_UNUSED(args))
 {
     return waitop_new(&event_wait_kind, self, NULL, 0);
 }
@@ -468,11 +539,13 @@ prim_event_clear(PyObject *op)
     ((EventObject *)op)->value = 0;
 }
 
+/* A queue's internal `_finished` event: its methods are called from C, so
+ * 3.11's instance dict made up front (prim_instance_dict_init) would not
+ * pay; one is made on first use, as on 3.12+. */
 PyObject *
 prim_event_new(void)
 {
-    PyObject *ev = EventType->tp_alloc(EventType, 0);
-    return ev;
+    return EventType->tp_alloc(EventType, 0);
 }
 
 PyObject *
@@ -525,11 +598,16 @@ static PyMethodDef event_methods[] = {
     {"is_set", event_is_set, METH_NOARGS, "Return True if and only if the internal flag is true."},
     {"set", event_set, METH_NOARGS, "Set the flag and wake every waiter."},
     {"clear", event_clear, METH_NOARGS, "Reset the flag."},
-    {"wait", event_wait, METH_NOARGS, "Wait until the flag is true (awaitable); returns True."},
     {NULL, NULL, 0, NULL},
 };
 
+static const prim_coro_method_def event_coro_methods[] = {
+    {"wait", "(self)", event_wait, "Wait until the flag is true (awaitable); returns True."},
+    {NULL, NULL, NULL, NULL},
+};
+
 static PyGetSetDef event_getset[] = {
+    GETSET_DICT,
     {"_loop", bound_get_loop, bound_set_loop, NULL, NULL},
     {"_waiters", event_get_waiters, NULL, "Snapshot of the waiter futures.", NULL},
     {"_value", event_get_value, NULL, NULL, NULL},
@@ -537,7 +615,7 @@ static PyGetSetDef event_getset[] = {
 };
 
 static PyMemberDef event_members[] = {
-    MEMBERS_WEAKREF(EventObject),
+    MEMBERS_WEAKREF_DICT(EventObject),
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -558,7 +636,7 @@ static PyType_Slot event_slots[] = {
 static PyType_Spec event_spec = {
     .name = "pyasync_c._primitives.Event",
     .basicsize = sizeof(EventObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = event_slots,
 };
 
@@ -649,11 +727,11 @@ sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     SemObject *self = (SemObject *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
+    if (prim_instance_dict_init(&self->dict) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
     self->value.n = self->bound_value.n = 1;
-    PyTypeObject *own = own_base(type);
-    if (own != type && own != NULL)
-        self->locked_hook = _PyType_Lookup(type, prim_shared.s_locked)
-                            != _PyType_Lookup(own, prim_shared.s_locked);
     return (PyObject *)self;
 }
 
@@ -741,11 +819,11 @@ sem_is_locked(SemObject *self)
     return waitq_any_not_cancelled(&self->waiters);
 }
 
-/* self.locked(): the C test, or a subclass's override */
+/* self.locked(): the C test, or an override (see hooks_of) */
 static int
 sem_call_locked(SemObject *self)
 {
-    if (!self->locked_hook) return sem_is_locked(self);
+    if (!(hooks_of((PyObject *)self) & HOOK_LOCKED)) return sem_is_locked(self);
     PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, prim_shared.s_locked);
     if (r == NULL) return -1;
     int t = PyObject_IsTrue(r);
@@ -838,20 +916,21 @@ sem_acquire_step(WaitOp *op, PyObject *exc, PyObject **res)
 static const waitop_kind sem_acquire_kind = {sem_acquire_step, "Semaphore.acquire"};
 
 static PyObject *
-sem_acquire(PyObject *self, PyObject *Py_UNUSED(a))
+sem_acquire(PyObject *self, PyObject *const *Py_UNUSED(args))
 {
     return waitop_new(&sem_acquire_kind, self, NULL, 0);
 }
 
 static PyObject *
-sem_aenter(PyObject *op, PyObject *Py_UNUSED(a))
+sem_aenter(PyObject *op, PyObject *const *Py_UNUSED(args))
 {
     SemObject *self = (SemObject *)op;
     PyObject *via_acquire;
-    int overridden = subclass_aenter(op, &via_acquire);
+    int hooks = hooks_of(op);
+    int overridden = aenter_override(op, hooks, &via_acquire);
     if (overridden != 0) return overridden > 0 ? via_acquire : NULL;
     if (self->value.obj == NULL && self->value.n > 0 && waitq_len(&self->waiters) == 0
-        && !self->locked_hook) {   /* see lock_aenter */
+        && !(hooks & HOOK_LOCKED)) {   /* see lock_aenter */
         self->value.n--;
         return prim_done_none();
     }
@@ -921,11 +1000,15 @@ sem_get_waiters(PyObject *op, void *c)
 
 static PyMethodDef sem_methods[] = {
     {"locked", sem_locked, METH_NOARGS, "Returns True if semaphore cannot be acquired immediately."},
-    {"acquire", sem_acquire, METH_NOARGS, "Acquire a permit (awaitable); returns True."},
     {"release", sem_release, METH_NOARGS, "Release a permit, waking the next waiter."},
-    {"__aenter__", sem_aenter, METH_NOARGS, NULL},
-    {"__aexit__", (PyCFunction)(void (*)(void))generic_aexit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
+};
+
+static const prim_coro_method_def sem_coro_methods[] = {
+    {"acquire", "(self)", sem_acquire, "Acquire a permit (awaitable); returns True."},
+    {"__aenter__", "(self)", sem_aenter, NULL},
+    {"__aexit__", "(self, exc_type, exc, tb)", generic_aexit, NULL},
+    {NULL, NULL, NULL, NULL},
 };
 
 static PyMethodDef bsem_methods[] = {
@@ -955,6 +1038,7 @@ sem_set_counter(PyObject *op, PyObject *v, void *which)
 }
 
 static PyGetSetDef sem_getset[] = {
+    GETSET_DICT,
     {"_loop", bound_get_loop, bound_set_loop, NULL, NULL},
     {"_waiters", sem_get_waiters, NULL, "Snapshot of the waiter futures (None before the first wait).", NULL},
     {"_value", sem_get_counter, sem_set_counter, NULL, NULL},
@@ -967,7 +1051,7 @@ static PyGetSetDef bsem_getset[] = {
 };
 
 static PyMemberDef sem_members[] = {
-    MEMBERS_WEAKREF(SemObject),
+    MEMBERS_WEAKREF_DICT(SemObject),
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1017,7 +1101,7 @@ static PyType_Slot sem_slots[] = {
 static PyType_Spec sem_spec = {
     .name = "pyasync_c._primitives.Semaphore",
     .basicsize = sizeof(SemObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = sem_slots,
 };
 
@@ -1035,29 +1119,68 @@ static PyType_Slot bsem_slots[] = {
 static PyType_Spec bsem_spec = {
     .name = "pyasync_c._primitives.BoundedSemaphore",
     .basicsize = sizeof(SemObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = bsem_slots,
 };
 
-static int
-is_own_type(PyTypeObject *type)
+/* Our own classes' C acquire/release/locked, found by their tp_methods. */
+typedef struct {
+    PyMethodDef *methods;
+    prim_coro_impl acquire;
+    PyCFunction release, locked;
+} own_impls;
+
+static const own_impls own_classes[] = {
+    {lock_methods, lock_acquire, lock_release, lock_locked},
+    {sem_methods, sem_acquire, sem_release, sem_locked},
+    {bsem_methods, sem_acquire, bsem_release, sem_locked},
+};
+
+/* The C functions of the nearest of our own classes among type's bases
+ * (type itself included); NULL if none (not a lock type). */
+static const own_impls *
+own_impls_of(PyTypeObject *type)
 {
-    PyMethodDef *own = type->tp_methods;
-    return own == lock_methods || own == sem_methods || own == bsem_methods;
+    for (; type != NULL; type = type->tp_base)
+        for (size_t i = 0; i < sizeof own_classes / sizeof own_classes[0]; i++)
+            if (type->tp_methods == own_classes[i].methods) return &own_classes[i];
+    return NULL;
 }
 
-/* self.release() for __aexit__ (see generic_aexit) */
+static int
+is_c_method(PyObject *found, PyCFunction fn)
+{
+    return found != NULL && Py_IS_TYPE(found, &PyMethodDescr_Type)
+           && ((PyMethodDescrObject *)found)->d_method->ml_meth == fn;
+}
+
+/* HOOK_* bits for what type's acquire/release/locked are not our C ones.
+ * Out of line: class_hooks() stays a few inlined instructions. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static int
+detect_class_hooks(PyTypeObject *type)
+{
+    const own_impls *own = own_impls_of(type);
+    if (own == NULL) return HOOK_ACQUIRE | HOOK_RELEASE | HOOK_LOCKED;
+    int hooks = 0;
+    if (prim_coroutine_method_impl(_PyType_Lookup(type, prim_shared.s_acquire)) != own->acquire)
+        hooks |= HOOK_ACQUIRE;
+    if (!is_c_method(_PyType_Lookup(type, prim_shared.s_release), own->release)) hooks |= HOOK_RELEASE;
+    if (!is_c_method(_PyType_Lookup(type, prim_shared.s_locked), own->locked)) hooks |= HOOK_LOCKED;
+    return hooks;
+}
+
+/* self.release() for __aexit__: the C release unless overridden */
 static PyObject *
 call_release(PyObject *self)
 {
-    PyMethodDef *own = Py_TYPE(self)->tp_methods;
-    if (own == sem_methods) return sem_release(self, NULL);
-    if (own == bsem_methods) return bsem_release(self, NULL);
-    if (own == lock_methods) return lock_release(self, NULL);
+    if (!(hooks_of(self) & HOOK_RELEASE)) return own_impls_of(Py_TYPE(self))->release(self, NULL);
     return PyObject_CallMethodNoArgs(self, prim_shared.s_release);
 }
 
-/* asyncio's _ContextManagerMixin.__aenter__, for subclass_aenter() */
+/* asyncio's _ContextManagerMixin.__aenter__, for aenter_override() */
 static PyObject *
 make_aenter_via_acquire(void)
 {
@@ -1080,16 +1203,17 @@ make_aenter_via_acquire(void)
 
 /* ------------------------------------------------------------------ */
 
+/* Create the class from spec, add its coroutine methods (coro: NULL for
+ * none) and register it on the module. */
 static int
-add_type(PyObject *module, PyType_Spec *spec, PyObject *base, PyTypeObject **out)
+add_type(PyObject *module, PyType_Spec *spec, PyObject *base, const prim_coro_method_def *coro,
+         PyTypeObject **out)
 {
     PyObject *t = PyType_FromModuleAndSpec(module, spec, base);
     if (t == NULL) return -1;
-    if (prim_short_tp_name((PyTypeObject *)t) < 0) {
-        Py_DECREF(t);
-        return -1;
-    }
-    if (PyModule_AddType(module, (PyTypeObject *)t) < 0) {
+    if (prim_short_tp_name((PyTypeObject *)t) < 0
+        || (coro != NULL && prim_add_coroutine_methods(module, (PyTypeObject *)t, coro) < 0)
+        || PyModule_AddType(module, (PyTypeObject *)t) < 0) {
         Py_DECREF(t);
         return -1;
     }
@@ -1105,13 +1229,13 @@ prim_locks_init(PyObject *module)
     if (prim_shared_init(module) < 0) return -1;
     if (aenter_via_acquire == NULL && (aenter_via_acquire = make_aenter_via_acquire()) == NULL)
         return -1;
-    if (add_type(module, &lock_spec, NULL, NULL) < 0) return -1;
+    if (add_type(module, &lock_spec, NULL, lock_coro_methods, NULL) < 0) return -1;
     if (EventType == NULL) {
-        if (add_type(module, &event_spec, NULL, &EventType) < 0) return -1;
+        if (add_type(module, &event_spec, NULL, event_coro_methods, &EventType) < 0) return -1;
     }
-    else if (add_type(module, &event_spec, NULL, NULL) < 0) return -1;
-    if (add_type(module, &sem_spec, NULL, &sem_type) < 0) return -1;
-    int rc = add_type(module, &bsem_spec, (PyObject *)sem_type, NULL);
+    else if (add_type(module, &event_spec, NULL, event_coro_methods, NULL) < 0) return -1;
+    if (add_type(module, &sem_spec, NULL, sem_coro_methods, &sem_type) < 0) return -1;
+    int rc = add_type(module, &bsem_spec, (PyObject *)sem_type, NULL, NULL);
     Py_DECREF(sem_type);
     return rc;
 }

@@ -85,15 +85,12 @@ prim_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
     }
     }
     if (state == NULL) return NULL;
-    PyObject *dict = PyObject_GenericGetDict(self, NULL);
-    if (dict == NULL) {         /* no __dict__: our own classes */
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-            Py_DECREF(state);
-            return NULL;
-        }
-        PyErr_Clear();
-        dict = Py_NewRef(Py_None);
-    }
+    /* the instance __dict__ (every class here and its subclasses keep it at
+     * the base's tp_dictoffset), None while it was never made: read without
+     * making one, so copying leaves the original as it was */
+    Py_ssize_t offset = Py_TYPE(self)->tp_dictoffset;
+    PyObject *dict = offset > 0 ? *(PyObject **)((char *)self + offset) : NULL;
+    dict = Py_NewRef(dict != NULL ? dict : Py_None);
     PyObject *r = Py_BuildValue("(O(OsNN))", reconstruct_func, (PyObject *)Py_TYPE(self),
                                 kind_names[kind], state, dict);
     return r;

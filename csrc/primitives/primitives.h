@@ -6,6 +6,9 @@
  *   queue.c   Queue, LifoQueue, PriorityQueue
  *   gather.c  gather() and its outer future
  *   sleep.c   sleep() and its sleep(0) awaitable
+ * and shared mechanisms: waiters.c/.h (waiter FIFO, the _WaitOp awaitable,
+ * asyncio objects), coroutine_function.c/.h (sleep and the async methods as
+ * callables introspection sees as `async def`).
  */
 #ifndef PYASYNC_C_PRIMITIVES_H
 #define PYASYNC_C_PRIMITIVES_H

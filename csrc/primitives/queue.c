@@ -8,8 +8,9 @@
  * (waiters.c), the unfinished-task count, a native Event (`_finished`) and
  * the loop it got bound to on its first wait.
  *
- * Storage hooks: the mode is chosen per instance from its type when it is
- * created.  If the type's _init/_get/_put are all the C ones of Queue,
+ * Storage hooks: the mode is chosen per instance from its type (and again
+ * whenever the type or the instance dict changes, see queue_refresh).  If
+ * the type's _init/_get/_put are all the C ones of Queue,
  * LifoQueue or PriorityQueue, storage is manipulated directly in C (deque
  * descriptors, list API, heapq functions); otherwise (a Python subclass
  * overriding any of them) every storage access calls the Python methods, as
@@ -20,6 +21,7 @@
  * Objects are GC-tracked; tp_clear drops storage, waiters, event and loop.
  */
 #include "waiters.h"
+#include "coroutine_function.h"
 
 #include <structmember.h>
 
@@ -29,6 +31,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop;
     PyObject *weakreflist;
+    PyObject *dict;           /* instance __dict__ (prim_instance_dict_init) */
     PyObject *queue;          /* `_queue` */
     PyObject *finished;       /* native Event */
     PyObject *maxsize_obj;
@@ -41,6 +44,13 @@ typedef struct {
     int size_hooks;           /* qsize/empty/full overridden in Python */
     int nowait_hooks;         /* put_nowait (NOWAIT_PUT) / get_nowait (NOWAIT_GET) overridden:
                                * put()/get() then end with them, as asyncio's do */
+    /* mode/size_hooks/nowait_hooks above are what applies now (see
+     * queue_refresh): the class's, found at its version type_tag and kept
+     * in class_*, plus what the instance __dict__ overrides, looked at when
+     * its stamp was dict_stamp */
+    unsigned int type_tag;
+    int class_mode, class_size_hooks, class_nowait_hooks;
+    uint64_t dict_stamp;
     char is_shutdown;
 } QueueObject;
 
@@ -361,30 +371,89 @@ overrides(PyTypeObject *type, const char *const *names, PyObject **descs, int n)
     return bits;
 }
 
+/* Per own class (QM_FIFO/QM_LIFO/QM_HEAP index): the version tag at which
+ * it was last found free of Python overrides, so that Queue() skips the
+ * lookups while nobody patched the class (0: not known). */
+static unsigned int pristine_tag[3];
+
+static int
+own_class_index(PyTypeObject *type)
+{
+    return type == QueueType ? QM_FIFO : type == LifoType ? QM_LIFO : type == PrioType ? QM_HEAP : -1;
+}
+
+/* The class's storage mode and hooks, into self->class_* and type_tag. */
 static void
 detect_mode(QueueObject *self, PyTypeObject *type)
 {
-    self->size_hooks = 0;
-    self->nowait_hooks = 0;
-    if (type == QueueType) { self->mode = QM_FIFO; return; }
-    if (type == LifoType) { self->mode = QM_LIFO; return; }
-    if (type == PrioType) { self->mode = QM_HEAP; return; }
+    int own = own_class_index(type);
+    unsigned int tag = type->tp_version_tag;
+    self->class_size_hooks = 0;
+    self->class_nowait_hooks = 0;
+    if (own >= 0 && tag != 0 && tag == pristine_tag[own]) {
+        self->class_mode = own;
+        self->type_tag = tag;
+        return;
+    }
     static const char *hooks[3] = {"_init", "_get", "_put"};
     PyObject *found[3] = {NULL, NULL, NULL};
-    self->mode = QM_PY;
+    self->class_mode = QM_PY;
     for (int i = 0; i < 3; i++) {
         found[i] = PyObject_GetAttrString((PyObject *)type, hooks[i]);
         if (found[i] == NULL) PyErr_Clear();
     }
     for (int c = 0; c < 3; c++) {
         if (found[0] == hook_desc[c][0] && found[1] == hook_desc[c][1] && found[2] == hook_desc[c][2]) {
-            self->mode = c;   /* QM_FIFO/QM_LIFO/QM_HEAP match the class index */
+            self->class_mode = c;   /* QM_FIFO/QM_LIFO/QM_HEAP match the class index */
             break;
         }
     }
     for (int i = 0; i < 3; i++) Py_XDECREF(found[i]);
-    self->size_hooks = overrides(type, size_names, size_desc, 3) != 0;
-    self->nowait_hooks = overrides(type, nowait_names, nowait_desc, 2);
+    self->class_size_hooks = overrides(type, size_names, size_desc, 3) != 0;
+    self->class_nowait_hooks = overrides(type, nowait_names, nowait_desc, 2);
+    self->type_tag = type->tp_version_tag;      /* the lookups assigned one */
+    if (own >= 0 && self->class_mode == own && !self->class_size_hooks && !self->class_nowait_hooks)
+        pristine_tag[own] = self->type_tag;
+}
+
+/* Python code may override the storage hooks and qsize/empty/full/
+ * put_nowait/get_nowait, which asyncio's methods call through self: in a
+ * subclass, by patching the class (mutable, as asyncio's are:
+ * mock.patch.object(asyncio.Queue, "put_nowait")) or on the instance (its
+ * __dict__).  Called before each operation: the class is looked at again
+ * only when its version tag moved (CPython gives a class a new tag whenever
+ * it or a base changes; 0: none assigned, look again), the instance dict
+ * only when its stamp changed (prim_dict_stamp). */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void
+queue_refresh_slow(QueueObject *self, int stale, uint64_t stamp)
+{
+    if (stale) detect_mode(self, Py_TYPE(self));
+    self->mode = self->class_mode;
+    self->size_hooks = self->class_size_hooks;
+    self->nowait_hooks = self->class_nowait_hooks;
+    self->dict_stamp = stamp;
+    if (stamp != 0) {
+        PyObject *names[8] = {prim_shared.s__init, prim_shared.s__get, prim_shared.s__put,
+                              prim_shared.s_qsize, prim_shared.s_empty, prim_shared.s_full,
+                              prim_shared.s_put_nowait, prim_shared.s_get_nowait};
+        int bits = prim_dict_names(self->dict, names, 8);
+        if (bits & 7) self->mode = QM_PY;
+        if (bits & (7 << 3)) self->size_hooks = 1;
+        self->nowait_hooks |= bits >> 6;           /* NOWAIT_PUT, NOWAIT_GET */
+    }
+}
+
+static inline void
+queue_refresh(QueueObject *self)
+{
+    unsigned int tag = Py_TYPE(self)->tp_version_tag;
+    int stale = tag == 0 || tag != self->type_tag;
+    uint64_t stamp = prim_dict_stamp(self->dict);
+    if (stale || stamp != self->dict_stamp || stamp == PRIM_DICT_UNKNOWN)
+        queue_refresh_slow(self, stale, stamp);
 }
 
 static PyObject *
@@ -392,7 +461,11 @@ queue_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     QueueObject *self = (QueueObject *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
-    detect_mode(self, type);
+    if (prim_instance_dict_init(&self->dict) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    queue_refresh(self);
     self->maxsize_obj = PyLong_FromLong(0);
     self->finished = prim_event_new();
     if (self->maxsize_obj == NULL || self->finished == NULL || prim_event_set(self->finished) < 0) {
@@ -448,6 +521,7 @@ queue_init(PyObject *op, PyObject *args, PyObject *kwds)
     self->maxsize = maxsize;
     self->unfinished = 0;
     self->is_shutdown = 0;
+    queue_refresh(self);
     if (prim_event_set(self->finished) < 0) return -1;
     return q_init_storage(self);
 }
@@ -458,6 +532,7 @@ queue_traverse(PyObject *op, visitproc visit, void *arg)
     QueueObject *self = (QueueObject *)op;
     Py_VISIT(Py_TYPE(op));
     Py_VISIT(self->loop);
+    Py_VISIT(self->dict);
     Py_VISIT(self->queue);
     Py_VISIT(self->finished);
     Py_VISIT(self->maxsize_obj);
@@ -470,6 +545,7 @@ queue_clear(PyObject *op)
 {
     QueueObject *self = (QueueObject *)op;
     Py_CLEAR(self->loop);
+    Py_CLEAR(self->dict);
     Py_CLEAR(self->queue);
     Py_CLEAR(self->finished);
     Py_CLEAR(self->maxsize_obj);
@@ -560,6 +636,7 @@ static int
 put_step(WaitOp *op, PyObject *exc, PyObject **res)
 {
     QueueObject *self = (QueueObject *)op->owner;
+    queue_refresh(self);
     if (exc != NULL) return abandon_wait(self, &self->putters, op->fut, exc, 1);
     for (;;) {
         int full = q_full(self);
@@ -591,6 +668,7 @@ static int
 get_step(WaitOp *op, PyObject *exc, PyObject **res)
 {
     QueueObject *self = (QueueObject *)op->owner;
+    queue_refresh(self);
     if (exc != NULL) return abandon_wait(self, &self->getters, op->fut, exc, 0);
     for (;;) {
         int empty = q_empty(self);
@@ -617,13 +695,13 @@ get_step(WaitOp *op, PyObject *exc, PyObject **res)
 static const waitop_kind get_kind = {get_step, "Queue.get"};
 
 static PyObject *
-queue_put(PyObject *self, PyObject *item)
+queue_put(PyObject *self, PyObject *const *args)
 {
-    return waitop_new(&put_kind, self, item, 0);
+    return waitop_new(&put_kind, self, args[0], 0);
 }
 
 static PyObject *
-queue_get(PyObject *self, PyObject *Py_UNUSED(a))
+queue_get(PyObject *self, PyObject *const *Py_UNUSED(args))
 {
     return waitop_new(&get_kind, self, NULL, 0);
 }
@@ -631,6 +709,7 @@ queue_get(PyObject *self, PyObject *Py_UNUSED(a))
 static PyObject *
 queue_put_nowait(PyObject *self, PyObject *item)
 {
+    queue_refresh((QueueObject *)self);
     if (do_put_nowait((QueueObject *)self, item) < 0) return NULL;
     Py_RETURN_NONE;
 }
@@ -638,6 +717,7 @@ queue_put_nowait(PyObject *self, PyObject *item)
 static PyObject *
 queue_get_nowait(PyObject *self, PyObject *Py_UNUSED(a))
 {
+    queue_refresh((QueueObject *)self);
     return do_get_nowait((QueueObject *)self);
 }
 
@@ -657,7 +737,7 @@ queue_task_done(PyObject *op, PyObject *Py_UNUSED(a))
 /* join() == `if unfinished: await self._finished.wait()`; the event is set
  * exactly when the count is 0, so waiting on it is the same test. */
 static PyObject *
-queue_join(PyObject *op, PyObject *Py_UNUSED(a))
+queue_join(PyObject *op, PyObject *const *Py_UNUSED(args))
 {
     return prim_event_wait(((QueueObject *)op)->finished, 1);
 }
@@ -670,6 +750,7 @@ queue_shutdown(PyObject *op, PyObject *args, PyObject *kwds)
     QueueObject *self = (QueueObject *)op;
     int immediate = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|p:shutdown", kwlist, &immediate)) return NULL;
+    queue_refresh(self);
     self->is_shutdown = 1;
     if (immediate) {
         for (;;) {
@@ -709,6 +790,7 @@ static PyObject *
 queue_full(PyObject *op, PyObject *Py_UNUSED(a))
 {
     QueueObject *self = (QueueObject *)op;
+    queue_refresh(self);
     if (!self->maxsize_generic && !self->size_hooks) {
         int f = full_body(self);
         if (f < 0) return NULL;
@@ -866,12 +948,9 @@ static PyMethodDef queue_methods[] = {
     {"qsize", queue_qsize, METH_NOARGS, "Number of items in the queue."},
     {"empty", queue_empty, METH_NOARGS, "Return True if the queue is empty."},
     {"full", queue_full, METH_NOARGS, "Return True if there are maxsize items in the queue."},
-    {"put", queue_put, METH_O, "Put an item, waiting while the queue is full (awaitable)."},
     {"put_nowait", queue_put_nowait, METH_O, "Put an item; QueueFull if full."},
-    {"get", queue_get, METH_NOARGS, "Remove and return an item, waiting while empty (awaitable)."},
     {"get_nowait", queue_get_nowait, METH_NOARGS, "Remove and return an item; QueueEmpty if empty."},
     {"task_done", queue_task_done, METH_NOARGS, "Indicate that a formerly enqueued task is complete."},
-    {"join", queue_join, METH_NOARGS, "Wait until every item put has been marked done (awaitable)."},
 #if PRIM_PY313
     {"shutdown", (PyCFunction)(void (*)(void))queue_shutdown, METH_VARARGS | METH_KEYWORDS,
      "Shut down the queue: puts raise QueueShutDown, gets too once empty (at once if immediate)."},
@@ -884,7 +963,19 @@ static PyMethodDef queue_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* asyncio's `async def` methods: coroutine methods (coroutine_function.h);
+ * LifoQueue and PriorityQueue inherit them, as asyncio's subclasses do */
+static const prim_coro_method_def queue_coro_methods[] = {
+    {"put", "(self, item)", queue_put, "Put an item, waiting while the queue is full (awaitable)."},
+    {"get", "(self)", queue_get, "Remove and return an item, waiting while empty (awaitable)."},
+    {"join", "(self)", queue_join, "Wait until every item put has been marked done (awaitable)."},
+    {NULL, NULL, NULL, NULL},
+};
+
 static PyGetSetDef queue_getset[] = {
+    /* an instance __dict__ (mock.patch.object(q, ...), attributes set by
+     * user code), as asyncio's Python objects have */
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {"maxsize", get_maxsize, NULL, "Number of items allowed in the queue.", NULL},
     {"_maxsize", get_maxsize, NULL, NULL, NULL},
     {"_queue", get_queue, set_queue, "The storage (deque for Queue, list for Lifo/PriorityQueue).", NULL},
@@ -899,6 +990,7 @@ static PyGetSetDef queue_getset[] = {
 
 static PyMemberDef queue_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(QueueObject, weakreflist), READONLY, NULL},
+    {"__dictoffset__", T_PYSSIZET, offsetof(QueueObject, dict), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -920,7 +1012,7 @@ static PyType_Slot queue_slots[] = {
 static PyType_Spec queue_spec = {
     .name = "pyasync_c._primitives.Queue",
     .basicsize = sizeof(QueueObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = queue_slots,
 };
 
@@ -959,14 +1051,14 @@ static PyType_Slot heap_slots[] = {
 static PyType_Spec lifo_spec = {
     .name = "pyasync_c._primitives.LifoQueue",
     .basicsize = sizeof(QueueObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = lifo_slots,
 };
 
 static PyType_Spec heap_spec = {
     .name = "pyasync_c._primitives.PriorityQueue",
     .basicsize = sizeof(QueueObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .slots = heap_slots,
 };
 
@@ -996,6 +1088,7 @@ prim_queue_init(PyObject *module)
         return 0;
     }
     if ((QueueType = make_type(module, &queue_spec, NULL)) == NULL) return -1;
+    if (prim_add_coroutine_methods(module, QueueType, queue_coro_methods) < 0) return -1;
     if ((LifoType = make_type(module, &lifo_spec, QueueType)) == NULL) return -1;
     if ((PrioType = make_type(module, &heap_spec, QueueType)) == NULL) return -1;
     PyTypeObject *classes[3] = {QueueType, LifoType, PrioType};

@@ -20,8 +20,8 @@
  *   patched to us).
  * - the comparison raises (wrong type): the same stdlib coroutine is
  *   returned, so the TypeError surfaces at the await, as with stdlib.
- * - sleep itself is not a builtin function but a _CoroutineFunction (see
- *   that section): called through vectorcall as a builtin is, and seen as a
+ * - sleep itself is not a builtin function but a _CoroutineFunction
+ *   (coroutine_function.c): called through vectorcall as a builtin is, and seen as a
  *   coroutine function by inspect, asyncio and unittest.mock, as
  *   asyncio.sleep (an `async def`) is.
  *
@@ -49,6 +49,7 @@
  *   its `finally`.
  */
 #include "waiters.h"
+#include "coroutine_function.h"
 
 #include <stddef.h>
 #include <structmember.h>
@@ -687,259 +688,7 @@ prim_sleep(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *k
     return (PyObject *)self;
 }
 
-/* ------------------------------------------------------------------ */
-/* _CoroutineFunction: sleep as a coroutine function                   */
-
-/* asyncio.sleep is an `async def`: inspect.iscoroutinefunction() and
- * asyncio.iscoroutinefunction() are True for it, and mock.patch() replaces
- * it with an AsyncMock.  A builtin function can carry none of the marks
- * those checks read, so sleep is an instance of this small callable type:
- * it is called through vectorcall (no Python frame, as a builtin), and it
- * shows what the checks look for:
- * - __code__ with CO_COROUTINE set (the code object of a never-run
- *   `async def sleep(delay, result=None)` stub), __name__, __defaults__,
- *   __kwdefaults__ and __annotations__: inspect treats such "function-like"
- *   objects (Cython's functions are some) by their code, so
- *   inspect.iscoroutinefunction() is True on 3.11 (it only reads co_flags
- *   there) and later, and inspect.signature() gives (delay, result=None);
- * - a __dict__ holding asyncio's `_is_coroutine` mark and, on 3.12+, the
- *   one inspect.markcoroutinefunction() sets (it is called on the object).
- * Like a builtin it does not bind as a method (__get__ returns itself), and
- * it pickles and copies by reference (its module and qualified name).
- * The one instance is process-wide, as the types above are. */
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *name;          /* str, also the __qualname__ */
-    PyObject *module;        /* str */
-    PyObject *doc;           /* str */
-    PyObject *code;          /* the stub's code object */
-    PyObject *defaults;      /* tuple or None */
-    PyObject *kwdefaults;    /* dict or None */
-    PyObject *annotations;   /* dict */
-    PyObject *dict;
-    PyObject *weakreflist;
-} CoroFunction;
-
 static PyObject *sleep_function;      /* process-wide: the `sleep` object */
-
-static int
-corofunc_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    CoroFunction *self = (CoroFunction *)op;
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(self->name);
-    Py_VISIT(self->module);
-    Py_VISIT(self->doc);
-    Py_VISIT(self->code);
-    Py_VISIT(self->defaults);
-    Py_VISIT(self->kwdefaults);
-    Py_VISIT(self->annotations);
-    Py_VISIT(self->dict);
-    return 0;
-}
-
-static int
-corofunc_clear(PyObject *op)
-{
-    CoroFunction *self = (CoroFunction *)op;
-    Py_CLEAR(self->name);
-    Py_CLEAR(self->module);
-    Py_CLEAR(self->doc);
-    Py_CLEAR(self->code);
-    Py_CLEAR(self->defaults);
-    Py_CLEAR(self->kwdefaults);
-    Py_CLEAR(self->annotations);
-    Py_CLEAR(self->dict);
-    return 0;
-}
-
-static void
-corofunc_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (((CoroFunction *)op)->weakreflist != NULL) PyObject_ClearWeakRefs(op);
-    corofunc_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
-static PyObject *
-corofunc_repr(PyObject *op)
-{
-    CoroFunction *self = (CoroFunction *)op;
-    return PyUnicode_FromFormat("<built-in coroutine function %U.%U>", self->module, self->name);
-}
-
-/* Not a method: a class attribute stays unbound, as a builtin function does. */
-static PyObject *
-corofunc_descr_get(PyObject *op, PyObject *obj, PyObject *type)
-{
-    return Py_NewRef(op);
-}
-
-/* pickle and copy use the global name (module + qualified name). */
-static PyObject *
-corofunc_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
-{
-    return Py_NewRef(((CoroFunction *)op)->name);
-}
-
-static PyObject *
-corofunc_get(PyObject *op, void *offset)
-{
-    PyObject *value = *(PyObject **)((char *)op + (Py_ssize_t)offset);
-    return Py_NewRef(value != NULL ? value : Py_None);
-}
-
-#define COROFUNC_FIELD(field) ((void *)offsetof(CoroFunction, field))
-
-static PyGetSetDef corofunc_getset[] = {
-    {"__name__", corofunc_get, NULL, NULL, COROFUNC_FIELD(name)},
-    {"__qualname__", corofunc_get, NULL, NULL, COROFUNC_FIELD(name)},
-    {"__module__", corofunc_get, NULL, NULL, COROFUNC_FIELD(module)},
-    {"__doc__", corofunc_get, NULL, NULL, COROFUNC_FIELD(doc)},
-    {"__code__", corofunc_get, NULL, NULL, COROFUNC_FIELD(code)},
-    {"__defaults__", corofunc_get, NULL, NULL, COROFUNC_FIELD(defaults)},
-    {"__kwdefaults__", corofunc_get, NULL, NULL, COROFUNC_FIELD(kwdefaults)},
-    {"__annotations__", corofunc_get, NULL, NULL, COROFUNC_FIELD(annotations)},
-    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyMethodDef corofunc_methods[] = {
-    {"__reduce__", corofunc_reduce, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyMemberDef corofunc_members[] = {
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(CoroFunction, vectorcall), READONLY, NULL},
-    {"__dictoffset__", T_PYSSIZET, offsetof(CoroFunction, dict), READONLY, NULL},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(CoroFunction, weakreflist), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyType_Slot corofunc_slots[] = {
-    {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, corofunc_descr_get},
-    {Py_tp_repr, corofunc_repr},
-    {Py_tp_getset, corofunc_getset},
-    {Py_tp_methods, corofunc_methods},
-    {Py_tp_members, corofunc_members},
-    {Py_tp_traverse, corofunc_traverse},
-    {Py_tp_clear, corofunc_clear},
-    {Py_tp_dealloc, corofunc_dealloc},
-    /* no Py_tp_doc: PyType_FromSpec would store it as __doc__ over our getset */
-    {0, NULL},
-};
-
-static PyType_Spec corofunc_spec = {
-    .name = "pyasync_c._primitives._CoroutineFunction",
-    .basicsize = sizeof(CoroFunction),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE
-             | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_VECTORCALL,
-    .slots = corofunc_slots,
-};
-
-/* The code object of `async def <name><params>: pass`, compiled from Python
- * source (the stub is never run; only its flags and parameters are read). */
-static PyObject *
-coroutine_stub_code(const char *name, const char *params, PyObject **defaults)
-{
-    PyObject *src = PyUnicode_FromFormat("async def %s%s:\n    pass\n", name, params);
-    if (src == NULL) return NULL;
-    const char *text = PyUnicode_AsUTF8(src);
-    PyObject *code = text ? Py_CompileString(text, "<pyasync_c._primitives>", Py_file_input) : NULL;
-    Py_DECREF(src);
-    if (code == NULL) return NULL;
-    PyObject *globals = PyDict_New();
-    PyObject *r = NULL, *stub = NULL, *stub_code = NULL;
-    if (globals != NULL && PyDict_SetItemString(globals, "__builtins__", PyEval_GetBuiltins()) == 0)
-        r = PyEval_EvalCode(code, globals, globals);
-    if (r != NULL) stub = PyDict_GetItemString(globals, name);      /* borrowed */
-    if (stub != NULL) {
-        stub_code = PyObject_GetAttrString(stub, "__code__");
-        if (stub_code != NULL && (*defaults = PyObject_GetAttrString(stub, "__defaults__")) == NULL)
-            Py_CLEAR(stub_code);
-    }
-    Py_XDECREF(r);
-    Py_XDECREF(globals);
-    Py_DECREF(code);
-    return stub_code;
-}
-
-/* Set `attr` = `module_name`.`mark_name` in the function's __dict__ (when
- * that mark exists in this Python). */
-static int
-set_mark(PyObject *func, const char *attr, const char *module_name, const char *mark_name)
-{
-    PyObject *module = PyImport_ImportModule(module_name);
-    if (module == NULL) return -1;
-    PyObject *mark = PyObject_GetAttrString(module, mark_name);
-    Py_DECREF(module);
-    if (mark == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
-        PyErr_Clear();
-        return 0;
-    }
-    int r = PyObject_SetAttrString(func, attr, mark);
-    Py_DECREF(mark);
-    return r;
-}
-
-/* inspect.markcoroutinefunction(func) where it exists (3.12+): it stores
- * inspect's private mark (whose name varies between versions) in __dict__. */
-static int
-mark_coroutine_function(PyObject *func)
-{
-    PyObject *inspect = PyImport_ImportModule("inspect");
-    if (inspect == NULL) return -1;
-    PyObject *mark = PyObject_GetAttrString(inspect, "markcoroutinefunction");
-    Py_DECREF(inspect);
-    if (mark == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
-        PyErr_Clear();          /* 3.11: co_flags of __code__ are enough */
-        return 0;
-    }
-    PyObject *r = PyObject_CallOneArg(mark, func);
-    Py_DECREF(mark);
-    if (r == NULL) return -1;
-    Py_DECREF(r);
-    return 0;
-}
-
-/* A _CoroutineFunction calling `vectorcall`, with the signature `params`. */
-static PyObject *
-coroutine_function_new(PyObject *module, const char *name, const char *params, const char *doc,
-                       vectorcallfunc vectorcall)
-{
-    PyTypeObject *type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &corofunc_spec, NULL);
-    if (type == NULL) return NULL;
-    CoroFunction *self = PyObject_GC_New(CoroFunction, type);
-    Py_DECREF(type);            /* the instance holds its own reference */
-    if (self == NULL) return NULL;
-    self->vectorcall = vectorcall;
-    self->module = PyUnicode_FromString("pyasync_c._primitives");
-    self->name = PyUnicode_InternFromString(name);
-    self->doc = PyUnicode_FromString(doc);
-    self->defaults = NULL;
-    self->code = coroutine_stub_code(name, params, &self->defaults);
-    self->kwdefaults = Py_NewRef(Py_None);
-    self->annotations = PyDict_New();
-    self->dict = PyDict_New();
-    self->weakreflist = NULL;
-    PyObject_GC_Track(self);
-    PyObject *op = (PyObject *)self;
-    if (self->module == NULL || self->name == NULL || self->doc == NULL || self->code == NULL
-        || self->annotations == NULL || self->dict == NULL
-        || set_mark(op, "_is_coroutine", "asyncio.coroutines", "_is_coroutine") < 0
-        || mark_coroutine_function(op) < 0) {
-        Py_DECREF(op);
-        return NULL;
-    }
-    return op;
-}
 
 static PyMethodDef sleep_functions[] = {
     {"_set_result_unless_cancelled",
@@ -976,8 +725,8 @@ prim_sleep_init(PyObject *module)
         }
         SleepForType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &sleep_for_spec, NULL);
         if (SleepForType == NULL) return -1;
-        sleep_function = coroutine_function_new(module, "sleep", "(delay, result=None)", sleep_doc,
-                                                prim_sleep);
+        sleep_function = prim_coroutine_function_new(module, "sleep", "(delay, result=None)", sleep_doc,
+                                                     prim_sleep);
         if (sleep_function == NULL) return -1;
     }
     if (PyModule_AddObjectRef(module, "sleep", sleep_function) < 0) return -1;

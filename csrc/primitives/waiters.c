@@ -170,6 +170,27 @@ prim_method_is(PyObject *obj, PyObject *name, PyObject *function)
     return same;
 }
 
+int
+prim_dict_names(PyObject *dict, PyObject *const *names, int n)
+{
+    if (dict == NULL || PyDict_GET_SIZE(dict) == 0) return 0;
+    int bits = 0;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(dict, &pos, &key, &value)) {
+        if (!PyUnicode_Check(key)) continue;
+        /* the names are interned: another interned str equals one only if it is it */
+        int interned = PyUnicode_CheckExact(key) && PyUnicode_CHECK_INTERNED(key);
+        for (int i = 0; i < n; i++) {
+            if (key == names[i] || (!interned && PyUnicode_Compare(key, names[i]) == 0)) {
+                bits |= 1 << i;
+                break;
+            }
+        }
+    }
+    return bits;
+}
+
 PyTypeObject *
 prim_own_loop_type(void)
 {

@@ -215,6 +215,54 @@ static inline int waitop_reraise(PyObject *exc)
  * with None (used by uncontended __aenter__ and by __aexit__). */
 static inline PyObject *prim_done_none(void) { return Py_NewRef(prim_shared.done_none); }
 
+/* ---- the instance __dict__ of Lock, Event, Semaphore, Queue... ---- */
+
+/* Called by tp_new on the object's `dict` field (its tp_dictoffset slot).
+ * 3.11's method-call specialisation (LOAD_METHOD) gives up on an object
+ * whose dict slot is NULL, so `q.get()` would take the generic lookup every
+ * time; there the dict is made with the object (empty dicts share one key
+ * table, so LOAD_METHOD_WITH_DICT then holds for all of them).  3.12+
+ * specialise a NULL slot (LOAD_ATTR_METHOD_LAZY_DICT): the dict is made on
+ * first use.  0, or -1 with MemoryError. */
+static inline int prim_instance_dict_init(PyObject **slot)
+{
+#if PRIM_PY312
+    (void)slot;
+#else
+    if (*slot == NULL && (*slot = PyDict_New()) == NULL) return -1;
+#endif
+    return 0;
+}
+
+/* A stamp of an instance __dict__'s contents, to know when a look at it
+ * (prim_dict_names) must be made again: 0 when the dict is NULL or empty,
+ * else CPython's dict version (3.11-3.13: globally unique and changed by
+ * every modification; deprecated from 3.12, hence the pragma), or
+ * PRIM_DICT_UNKNOWN where there is none (look every time). */
+#define PRIM_DICT_UNKNOWN UINT64_MAX
+static inline uint64_t prim_dict_stamp(PyObject *dict)
+{
+    if (dict == NULL || PyDict_GET_SIZE(dict) == 0) return 0;
+#if PY_VERSION_HEX < 0x030E0000
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    uint64_t version = ((PyDictObject *)dict)->ma_version_tag;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+    return version != 0 && version != PRIM_DICT_UNKNOWN ? version : PRIM_DICT_UNKNOWN;
+#else
+    return PRIM_DICT_UNKNOWN;
+#endif
+}
+
+/* Bit i set when `dict` (an instance __dict__, may be NULL) has the str
+ * names[i] (n <= 16) as a key.  Runs no Python code (str keys are compared
+ * in C, others skipped): cheap for the few attributes an instance holds. */
+int prim_dict_names(PyObject *dict, PyObject *const *names, int n);
+
 /* ---- Event hooks used by Queue (implemented in locks.c) ---- */
 PyObject *prim_event_new(void);
 int prim_event_set(PyObject *ev);
