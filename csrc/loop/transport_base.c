@@ -495,6 +495,10 @@ shared_poll_sync_now(TransportPoll *shared)
     if (!shared->initialized && shared_poll_init(shared) < 0) {
         return -1;
     }
+    if (shared->events == 0 && shared->loop->parked_count > 0) {
+        /* a watcher's poll of this fd (add_writer while paused) outlives it */
+        loop_release_parked_fd(shared->loop, shared->fd);
+    }
     int err = uv_poll_start(&shared->handle, events, on_poll);
     if (err < 0) {
         errno = -err;
@@ -586,7 +590,33 @@ shared_poll_apply_sync(LibuvChange *change)
     }
 }
 
-/* Gives the transport a poll: its partner's, or a new one. */
+/* Takes over the poll a watcher of the fd left started (sock_connect just
+ * completed: create_connection's transport): no uv_poll_init probe, and no
+ * restart if it already polls the events the transport wants. */
+static int
+adopt_parked_poll(TransportObject *self, TransportPoll *shared, int started)
+{
+    memset((char *)shared + offsetof(TransportPoll, loop), 0,
+           sizeof(TransportPoll) - offsetof(TransportPoll, loop));
+    shared->loop = self->loop;
+    shared->fd = self->fd;
+    shared->sync.apply = shared_poll_apply_sync;
+    shared->handle.data = shared;
+    shared->initialized = 1;
+    shared->events = started;
+    /* the record (the file's identity) now reports to the transport */
+    if (loop_note_poll_change(self->loop, &shared->handle, shared->fd, transport_bad_fd, shared) < 0) {
+        shared->handle.data = NULL;
+        loop_forget_poll(self->loop, &shared->handle);
+        uv_close((uv_handle_t *)&shared->handle, free_poll);
+        return -1;
+    }
+    shared->users[0] = self;
+    self->poll = shared;
+    return 0;
+}
+
+/* Gives the transport a poll: its partner's, a watcher's parked one, or a new one. */
 static int
 attach_poll(TransportObject *self)
 {
@@ -596,6 +626,13 @@ attach_poll(TransportObject *self)
         shared->users[shared->users[0] == NULL ? 0 : 1] = self;
         self->poll = shared;
         return 0;
+    }
+    if (loop_may_touch_libuv(self->loop)) {
+        int started = 0;
+        uv_poll_t *parked = loop_poll_take_parked(self->loop, self->fd, &started);
+        if (parked != NULL) {
+            return adopt_parked_poll(self, (TransportPoll *)parked, started);
+        }
     }
     TransportPoll *shared = calloc(1, sizeof(TransportPoll));
     if (shared == NULL) {
