@@ -116,13 +116,31 @@ close_watcher_poll(LoopObject *loop, uv_poll_t *poll)
  * in closing_polls meanwhile (a busy loop that skips the poll still gets to
  * close them). */
 
+/* Removes slot from the table (the last entry moves into it). */
+static void
+unpark_slot(LoopObject *loop, int slot)
+{
+    struct ParkedPoll *parked = loop->parked_polls;
+    loop->parked_slot_by_fd[parked[slot].fd] = 0;
+    if (slot != --loop->parked_count) {
+        parked[slot] = parked[loop->parked_count];
+        loop->parked_slot_by_fd[parked[slot].fd] = slot + 1;
+    }
+    loop->closing_polls--;
+}
+
 static void
 release_parked(LoopObject *loop, int slot)
 {
     uv_poll_t *poll = loop->parked_polls[slot].poll;
-    loop->parked_polls[slot] = loop->parked_polls[--loop->parked_count];
-    loop->closing_polls--;
+    unpark_slot(loop, slot);
     close_watcher_poll(loop, poll);
+}
+
+static int
+parked_slot(LoopObject *loop, int fd)
+{
+    return fd >= 0 && fd < loop->parked_slot_by_fd_size ? loop->parked_slot_by_fd[fd] - 1 : -1;
 }
 
 void
@@ -136,12 +154,20 @@ loop_release_parked_polls(LoopObject *loop)
 void
 loop_release_parked_fd(LoopObject *loop, int fd)
 {
-    for (int i = 0; i < loop->parked_count; i++) {
-        if (loop->parked_polls[i].fd == fd) {
-            release_parked(loop, i);
-            return;
-        }
+    int slot = parked_slot(loop, fd);
+    if (slot >= 0) {
+        release_parked(loop, slot);
     }
+}
+
+static void
+free_parked_tables(LoopObject *loop)
+{
+    PyMem_Free(loop->parked_polls);
+    PyMem_Free(loop->parked_slot_by_fd);
+    loop->parked_polls = NULL;
+    loop->parked_slot_by_fd = NULL;
+    loop->parked_capacity = loop->parked_slot_by_fd_size = 0;
 }
 
 /* At a poll phase: closes those parked before the previous one, ages the rest. */
@@ -150,19 +176,21 @@ age_parked(LoopObject *loop)
 {
     for (int i = loop->parked_count - 1; i >= 0; i--) {
         if (loop->parked_polls[i].age++ > 0) {
-            release_parked(loop, i);
+            release_parked(loop, i);  /* moves the last one, already aged, into i */
         }
     }
 }
 
-/* The record's on_bad_fd while parked (released before any check: defensive). */
+/* The record's owner while parked: the poll.  Its on_bad_fd (a parked poll
+ * started in this phase is checked like any other before uv_run). */
 static void
 parked_bad_fd(void *owner)
 {
-    LoopObject *loop = ((uv_poll_t *)owner)->loop->data;
-    for (int i = 0; i < loop->parked_count; i++) {
-        if (loop->parked_polls[i].poll == owner) {
-            release_parked(loop, i);
+    uv_poll_t *poll = owner;
+    LoopObject *loop = poll->loop->data;
+    for (int slot = 0; slot < loop->parked_count; slot++) {
+        if (loop->parked_polls[slot].poll == poll) {
+            release_parked(loop, slot);
             return;
         }
     }
@@ -171,27 +199,57 @@ parked_bad_fd(void *owner)
 static PollRecord *record_find(LoopObject *loop, uv_poll_t *poll);
 static int record_file_unchanged(PollRecord *record);
 
+/* Room for one more parked poll, of fd; -1 if none (no memory). */
+static int
+parked_make_room(LoopObject *loop, int fd)
+{
+    if (loop->parked_count == loop->parked_capacity) {
+        int capacity = loop->parked_capacity ? loop->parked_capacity * 2 : 16;
+        struct ParkedPoll *items = PyMem_Realloc(loop->parked_polls, (size_t)capacity * sizeof *items);
+        if (items == NULL) {
+            return -1;
+        }
+        loop->parked_polls = items;
+        loop->parked_capacity = capacity;
+    }
+    if (fd >= loop->parked_slot_by_fd_size) {
+        int size = loop->parked_slot_by_fd_size ? loop->parked_slot_by_fd_size : 64;
+        while (size <= fd) {
+            size *= 2;
+        }
+        int *index = PyMem_Realloc(loop->parked_slot_by_fd, (size_t)size * sizeof *index);
+        if (index == NULL) {
+            return -1;
+        }
+        memset(index + loop->parked_slot_by_fd_size, 0,
+               (size_t)(size - loop->parked_slot_by_fd_size) * sizeof *index);
+        loop->parked_slot_by_fd = index;
+        loop->parked_slot_by_fd_size = size;
+    }
+    return 0;
+}
+
 /* Parks a started, noted watcher poll; 0 if it cannot be (then close it). */
 static int
 park_poll(LoopObject *loop, uv_poll_t *poll, int fd, int events)
 {
     PollRecord *record = record_find(loop, poll);
     /* only while running: a stopped loop would keep them until it runs again */
-    if (loop->thread_id == Py_None || record == NULL || !uv_is_active((uv_handle_t *)poll)
-        || uv_is_closing((uv_handle_t *)poll) || loop_in_other_process(loop)) {
+    if (loop->thread_id == Py_None || record == NULL || fd < 0 || !uv_is_active((uv_handle_t *)poll)
+        || uv_is_closing((uv_handle_t *)poll) || loop_in_other_process(loop)
+        || parked_make_room(loop, fd) < 0) {
         return 0;
     }
-    if (loop->parked_count == LOOP_PARKED_POLLS) {
-        release_parked(loop, 0);
-    }
+    loop_release_parked_fd(loop, fd);  /* (libuv allows one poll per fd: none) */
     record->on_bad_fd = parked_bad_fd;
     record->owner = poll;
     poll->data = NULL;
-    loop->parked_polls[loop->parked_count].poll = poll;
-    loop->parked_polls[loop->parked_count].fd = fd;
-    loop->parked_polls[loop->parked_count].events = events;
-    loop->parked_polls[loop->parked_count].age = 0;
-    loop->parked_count++;
+    struct ParkedPoll *parked = &loop->parked_polls[loop->parked_count];
+    parked->poll = poll;
+    parked->fd = fd;
+    parked->events = events;
+    parked->age = 0;
+    loop->parked_slot_by_fd[fd] = ++loop->parked_count;
     loop->closing_polls++;
     return 1;
 }
@@ -199,23 +257,20 @@ park_poll(LoopObject *loop, uv_poll_t *poll, int fd, int events)
 uv_poll_t *
 loop_poll_take_parked(LoopObject *loop, int fd, int *events)
 {
-    for (int i = 0; i < loop->parked_count; i++) {
-        if (loop->parked_polls[i].fd != fd) {
-            continue;
-        }
-        uv_poll_t *poll = loop->parked_polls[i].poll;
-        PollRecord *record = record_find(loop, poll);
-        if (record == NULL || !record_file_unchanged(record)) {
-            release_parked(loop, i);  /* closed or reused meanwhile: a fresh poll checks it */
-            return NULL;
-        }
-        /* libuv stops a poll on POLLERR (its callback found nobody): restart */
-        *events = uv_is_active((uv_handle_t *)poll) ? loop->parked_polls[i].events : 0;
-        loop->parked_polls[i] = loop->parked_polls[--loop->parked_count];
-        loop->closing_polls--;
-        return poll;
+    int slot = parked_slot(loop, fd);
+    if (slot < 0) {
+        return NULL;
     }
-    return NULL;
+    uv_poll_t *poll = loop->parked_polls[slot].poll;
+    PollRecord *record = record_find(loop, poll);
+    if (record == NULL || !record_file_unchanged(record)) {
+        release_parked(loop, slot);  /* closed or reused meanwhile: a fresh poll checks it */
+        return NULL;
+    }
+    /* libuv stops a poll on POLLERR (its callback found nobody): restart */
+    *events = uv_is_active((uv_handle_t *)poll) ? loop->parked_polls[slot].events : 0;
+    unpark_slot(loop, slot);
+    return poll;
 }
 
 typedef struct {
@@ -673,6 +728,7 @@ loop_close_watchers(LoopObject *loop)
         return;
     }
     loop_release_parked_polls(loop);
+    free_parked_tables(loop);  /* closing: nothing parks any more */
     PyObject *key, *value;
     Py_ssize_t pos = 0;
     while (PyDict_Next(loop->watchers, &pos, &key, &value)) {

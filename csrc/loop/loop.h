@@ -201,8 +201,13 @@ void timer_heap_remove(TimerHeap *heap, HandleObject *timer);    /* drops the he
 void timer_heap_clear(TimerHeap *heap);
 int timer_heap_traverse(TimerHeap *heap, visitproc visit, void *arg);
 
-/* How many idle watcher polls a loop keeps for reuse within one callback phase. */
-#define LOOP_PARKED_POLLS 8
+/* An idle watcher's poll kept for the next poll of its fd (io_watchers.c). */
+struct ParkedPoll {
+    uv_poll_t *poll;
+    int fd;
+    int events;                  /* what it is started with */
+    int age;                     /* poll phases it has been parked across */
+};
 
 /* The closed/reused-fd guard's record of a started poll (io_watchers.c). */
 typedef struct {
@@ -307,16 +312,14 @@ struct LoopObject {
     Py_ssize_t changed_polls_capacity;
     Py_ssize_t closing_polls;    /* watcher polls uv_close()d whose close callback has not run,
                                   * and parked ones (below) */
-    struct {
-        uv_poll_t *poll;
-        int fd;
-        int events;
-        int age;                 /* poll phases it has been parked across */
-    } parked_polls[LOOP_PARKED_POLLS];  /* started watcher polls whose watcher went idle,
+    struct ParkedPoll *parked_polls;  /* started watcher polls whose watcher went idle,
                                   * kept for the next poll of their fd (a transport after
                                   * sock_connect, the next sock_recv) until the next poll
                                   * phase but one, or a blocking one (io_watchers.c) */
     int parked_count;
+    int parked_capacity;
+    int *parked_slot_by_fd;      /* fd -> index in parked_polls + 1; 0: none */
+    int parked_slot_by_fd_size;
     LoopStats stats;             /* always-on counters (stats.c) */
     long pid;                    /* process whose kernel state (epoll, eventfd, signal socket) the
                                   * loop uses: the creator's, or the child's after loop_after_fork */

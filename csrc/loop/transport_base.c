@@ -604,6 +604,10 @@ adopt_parked_poll(TransportObject *self, TransportPoll *shared, int started)
     shared->handle.data = shared;
     shared->initialized = 1;
     shared->events = started;
+    /* Started with the events the transport wants, it is not restarted: its
+     * callback (uv_poll_s's public poll_cb, which uv_poll_start sets) is ours
+     * from now on. */
+    shared->handle.poll_cb = on_poll;
     /* the record (the file's identity) now reports to the transport */
     if (loop_note_poll_change(self->loop, &shared->handle, shared->fd, transport_bad_fd, shared) < 0) {
         shared->handle.data = NULL;
