@@ -953,25 +953,40 @@ dispatch_events(TransportObject *self, int events)
     }
 }
 
-/* Queues _io_ready(events) behind the callbacks that were ready before this
- * poll, so they run first, as on asyncio (whose selector queues a handle per
- * event).  When nothing was ready the handlers run at once (no Handle). */
+/* Queues the events behind the callbacks that were ready before this poll,
+ * so they run first, as on asyncio (whose selector queues a handle per
+ * event).  When nothing was ready the handlers run at once (no Handle).
+ * The transport's one Handle (`_io_ready_deferred`, in its context) is
+ * queued again each time: with thousands of busy connections, a Handle and
+ * an args tuple per event were most of the GC's work (gen0 collections). */
 static int
 defer_events(TransportObject *self, int events)
 {
-    if (self->io_ready_method == NULL) {
-        self->io_ready_method = PyObject_GetAttrString((PyObject *)self, "_io_ready");
-        if (self->io_ready_method == NULL) {
+    if (self->deferred_events != 0) {  /* queued and not run yet: it takes these too */
+        self->deferred_events |= events;
+        return 0;
+    }
+    if (self->loop->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
+    if (self->io_ready_handle == NULL) {
+        PyObject *method = PyObject_GetAttrString((PyObject *)self, "_io_ready_deferred");
+        if (method == NULL) {
+            return -1;
+        }
+        self->io_ready_handle = handle_new(self->loop, self->loop->state->HandleType, method, NULL, 0,
+                                           self->context);
+        Py_DECREF(method);
+        if (self->io_ready_handle == NULL) {
             return -1;
         }
     }
-    PyObject *events_obj = PyLong_FromLong(events);
-    if (events_obj == NULL) {
+    if (loop_schedule_handle(self->loop, self->io_ready_handle) < 0) {
         return -1;
     }
-    int rc = transport_schedule_call(self, self->io_ready_method, events_obj);
-    Py_DECREF(events_obj);
-    return rc;
+    self->deferred_events = events;
+    return 0;
 }
 
 /* One user's share of a poll event; the caller holds a reference. */
@@ -1044,6 +1059,23 @@ transport_io_ready(TransportObject *self, PyObject *events_obj)
         return NULL;
     }
     if (self->lost || self->loop == NULL || self->sock == NULL) {
+        Py_RETURN_NONE;  /* queued before the connection was lost or the socket forgotten */
+    }
+    dispatch_events(self, events);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* _io_ready_deferred(): what defer_events queued, run by the transport's
+ * Handle in its context. */
+static PyObject *
+transport_io_ready_deferred(TransportObject *self, PyObject *unused)
+{
+    int events = self->deferred_events;
+    self->deferred_events = 0;
+    if (events == 0 || self->lost || self->loop == NULL || self->sock == NULL) {
         Py_RETURN_NONE;  /* queued before the connection was lost or the socket forgotten */
     }
     dispatch_events(self, events);
@@ -1426,6 +1458,7 @@ transport_call_connection_lost(TransportObject *self, PyObject *exc)
     }
     Py_CLEAR(self->protocol);
     Py_CLEAR(self->io_ready_method);
+    Py_CLEAR(self->io_ready_handle);  /* (a queued run finds the connection lost) */
     if (self->server != NULL) {
         PyObject *server = self->server;
         self->server = NULL;
@@ -1906,6 +1939,7 @@ PyMethodDef transport_common_methods[] = {
     {"_call_connection_lost", (PyCFunction)transport_call_connection_lost, METH_O, NULL},
     {"_force_close", (PyCFunction)transport_force_close_method, METH_O, NULL},
     {"_io_ready", (PyCFunction)transport_io_ready, METH_O, NULL},
+    {"_io_ready_deferred", (PyCFunction)transport_io_ready_deferred, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2190,6 +2224,7 @@ transport_traverse(TransportObject *self, visitproc visit, void *arg)
     Py_VISIT(self->empty_waiter);
     Py_VISIT(self->address);
     Py_VISIT(self->io_ready_method);
+    Py_VISIT(self->io_ready_handle);
     Py_VISIT(self->watcher_callback);
     Py_VISIT(self->write_limits);
     for (Py_ssize_t i = 0; i < self->queue.count; i++) {
@@ -2203,6 +2238,7 @@ int
 transport_clear(TransportObject *self)
 {
     Py_CLEAR(self->io_ready_method);
+    Py_CLEAR(self->io_ready_handle);
     Py_CLEAR(self->watcher_callback);
     Py_CLEAR(self->dict);
     Py_CLEAR(self->protocol);
