@@ -330,3 +330,25 @@ def test_connection_epoll_ctl_count(loop_name, tmp_path):
     failing = [line for line in lines if "= -1" in line]
     assert len(lines) <= 12 * n + 50, len(lines)
     assert len(failing) <= 2 * n + 10, len(failing)
+
+
+def test_no_idle_poll_left_after_run(loop, loop_name):
+    """A sock_recv completes in the last iteration before the loop stops: no
+    poll of pyasync_c's is left (parked) while the loop is stopped."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    async def main():
+        loop.call_later(0.01, b.send, b"x")
+        return await loop.sock_recv(a, 10)
+
+    try:
+        assert loop.run_until_complete(main()) == b"x"
+        if loop_name == "pyasync_c":
+            stats = loop._poll_stats
+            # a parked poll keeps its record (noted); a closed one only waits
+            # for its close callback
+            assert stats["noted_polls"] == 0, stats
+    finally:
+        a.close()
+        b.close()

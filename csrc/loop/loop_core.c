@@ -757,6 +757,9 @@ loop_run(LoopObject *self, PyObject *unused)
     do {
         status = run_once(self);
     } while (status == 0 && !self->stopping);
+    if (self->parked_count > 0) {
+        loop_release_parked_polls(self);  /* nothing takes them while the loop is stopped */
+    }
     stats_run_end(self);
     self->stopping = 0;
     if (status < 0) {
