@@ -103,12 +103,12 @@ def test_cancelled_sock_connect_then_fd_reused(run):
         server, addr = await _echo_server()
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
+        listener.listen(8)
+        listener.setblocking(False)
         outcomes = []
         for _ in range(5):
             sock = socket.socket()
             sock.setblocking(False)
-            fd = sock.fileno()
             task = loop.create_task(loop.sock_connect(sock, listener.getsockname()))
             await asyncio.sleep(0)  # the connect is in flight (or done: loopback is fast)
             task.cancel()
@@ -118,8 +118,7 @@ def test_cancelled_sock_connect_then_fd_reused(run):
                 pass
             sock.close()
             new = socket.socket()
-            new.setblocking(False)
-            same = new.fileno() == fd
+            new.setblocking(False)  # usually gets the closed socket's fd number
             await loop.sock_connect(new, addr)
             transport, proto = await loop.create_connection(lambda: Collect(2), sock=new)
             transport.write(b"ok")
