@@ -4,7 +4,8 @@
                                       [--concurrency C] [--duration S]
 
 httpx and aiohttp GETs, asyncpg queries, redis-py pipelines, connection churn
-(asyncio streams: connect, a few checked lines, close) and the websockets
+(asyncio streams: connect, a few checked lines, close), 10,000 connections open
+at once exchanging checked lines (conn10k) and the websockets
 echo load driver. `concurrency` workers share `requests` operations, after a
 warm-up of a tenth as many; the result line is JSON: ops, seconds, this
 process's CPU seconds over the timed part and the p99 latency of one
@@ -119,6 +120,48 @@ async def churn_client(args: argparse.Namespace) -> tuple[Op, Callable[[], Await
             writer.close()
             await writer.wait_closed()
         return 1
+
+    async def nothing() -> None:
+        pass
+    return op, nothing
+
+
+CONN_10K = 10_000       # connections open at once
+CONN_10K_MESSAGES = 20  # checked round trips on each
+CONN_10K_CONNECTING = 1_000  # connects in flight (the server's backlog is 4096)
+
+
+@client("conn10k")
+async def conn10k_client(args: argparse.Namespace) -> tuple[Op, Callable[[], Awaitable[None]]]:
+    """One operation opens CONN_10K connections (asyncio streams), holds them
+    all open, then each exchanges CONN_10K_MESSAGES checked lines, all at
+    once, and closes; it counts as CONN_10K operations (connections)."""
+    host, port = args.target.rsplit(":", 1)
+
+    async def op(i: int) -> int:
+        connecting = asyncio.Semaphore(CONN_10K_CONNECTING)
+        all_open = asyncio.Event()
+        opened = 0
+
+        async def one(c: int) -> None:
+            nonlocal opened
+            async with connecting:
+                reader, writer = await asyncio.open_connection(host, int(port))
+            opened += 1
+            if opened == CONN_10K:
+                all_open.set()
+            try:
+                await all_open.wait()
+                for k in range(CONN_10K_MESSAGES):
+                    line = b"conn %d message %d\n" % (c, k)
+                    writer.write(line)
+                    if await reader.readline() != line:
+                        raise RuntimeError("bad echo")
+            finally:
+                writer.close()
+                await writer.wait_closed()
+        await asyncio.gather(*(one(c) for c in range(CONN_10K)))
+        return CONN_10K
 
     async def nothing() -> None:
         pass

@@ -85,6 +85,10 @@ WORKLOADS = [
     Workload("conn_churn", "asyncio streams both ends (both on the loop under test): connect, "
              "3 checked lines, close; 200 at a time", "conn", server="streams_echo",
              client="churn", concurrency=200, cpu_of="both", scale=0.2),
+    Workload("conn_10k", "asyncio streams both ends (both on the loop under test): 10,000 "
+             "connections open at once (1,000 connecting at a time), 20 checked lines on each, "
+             "close; one timed batch after one warm-up batch", "conn", server="streams_echo",
+             client="conn10k", concurrency=1, cpu_of="both", scale=0.0),
 ]
 REGISTRY = {w.name: w for w in WORKLOADS}
 

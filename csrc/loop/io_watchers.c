@@ -21,6 +21,7 @@
  * shared with the transports' polls.
  */
 #include "loop.h"
+#include "transport.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -79,12 +80,206 @@ free_watcher_poll(uv_handle_t *handle)
     free(handle);
 }
 
+/* A watcher's poll is allocated as large as a transport's, so that once the
+ * watcher is done with it (sock_connect completed) the transport made next on
+ * the same fd can take it over (loop_poll_take_parked) instead of a fresh
+ * uv_poll_init (epoll ADD + DEL + ioctl) and uv_poll_start (a failing DEL). */
+_Static_assert(offsetof(TransportPoll, handle) == 0, "a transport's poll starts with its uv_poll_t");
+#define POLL_BLOCK_SIZE sizeof(TransportPoll)
+
+/* uv_close()s a watcher poll (freed by its close callback), its record gone. */
+static void
+close_watcher_poll(LoopObject *loop, uv_poll_t *poll)
+{
+    loop_forget_poll(loop, poll);
+    poll->data = NULL;  /* on_poll: closed (maybe in this very poll phase) */
+    if (loop_own_epoll_after_fork(loop) == 0) {
+        loop->closing_polls++;
+        uv_close((uv_handle_t *)poll, free_watcher_poll);  /* stops it too */
+    }
+}
+
+/* ---- parked polls ----
+ * A watcher that goes idle (sock_connect/sock_recv done, remove_reader) where
+ * libuv may be touched leaves its started poll "parked" rather than closed:
+ * nobody is called for it (data NULL), and the next poll wanted for the same
+ * fd soon -- the transport create_connection makes after sock_connect (it
+ * starts reading one iteration later, as asyncio's), the next sock_recv's
+ * watcher, a watcher whose events change -- takes it if the fd is still the
+ * same file (the record's identity, fstat), so libuv's probe and the
+ * close/re-add are saved.  What is not taken is closed at the poll phase after
+ * the next one, or before any blocking uv_run (a parked writable poll would
+ * keep waking it), so a parked poll is only ever reported to nobody by a
+ * non-blocking uv_run.  Parked polls stay under the guard: a record listed as
+ * changed is checked before uv_run like any other (on_bad_fd releases it),
+ * one registered earlier is dropped by the kernel with its file.  They count
+ * in closing_polls meanwhile (a busy loop that skips the poll still gets to
+ * close them). */
+
+/* Removes slot from the table (the last entry moves into it). */
+static void
+unpark_slot(LoopObject *loop, int slot)
+{
+    struct ParkedPoll *parked = loop->parked_polls;
+    loop->parked_slot_by_fd[parked[slot].fd] = 0;
+    if (slot != --loop->parked_count) {
+        parked[slot] = parked[loop->parked_count];
+        loop->parked_slot_by_fd[parked[slot].fd] = slot + 1;
+    }
+    loop->closing_polls--;
+}
+
+static void
+release_parked(LoopObject *loop, int slot)
+{
+    uv_poll_t *poll = loop->parked_polls[slot].poll;
+    unpark_slot(loop, slot);
+    close_watcher_poll(loop, poll);
+}
+
+static int
+parked_slot(LoopObject *loop, int fd)
+{
+    return fd >= 0 && fd < loop->parked_slot_by_fd_size ? loop->parked_slot_by_fd[fd] - 1 : -1;
+}
+
+void
+loop_release_parked_polls(LoopObject *loop)
+{
+    while (loop->parked_count > 0) {
+        release_parked(loop, loop->parked_count - 1);
+    }
+}
+
+void
+loop_release_parked_fd(LoopObject *loop, int fd)
+{
+    int slot = parked_slot(loop, fd);
+    if (slot >= 0) {
+        release_parked(loop, slot);
+    }
+}
+
+static void
+free_parked_tables(LoopObject *loop)
+{
+    PyMem_Free(loop->parked_polls);
+    PyMem_Free(loop->parked_slot_by_fd);
+    loop->parked_polls = NULL;
+    loop->parked_slot_by_fd = NULL;
+    loop->parked_capacity = loop->parked_slot_by_fd_size = 0;
+}
+
+/* At a poll phase: closes those parked before the previous one, ages the rest. */
+static void
+age_parked(LoopObject *loop)
+{
+    for (int i = loop->parked_count - 1; i >= 0; i--) {
+        if (loop->parked_polls[i].age++ > 0) {
+            release_parked(loop, i);  /* moves the last one, already aged, into i */
+        }
+    }
+}
+
+/* The record's owner while parked: the poll.  Its on_bad_fd (a parked poll
+ * started in this phase is checked like any other before uv_run). */
+static void
+parked_bad_fd(void *owner)
+{
+    uv_poll_t *poll = owner;
+    LoopObject *loop = poll->loop->data;
+    for (int slot = 0; slot < loop->parked_count; slot++) {
+        if (loop->parked_polls[slot].poll == poll) {
+            release_parked(loop, slot);
+            return;
+        }
+    }
+}
+
+static PollRecord *record_find(LoopObject *loop, uv_poll_t *poll);
+static int record_file_unchanged(PollRecord *record);
+
+/* Room for one more parked poll, of fd; -1 if none (no memory). */
+static int
+parked_make_room(LoopObject *loop, int fd)
+{
+    if (loop->parked_count == loop->parked_capacity) {
+        int capacity = loop->parked_capacity ? loop->parked_capacity * 2 : 16;
+        struct ParkedPoll *items = PyMem_Realloc(loop->parked_polls, (size_t)capacity * sizeof *items);
+        if (items == NULL) {
+            return -1;
+        }
+        loop->parked_polls = items;
+        loop->parked_capacity = capacity;
+    }
+    if (fd >= loop->parked_slot_by_fd_size) {
+        int size = loop->parked_slot_by_fd_size ? loop->parked_slot_by_fd_size : 64;
+        while (size <= fd) {
+            size *= 2;
+        }
+        int *index = PyMem_Realloc(loop->parked_slot_by_fd, (size_t)size * sizeof *index);
+        if (index == NULL) {
+            return -1;
+        }
+        memset(index + loop->parked_slot_by_fd_size, 0,
+               (size_t)(size - loop->parked_slot_by_fd_size) * sizeof *index);
+        loop->parked_slot_by_fd = index;
+        loop->parked_slot_by_fd_size = size;
+    }
+    return 0;
+}
+
+/* Parks a started, noted watcher poll; 0 if it cannot be (then close it). */
+static int
+park_poll(LoopObject *loop, uv_poll_t *poll, int fd, int events)
+{
+    PollRecord *record = record_find(loop, poll);
+    /* only while running: a stopped loop would keep them until it runs again */
+    if (loop->thread_id == Py_None || record == NULL || fd < 0 || !uv_is_active((uv_handle_t *)poll)
+        || uv_is_closing((uv_handle_t *)poll) || loop_in_other_process(loop)
+        || parked_make_room(loop, fd) < 0) {
+        return 0;
+    }
+    loop_release_parked_fd(loop, fd);  /* (libuv allows one poll per fd: none) */
+    record->on_bad_fd = parked_bad_fd;
+    record->owner = poll;
+    poll->data = NULL;
+    struct ParkedPoll *parked = &loop->parked_polls[loop->parked_count];
+    parked->poll = poll;
+    parked->fd = fd;
+    parked->events = events;
+    parked->age = 0;
+    loop->parked_slot_by_fd[fd] = ++loop->parked_count;
+    loop->closing_polls++;
+    return 1;
+}
+
+uv_poll_t *
+loop_poll_take_parked(LoopObject *loop, int fd, int *events)
+{
+    int slot = parked_slot(loop, fd);
+    if (slot < 0) {
+        return NULL;
+    }
+    uv_poll_t *poll = loop->parked_polls[slot].poll;
+    PollRecord *record = record_find(loop, poll);
+    if (record == NULL || !record_file_unchanged(record)) {
+        release_parked(loop, slot);  /* closed or reused meanwhile: a fresh poll checks it */
+        return NULL;
+    }
+    /* libuv stops a poll on POLLERR (its callback found nobody): restart */
+    *events = uv_is_active((uv_handle_t *)poll) ? loop->parked_polls[slot].events : 0;
+    unpark_slot(loop, slot);
+    return poll;
+}
+
 typedef struct {
     PyObject_HEAD
     LoopObject *loop;
     HandleObject *reader;
     HandleObject *writer;
     uv_poll_t *poll;  /* NULL when nothing is watched */
+    int poll_events;  /* what poll was started with */
     LibuvChange restart;  /* a restart another thread queued (owns a reference while queued) */
     int fd;
 } WatcherObject;
@@ -188,20 +383,26 @@ loop_fileobj_to_fd(PyObject *fileobj)
 }
 
 
+/* Stops watching; with `park`, the poll may be left started for the next
+ * poll of the fd in this callback phase (see "parked polls"). */
 static void
-watcher_stop_poll(WatcherObject *self)
+watcher_release_poll(WatcherObject *self, int park)
 {
     if (self->poll != NULL) {
         LoopObject *loop = self->loop;
-        loop_forget_poll(loop, self->poll);
-        self->poll->data = NULL;  /* on_poll: closed (maybe in this very poll phase) */
-        if (loop_own_epoll_after_fork(loop) == 0) {
-            loop->closing_polls++;
-            uv_close((uv_handle_t *)self->poll, free_watcher_poll);  /* stops it too */
+        if (!park || !park_poll(loop, self->poll, self->fd, self->poll_events)) {
+            close_watcher_poll(loop, self->poll);
         }
         self->poll = NULL;
+        self->poll_events = 0;
         loop->active_io--;
     }
+}
+
+static void
+watcher_stop_poll(WatcherObject *self)
+{
+    watcher_release_poll(self, 0);
 }
 
 static void on_poll(uv_poll_t *poll, int status, int events);
@@ -227,32 +428,40 @@ static int
 watcher_restart_now(WatcherObject *self)
 {
     int events = watcher_events(self);
-    watcher_stop_poll(self);
+    /* parked, then taken back below if the fd is still the file it polled
+     * (else closed, and a fresh poll re-validates the fd) */
+    watcher_release_poll(self, 1);
     if (events == 0) {
         return 0;
     }
-    uv_poll_t *poll = malloc(sizeof(uv_poll_t));
+    int started = 0;
+    uv_poll_t *poll = loop_poll_take_parked(self->loop, self->fd, &started);
     if (poll == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    int err = loop_poll_init(self->loop, poll, self->fd);
-    if (err < 0) {
-        free(poll);
-        errno = -err;  /* e.g. EPERM for a regular file, as asyncio's epoll_ctl() */
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
+        poll = malloc(POLL_BLOCK_SIZE);
+        if (poll == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        int err = loop_poll_init(self->loop, poll, self->fd);
+        if (err < 0) {
+            free(poll);
+            errno = -err;  /* e.g. EPERM for a regular file, as asyncio's epoll_ctl() */
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
     }
     poll->data = self;
-    err = uv_poll_start(poll, events, on_poll);
-    if (err < 0) {
-        self->loop->closing_polls++;
-        uv_close((uv_handle_t *)poll, free_watcher_poll);
-        errno = -err;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
+    if (events != started) {  /* each uv_poll_start costs an EPOLL_CTL_DEL and a new ADD */
+        int err = uv_poll_start(poll, events, on_poll);
+        if (err < 0) {
+            close_watcher_poll(self->loop, poll);
+            errno = -err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
     }
     self->poll = poll;
+    self->poll_events = events;
     self->loop->active_io++;
     if (loop_note_poll_change(self->loop, poll, self->fd, watcher_bad_fd, self) < 0) {
         watcher_stop_poll(self);  /* unguarded, uv_run could abort on it */
@@ -394,6 +603,7 @@ watcher_for_fd(LoopObject *loop, int fd, int create)
     watcher->loop = (LoopObject *)Py_NewRef(loop);
     watcher->reader = watcher->writer = NULL;
     watcher->poll = NULL;
+    watcher->poll_events = 0;
     watcher->restart = (LibuvChange){.next = NULL, .apply = watcher_apply_restart, .queued = 0};
     watcher->fd = fd;
     PyObject_GC_Track(watcher);
@@ -517,6 +727,8 @@ loop_close_watchers(LoopObject *loop)
     if (loop->watchers == NULL) {
         return;
     }
+    loop_release_parked_polls(loop);
+    free_parked_tables(loop);  /* closing: nothing parks any more */
     PyObject *key, *value;
     Py_ssize_t pos = 0;
     while (PyDict_Next(loop->watchers, &pos, &key, &value)) {
@@ -777,6 +989,7 @@ loop_forget_poll(LoopObject *loop, uv_poll_t *poll)
 void
 loop_check_changed_polls(LoopObject *loop)
 {
+    age_parked(loop);
     /* One at a time from the end, so owners may note or forget polls (and run
      * Python code) from on_bad_fd; polls they start are checked too. */
     while (loop->changed_polls_count > 0) {
@@ -824,6 +1037,7 @@ loop_poll_init(LoopObject *loop, uv_poll_t *poll, int fd)
     if (loop_own_epoll_after_fork(loop) < 0) {
         return UV_EBUSY;
     }
+    loop_release_parked_fd(loop, fd);
     int err = uv_poll_init(&loop->uv, poll, fd);
     if (err == UV_EEXIST && release_stale_watcher(loop, fd)) {
         err = uv_poll_init(&loop->uv, poll, fd);

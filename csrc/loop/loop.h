@@ -201,6 +201,14 @@ void timer_heap_remove(TimerHeap *heap, HandleObject *timer);    /* drops the he
 void timer_heap_clear(TimerHeap *heap);
 int timer_heap_traverse(TimerHeap *heap, visitproc visit, void *arg);
 
+/* An idle watcher's poll kept for the next poll of its fd (io_watchers.c). */
+struct ParkedPoll {
+    uv_poll_t *poll;
+    int fd;
+    int events;                  /* what it is started with */
+    int age;                     /* poll phases it has been parked across */
+};
+
 /* The closed/reused-fd guard's record of a started poll (io_watchers.c). */
 typedef struct {
     uv_poll_t *poll;             /* NULL: empty slot (a deleted one holds a marker) */
@@ -302,7 +310,16 @@ struct LoopObject {
                                   * before the next one (io_watchers.c); each at most once */
     Py_ssize_t changed_polls_count;
     Py_ssize_t changed_polls_capacity;
-    Py_ssize_t closing_polls;    /* watcher polls uv_close()d whose close callback has not run */
+    Py_ssize_t closing_polls;    /* watcher polls uv_close()d whose close callback has not run,
+                                  * and parked ones (below) */
+    struct ParkedPoll *parked_polls;  /* started watcher polls whose watcher went idle,
+                                  * kept for the next poll of their fd (a transport after
+                                  * sock_connect, the next sock_recv) until the next poll
+                                  * phase but one, or a blocking one (io_watchers.c) */
+    int parked_count;
+    int parked_capacity;
+    int *parked_slot_by_fd;      /* fd -> index in parked_polls + 1; 0: none */
+    int parked_slot_by_fd_size;
     LoopStats stats;             /* always-on counters (stats.c) */
     long pid;                    /* process whose kernel state (epoll, eventfd, signal socket) the
                                   * loop uses: the creator's, or the child's after loop_after_fork */
@@ -482,6 +499,20 @@ int loop_fileobj_to_fd(PyObject *fileobj);
  *     one whose fd is closed or now another file goes to on_bad_fd(owner),
  *     which must stop it. */
 int loop_poll_init(LoopObject *loop, uv_poll_t *poll, int fd);
+/*   loop_poll_take_parked: where libuv may be touched, the poll a watcher of
+ *     fd left started when it went idle lately, if the fd is
+ *     still the same file (else that poll is closed): NULL if none.  The
+ *     poll is started with *events, its memory is sizeof(TransportPoll)
+ *     malloc'ed bytes (the poll first) that its close callback must free(),
+ *     and its record keeps the identity: the taker must note it with its own
+ *     on_bad_fd/owner (loop_note_poll_change), even with unchanged events. */
+uv_poll_t *loop_poll_take_parked(LoopObject *loop, int fd, int *events);
+/*   loop_release_parked_polls: closes them all (before a blocking uv_run:
+ *     a parked poll is reported to nobody, and could keep waking it). */
+void loop_release_parked_polls(LoopObject *loop);
+/*   loop_release_parked_fd: closes the one of fd, if any: before starting
+ *     another poll of fd (libuv refuses two polls of an fd: EEXIST). */
+void loop_release_parked_fd(LoopObject *loop, int fd);
 int loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_bad_fd)(void *), void *owner);
 void loop_forget_poll(LoopObject *loop, uv_poll_t *poll);
 void loop_check_changed_polls(LoopObject *loop);

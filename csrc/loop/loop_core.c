@@ -613,7 +613,7 @@ poll_io(LoopObject *self)
     if (self->libuv_changes != NULL) {
         loop_apply_libuv_changes(self);  /* left queued by a fork (loop_take_gil applies the rest) */
     }
-    if (self->changed_polls_count > 0) {
+    if (self->changed_polls_count > 0 || self->parked_count > 0) {
         loop_check_changed_polls(self);  /* may schedule callbacks: before deciding to block */
     }
     int block = self->ready.count == 0 && !self->stopping;
@@ -628,6 +628,9 @@ poll_io(LoopObject *self)
     }
     else if (block) {
         uv_timer_stop(&self->wake_timer);
+    }
+    if (block && self->parked_count > 0) {
+        loop_release_parked_polls(self);  /* nobody is waiting for them */
     }
     self->may_block = (char)block;
     /* debug mode: every transport event runs as a Handle, so slow protocol
@@ -754,6 +757,9 @@ loop_run(LoopObject *self, PyObject *unused)
     do {
         status = run_once(self);
     } while (status == 0 && !self->stopping);
+    if (self->parked_count > 0) {
+        loop_release_parked_polls(self);  /* nothing takes them while the loop is stopped */
+    }
     stats_run_end(self);
     self->stopping = 0;
     if (status < 0) {

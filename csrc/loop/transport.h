@@ -72,6 +72,9 @@ typedef struct TransportObject {
     PyObject *empty_waiter;   /* sendfile: Future done when the write queue empties */
     PyObject *address;        /* datagram: the connected peer address, or NULL */
     PyObject *io_ready_method;/* bound _io_ready, made on first deferred event */
+    HandleObject *io_ready_handle; /* the Handle deferred poll events queue (reused:
+                                * none allocated per event); made on first use */
+    int deferred_events;      /* events it dispatches when it runs; nonzero: queued */
     TransportPoll *poll;      /* attached on first use (shared with fd_partner) */
     struct TransportObject *fd_partner; /* the other pipe transport on this fd (borrowed,
                                          * both ways; cleared when either lets go of it) */

@@ -495,6 +495,10 @@ shared_poll_sync_now(TransportPoll *shared)
     if (!shared->initialized && shared_poll_init(shared) < 0) {
         return -1;
     }
+    if (shared->events == 0 && shared->loop->parked_count > 0) {
+        /* a watcher's poll of this fd (add_writer while paused) outlives it */
+        loop_release_parked_fd(shared->loop, shared->fd);
+    }
     int err = uv_poll_start(&shared->handle, events, on_poll);
     if (err < 0) {
         errno = -err;
@@ -586,7 +590,37 @@ shared_poll_apply_sync(LibuvChange *change)
     }
 }
 
-/* Gives the transport a poll: its partner's, or a new one. */
+/* Takes over the poll a watcher of the fd left started (sock_connect just
+ * completed: create_connection's transport): no uv_poll_init probe, and no
+ * restart if it already polls the events the transport wants. */
+static int
+adopt_parked_poll(TransportObject *self, TransportPoll *shared, int started)
+{
+    memset((char *)shared + offsetof(TransportPoll, loop), 0,
+           sizeof(TransportPoll) - offsetof(TransportPoll, loop));
+    shared->loop = self->loop;
+    shared->fd = self->fd;
+    shared->sync.apply = shared_poll_apply_sync;
+    shared->handle.data = shared;
+    shared->initialized = 1;
+    shared->events = started;
+    /* Started with the events the transport wants, it is not restarted: its
+     * callback (uv_poll_s's public poll_cb, which uv_poll_start sets) is ours
+     * from now on. */
+    shared->handle.poll_cb = on_poll;
+    /* the record (the file's identity) now reports to the transport */
+    if (loop_note_poll_change(self->loop, &shared->handle, shared->fd, transport_bad_fd, shared) < 0) {
+        shared->handle.data = NULL;
+        loop_forget_poll(self->loop, &shared->handle);
+        uv_close((uv_handle_t *)&shared->handle, free_poll);
+        return -1;
+    }
+    shared->users[0] = self;
+    self->poll = shared;
+    return 0;
+}
+
+/* Gives the transport a poll: its partner's, a watcher's parked one, or a new one. */
 static int
 attach_poll(TransportObject *self)
 {
@@ -596,6 +630,13 @@ attach_poll(TransportObject *self)
         shared->users[shared->users[0] == NULL ? 0 : 1] = self;
         self->poll = shared;
         return 0;
+    }
+    if (loop_may_touch_libuv(self->loop)) {
+        int started = 0;
+        uv_poll_t *parked = loop_poll_take_parked(self->loop, self->fd, &started);
+        if (parked != NULL) {
+            return adopt_parked_poll(self, (TransportPoll *)parked, started);
+        }
     }
     TransportPoll *shared = calloc(1, sizeof(TransportPoll));
     if (shared == NULL) {
@@ -912,25 +953,40 @@ dispatch_events(TransportObject *self, int events)
     }
 }
 
-/* Queues _io_ready(events) behind the callbacks that were ready before this
- * poll, so they run first, as on asyncio (whose selector queues a handle per
- * event).  When nothing was ready the handlers run at once (no Handle). */
+/* Queues the events behind the callbacks that were ready before this poll,
+ * so they run first, as on asyncio (whose selector queues a handle per
+ * event).  When nothing was ready the handlers run at once (no Handle).
+ * The transport's one Handle (`_io_ready_deferred`, in its context) is
+ * queued again each time: with thousands of busy connections, a Handle and
+ * an args tuple per event were most of the GC's work (gen0 collections). */
 static int
 defer_events(TransportObject *self, int events)
 {
-    if (self->io_ready_method == NULL) {
-        self->io_ready_method = PyObject_GetAttrString((PyObject *)self, "_io_ready");
-        if (self->io_ready_method == NULL) {
+    if (self->deferred_events != 0) {  /* queued and not run yet: it takes these too */
+        self->deferred_events |= events;
+        return 0;
+    }
+    if (self->loop->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
+    if (self->io_ready_handle == NULL) {
+        PyObject *method = PyObject_GetAttrString((PyObject *)self, "_io_ready_deferred");
+        if (method == NULL) {
+            return -1;
+        }
+        self->io_ready_handle = handle_new(self->loop, self->loop->state->HandleType, method, NULL, 0,
+                                           self->context);
+        Py_DECREF(method);
+        if (self->io_ready_handle == NULL) {
             return -1;
         }
     }
-    PyObject *events_obj = PyLong_FromLong(events);
-    if (events_obj == NULL) {
+    if (loop_schedule_handle(self->loop, self->io_ready_handle) < 0) {
         return -1;
     }
-    int rc = transport_schedule_call(self, self->io_ready_method, events_obj);
-    Py_DECREF(events_obj);
-    return rc;
+    self->deferred_events = events;
+    return 0;
 }
 
 /* One user's share of a poll event; the caller holds a reference. */
@@ -1003,6 +1059,23 @@ transport_io_ready(TransportObject *self, PyObject *events_obj)
         return NULL;
     }
     if (self->lost || self->loop == NULL || self->sock == NULL) {
+        Py_RETURN_NONE;  /* queued before the connection was lost or the socket forgotten */
+    }
+    dispatch_events(self, events);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* _io_ready_deferred(): what defer_events queued, run by the transport's
+ * Handle in its context. */
+static PyObject *
+transport_io_ready_deferred(TransportObject *self, PyObject *unused)
+{
+    int events = self->deferred_events;
+    self->deferred_events = 0;
+    if (events == 0 || self->lost || self->loop == NULL || self->sock == NULL) {
         Py_RETURN_NONE;  /* queued before the connection was lost or the socket forgotten */
     }
     dispatch_events(self, events);
@@ -1385,6 +1458,7 @@ transport_call_connection_lost(TransportObject *self, PyObject *exc)
     }
     Py_CLEAR(self->protocol);
     Py_CLEAR(self->io_ready_method);
+    Py_CLEAR(self->io_ready_handle);  /* (a queued run finds the connection lost) */
     if (self->server != NULL) {
         PyObject *server = self->server;
         self->server = NULL;
@@ -1865,6 +1939,7 @@ PyMethodDef transport_common_methods[] = {
     {"_call_connection_lost", (PyCFunction)transport_call_connection_lost, METH_O, NULL},
     {"_force_close", (PyCFunction)transport_force_close_method, METH_O, NULL},
     {"_io_ready", (PyCFunction)transport_io_ready, METH_O, NULL},
+    {"_io_ready_deferred", (PyCFunction)transport_io_ready_deferred, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2149,6 +2224,7 @@ transport_traverse(TransportObject *self, visitproc visit, void *arg)
     Py_VISIT(self->empty_waiter);
     Py_VISIT(self->address);
     Py_VISIT(self->io_ready_method);
+    Py_VISIT(self->io_ready_handle);
     Py_VISIT(self->watcher_callback);
     Py_VISIT(self->write_limits);
     for (Py_ssize_t i = 0; i < self->queue.count; i++) {
@@ -2162,6 +2238,7 @@ int
 transport_clear(TransportObject *self)
 {
     Py_CLEAR(self->io_ready_method);
+    Py_CLEAR(self->io_ready_handle);
     Py_CLEAR(self->watcher_callback);
     Py_CLEAR(self->dict);
     Py_CLEAR(self->protocol);
