@@ -301,7 +301,10 @@ def summarize(cells: list[Cell], loops: list[str], names: list[str]) -> dict[str
                      cpu=statistics.median(c["cpu_us_per_op"] for c in ok),
                      p99=statistics.median(c["p99_ms"] for c in ok if c["p99_ms"] is not None)
                      if any(c["p99_ms"] is not None for c in ok) else None,
-                     errors=sum(c.get("errors", 0) for c in ok))
+                     errors=sum(c.get("errors", 0) for c in ok),
+                     # share of one core the measured process used: well below 100% the
+                     # load generator (or the peer), not the loop, sets the rate
+                     busy=statistics.median(c["ops_per_s"] * c["cpu_us_per_op"] / 1e6 for c in ok))
             for key, field in (("rate_ratio", "ops_per_s"), ("cpu_ratio", "cpu_us_per_op")):
                 ratios = []
                 for c in ok:
@@ -344,6 +347,7 @@ def tables(summary: dict[str, dict[str, Any]], loops: list[str], names: list[str
           for n in names]
     t4 = [[n] + [cell(n, lp, lambda s: f"{s['p99']:.2f}" if s.get("p99") is not None else "–")
                  for lp in loops] for n in names]
+    t5 = [[n] + [cell(n, lp, lambda s: f"{s['busy'] * 100:.0f}%") for lp in loops] for n in names]
     return [
         ("Throughput: ops/s, best / median over rounds", ["workload", "op", *loops], t1),
         ("Throughput ratio to uvloop (median over rounds of the same-round ratio; range)",
@@ -352,6 +356,9 @@ def tables(summary: dict[str, dict[str, Any]], loops: list[str], names: list[str
          "both ends for conn_churn; below 1: uses less)",
          ["workload", *loops, *[f"{lp}/uvloop" for lp in others]], t3),
         ("p99 latency (ms, median over rounds)", ["workload", *loops], t4),
+        ("CPU use of the measured process (% of one core, median; server workloads: the server). "
+         "Well below 100%, the load generator or peer, not the loop, sets the rate: read CPU per "
+         "operation there", ["workload", *loops], t5),
     ]
 
 
