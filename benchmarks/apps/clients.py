@@ -19,7 +19,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import LOOPS, emit, percentile, raise_nofile, run_on, self_cpu_seconds  # noqa: E402
@@ -104,6 +104,15 @@ async def redis_client(args: argparse.Namespace) -> tuple[Op, Callable[[], Await
     return op, r.aclose
 
 
+async def _echo_checked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        lines: Iterable[bytes]) -> None:
+    """Send each line and check the echo comes back unchanged."""
+    for line in lines:
+        writer.write(line)
+        if await reader.readline() != line:
+            raise RuntimeError("bad echo")
+
+
 @client("churn")
 async def churn_client(args: argparse.Namespace) -> tuple[Op, Callable[[], Awaitable[None]]]:
     host, port = args.target.rsplit(":", 1)
@@ -111,11 +120,7 @@ async def churn_client(args: argparse.Namespace) -> tuple[Op, Callable[[], Await
     async def op(i: int) -> int:
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
-            for k in range(3):
-                line = b"message %d %d\n" % (i, k)
-                writer.write(line)
-                if await reader.readline() != line:
-                    raise RuntimeError("bad echo")
+            await _echo_checked(reader, writer, (b"message %d %d\n" % (i, k) for k in range(3)))
         finally:
             writer.close()
             await writer.wait_closed()
@@ -152,11 +157,8 @@ async def conn10k_client(args: argparse.Namespace) -> tuple[Op, Callable[[], Awa
                 all_open.set()
             try:
                 await all_open.wait()
-                for k in range(CONN_10K_MESSAGES):
-                    line = b"conn %d message %d\n" % (c, k)
-                    writer.write(line)
-                    if await reader.readline() != line:
-                        raise RuntimeError("bad echo")
+                await _echo_checked(reader, writer,
+                                    (b"conn %d message %d\n" % (c, k) for k in range(CONN_10K_MESSAGES)))
             finally:
                 writer.close()
                 await writer.wait_closed()

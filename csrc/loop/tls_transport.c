@@ -941,6 +941,18 @@ written:
 static int call_eof_received(SSLProtocolObject *self);
 static int start_shutdown(SSLProtocolObject *self);
 
+/* A failed _SSLSocket.read: -2 when SSL wants more input (no plaintext is
+ * waiting until more ciphertext is fed), else -1 (an exception is set). */
+static Py_ssize_t
+read_failed(SSLProtocolObject *self, int again)
+{
+    if (again) {
+        self->may_have_plaintext = PLAINTEXT_NONE;
+        return -2;
+    }
+    return -1;
+}
+
 /* The fast path's read: _SSLSocket.read(capacity, window on buf[0:capacity]).
  * count >= 0, or -2 for "SSL wants more input", or -1 on error. */
 static Py_ssize_t
@@ -964,11 +976,7 @@ ssl_read_into(SSLProtocolObject *self, char *buf, Py_ssize_t capacity)
     window_done(window);
     Py_DECREF(size);
     if (r == NULL) {
-        if (again) {
-            self->may_have_plaintext = PLAINTEXT_NONE;
-            return -2;
-        }
-        return -1;
+        return read_failed(self, again);
     }
     Py_ssize_t count = PyLong_AsSsize_t(r);
     Py_DECREF(r);
@@ -1051,11 +1059,7 @@ read_first_bytes(SSLProtocolObject *self, Py_ssize_t want, PyObject **data, Py_s
     PyObject *r = ssl_op(self, OP_READ, &size, 1, &again);
     Py_DECREF(size);
     if (r == NULL) {
-        if (again) {
-            self->may_have_plaintext = PLAINTEXT_NONE;
-            return -2;
-        }
-        return -1;
+        return read_failed(self, again);
     }
     if (!PyBytes_CheckExact(r)) {
         Py_DECREF(r);
