@@ -95,8 +95,8 @@ class BlockingEvent:
         if self.coroutine_chain:
             lines.append("  coroutine chain: " + " -> ".join(self.coroutine_chain))
         if not self.in_the_act:
-            lines.append("  the loop thread held the GIL in C code until the callback returned: "
-                         "no stack could be taken while it ran")
+            lines.append("  the callback returned before the watchdog got the GIL (C code holding it, or "
+                         "other threads keeping the loop thread from it): no stack could be taken while it ran")
         else:
             lines.append(f"  now at {self.location}")
             lines.append("  loop thread stack (most recent call last):")

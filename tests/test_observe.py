@@ -437,10 +437,14 @@ def test_detection_while_executor_threads_run():
             await asyncio.sleep(0.05)
 
     pyasync_c.run(main())
-    blocking = [e for e in recorder.events if e.kind == "blocking"]
-    assert blocking and blocking[0].lineno == line_of("# BLOCK-EXECUTOR")
-    # awaiting the executor is not blocking: only that one callback is reported
-    assert {e.lineno for e in blocking} == {line_of("# BLOCK-EXECUTOR")}
+    # On a loaded machine the two CPU-bound threads can also keep the loop
+    # thread from the GIL for a whole threshold in the middle of a short step:
+    # the loop really was unresponsive, but the step is over by the time the
+    # watchdog gets the GIL, so such a report has no location (in_the_act False).
+    caught = [e for e in recorder.events if e.kind == "blocking" and e.in_the_act]
+    assert caught and caught[0].lineno == line_of("# BLOCK-EXECUTOR")
+    # awaiting the executor is not blocking: only that one callback is caught
+    assert {e.lineno for e in caught} == {line_of("# BLOCK-EXECUTOR")}
 
 
 def test_enable_disable_while_running_is_safe():
