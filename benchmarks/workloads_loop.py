@@ -182,19 +182,22 @@ def _self_signed_contexts() -> tuple[Any, Any]:
     return server, client
 
 
+class EchoProtocol(asyncio.Protocol):
+    """The TLS workloads' server: writes back whatever it receives."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
 @workload("loop", "round trips", n=20_000)
 def tls_pingpong(prims: Prims, n: int) -> Body:
     """TLS echo over loopback in one process: a Protocol client and server (asyncio's
     SSLProtocol over each loop's transport; uvloop: its own), 1 KiB, n round trips."""
     server_ctx, client_ctx = _self_signed_contexts()
     message = b"x" * 1024
-
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-
-        def data_received(self, data: bytes) -> None:
-            self.transport.write(data)
 
     class Client(asyncio.Protocol):
         def __init__(self, done: asyncio.Future[int]) -> None:
@@ -216,7 +219,7 @@ def tls_pingpong(prims: Prims, n: int) -> Body:
 
     async def body() -> int:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Echo, "127.0.0.1", 0, ssl=server_ctx)
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0, ssl=server_ctx)
         done: asyncio.Future[int] = loop.create_future()
         transport, _ = await loop.create_connection(
             lambda: Client(done), "127.0.0.1", server.sockets[0].getsockname()[1],

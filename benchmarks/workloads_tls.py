@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from harness import Body, Prims, loop_factory, workload
-from workloads_loop import _self_signed_contexts
+from workloads_loop import EchoProtocol, _self_signed_contexts
 
 CHUNK = 64 * 1024
 
@@ -93,13 +93,6 @@ def tls_connect(prims: Prims, n: int) -> Body:
     server_ctx, client_ctx = _self_signed_contexts()
     message = b"c" * 100
 
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-
-        def data_received(self, data: bytes) -> None:
-            self.transport.write(data)
-
     class Client(asyncio.Protocol):
         def __init__(self) -> None:
             self.got = 0
@@ -119,7 +112,7 @@ def tls_connect(prims: Prims, n: int) -> Body:
 
     async def body() -> int:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Echo, "127.0.0.1", 0, ssl=server_ctx)
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0, ssl=server_ctx)
         port = server.sockets[0].getsockname()[1]
         try:
             for _ in range(n):
@@ -145,13 +138,6 @@ def idle_memory(loop_name: str, count: int = 1000) -> float:
 
     server_ctx, client_ctx = _self_signed_contexts()
 
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-
-        def data_received(self, data: bytes) -> None:
-            self.transport.write(data)
-
     class Client(asyncio.Protocol):
         def connection_made(self, transport: Any) -> None:
             self.transport = transport
@@ -164,7 +150,7 @@ def idle_memory(loop_name: str, count: int = 1000) -> float:
 
     async def main() -> float:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Echo, "127.0.0.1", 0, ssl=server_ctx, backlog=count)
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0, ssl=server_ctx, backlog=count)
         port = server.sockets[0].getsockname()[1]
 
         async def one() -> Any:
