@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import os
 import socket
 import _socket
@@ -40,6 +41,24 @@ _raw_family: Callable[[socket.socket], int] = _socket.socket.family.__get__  # t
 _raw_type: Callable[[socket.socket], int] = _socket.socket.type.__get__  # type: ignore[attr-defined]
 _raw_proto: Callable[[socket.socket], int] = _socket.socket.proto.__get__  # type: ignore[attr-defined]
 _NODELAY_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+_SOCK_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
+_accept_ready = _loop.LoopCore._accept_ready
+_ipaddr_info: Callable[..., Any] = getattr(base_events, "_ipaddr_info")
+_base_create_connection: Callable[..., Any] = base_events.BaseEventLoop.create_connection
+# What asyncio's create_connection calls on the loop: replaced on a class or an
+# instance, create_connection takes asyncio's own path so the replacement runs.
+_CONNECT_HOOKS = ("sock_connect", "_sock_connect", "_ensure_resolved", "_connect_sock",
+                  "_create_connection_transport", "_make_socket_transport",
+                  "create_future", "getaddrinfo")
+_SHORT_CONNECT_CLASSES: dict[type, bool] = {}
+
+
+def _defined_by_us_or_asyncio(cls: type, name: str) -> bool:
+    """Whether the class in cls's MRO that defines `name` is pyasync_c's or asyncio's."""
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass.__module__.split(".")[0] in ("pyasync_c", "asyncio")
+    return True
 
 
 def _set_nodelay(sock: socket.socket) -> None:
@@ -163,6 +182,61 @@ class NetworkMixin:
                                                ssl_handshake_timeout: Any = None,
                                                ssl_shutdown_timeout: Any = None) -> Any: ...
 
+    async def create_connection(self, protocol_factory: Any, host: Any = None, port: Any = None,
+                                **kwargs: Any) -> tuple[Any, Any]:
+        """asyncio's create_connection.  The common call -- an IP literal
+        host and a port, nothing else -- takes a short path with the same
+        steps and outcome as asyncio's for one address (socket, connect,
+        transport, waiter; the connect error itself raised, the socket closed
+        on failure): the socket is made non-blocking by socket() itself
+        (SOCK_NONBLOCK) instead of two setblocking() ioctls, and the
+        orchestration frames (_ensure_resolved, _connect_sock,
+        _create_connection_transport) are not run.  Everything else, debug
+        mode, and loops whose connection hooks are replaced (subclass or
+        instance) go through asyncio's."""
+        if kwargs or self._debug or not self._short_connect_ok():
+            made: tuple[Any, Any] = await _base_create_connection(
+                self, protocol_factory, host, port, **kwargs)
+            return made
+        info = _ipaddr_info(host, port, 0, socket.SOCK_STREAM, 0)
+        if info is None:  # a name to look up, or no host
+            made = await _base_create_connection(self, protocol_factory, host, port)
+            return made
+        family, sock_type, proto, _, address = info
+        sock = socket.socket(family, sock_type | _SOCK_NONBLOCK, proto)
+        try:
+            await self._core()._sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = self._make_socket_transport(sock, protocol, waiter)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+        return transport, protocol
+
+    # introspection (inspect.signature, frameworks checking for a keyword) sees asyncio's
+    setattr(create_connection, "__signature__",
+            inspect.signature(base_events.BaseEventLoop.create_connection))
+
+    def _short_connect_ok(self) -> bool:
+        """True when none of the methods asyncio's create_connection goes
+        through is replaced, on the class (checked once per class) or on this
+        loop (a test's mock)."""
+        cls = type(self)
+        ok = _SHORT_CONNECT_CLASSES.get(cls)
+        if ok is None:
+            ok = _SHORT_CONNECT_CLASSES[cls] = all(
+                _defined_by_us_or_asyncio(cls, name) for name in _CONNECT_HOOKS)
+        if not ok:
+            return False
+        attrs = self.__dict__
+        return not any(name in attrs for name in _CONNECT_HOOKS)
+
     def _core(self) -> Any:
         """self, typed as what it is at run time: pyasync_c.Loop (a LoopCore)."""
         return self
@@ -273,10 +347,33 @@ class NetworkMixin:
                             server: Any, backlog: int, ssl_handshake_timeout: Any,
                             ssl_shutdown_timeout: Any) -> None:
         # Up to `backlog` connections per readiness event, as asyncio does.
+        # A plain IP socket is accepted in C (_accept_ready: accept4() with
+        # SOCK_NONBLOCK, None when drained): same sockets and addresses as
+        # sock.accept() + setblocking(False), without the ioctl per connection
+        # and the BlockingIOError per batch.  Other sockets (Unix, subclasses
+        # with their own accept()) go through sock.accept().
+        # (any object with accept() serves: gunicorn hands over a wrapper)
+        native = type(sock) is socket.socket and _raw_family(sock) in _NODELAY_FAMILIES
+        if native:
+            family = _raw_family(sock)
+            fd = sock.fileno()
+            conn_type = _raw_type(sock) | _SOCK_NONBLOCK
+            proto = _raw_proto(sock)
         for _ in range(backlog):
             try:
-                conn, addr = sock.accept()
-                conn.setblocking(False)
+                if native:
+                    accepted = _accept_ready(fd)
+                    if accepted is None:
+                        return
+                    conn_fd, addr = accepted
+                    try:
+                        conn = socket.socket(family, conn_type, proto, conn_fd)
+                    except BaseException:
+                        os.close(conn_fd)
+                        raise
+                else:
+                    conn, addr = sock.accept()
+                    conn.setblocking(False)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:

@@ -536,6 +536,9 @@ PyObject *loop_sock_sendall(LoopObject *self, PyObject *const *args, Py_ssize_t 
 PyObject *loop_sock_connect(LoopObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *loop_sock_accept(LoopObject *self, PyObject *sock);
 PyObject *loop_sock_check(LoopObject *self, PyObject *sock);
+PyObject *loop_accept_ready(PyObject *cls, PyObject *fd_object);
+struct sockaddr_storage;
+PyObject *ip_address_tuple(const struct sockaddr_storage *address);
 
 /* ---- DNS (dns.c): getaddrinfo/getnameinfo on pyasync_c's resolver threads,
  * as module functions _loop.getaddrinfo(loop, ...) / _loop.getnameinfo(loop, ...)

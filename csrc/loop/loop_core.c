@@ -1110,6 +1110,8 @@ static PyMethodDef loop_methods[] = {
     {"_sock_connect", (PyCFunction)(void (*)(void))loop_sock_connect, METH_FASTCALL, "C half of sock_connect(sock, resolved_address): a Future."},
     {"_sock_accept", (PyCFunction)loop_sock_accept, METH_O, "C half of sock_accept(sock): a Future."},
     {"_sock_check", (PyCFunction)loop_sock_check, METH_O, "asyncio's checks of a socket given to sock_* (SSL; non-blocking in debug mode)."},
+    {"_accept_ready", (PyCFunction)loop_accept_ready, METH_O | METH_STATIC,
+     "_accept_ready(fd): (conn_fd, address) of a pending connection on a listening IP socket (conn_fd non-blocking, close-on-exec), or None."},
     {"_run_once", (PyCFunction)loop_run_once, METH_NOARGS, "Run one iteration."},
     {"_run", (PyCFunction)loop_run, METH_NOARGS, "Iterate until stop(); the core of run_forever()."},
     {"_close", (PyCFunction)loop_close_core, METH_NOARGS, "Drop queued callbacks and release libuv."},

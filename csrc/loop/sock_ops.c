@@ -33,11 +33,22 @@
  * `pos` follows asyncio's arithmetic on send()'s return values (a negative
  * count moves it back; slices clamp as Python's do), so a buggy socket
  * subclass gets asyncio's outcome, and never memory outside the data.
+ * _accept_ready(fd) is the serving side's accept (pyasync_c/_network.py's
+ * accept loop on IP listening sockets): accept4() with SOCK_NONBLOCK and
+ * SOCK_CLOEXEC, so the new fd needs no fcntl/ioctl, and "nothing more to
+ * accept" is a None rather than a raised BlockingIOError.
  * Values from the socket object (a subclass's methods) are checked before use;
  * the waiter's fields are passed to such calls as references of our own, as
  * the done-callback may run meanwhile and drop the waiter's.
  */
 #include "loop.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include "transport.h"
 
 #include <errno.h>
@@ -65,7 +76,7 @@ typedef struct {
 
 /* Process-wide, like the handle freelist: the module refuses subinterpreters. */
 static PyObject *s_recv, *s_recv_into, *s_recvfrom, *s_recvfrom_into, *s_sendto, *s_send,
-    *s_accept, *s_connect, *s_setblocking, *s_getsockopt, *s_gettimeout, *s_done, *s_set_result,
+    *s_accept, *s_connect, *s_connect_ex, *s_setblocking, *s_getsockopt, *s_gettimeout, *s_done, *s_set_result,
     *s_set_exception, *s_add_done_callback;
 static PyObject *check_ssl_socket;  /* asyncio.base_events._check_ssl_socket */
 
@@ -253,6 +264,39 @@ unpack_pair(PyObject *r)
  * sendall (see send_some: args = (byte view or NULL, data)).  Returns 1 with
  * *result (new reference) when finished, 0 when it would block, -1 with an
  * exception set. */
+
+/* connect(address) on a socket whose connect() is the socket module's own:
+ * connect_ex() gives the errno instead of raising BlockingIOError for the
+ * usual EINPROGRESS (an exception made and dropped per connection); any
+ * other errno raises the OSError connect() would (PyErr_SetFromErrno picks
+ * the same subclass and arguments).  Address errors raise from connect_ex as
+ * from connect. */
+static PyObject *plain_connect;  /* _socket.socket.connect (its method descriptor) */
+
+static int
+connect_plain(PyObject *sock, PyObject *address, PyObject **result)
+{
+    PyObject *r = PyObject_CallMethodOneArg(sock, s_connect_ex, address);
+    if (r == NULL) {
+        return would_block() ? 0 : -1;
+    }
+    long err = PyLong_AsLong(r);
+    Py_DECREF(r);
+    if (err == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (err == 0) {
+        *result = Py_NewRef(Py_None);
+        return 1;
+    }
+    if (err == EINPROGRESS || err == EAGAIN || err == EWOULDBLOCK || err == EALREADY || err == EINTR) {
+        return 0;  /* asyncio: BlockingIOError / InterruptedError -> wait for writable */
+    }
+    errno = (int)err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+}
+
 static int
 attempt(int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t *pos,
         PyObject **result)
@@ -285,7 +329,13 @@ attempt(int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs, Py_ssiz
         *result = pair;
         return 1;
     }
-    default:  /* recv, recv_into, recvfrom, recvfrom_into, sendto, connect */
+    case OP_CONNECT:
+        if (plain_connect != NULL && _PyType_Lookup(Py_TYPE(sock), s_connect) == plain_connect) {
+            return connect_plain(sock, args[0], result);
+        }
+        r = call_method_args(sock, s_connect, args, nargs);
+        break;
+    default:  /* recv, recv_into, recvfrom, recvfrom_into, sendto */
         r = call_method_args(sock, *ops[op].method, args, nargs);
         break;
     }
@@ -562,12 +612,36 @@ check_socket(LoopObject *loop, PyObject *sock)
 
 /* Starts operation op on sock with the socket method's arguments (borrowed;
  * sendall: (NULL, data); a waiter gets (byte view, NULL)). */
+/* A connect() that said EINPROGRESS has often finished by the time it
+ * returned (a loopback peer answers within the call): one poll(2) with no
+ * wait tells, and then the outcome is read at once -- the future done, as
+ * when connect() itself succeeds -- instead of watching the fd for one
+ * iteration (a poll started and stopped: several epoll_ctl calls).  0 if
+ * still in progress, else connect_outcome()'s result. */
+static int
+connect_finished_already(PyObject *sock, PyObject *address, PyObject **result)
+{
+    int fd = PyObject_AsFileDescriptor(sock);
+    if (fd < 0) {
+        PyErr_Clear();  /* start() raises it where asyncio would */
+        return 0;
+    }
+    struct pollfd probe = {.fd = fd, .events = POLLOUT};
+    if (poll(&probe, 1, 0) != 1 || !(probe.revents & (POLLOUT | POLLERR | POLLHUP))) {
+        return 0;
+    }
+    return connect_outcome(sock, address, result);
+}
+
 static PyObject *
 start(LoopObject *loop, int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t pos = 0;
     PyObject *result = NULL;
     int rc = attempt(op, sock, args, nargs, &pos, &result);
+    if (rc == 0 && op == OP_CONNECT) {
+        rc = connect_finished_already(sock, args[0], &result);
+    }
     if (rc < 0 && (op != OP_CONNECT || take_exception(&result) < 0)) {
         return NULL;  /* raised by the coroutine at once, as asyncio does */
     }
@@ -757,6 +831,80 @@ loop_sock_accept(LoopObject *self, PyObject *sock)
     return start(self, OP_ACCEPT, sock, NULL, 0);
 }
 
+/* The address tuple the socket module gives for an IPv4/IPv6 address
+ * (accept(), getsockname()): (host, port) or (host, port, flowinfo, scope_id). */
+PyObject *
+ip_address_tuple(const struct sockaddr_storage *address)
+{
+    char text[INET6_ADDRSTRLEN];
+    if (address->ss_family == AF_INET) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)address;
+        if (inet_ntop(AF_INET, &in4->sin_addr, text, sizeof text) == NULL) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return Py_BuildValue("(si)", text, (int)ntohs(in4->sin_port));
+    }
+    if (address->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)address;
+        if (inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text) == NULL) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return Py_BuildValue("(siII)", text, (int)ntohs(in6->sin6_port),
+                             (unsigned int)ntohl(in6->sin6_flowinfo), (unsigned int)in6->sin6_scope_id);
+    }
+    PyErr_Format(PyExc_ValueError, "address family %d is not IPv4/IPv6",
+                 (int)address->ss_family);
+    return NULL;
+}
+
+/* _accept_ready(fd): (new_fd, address) of one pending connection on the
+ * listening IPv4/IPv6 socket fd, the new fd non-blocking and close-on-exec;
+ * None when there is none now (EAGAIN, or the peer gave up: ECONNABORTED, as
+ * asyncio's accept loop stops on ConnectionAbortedError).  Other errors raise
+ * OSError with errno, as socket.accept() would. */
+PyObject *
+loop_accept_ready(PyObject *cls, PyObject *fd_object)
+{
+    (void)cls;
+    long fd_value = PyLong_AsLong(fd_object);
+    if (fd_value == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (fd_value < INT_MIN || fd_value > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "_accept_ready: invalid file descriptor %ld", fd_value);
+        return NULL;
+    }
+    int fd = (int)fd_value;
+    struct sockaddr_storage address;
+    for (;;) {
+        socklen_t length = sizeof address;
+        memset(&address, 0, sizeof address);
+        int conn = accept4(fd, (struct sockaddr *)&address, &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (conn >= 0) {
+            PyObject *peer = ip_address_tuple(&address);
+            if (peer == NULL) {
+                close(conn);
+                return NULL;
+            }
+            PyObject *result = Py_BuildValue("(iN)", conn, peer);
+            if (result == NULL) {
+                close(conn);
+            }
+            return result;
+        }
+        if (errno == EINTR) {  /* PEP 475, as socket.accept() */
+            if (PyErr_CheckSignals() < 0) {
+                return NULL;
+            }
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED) {
+            Py_RETURN_NONE;
+        }
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+}
+
 PyObject *
 loop_sock_check(LoopObject *self, PyObject *sock)
 {
@@ -783,12 +931,25 @@ sock_ops_init_type(PyObject *module, ModuleState *state)
         || intern_once(&s_recvfrom_into, "recvfrom_into") < 0
         || intern_once(&s_sendto, "sendto") < 0
         || intern_once(&s_send, "send") < 0 || intern_once(&s_accept, "accept") < 0
-        || intern_once(&s_connect, "connect") < 0 || intern_once(&s_setblocking, "setblocking") < 0
+        || intern_once(&s_connect, "connect") < 0 || intern_once(&s_connect_ex, "connect_ex") < 0
+        || intern_once(&s_setblocking, "setblocking") < 0
         || intern_once(&s_getsockopt, "getsockopt") < 0 || intern_once(&s_gettimeout, "gettimeout") < 0
         || intern_once(&s_done, "done") < 0 || intern_once(&s_set_result, "set_result") < 0
         || intern_once(&s_set_exception, "set_exception") < 0
         || intern_once(&s_add_done_callback, "add_done_callback") < 0) {
         return -1;
+    }
+    if (plain_connect == NULL) {  /* _socket.socket.connect: kept for the process */
+        PyObject *socket_module = PyImport_ImportModule("_socket");
+        PyObject *socket_type = socket_module ? PyObject_GetAttrString(socket_module, "socket") : NULL;
+        Py_XDECREF(socket_module);
+        plain_connect = socket_type && PyType_Check(socket_type)
+            ? _PyType_Lookup((PyTypeObject *)socket_type, s_connect) : NULL;
+        Py_XINCREF(plain_connect);
+        Py_XDECREF(socket_type);
+        if (plain_connect == NULL) {
+            return -1;
+        }
     }
     state->SockWaiterType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &waiter_spec, NULL);
     return state->SockWaiterType ? 0 : -1;

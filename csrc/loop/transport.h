@@ -65,6 +65,8 @@ typedef struct TransportObject {
     PyObject *weakreflist;
     LoopObject *loop;
     PyObject *sock;           /* socket or pipe file object owning fd; NULL once closed */
+    PyObject *closed_sock;    /* stream socket after close, until get_extra_info('socket')
+                               * makes its TransportSocket (made only if asked) */
     PyObject *protocol;
     PyObject *extra;          /* dict behind get_extra_info() */
     PyObject *server;         /* asyncio.Server or NULL */

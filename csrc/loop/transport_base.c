@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <structmember.h>
+#include <sys/socket.h>
 
 #define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
 #define DEFAULT_HIGH_WATER (64 * 1024)
@@ -1542,13 +1543,24 @@ transport_get_extra_info(TransportObject *self, PyObject *const *args, Py_ssize_
         Py_DECREF(extra);
         return value;
     }
-    if (self->kind != TRANSPORT_SOCKET_STREAM || self->sock == NULL || !PyUnicode_Check(name)) {
+    PyObject *sock = self->sock != NULL ? self->sock : self->closed_sock;
+    if (self->kind != TRANSPORT_SOCKET_STREAM || sock == NULL || !PyUnicode_Check(name)) {
         Py_DECREF(extra);
         return Py_NewRef(fallback);
     }
-    PyObject *sock = Py_NewRef(self->sock);
+    Py_INCREF(sock);
     if (PyUnicode_CompareWithASCIIString(name, "socket") == 0) {
-        value = make_transport_socket(self, extra, sock);
+        /* after close: no cache, it raises as the closed socket does */
+        value = make_transport_socket(self, self->sock != NULL ? extra : NULL, sock);
+        if (value != NULL && self->sock == NULL) {
+            Py_CLEAR(self->closed_sock);
+        }
+    }
+    else if (self->sock == NULL) {  /* closed: 'sockname' was kept at close if known */
+        value = Py_NewRef(fallback);
+        Py_DECREF(sock);
+        Py_DECREF(extra);
+        return value;
     }
     else if (PyUnicode_CompareWithASCIIString(name, "sockname") == 0) {
         value = PyObject_CallMethod(sock, "getsockname", NULL);
@@ -1584,35 +1596,51 @@ transport_force_close_method(TransportObject *self, PyObject *exc)
 }
 
 /* A closed socket cannot be asked any more: keep what get_extra_info()
- * would have answered while it was open.  The 'socket' stops answering
- * from its cache (it is made without one if it was never asked for), so
- * that afterwards it raises as the closed socket does, as asyncio's. */
+ * would have answered while it was open.  'sockname': read now (an IP
+ * address straight into its tuple, no Python call), unless already known.
+ * 'socket': one already handed out stops answering from its cache, so that
+ * afterwards it raises as the closed socket does, as asyncio's; if none was
+ * asked for, the closed socket object is kept (closed_sock) and the
+ * TransportSocket is made only if get_extra_info('socket') is ever called --
+ * a connection that nobody asks about makes no Python object at close. */
 static void
 remember_socket_info(TransportObject *self)
 {
-    PyObject *name = PyUnicode_FromString("sockname");
-    PyObject *args[1] = {name};
-    PyObject *value = name ? transport_get_extra_info(self, args, 1) : NULL;
-    Py_XDECREF(value);
-    Py_XDECREF(name);
-    PyErr_Clear();
-
     PyObject *extra = Py_NewRef(self->extra);
-    PyObject *sock = self->sock != NULL ? Py_NewRef(self->sock) : NULL;
-    value = PyDict_GetItemString(extra, "socket");
+    PyObject *known = PyDict_GetItemString(extra, "sockname");
+    if (known == NULL) {
+        struct sockaddr_storage address;
+        socklen_t length = sizeof address;
+        PyObject *value = NULL;
+        memset(&address, 0, sizeof address);
+        if (self->fd >= 0 && getsockname(self->fd, (struct sockaddr *)&address, &length) == 0
+            && (address.ss_family == AF_INET || address.ss_family == AF_INET6)) {
+            value = ip_address_tuple(&address);
+            if (value != NULL) {
+                PyDict_SetItemString(extra, "sockname", value);
+            }
+            Py_XDECREF(value);
+        }
+        else {  /* another family (or an error): as socket.getsockname() says */
+            PyObject *name = PyUnicode_FromString("sockname");
+            PyObject *args[1] = {name};
+            value = name ? transport_get_extra_info(self, args, 1) : NULL;
+            Py_XDECREF(value);
+            Py_XDECREF(name);
+        }
+        PyErr_Clear();
+    }
+
+    PyObject *value = PyDict_GetItemString(extra, "socket");
     if (value != NULL) {
         Py_INCREF(value);
         PyObject *r = PyObject_CallMethodNoArgs(value, state_of(self)->str_connection_closed);
         Py_XDECREF(r);  /* AttributeError: not ours (a user's 'socket' extra) */
+        Py_DECREF(value);
     }
-    else if (sock != NULL) {
-        value = make_transport_socket(self, NULL, sock);
-        if (value != NULL) {
-            PyDict_SetItemString(extra, "socket", value);
-        }
+    else if (self->sock != NULL) {
+        Py_XSETREF(self->closed_sock, Py_NewRef(self->sock));
     }
-    Py_XDECREF(value);
-    Py_XDECREF(sock);
     Py_DECREF(extra);
     PyErr_Clear();
 }
@@ -2217,6 +2245,7 @@ transport_traverse(TransportObject *self, visitproc visit, void *arg)
     Py_VISIT(self->dict);
     Py_VISIT((PyObject *)self->loop);
     Py_VISIT(self->sock);
+    Py_VISIT(self->closed_sock);
     Py_VISIT(self->protocol);
     Py_VISIT(self->extra);
     Py_VISIT(self->server);
@@ -2240,6 +2269,7 @@ transport_clear(TransportObject *self)
     Py_CLEAR(self->io_ready_method);
     Py_CLEAR(self->io_ready_handle);
     Py_CLEAR(self->watcher_callback);
+    Py_CLEAR(self->closed_sock);
     Py_CLEAR(self->dict);
     Py_CLEAR(self->protocol);
     Py_CLEAR(self->extra);
