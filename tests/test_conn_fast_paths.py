@@ -335,3 +335,19 @@ def test_listening_object_that_wraps_a_socket(run):
         server.close()
         await server.wait_closed()
     run(main())
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("port_type", [int, str])
+def test_create_connection_ipv6_literal_and_string_port(run, port_type):
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Echo, "::1", 0)
+        addr = server.sockets[0].getsockname()
+        tr, _ = await loop.create_connection(asyncio.Protocol, "::1", port_type(addr[1]))
+        assert tr.get_extra_info("peername") == addr
+        assert tr.get_extra_info("socket").family == socket.AF_INET6
+        tr.close()
+        server.close()
+        await server.wait_closed()
+    run(main())
