@@ -14,16 +14,10 @@ import socket
 
 import pytest
 
-
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.transport.write(data)
+from net_util import EchoProtocol as Echo, fd_leak, free_port, has_ipv6_loopback, open_fds
 
 
-class Recorder(asyncio.Protocol):
+class LostRecorder(asyncio.Protocol):
     def __init__(self):
         self.transports = []
         self.lost = asyncio.get_running_loop().create_future()
@@ -34,25 +28,6 @@ class Recorder(asyncio.Protocol):
     def connection_lost(self, exc):
         if not self.lost.done():
             self.lost.set_result(exc)
-
-
-def _free_port(family=socket.AF_INET, host="127.0.0.1"):
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _open_fds():
-    return len(os.listdir("/proc/self/fd"))
-
-
-def _has_ipv6_loopback():
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 def test_create_connection_ip_literal(run):
@@ -79,14 +54,14 @@ def test_create_connection_ip_literal(run):
 def test_create_connection_refused_raises_asyncios_error_and_closes(run):
     async def main():
         loop = asyncio.get_running_loop()
-        port = _free_port()
-        before = _open_fds()
+        port = free_port()
+        before = open_fds()
         for _ in range(20):
             with pytest.raises(ConnectionRefusedError) as info:
                 await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
             assert info.value.errno == errno.ECONNREFUSED
             assert str(info.value) == f"[Errno {errno.ECONNREFUSED}] Connect call failed ('127.0.0.1', {port})"
-        assert _open_fds() == before
+        assert not fd_leak(before)
     run(main())
 
 
@@ -99,7 +74,7 @@ def test_create_connection_cancelled_while_connecting_closes_the_socket(run):
             listener.bind(("127.0.0.1", 0))
             listener.listen(0)
             port = listener.getsockname()[1]
-            before = _open_fds()
+            before = open_fds()
             pending = [asyncio.ensure_future(
                 loop.create_connection(asyncio.Protocol, "127.0.0.1", port)) for _ in range(8)]
             await asyncio.sleep(0.05)
@@ -110,7 +85,7 @@ def test_create_connection_cancelled_while_connecting_closes_the_socket(run):
                 if isinstance(result, tuple):
                     result[0].close()
             await asyncio.sleep(0)
-            assert _open_fds() == before
+            assert not fd_leak(before)
     run(main())
 
 
@@ -190,7 +165,7 @@ def test_sock_connect_uses_a_subclass_connect(run):
 @pytest.mark.parametrize("family,host", [
     (socket.AF_INET, "127.0.0.1"),
     pytest.param(socket.AF_INET6, "::1", marks=pytest.mark.skipif(
-        not _has_ipv6_loopback(), reason="no IPv6 loopback")),
+        not has_ipv6_loopback(), reason="no IPv6 loopback")),
 ])
 def test_accepted_connections(run, family, host):
     """Accepted sockets: non-blocking, with the peer address socket.accept()
@@ -270,7 +245,7 @@ def test_socket_info_after_close_never_asked_before(run):
             listener.listen(1)
             listener.setblocking(False)
             port = listener.getsockname()[1]
-            tr, proto = await loop.create_connection(Recorder, "127.0.0.1", port)
+            tr, proto = await loop.create_connection(LostRecorder, "127.0.0.1", port)
             peer, _ = await loop.sock_accept(listener)
             with peer:
                 local = peer.getpeername()
@@ -291,7 +266,7 @@ def test_server_side_sockname_after_close(run):
         recorders = []
 
         def factory():
-            recorders.append(Recorder())
+            recorders.append(LostRecorder())
             return recorders[-1]
         server = await loop.create_server(factory, "127.0.0.1", 0)
         addr = server.sockets[0].getsockname()
@@ -337,7 +312,7 @@ def test_listening_object_that_wraps_a_socket(run):
     run(main())
 
 
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
 @pytest.mark.parametrize("port_type", [int, str])
 def test_create_connection_ipv6_literal_and_string_port(run, port_type):
     async def main():
