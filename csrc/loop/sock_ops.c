@@ -33,6 +33,10 @@
  * `pos` follows asyncio's arithmetic on send()'s return values (a negative
  * count moves it back; slices clamp as Python's do), so a buggy socket
  * subclass gets asyncio's outcome, and never memory outside the data.
+ * connect: a socket whose connect() is the socket module's own is connected
+ * with connect_ex() (errno instead of a BlockingIOError per connection), and
+ * an EINPROGRESS connect is probed once with poll(2) before any watcher is
+ * made (connect_finished_already).
  * _accept_ready(fd) is the serving side's accept (pyasync_c/_network.py's
  * accept loop on IP listening sockets): accept4() with SOCK_NONBLOCK and
  * SOCK_CLOEXEC, so the new fd needs no fcntl/ioctl, and "nothing more to
@@ -610,8 +614,6 @@ check_socket(LoopObject *loop, PyObject *sock)
     return 0;
 }
 
-/* Starts operation op on sock with the socket method's arguments (borrowed;
- * sendall: (NULL, data); a waiter gets (byte view, NULL)). */
 /* A connect() that said EINPROGRESS has often finished by the time it
  * returned (a loopback peer answers within the call): one poll(2) with no
  * wait tells, and then the outcome is read at once -- the future done, as
@@ -633,6 +635,8 @@ connect_finished_already(PyObject *sock, PyObject *address, PyObject **result)
     return connect_outcome(sock, address, result);
 }
 
+/* Starts operation op on sock with the socket method's arguments (borrowed;
+ * sendall: (NULL, data); a waiter gets (byte view, NULL)). */
 static PyObject *
 start(LoopObject *loop, int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs)
 {
