@@ -350,9 +350,9 @@ class NetworkMixin:
         # A plain IP socket is accepted in C (_accept_ready: accept4() with
         # SOCK_NONBLOCK, None when drained): same sockets and addresses as
         # sock.accept() + setblocking(False), without the ioctl per connection
-        # and the BlockingIOError per batch.  Other sockets (Unix, subclasses
-        # with their own accept()) go through sock.accept().
-        # (any object with accept() serves: gunicorn hands over a wrapper)
+        # and the BlockingIOError per batch.  Anything else goes through its
+        # own accept(): Unix sockets, subclasses, and objects that only wrap a
+        # socket (gunicorn's), whose type is checked before anything is read.
         native = type(sock) is socket.socket and _raw_family(sock) in _NODELAY_FAMILIES
         if native:
             family = _raw_family(sock)
