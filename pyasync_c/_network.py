@@ -353,9 +353,9 @@ class NetworkMixin:
         # and the BlockingIOError per batch.  Anything else goes through its
         # own accept(): Unix sockets, subclasses, and objects that only wrap a
         # socket (gunicorn's), whose type is checked before anything is read.
-        native = type(sock) is socket.socket and _raw_family(sock) in _NODELAY_FAMILIES
+        family = _raw_family(sock) if type(sock) is socket.socket else -1
+        native = family in _NODELAY_FAMILIES
         if native:
-            family = _raw_family(sock)
             fd = sock.fileno()
             conn_type = _raw_type(sock) | _SOCK_NONBLOCK
             proto = _raw_proto(sock)

@@ -73,7 +73,8 @@ typedef struct TransportObject {
     PyObject *context;        /* contextvars.Context the protocol callbacks run in */
     PyObject *empty_waiter;   /* sendfile: Future done when the write queue empties */
     PyObject *address;        /* datagram: the connected peer address, or NULL */
-    PyObject *io_ready_method;/* bound _io_ready, made on first deferred event */
+    PyObject *io_ready_method;/* bound _io_ready: the watcher writer that flushes a closing
+                               * transport's queue (writes_via_watcher) calls it */
     HandleObject *io_ready_handle; /* the Handle deferred poll events queue (reused:
                                 * none allocated per event); made on first use */
     int deferred_events;      /* events it dispatches when it runs; nonzero: queued */
