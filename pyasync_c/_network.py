@@ -43,6 +43,7 @@ _raw_proto: Callable[[socket.socket], int] = _socket.socket.proto.__get__  # typ
 _NODELAY_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _SOCK_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
 _accept_ready = _loop.LoopCore._accept_ready
+_peer_address = _loop.LoopCore._peer_address
 _ipaddr_info: Callable[..., Any] = getattr(base_events, "_ipaddr_info")
 _base_create_connection: Callable[..., Any] = base_events.BaseEventLoop.create_connection
 # What asyncio's create_connection calls on the loop: replaced on a class or an
@@ -50,7 +51,26 @@ _base_create_connection: Callable[..., Any] = base_events.BaseEventLoop.create_c
 _CONNECT_HOOKS = ("sock_connect", "_sock_connect", "_ensure_resolved", "_connect_sock",
                   "_create_connection_transport", "_make_socket_transport",
                   "create_future", "getaddrinfo")
+_CONNECT_HOOK_SET = frozenset(_CONNECT_HOOKS)
 _SHORT_CONNECT_CLASSES: dict[type, bool] = {}
+# asyncio's _ipaddr_info(host, port, 0, SOCK_STREAM, 0) for str hosts and
+# int/str ports: a pure function of them, asked once per connection
+_IPADDR_INFO_CACHE: dict[tuple[str, Any], Any] = {}
+
+
+def _stream_ipaddr_info(host: Any, port: Any) -> Any:
+    if type(host) is not str or (type(port) is not int and type(port) is not str):
+        return _ipaddr_info(host, port, 0, socket.SOCK_STREAM, 0)
+    key = (host, port)
+    try:
+        return _IPADDR_INFO_CACHE[key]
+    except KeyError:
+        pass
+    info = _ipaddr_info(host, port, 0, socket.SOCK_STREAM, 0)
+    if len(_IPADDR_INFO_CACHE) >= 256:
+        _IPADDR_INFO_CACHE.clear()
+    _IPADDR_INFO_CACHE[key] = info
+    return info
 
 
 def _defined_by_us_or_asyncio(cls: type, name: str) -> bool:
@@ -139,7 +159,10 @@ def _socket_extra(sock: socket.socket, extra: dict[str, Any] | None,
             info["sockname"] = None
     if "peername" not in info:
         try:
-            info["peername"] = sock.getpeername()
+            # a plain socket's IP peer is read in C (socket.getpeername()
+            # formats it with inet_ntop's sprintf); anything else asks it
+            peer = _peer_address(sock.fileno()) if type(sock) is socket.socket else None
+            info["peername"] = sock.getpeername() if peer is None else peer
         except OSError:
             info["peername"] = None
     return info
@@ -198,7 +221,7 @@ class NetworkMixin:
             made: tuple[Any, Any] = await _base_create_connection(
                 self, protocol_factory, host, port, **kwargs)
             return made
-        info = _ipaddr_info(host, port, 0, socket.SOCK_STREAM, 0)
+        info = _stream_ipaddr_info(host, port)
         if info is None:  # a name to look up, or no host
             made = await _base_create_connection(self, protocol_factory, host, port)
             return made
@@ -234,8 +257,7 @@ class NetworkMixin:
                 _defined_by_us_or_asyncio(cls, name) for name in _CONNECT_HOOKS)
         if not ok:
             return False
-        attrs = self.__dict__
-        return not any(name in attrs for name in _CONNECT_HOOKS)
+        return self.__dict__.keys().isdisjoint(_CONNECT_HOOK_SET)  # looks up the 8 hooks
 
     def _core(self) -> Any:
         """self, typed as what it is at run time: pyasync_c.Loop (a LoopCore)."""

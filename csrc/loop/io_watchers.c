@@ -926,6 +926,13 @@ record_file_unchanged(PollRecord *record)
 int
 loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_bad_fd)(void *), void *owner)
 {
+    return loop_note_poll_file(loop, poll, fd, NULL, on_bad_fd, owner);
+}
+
+int
+loop_note_poll_file(LoopObject *loop, uv_poll_t *poll, int fd, const struct stat *file,
+                    void (*on_bad_fd)(void *), void *owner)
+{
     PollRecord *record = record_find(loop, poll);
     if (record == NULL) {
         record = record_insert(loop, poll);
@@ -937,10 +944,13 @@ loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_bad_f
     }
     if (record->fd != fd) {  /* a new record (a poll's fd never changes) */
         struct stat st;
+        if (file == NULL && fstat(fd, &st) == 0) {
+            file = &st;
+        }
         /* Unknown (fd already closed): the check before uv_run stops it. */
-        record->identity_known = fstat(fd, &st) == 0;
-        record->dev = record->identity_known ? st.st_dev : 0;
-        record->ino = record->identity_known ? st.st_ino : 0;
+        record->identity_known = file != NULL;
+        record->dev = file != NULL ? file->st_dev : 0;
+        record->ino = file != NULL ? file->st_ino : 0;
     }
     record->fd = fd;
     record->on_bad_fd = on_bad_fd;
@@ -1038,8 +1048,12 @@ loop_poll_init(LoopObject *loop, uv_poll_t *poll, int fd)
         return UV_EBUSY;
     }
     loop_release_parked_fd(loop, fd);
+    if (loop->spare_polls_count > 0) {
+        loop_drop_spare_poll(loop, fd);
+    }
     int err = uv_poll_init(&loop->uv, poll, fd);
     if (err == UV_EEXIST && release_stale_watcher(loop, fd)) {
+        loop_drop_spare_poll(loop, fd);
         err = uv_poll_init(&loop->uv, poll, fd);
     }
     return err;

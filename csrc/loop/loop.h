@@ -17,6 +17,7 @@
 #include <Python.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <uv.h>
 
@@ -127,7 +128,8 @@ typedef struct {
     PyObject *str_datagram_received, *str_error_received, *str_close;
     PyObject *str_call_exception_handler, *str_attach, *str_detach, *str_call_connection_lost;
     PyObject *str_connection_made_cb, *str_set_result, *str_set_exception, *str_cancelled;
-    PyObject *str_socket_class, *str_connection_closed;
+    PyObject *str_socket_class, *str_connection_closed, *str_gettimeout, *str_sockname, *str_socket;
+    PyObject *plain_gettimeout;            /* _socket.socket.gettimeout (transport_base.c) */
     StreamsFast streams;
     double clock_resolution;
 } ModuleState;
@@ -320,6 +322,10 @@ struct LoopObject {
     int parked_capacity;
     int *parked_slot_by_fd;      /* fd -> index in parked_polls + 1; 0: none */
     int parked_slot_by_fd_size;
+    uv_poll_t **spare_polls;     /* fd -> a stopped poll made for that fd number, kept
+                                  * for the next transport on it (spare_polls.c); owned */
+    int spare_polls_size;
+    int spare_polls_count;
     LoopStats stats;             /* always-on counters (stats.c) */
     long pid;                    /* process whose kernel state (epoll, eventfd, signal socket) the
                                   * loop uses: the creator's, or the child's after loop_after_fork */
@@ -514,6 +520,10 @@ void loop_release_parked_polls(LoopObject *loop);
  *     another poll of fd (libuv refuses two polls of an fd: EEXIST). */
 void loop_release_parked_fd(LoopObject *loop, int fd);
 int loop_note_poll_change(LoopObject *loop, uv_poll_t *poll, int fd, void (*on_bad_fd)(void *), void *owner);
+/*   loop_note_poll_file: the same, with the file fd is already fstat()ed
+ *     (NULL: fstat it). */
+int loop_note_poll_file(LoopObject *loop, uv_poll_t *poll, int fd, const struct stat *file,
+                        void (*on_bad_fd)(void *), void *owner);
 void loop_forget_poll(LoopObject *loop, uv_poll_t *poll);
 void loop_check_changed_polls(LoopObject *loop);
 /* In a fork() child, before touching the libuv handles of a loop its parent
@@ -521,6 +531,30 @@ void loop_check_changed_polls(LoopObject *loop);
  * polls does not remove the parent's registrations.  -1 if the loop still
  * shares the parent's epoll (then leave libuv alone); 0 otherwise. */
 int loop_own_epoll_after_fork(LoopObject *loop);
+/* ---- spare polls (spare_polls.c): stopped transport polls kept by fd number ----
+ *   loop_keep_spare_poll: a transport poll nobody uses any more, of fd,
+ *     initialised and not closing, where libuv may be touched: stops it
+ *     (EPOLL_CTL_DEL, before the fd may close) and keeps it; 1 if kept, 0 if
+ *     the caller must close it as usual.  Its memory is sizeof(TransportPoll)
+ *     malloc'ed bytes (the poll first), freed by free() after uv_close.
+ *   loop_take_spare_poll: the spare of fd, for a new transport on a socket
+ *     that is non-blocking (the caller knows): NULL if none, or if fd is not
+ *     a socket now or libuv watches it already.  *file is fd's fstat (for
+ *     loop_note_poll_file).  Stopped: the taker starts it (uv_poll_start).
+ *   loop_release_spare_polls: closes them all (loop close). */
+int loop_keep_spare_poll(LoopObject *loop, uv_poll_t *poll, int fd);
+static inline int
+loop_has_spare_poll(LoopObject *loop, int fd)
+{
+    return loop->spare_polls_count > 0 && fd >= 0 && fd < loop->spare_polls_size && loop->spare_polls[fd] != NULL;
+}
+uv_poll_t *loop_take_spare_poll(LoopObject *loop, int fd, struct stat *file);
+void loop_release_spare_polls(LoopObject *loop);
+/*   loop_drop_spare_poll: closes the spare of fd, if any, unless libuv
+ *     watches fd (its close would EPOLL_CTL_DEL that registration): before a
+ *     new poll of fd is made, so that a poll and a spare never share an fd. */
+void loop_drop_spare_poll(LoopObject *loop, int fd);
+
 /* The reader (UV_READABLE) or writer Handle watching fd; borrowed, NULL if none. */
 HandleObject *loop_watcher_handle(LoopObject *loop, int fd, int events);
 
@@ -537,6 +571,8 @@ PyObject *loop_sock_connect(LoopObject *self, PyObject *const *args, Py_ssize_t 
 PyObject *loop_sock_accept(LoopObject *self, PyObject *sock);
 PyObject *loop_sock_check(LoopObject *self, PyObject *sock);
 PyObject *loop_accept_ready(PyObject *cls, PyObject *fd_object);
+/* LoopCore._peer_address(fd): getpeername() of an IP socket (C), None for another family. */
+PyObject *loop_peer_address(PyObject *cls, PyObject *fd_object);
 struct sockaddr_storage;
 PyObject *ip_address_tuple(const struct sockaddr_storage *address);
 

@@ -219,6 +219,7 @@ loop_close_uv(LoopObject *self)
     live_unlink(self);
     loop_close_watchers(self);
     transports_close_all(self);
+    loop_release_spare_polls(self);  /* none is kept any more: uv_ready is 0 */
     signals_close(self);
     dns_close(self);  /* lookups in flight are detached, not waited for */
     uv_close((uv_handle_t *)&self->prepare_handle, NULL);
@@ -1057,8 +1058,9 @@ get_poll_stats(LoopObject *self, void *c)
     else if (self->uv_ready) {
         uv_handles = -1;  /* asked from another thread while the loop thread runs libuv */
     }
-    return Py_BuildValue("{snsnsnsn}", "noted_polls", self->poll_records_count, "closing_polls",
-                         self->closing_polls, "changed_polls", self->changed_polls_count, "uv_handles", uv_handles);
+    return Py_BuildValue("{snsnsnsnsi}", "noted_polls", self->poll_records_count, "closing_polls",
+                         self->closing_polls, "changed_polls", self->changed_polls_count, "uv_handles", uv_handles,
+                         "spare_polls", self->spare_polls_count);
 }
 
 static PyGetSetDef loop_getsets[] = {
@@ -1112,6 +1114,8 @@ static PyMethodDef loop_methods[] = {
     {"_sock_check", (PyCFunction)loop_sock_check, METH_O, "asyncio's checks of a socket given to sock_* (SSL; non-blocking in debug mode)."},
     {"_accept_ready", (PyCFunction)loop_accept_ready, METH_O | METH_STATIC,
      "_accept_ready(fd): (conn_fd, address) of a pending connection on a listening IP socket (conn_fd non-blocking, close-on-exec), or None."},
+    {"_peer_address", (PyCFunction)loop_peer_address, METH_O | METH_STATIC,
+     "_peer_address(fd): getpeername() of a connected IPv4/IPv6 socket fd, as socket.getpeername() gives it; None for another family."},
     {"_run_once", (PyCFunction)loop_run_once, METH_NOARGS, "Run one iteration."},
     {"_run", (PyCFunction)loop_run, METH_NOARGS, "Iterate until stop(); the core of run_forever()."},
     {"_close", (PyCFunction)loop_close_core, METH_NOARGS, "Drop queued callbacks and release libuv."},

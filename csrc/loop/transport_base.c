@@ -476,6 +476,9 @@ shared_poll_sync_now(TransportPoll *shared)
         }
         shared->handle.data = NULL;
         loop_forget_poll(shared->loop, &shared->handle);
+        if (!shared->sync.queued && loop_keep_spare_poll(shared->loop, &shared->handle, shared->fd)) {
+            return 0;  /* stopped, for the next transport on this fd number */
+        }
         uv_close((uv_handle_t *)&shared->handle, free_poll);  /* stops it too */
         return 0;
     }
@@ -591,11 +594,12 @@ shared_poll_apply_sync(LibuvChange *change)
     }
 }
 
-/* Takes over the poll a watcher of the fd left started (sock_connect just
- * completed: create_connection's transport): no uv_poll_init probe, and no
- * restart if it already polls the events the transport wants. */
+/* Takes over a poll made for the fd earlier: one a watcher of the fd left
+ * started (sock_connect just completed: create_connection's transport; no
+ * restart if it already polls the events the transport wants), or a spare
+ * (stopped; `file` is the fd's fstat).  Either way no uv_poll_init probe. */
 static int
-adopt_parked_poll(TransportObject *self, TransportPoll *shared, int started)
+adopt_poll(TransportObject *self, TransportPoll *shared, int started, const struct stat *file)
 {
     memset((char *)shared + offsetof(TransportPoll, loop), 0,
            sizeof(TransportPoll) - offsetof(TransportPoll, loop));
@@ -610,7 +614,7 @@ adopt_parked_poll(TransportObject *self, TransportPoll *shared, int started)
      * from now on. */
     shared->handle.poll_cb = on_poll;
     /* the record (the file's identity) now reports to the transport */
-    if (loop_note_poll_change(self->loop, &shared->handle, shared->fd, transport_bad_fd, shared) < 0) {
+    if (loop_note_poll_file(self->loop, &shared->handle, shared->fd, file, transport_bad_fd, shared) < 0) {
         shared->handle.data = NULL;
         loop_forget_poll(self->loop, &shared->handle);
         uv_close((uv_handle_t *)&shared->handle, free_poll);
@@ -621,7 +625,30 @@ adopt_parked_poll(TransportObject *self, TransportPoll *shared, int started)
     return 0;
 }
 
-/* Gives the transport a poll: its partner's, a watcher's parked one, or a new one. */
+/* A spare poll skips uv_poll_init's ioctl(FIONBIO): only for a socket that
+ * Python made non-blocking (setblocking(False), SOCK_NONBLOCK: timeout 0). */
+static int
+socket_is_nonblocking(TransportObject *self)
+{
+    if (self->kind != TRANSPORT_SOCKET_STREAM && self->kind != TRANSPORT_DATAGRAM) {
+        return 0;
+    }
+    ModuleState *state = state_of(self);
+    /* only the socket module's own gettimeout(): no Python code runs here */
+    if (state->plain_gettimeout == NULL
+        || _PyType_Lookup(Py_TYPE(self->sock), state->str_gettimeout) != state->plain_gettimeout) {
+        return 0;
+    }
+    PyObject *timeout = PyObject_CallMethodNoArgs(self->sock, state->str_gettimeout);
+    int nonblocking = timeout != NULL && PyFloat_CheckExact(timeout) && PyFloat_AS_DOUBLE(timeout) == 0.0;
+    if (timeout == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(timeout);
+    return nonblocking;
+}
+
+/* Gives the transport a poll: its partner's, a watcher's parked one, a spare, or a new one. */
 static int
 attach_poll(TransportObject *self)
 {
@@ -636,7 +663,14 @@ attach_poll(TransportObject *self)
         int started = 0;
         uv_poll_t *parked = loop_poll_take_parked(self->loop, self->fd, &started);
         if (parked != NULL) {
-            return adopt_parked_poll(self, (TransportPoll *)parked, started);
+            return adopt_poll(self, (TransportPoll *)parked, started, NULL);
+        }
+        struct stat file;
+        uv_poll_t *spare = loop_has_spare_poll(self->loop, self->fd) && socket_is_nonblocking(self)
+                               ? loop_take_spare_poll(self->loop, self->fd, &file)
+                               : NULL;
+        if (spare != NULL) {
+            return adopt_poll(self, (TransportPoll *)spare, 0, &file);
         }
     }
     TransportPoll *shared = calloc(1, sizeof(TransportPoll));
@@ -1607,7 +1641,8 @@ static void
 remember_socket_info(TransportObject *self)
 {
     PyObject *extra = Py_NewRef(self->extra);
-    PyObject *known = PyDict_GetItemString(extra, "sockname");
+    ModuleState *state = state_of(self);
+    PyObject *known = PyDict_GetItemWithError(extra, state->str_sockname);  /* str: no error */
     if (known == NULL) {
         struct sockaddr_storage address;
         socklen_t length = sizeof address;
@@ -1617,7 +1652,7 @@ remember_socket_info(TransportObject *self)
             && (address.ss_family == AF_INET || address.ss_family == AF_INET6)) {
             value = ip_address_tuple(&address);
             if (value != NULL) {
-                PyDict_SetItemString(extra, "sockname", value);
+                PyDict_SetItem(extra, state->str_sockname, value);
             }
             Py_XDECREF(value);
         }
@@ -1631,10 +1666,10 @@ remember_socket_info(TransportObject *self)
         PyErr_Clear();
     }
 
-    PyObject *value = PyDict_GetItemString(extra, "socket");
+    PyObject *value = PyDict_GetItemWithError(extra, state->str_socket);
     if (value != NULL) {
         Py_INCREF(value);
-        PyObject *r = PyObject_CallMethodNoArgs(value, state_of(self)->str_connection_closed);
+        PyObject *r = PyObject_CallMethodNoArgs(value, state->str_connection_closed);
         Py_XDECREF(r);  /* AttributeError: not ours (a user's 'socket' extra) */
         Py_DECREF(value);
     }
@@ -2459,9 +2494,21 @@ transports_init(PyObject *module, ModuleState *state)
         || intern(&state->str_set_exception, "set_exception") < 0
         || intern(&state->str_cancelled, "cancelled") < 0
         || intern(&state->str_socket_class, "_socket_class") < 0
-        || intern(&state->str_connection_closed, "_connection_closed") < 0) {
+        || intern(&state->str_connection_closed, "_connection_closed") < 0
+        || intern(&state->str_gettimeout, "gettimeout") < 0
+        || intern(&state->str_sockname, "sockname") < 0 || intern(&state->str_socket, "socket") < 0) {
         return -1;
     }
+    PyObject *socket_module = PyImport_ImportModule("_socket");
+    PyObject *socket_type = socket_module ? PyObject_GetAttrString(socket_module, "socket") : NULL;
+    Py_XDECREF(socket_module);
+    if (socket_type == NULL) {
+        return -1;
+    }
+    /* _socket.socket.gettimeout, the method descriptor (socket_is_nonblocking) */
+    state->plain_gettimeout = PyType_Check(socket_type)
+        ? Py_XNewRef(_PyType_Lookup((PyTypeObject *)socket_type, state->str_gettimeout)) : NULL;
+    Py_DECREF(socket_type);
     PyObject *protocols = PyImport_ImportModule("asyncio.protocols");
     if (protocols == NULL) {
         return -1;
