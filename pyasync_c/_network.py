@@ -212,7 +212,8 @@ class NetworkMixin:
         steps and outcome as asyncio's for one address (socket, connect,
         transport, waiter; the connect error itself raised, the socket closed
         on failure): the socket is made non-blocking by socket() itself
-        (SOCK_NONBLOCK) instead of two setblocking() ioctls, and the
+        (SOCK_NONBLOCK) instead of two setblocking() ioctls, the peer address
+        comes from the C connect's check that it finished, and the
         orchestration frames (_ensure_resolved, _connect_sock,
         _create_connection_transport) are not run.  Everything else, debug
         mode, and loops whose connection hooks are replaced (subclass or
@@ -228,13 +229,18 @@ class NetworkMixin:
         family, sock_type, proto, _, address = info
         sock = socket.socket(family, sock_type | _SOCK_NONBLOCK, proto)
         try:
-            await self._core()._sock_connect(sock, address)
+            # the peer address when the connect finished within the call
+            peer = await self._core()._sock_connect(sock, address, True)
         except BaseException:
             sock.close()
             raise
         protocol = protocol_factory()
         waiter = self.create_future()
-        transport = self._make_socket_transport(sock, protocol, waiter)
+        if peer is None:
+            transport = self._make_socket_transport(sock, protocol, waiter)
+        else:
+            transport = self._make_socket_transport(sock, protocol, waiter,
+                                                    extra={"peername": peer})
         try:
             await waiter
         except BaseException:

@@ -326,3 +326,27 @@ def test_create_connection_ipv6_literal_and_string_port(run, port_type):
         server.close()
         await server.wait_closed()
     run(main())
+
+
+def test_sock_connect_result_and_peer_after_a_loopback_connect(run):
+    """A loopback connect has finished when connect() returns: the C path
+    sees it (getpeername) and completes at once; sock_connect still returns
+    None, and create_connection's transport reports the peer, both as
+    asyncio's."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        for _ in range(20):
+            sock = socket.socket()
+            sock.setblocking(False)
+            assert await loop.sock_connect(sock, addr) is None
+            assert sock.getpeername() == addr
+            sock.close()
+            tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", addr[1])
+            assert tr.get_extra_info("peername") == addr
+            assert tr.get_extra_info("socket").getpeername() == addr
+            tr.close()
+        server.close()
+        await server.wait_closed()
+    run(main())

@@ -621,12 +621,25 @@ check_socket(LoopObject *loop, PyObject *sock)
  * iteration (a poll started and stopped: several epoll_ctl calls).  0 if
  * still in progress, else connect_outcome()'s result. */
 static int
-connect_finished_already(PyObject *sock, PyObject *address, PyObject **result)
+connect_finished_already(PyObject *sock, PyObject *address, PyObject **result, int want_peer)
 {
     int fd = PyObject_AsFileDescriptor(sock);
     if (fd < 0) {
         PyErr_Clear();  /* start() raises it where asyncio would */
         return 0;
+    }
+    if (plain_connect != NULL && _PyType_Lookup(Py_TYPE(sock), s_connect) == plain_connect) {
+        /* A socket that has a peer is connected, with no error pending (a
+         * reset one has none): one getpeername() instead of poll() +
+         * getsockopt(SO_ERROR), and create_connection's 'peername' with it. */
+        struct sockaddr_storage peer;
+        socklen_t length = sizeof peer;
+        memset(&peer, 0, sizeof peer);
+        if (getpeername(fd, (struct sockaddr *)&peer, &length) == 0) {
+            *result = want_peer && (peer.ss_family == AF_INET || peer.ss_family == AF_INET6)
+                          ? ip_address_tuple(&peer) : Py_NewRef(Py_None);
+            return *result != NULL ? 1 : -1;
+        }
     }
     struct pollfd probe = {.fd = fd, .events = POLLOUT};
     if (poll(&probe, 1, 0) != 1 || !(probe.revents & (POLLOUT | POLLERR | POLLHUP))) {
@@ -638,13 +651,14 @@ connect_finished_already(PyObject *sock, PyObject *address, PyObject **result)
 /* Starts operation op on sock with the socket method's arguments (borrowed;
  * sendall: (NULL, data); a waiter gets (byte view, NULL)). */
 static PyObject *
-start(LoopObject *loop, int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs)
+start(LoopObject *loop, int op, PyObject *sock, PyObject *const *args, Py_ssize_t nargs,
+      int want_peer)
 {
     Py_ssize_t pos = 0;
     PyObject *result = NULL;
     int rc = attempt(op, sock, args, nargs, &pos, &result);
     if (rc == 0 && op == OP_CONNECT) {
-        rc = connect_finished_already(sock, args[0], &result);
+        rc = connect_finished_already(sock, args[0], &result, want_peer);
     }
     if (rc < 0 && (op != OP_CONNECT || take_exception(&result) < 0)) {
         return NULL;  /* raised by the coroutine at once, as asyncio does */
@@ -750,7 +764,7 @@ sock_op(LoopObject *self, const char *name, int op, PyObject *const *args, Py_ss
     if (check_nargs(name, nargs, expected) < 0 || check_socket(self, args[0]) < 0) {
         return NULL;
     }
-    return start(self, op, args[0], args + 1, nargs - 1);
+    return start(self, op, args[0], args + 1, nargs - 1, 0);
 }
 
 PyObject *
@@ -795,7 +809,7 @@ loop_sock_recvfrom_into(LoopObject *self, PyObject *const *args, Py_ssize_t narg
         }
     }
     PyObject *call_args[2] = {args[1], nbytes};
-    PyObject *fut = start(self, OP_RECVFROM_INTO, args[0], call_args, 2);
+    PyObject *fut = start(self, OP_RECVFROM_INTO, args[0], call_args, 2, 0);
     Py_DECREF(nbytes);
     return fut;
 }
@@ -813,17 +827,24 @@ loop_sock_sendall(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *call_args[2] = {NULL, args[1]};
-    return start(self, OP_SENDALL, args[0], call_args, 2);
+    return start(self, OP_SENDALL, args[0], call_args, 2, 0);
 }
 
 /* The address is already resolved (loop.py); the checks ran there too. */
 PyObject *
 loop_sock_connect(LoopObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    /* (sock, address[, want_peer]): with want_peer, the future's result is
+     * the peer address when the connect was seen finished within the call
+     * (create_connection's short path gives it to the transport), else None */
+    if (nargs == 3) {
+        int want_peer = PyObject_IsTrue(args[2]);
+        return want_peer < 0 ? NULL : start(self, OP_CONNECT, args[0], args + 1, 1, want_peer);
+    }
     if (check_nargs("_sock_connect", nargs, 2) < 0) {
         return NULL;
     }
-    return start(self, OP_CONNECT, args[0], args + 1, 1);
+    return start(self, OP_CONNECT, args[0], args + 1, 1, 0);
 }
 
 PyObject *
@@ -832,7 +853,7 @@ loop_sock_accept(LoopObject *self, PyObject *sock)
     if (check_socket(self, sock) < 0) {
         return NULL;
     }
-    return start(self, OP_ACCEPT, sock, NULL, 0);
+    return start(self, OP_ACCEPT, sock, NULL, 0, 0);
 }
 
 /* The address tuple the socket module gives for an IPv4/IPv6 address
