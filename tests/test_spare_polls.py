@@ -166,3 +166,41 @@ def test_peername_of_a_unix_connection(run, tmp_path):
         server.close()
         await server.wait_closed()
     run(main())
+
+
+def test_spare_polls_across_fork(loop_factory, loop_name):
+    """Connections leave spares in the parent; a fork() child runs more
+    connections on the same loop object (its own epoll after the fork),
+    then the parent goes on: every connection gets its own data."""
+    loop = loop_factory()
+    try:
+        server_sock = socket.create_server(("127.0.0.1", 0))
+        port = server_sock.getsockname()[1]
+
+        async def start():
+            return await loop.create_server(Echo, sock=server_sock)
+
+        server = loop.run_until_complete(start())
+
+        async def churn(tag: bytes, n: int) -> None:
+            for i in range(n):
+                await echo_once(port, b"%s %d\n" % (tag, i))
+
+        loop.run_until_complete(churn(b"parent-before", 20))
+        if loop_name == "pyasync_c":
+            assert loop._poll_stats["spare_polls"] > 0
+        pid = os.fork()
+        if pid == 0:  # the child: its own connections to its own copy of the server
+            status = 1
+            try:
+                loop.run_until_complete(asyncio.wait_for(churn(b"child", 20), 10))
+                status = 0
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        loop.run_until_complete(asyncio.wait_for(churn(b"parent-after", 20), 10))
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+    finally:
+        loop.close()
