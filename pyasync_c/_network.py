@@ -54,22 +54,20 @@ _CONNECT_HOOKS = ("sock_connect", "_sock_connect", "_ensure_resolved", "_connect
 _CONNECT_HOOK_SET = frozenset(_CONNECT_HOOKS)
 _SHORT_CONNECT_CLASSES: dict[type, bool] = {}
 # asyncio's _ipaddr_info(host, port, 0, SOCK_STREAM, 0) for str hosts and
-# int/str ports: a pure function of them, asked once per connection
-_IPADDR_INFO_CACHE: dict[tuple[str, Any], Any] = {}
+# int/str ports, a pure function of them asked once per connection: the last
+# answer is kept (a client mostly connects to the same address again)
+_last_ipaddr_info: tuple[Any, Any, Any] = (None, None, None)
 
 
 def _stream_ipaddr_info(host: Any, port: Any) -> Any:
+    global _last_ipaddr_info
     if type(host) is not str or (type(port) is not int and type(port) is not str):
         return _ipaddr_info(host, port, 0, socket.SOCK_STREAM, 0)
-    key = (host, port)
-    try:
-        return _IPADDR_INFO_CACHE[key]
-    except KeyError:
-        pass
+    last_host, last_port, info = _last_ipaddr_info
+    if host == last_host and port == last_port and type(port) is type(last_port):
+        return info
     info = _ipaddr_info(host, port, 0, socket.SOCK_STREAM, 0)
-    if len(_IPADDR_INFO_CACHE) >= 256:
-        _IPADDR_INFO_CACHE.clear()
-    _IPADDR_INFO_CACHE[key] = info
+    _last_ipaddr_info = (host, port, info)
     return info
 
 
