@@ -630,7 +630,7 @@ adopt_poll(TransportObject *self, TransportPoll *shared, int started, const stru
 static int
 socket_is_nonblocking(TransportObject *self)
 {
-    if (self->kind != TRANSPORT_SOCKET_STREAM && self->kind != TRANSPORT_DATAGRAM) {
+    if ((self->kind != TRANSPORT_SOCKET_STREAM && self->kind != TRANSPORT_DATAGRAM) || self->sock == NULL) {
         return 0;
     }
     ModuleState *state = state_of(self);
