@@ -350,3 +350,31 @@ def test_sock_connect_result_and_peer_after_a_loopback_connect(run):
         server.close()
         await server.wait_closed()
     run(main())
+
+
+def test_sock_connect_asks_a_subclass_getsockopt(run):
+    """A socket class with its own getsockopt() is asked SO_ERROR after a
+    connect that did not finish at once, as asyncio's _sock_connect_cb asks
+    it (the C shortcut that reads the peer instead is for plain sockets)."""
+    class Recording(socket.socket):
+        asked: list = []
+
+        def getsockopt(self, *args):
+            Recording.asked.append(args[:2])
+            return super().getsockopt(*args)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        sock = Recording()
+        sock.setblocking(False)
+        assert await loop.sock_connect(sock, addr) is None
+        assert sock.getpeername() == addr
+        sock.close()
+        server.close()
+        await server.wait_closed()
+
+    Recording.asked.clear()
+    run(main())
+    assert (socket.SOL_SOCKET, socket.SO_ERROR) in Recording.asked

@@ -276,6 +276,7 @@ unpack_pair(PyObject *r)
  * the same subclass and arguments).  Address errors raise from connect_ex as
  * from connect. */
 static PyObject *plain_connect;  /* _socket.socket.connect (its method descriptor) */
+static PyObject *plain_getsockopt;  /* _socket.socket.getsockopt */
 
 static int
 connect_plain(PyObject *sock, PyObject *address, PyObject **result)
@@ -615,11 +616,16 @@ check_socket(LoopObject *loop, PyObject *sock)
 }
 
 /* A connect() that said EINPROGRESS has often finished by the time it
- * returned (a loopback peer answers within the call): one poll(2) with no
- * wait tells, and then the outcome is read at once -- the future done, as
- * when connect() itself succeeds -- instead of watching the fd for one
- * iteration (a poll started and stopped: several epoll_ctl calls).  0 if
- * still in progress, else connect_outcome()'s result. */
+ * returned (a loopback peer answers within the call): that is checked once,
+ * with no wait, and the outcome read at once -- the future done, as when
+ * connect() itself succeeds -- instead of watching the fd for one iteration
+ * (a poll started and stopped: several epoll_ctl calls).  A socket whose
+ * connect() and getsockopt() are the socket module's own is asked
+ * getpeername(): a peer means connected with no error pending (*result: None,
+ * or with want_peer the peer's address, for the transport's 'peername');
+ * otherwise, and for other sockets, one poll(2), then connect_outcome() as
+ * asyncio reads it (SO_ERROR through the socket's getsockopt()).  0 if still
+ * in progress. */
 static int
 connect_finished_already(PyObject *sock, PyObject *address, PyObject **result, int want_peer)
 {
@@ -628,10 +634,9 @@ connect_finished_already(PyObject *sock, PyObject *address, PyObject **result, i
         PyErr_Clear();  /* start() raises it where asyncio would */
         return 0;
     }
-    if (plain_connect != NULL && _PyType_Lookup(Py_TYPE(sock), s_connect) == plain_connect) {
-        /* A socket that has a peer is connected, with no error pending (a
-         * reset one has none): one getpeername() instead of poll() +
-         * getsockopt(SO_ERROR), and create_connection's 'peername' with it. */
+    if (plain_connect != NULL && _PyType_Lookup(Py_TYPE(sock), s_connect) == plain_connect
+        && _PyType_Lookup(Py_TYPE(sock), s_getsockopt) == plain_getsockopt) {
+        /* a reset connection has no peer any more */
         struct sockaddr_storage peer;
         socklen_t length = sizeof peer;
         memset(&peer, 0, sizeof peer);
@@ -856,8 +861,6 @@ loop_sock_accept(LoopObject *self, PyObject *sock)
     return start(self, OP_ACCEPT, sock, NULL, 0, 0);
 }
 
-/* The address tuple the socket module gives for an IPv4/IPv6 address
- * (accept(), getsockname()): (host, port) or (host, port, flowinfo, scope_id). */
 /* Dotted decimal, as inet_ntop writes it (which goes through sprintf: ~1,600
  * instructions, a tenth of a connection's loop-side cost). */
 static Py_ssize_t
@@ -882,6 +885,8 @@ format_ipv4(const unsigned char *bytes, char *text)
     return end - text;
 }
 
+/* The address tuple the socket module gives for an IPv4/IPv6 address
+ * (accept(), getsockname()): (host, port) or (host, port, flowinfo, scope_id). */
 PyObject *
 ip_address_tuple(const struct sockaddr_storage *address)
 {
@@ -1019,15 +1024,17 @@ sock_ops_init_type(PyObject *module, ModuleState *state)
         || intern_once(&s_add_done_callback, "add_done_callback") < 0) {
         return -1;
     }
-    if (plain_connect == NULL) {  /* _socket.socket.connect: kept for the process */
+    if (plain_connect == NULL) {  /* _socket.socket.connect/getsockopt: kept for the process */
         PyObject *socket_module = PyImport_ImportModule("_socket");
         PyObject *socket_type = socket_module ? PyObject_GetAttrString(socket_module, "socket") : NULL;
         Py_XDECREF(socket_module);
-        plain_connect = socket_type && PyType_Check(socket_type)
-            ? _PyType_Lookup((PyTypeObject *)socket_type, s_connect) : NULL;
+        int is_type = socket_type && PyType_Check(socket_type);
+        plain_connect = is_type ? _PyType_Lookup((PyTypeObject *)socket_type, s_connect) : NULL;
+        plain_getsockopt = is_type ? _PyType_Lookup((PyTypeObject *)socket_type, s_getsockopt) : NULL;
         Py_XINCREF(plain_connect);
+        Py_XINCREF(plain_getsockopt);
         Py_XDECREF(socket_type);
-        if (plain_connect == NULL) {
+        if (plain_connect == NULL || plain_getsockopt == NULL) {
             return -1;
         }
     }
