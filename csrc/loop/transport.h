@@ -42,8 +42,9 @@ typedef struct {
 /* The libuv poll of an fd that transports use.  libuv allows one poll per
  * fd, so a read pipe and a write pipe on the same fd (a pty master driven
  * both ways) share one: it is started with the union of its users' events
- * and each user gets the events it asked for.  malloc'd; uv_close()d when
- * its last user detaches, and freed by the close callback. */
+ * and each user gets the events it asked for.  malloc'd; when its last user
+ * detaches it is stopped and kept as the loop's spare for its fd number
+ * (spare_polls.c), or uv_close()d and freed by the close callback. */
 typedef struct TransportPoll {
     uv_poll_t handle;                  /* first: the close callback frees the struct */
     LoopObject *loop;                  /* borrowed: every user holds the loop; the loop
