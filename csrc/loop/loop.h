@@ -128,8 +128,7 @@ typedef struct {
     PyObject *str_datagram_received, *str_error_received, *str_close;
     PyObject *str_call_exception_handler, *str_attach, *str_detach, *str_call_connection_lost;
     PyObject *str_connection_made_cb, *str_set_result, *str_set_exception, *str_cancelled;
-    PyObject *str_socket_class, *str_connection_closed, *str_gettimeout, *str_sockname, *str_socket;
-    PyObject *plain_gettimeout;            /* _socket.socket.gettimeout (transport_base.c) */
+    PyObject *str_socket_class, *str_connection_closed, *str_sockname, *str_socket;
     StreamsFast streams;
     double clock_resolution;
 } ModuleState;
@@ -571,6 +570,8 @@ PyObject *loop_sock_connect(LoopObject *self, PyObject *const *args, Py_ssize_t 
 PyObject *loop_sock_accept(LoopObject *self, PyObject *sock);
 PyObject *loop_sock_check(LoopObject *self, PyObject *sock);
 PyObject *loop_accept_ready(PyObject *cls, PyObject *fd_object);
+/* sock's gettimeout() is the socket module's own and says 0 (non-blocking). */
+int socket_known_nonblocking(PyObject *sock);
 /* LoopCore._peer_address(fd): getpeername() of an IP socket (C), None for another family. */
 PyObject *loop_peer_address(PyObject *cls, PyObject *fd_object);
 struct sockaddr_storage;

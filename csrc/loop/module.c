@@ -169,8 +169,8 @@ loop_module_clear(PyObject *module)
         &state->str_error_received, &state->str_close, &state->str_call_exception_handler,
         &state->str_attach, &state->str_detach, &state->str_call_connection_lost,
         &state->str_connection_made_cb, &state->str_set_result, &state->str_set_exception,
-        &state->str_cancelled, &state->str_socket_class, &state->str_connection_closed, &state->str_gettimeout,
-        &state->str_sockname, &state->str_socket, &state->plain_gettimeout,
+        &state->str_cancelled, &state->str_socket_class, &state->str_connection_closed,
+        &state->str_sockname, &state->str_socket,
     };
     for (size_t i = 0; i < sizeof(interned) / sizeof(interned[0]); i++) {
         Py_CLEAR(*interned[i]);

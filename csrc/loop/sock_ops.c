@@ -277,6 +277,25 @@ unpack_pair(PyObject *r)
  * from connect. */
 static PyObject *plain_connect;  /* _socket.socket.connect (its method descriptor) */
 static PyObject *plain_getsockopt;  /* _socket.socket.getsockopt */
+static PyObject *plain_gettimeout;  /* _socket.socket.gettimeout */
+
+/* Python made sock non-blocking (setblocking(False), SOCK_NONBLOCK: timeout
+ * 0), asked only through the socket module's own gettimeout(): no Python
+ * code runs here.  0 when unknown. */
+int
+socket_known_nonblocking(PyObject *sock)
+{
+    if (plain_gettimeout == NULL || _PyType_Lookup(Py_TYPE(sock), s_gettimeout) != plain_gettimeout) {
+        return 0;
+    }
+    PyObject *timeout = PyObject_CallMethodNoArgs(sock, s_gettimeout);
+    int nonblocking = timeout != NULL && PyFloat_CheckExact(timeout) && PyFloat_AS_DOUBLE(timeout) == 0.0;
+    if (timeout == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(timeout);
+    return nonblocking;
+}
 
 static int
 connect_plain(PyObject *sock, PyObject *address, PyObject **result)
@@ -1024,17 +1043,19 @@ sock_ops_init_type(PyObject *module, ModuleState *state)
         || intern_once(&s_add_done_callback, "add_done_callback") < 0) {
         return -1;
     }
-    if (plain_connect == NULL) {  /* _socket.socket.connect/getsockopt: kept for the process */
+    if (plain_connect == NULL) {  /* _socket.socket's connect/getsockopt/gettimeout: kept for the process */
         PyObject *socket_module = PyImport_ImportModule("_socket");
         PyObject *socket_type = socket_module ? PyObject_GetAttrString(socket_module, "socket") : NULL;
         Py_XDECREF(socket_module);
         int is_type = socket_type && PyType_Check(socket_type);
         plain_connect = is_type ? _PyType_Lookup((PyTypeObject *)socket_type, s_connect) : NULL;
         plain_getsockopt = is_type ? _PyType_Lookup((PyTypeObject *)socket_type, s_getsockopt) : NULL;
+        plain_gettimeout = is_type ? _PyType_Lookup((PyTypeObject *)socket_type, s_gettimeout) : NULL;
         Py_XINCREF(plain_connect);
         Py_XINCREF(plain_getsockopt);
+        Py_XINCREF(plain_gettimeout);
         Py_XDECREF(socket_type);
-        if (plain_connect == NULL || plain_getsockopt == NULL) {
+        if (plain_connect == NULL || plain_getsockopt == NULL || plain_gettimeout == NULL) {
             return -1;
         }
     }

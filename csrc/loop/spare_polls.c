@@ -62,6 +62,23 @@ make_room(LoopObject *loop, int fd)
     return 0;
 }
 
+/* uv__fd_exists: a started poll of fd holds its slot in libuv's watcher table. */
+static int
+libuv_watches(LoopObject *loop, int fd)
+{
+    return (unsigned)fd < loop->uv.nwatchers && loop->uv.watchers[fd] != NULL;
+}
+
+/* Takes the spare of fd out of the table (the caller checked there is one). */
+static uv_poll_t *
+unkeep(LoopObject *loop, int fd)
+{
+    uv_poll_t *poll = loop->spare_polls[fd];
+    loop->spare_polls[fd] = NULL;
+    loop->spare_polls_count--;
+    return poll;
+}
+
 int
 loop_keep_spare_poll(LoopObject *loop, uv_poll_t *poll, int fd)
 {
@@ -83,47 +100,32 @@ loop_keep_spare_poll(LoopObject *loop, uv_poll_t *poll, int fd)
 uv_poll_t *
 loop_take_spare_poll(LoopObject *loop, int fd, struct stat *file)
 {
-    if (fd < 0 || fd >= loop->spare_polls_size || loop->spare_polls[fd] == NULL
-        || !loop_may_touch_libuv(loop) || loop_own_epoll_after_fork(loop) < 0) {
-        return NULL;
-    }
-    /* what uv_poll_init refuses with EEXIST: another poll of fd started */
-    if ((unsigned)fd < loop->uv.nwatchers && loop->uv.watchers[fd] != NULL) {
+    if (!loop_has_spare_poll(loop, fd) || !loop_may_touch_libuv(loop) || loop_own_epoll_after_fork(loop) < 0
+        || libuv_watches(loop, fd)) {  /* what uv_poll_init refuses with EEXIST */
         return NULL;
     }
     if (fstat(fd, file) != 0 || !S_ISSOCK(file->st_mode)) {
         return NULL;  /* the usual uv_poll_init reports it */
     }
-    uv_poll_t *poll = loop->spare_polls[fd];
-    loop->spare_polls[fd] = NULL;
-    loop->spare_polls_count--;
-    return poll;
+    return unkeep(loop, fd);
 }
 
 void
 loop_drop_spare_poll(LoopObject *loop, int fd)
 {
-    if (fd < 0 || fd >= loop->spare_polls_size || loop->spare_polls[fd] == NULL) {
-        return;
+    if (loop_has_spare_poll(loop, fd) && !libuv_watches(loop, fd)) {
+        /* (closing it while another poll of fd is started would EPOLL_CTL_DEL
+         * that poll's registration) */
+        uv_close((uv_handle_t *)unkeep(loop, fd), free_spare);
     }
-    if ((unsigned)fd < loop->uv.nwatchers && loop->uv.watchers[fd] != NULL) {
-        return;  /* closing it would EPOLL_CTL_DEL that poll's registration */
-    }
-    uv_poll_t *poll = loop->spare_polls[fd];
-    loop->spare_polls[fd] = NULL;
-    loop->spare_polls_count--;
-    uv_close((uv_handle_t *)poll, free_spare);
 }
 
 void
 loop_release_spare_polls(LoopObject *loop)
 {
     for (int fd = 0; fd < loop->spare_polls_size && loop->spare_polls_count > 0; fd++) {
-        uv_poll_t *poll = loop->spare_polls[fd];
-        if (poll != NULL) {
-            loop->spare_polls[fd] = NULL;
-            loop->spare_polls_count--;
-            uv_close((uv_handle_t *)poll, free_spare);
+        if (loop->spare_polls[fd] != NULL) {
+            uv_close((uv_handle_t *)unkeep(loop, fd), free_spare);
         }
     }
     PyMem_Free(loop->spare_polls);

@@ -626,26 +626,12 @@ adopt_poll(TransportObject *self, TransportPoll *shared, int started, const stru
 }
 
 /* A spare poll skips uv_poll_init's ioctl(FIONBIO): only for a socket that
- * Python made non-blocking (setblocking(False), SOCK_NONBLOCK: timeout 0). */
+ * Python made non-blocking. */
 static int
 socket_is_nonblocking(TransportObject *self)
 {
-    if ((self->kind != TRANSPORT_SOCKET_STREAM && self->kind != TRANSPORT_DATAGRAM) || self->sock == NULL) {
-        return 0;
-    }
-    ModuleState *state = state_of(self);
-    /* only the socket module's own gettimeout(): no Python code runs here */
-    if (state->plain_gettimeout == NULL
-        || _PyType_Lookup(Py_TYPE(self->sock), state->str_gettimeout) != state->plain_gettimeout) {
-        return 0;
-    }
-    PyObject *timeout = PyObject_CallMethodNoArgs(self->sock, state->str_gettimeout);
-    int nonblocking = timeout != NULL && PyFloat_CheckExact(timeout) && PyFloat_AS_DOUBLE(timeout) == 0.0;
-    if (timeout == NULL) {
-        PyErr_Clear();
-    }
-    Py_XDECREF(timeout);
-    return nonblocking;
+    return (self->kind == TRANSPORT_SOCKET_STREAM || self->kind == TRANSPORT_DATAGRAM) && self->sock != NULL
+           && socket_known_nonblocking(self->sock);
 }
 
 /* Gives the transport a poll: its partner's, a watcher's parked one, a spare, or a new one. */
@@ -2495,20 +2481,9 @@ transports_init(PyObject *module, ModuleState *state)
         || intern(&state->str_cancelled, "cancelled") < 0
         || intern(&state->str_socket_class, "_socket_class") < 0
         || intern(&state->str_connection_closed, "_connection_closed") < 0
-        || intern(&state->str_gettimeout, "gettimeout") < 0
         || intern(&state->str_sockname, "sockname") < 0 || intern(&state->str_socket, "socket") < 0) {
         return -1;
     }
-    PyObject *socket_module = PyImport_ImportModule("_socket");
-    PyObject *socket_type = socket_module ? PyObject_GetAttrString(socket_module, "socket") : NULL;
-    Py_XDECREF(socket_module);
-    if (socket_type == NULL) {
-        return -1;
-    }
-    /* _socket.socket.gettimeout, the method descriptor (socket_is_nonblocking) */
-    state->plain_gettimeout = PyType_Check(socket_type)
-        ? Py_XNewRef(_PyType_Lookup((PyTypeObject *)socket_type, state->str_gettimeout)) : NULL;
-    Py_DECREF(socket_type);
     PyObject *protocols = PyImport_ImportModule("asyncio.protocols");
     if (protocols == NULL) {
         return -1;
