@@ -15,8 +15,19 @@
 /* Freelist of dead handles' memory: call_soon allocates one handle per
  * callback, so reusing them saves an allocation and a large memset.  Both
  * handle types share one C layout; the type is set again on reuse.  Process-
- * wide on purpose (it is only touched with the GIL held). */
-#define HANDLE_FREELIST_MAX 256
+ * wide on purpose (it is only touched with the GIL held).
+ *
+ * It is sized for bursts: every GC object the interpreter allocates counts
+ * toward the next collection, a reused one does not.  One readiness pass
+ * over thousands of connections wakes thousands of tasks at once; with 256
+ * kept, each of those call_soon()s counted, collections came ~1.6x as often
+ * as with 8192 and handles waiting in the ready queue were promoted to the
+ * old generation, pulling full collections forward (10,000 connections
+ * exchanging lines: 660 collections, 0.7 s, against 411, 0.2 s).  At most
+ * HANDLE_FREELIST_MAX handles (240 bytes each: 2 MiB) are kept while a loop
+ * runs; closing a loop gives back all but HANDLE_FREELIST_IDLE. */
+#define HANDLE_FREELIST_MAX 8192
+#define HANDLE_FREELIST_IDLE 256
 /* Sanitizer and debug-interpreter builds keep no freelist: ASan then sees a
  * use of a dead handle, and getallocatedblocks() leak checks see no cache. */
 #if defined(__SANITIZE_ADDRESS__) || defined(Py_DEBUG)
@@ -26,6 +37,14 @@
 #endif
 static HandleObject *handle_freelist[HANDLE_FREELIST_MAX];
 static int handle_freelist_size;
+
+void
+handle_freelist_trim(void)
+{
+    while (handle_freelist_size > HANDLE_FREELIST_IDLE) {
+        PyObject_GC_Del(handle_freelist[--handle_freelist_size]);
+    }
+}
 
 static HandleObject *
 handle_alloc(PyTypeObject *type)
@@ -62,22 +81,31 @@ handle_new(LoopObject *loop, PyTypeObject *type, PyObject *callback,
     else {
         Py_INCREF(context);
     }
-    PyObject *arg_tuple = PyTuple_New(nargs);
-    if (arg_tuple == NULL) {
-        Py_DECREF(context);
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        PyTuple_SET_ITEM(arg_tuple, i, Py_NewRef(args[i]));
+    PyObject *arg_tuple = NULL;
+    if (nargs > HANDLE_INLINE_ARGS) {
+        arg_tuple = PyTuple_New(nargs);
+        if (arg_tuple == NULL) {
+            Py_DECREF(context);
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            PyTuple_SET_ITEM(arg_tuple, i, Py_NewRef(args[i]));
+        }
     }
     HandleObject *handle = handle_alloc(type);
     if (handle == NULL) {
         Py_DECREF(context);
-        Py_DECREF(arg_tuple);
+        Py_XDECREF(arg_tuple);
         return NULL;
     }
     handle->callback = Py_NewRef(callback);
     handle->args = arg_tuple;
+    if (arg_tuple == NULL) {
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            handle->inline_args[i] = Py_NewRef(args[i]);
+        }
+    }
+    handle->nargs = nargs;
     handle->context = context;
     handle->loop = (LoopObject *)Py_NewRef(loop);
     handle->heap_index = -1;
@@ -126,15 +154,25 @@ handle_run(HandleObject *handle)
     }
     /* The callback may cancel this very handle, which drops these fields. */
     PyObject *callback = Py_NewRef(handle->callback);
-    PyObject *args = Py_NewRef(handle->args);
+    PyObject *arg_tuple = Py_XNewRef(handle->args);
+    PyObject *stack[HANDLE_INLINE_ARGS];
+    Py_ssize_t nargs = handle->nargs;
+    PyObject *const *argv = stack;
+    if (arg_tuple != NULL) {
+        argv = &PyTuple_GET_ITEM(arg_tuple, 0);
+    }
+    else {
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            stack[i] = Py_NewRef(handle->inline_args[i]);
+        }
+    }
     PyObject *context = Py_NewRef(handle->context);
     int status = 0;
     if (PyContext_Enter(context) < 0) {
         status = handle_report_error(handle);
     }
     else {
-        PyObject *result = PyObject_Vectorcall(callback, &PyTuple_GET_ITEM(args, 0),
-                                               (size_t)PyTuple_GET_SIZE(args), NULL);
+        PyObject *result = PyObject_Vectorcall(callback, argv, (size_t)nargs, NULL);
         if (PyContext_Exit(context) < 0 && result != NULL) {
             Py_CLEAR(result);
         }
@@ -146,9 +184,27 @@ handle_run(HandleObject *handle)
         }
     }
     Py_DECREF(callback);
-    Py_DECREF(args);
+    if (arg_tuple != NULL) {
+        Py_DECREF(arg_tuple);
+    }
+    else {
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            Py_DECREF(stack[i]);
+        }
+    }
     Py_DECREF(context);
     return status;
+}
+
+/* cancel() and clearing drop the callback's arguments. */
+static void
+handle_drop_arguments(HandleObject *handle)
+{
+    Py_CLEAR(handle->args);
+    for (int i = 0; i < HANDLE_INLINE_ARGS; i++) {
+        Py_CLEAR(handle->inline_args[i]);
+    }
+    handle->nargs = 0;
 }
 
 /* ---- methods ---- */
@@ -177,7 +233,7 @@ handle_cancel(HandleObject *self, PyObject *unused)
         self->repr = repr;
     }
     Py_CLEAR(self->callback);
-    Py_CLEAR(self->args);
+    handle_drop_arguments(self);
     Py_RETURN_NONE;
 }
 
@@ -217,7 +273,21 @@ optional(PyObject *value)
 }
 
 static PyObject *get_callback(HandleObject *self, void *c) { return optional(self->callback); }
-static PyObject *get_args(HandleObject *self, void *c) { return optional(self->args); }
+static PyObject *
+get_args(HandleObject *self, void *c)
+{
+    if (self->callback == NULL) {
+        Py_RETURN_NONE;  /* cancelled */
+    }
+    if (self->args != NULL) {
+        return Py_NewRef(self->args);
+    }
+    PyObject *tuple = PyTuple_New(self->nargs);
+    for (Py_ssize_t i = 0; tuple != NULL && i < self->nargs; i++) {
+        PyTuple_SET_ITEM(tuple, i, Py_NewRef(self->inline_args[i]));
+    }
+    return tuple;
+}
 static PyObject *get_loop(HandleObject *self, void *c) { return optional((PyObject *)self->loop); }
 static PyObject *get_context(HandleObject *self, void *c) { return optional(self->context); }
 static PyObject *get_cancelled(HandleObject *self, void *c) { return PyBool_FromLong(self->cancelled); }
@@ -282,6 +352,9 @@ handle_traverse(HandleObject *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->callback);
     Py_VISIT(self->args);
+    for (int i = 0; i < HANDLE_INLINE_ARGS; i++) {
+        Py_VISIT(self->inline_args[i]);
+    }
     Py_VISIT(self->context);
     Py_VISIT(self->loop);
     Py_VISIT(self->source_traceback);
@@ -293,7 +366,7 @@ static int
 handle_clear(HandleObject *self)
 {
     Py_CLEAR(self->callback);
-    Py_CLEAR(self->args);
+    handle_drop_arguments(self);
     Py_CLEAR(self->context);
     Py_CLEAR(self->loop);
     Py_CLEAR(self->source_traceback);

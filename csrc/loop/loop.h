@@ -143,12 +143,19 @@ extern PyModuleDef loop_module_def;
  * names (_callback, _args, ...) so everything lives in the C fields.
  * module.c checks at import that asyncio's layout fits in that space. */
 #define ASYNCIO_HANDLE_RESERVED_SLOTS 10
+#define HANDLE_INLINE_ARGS 2
 
 struct HandleObject {
     PyObject_HEAD
     PyObject *asyncio_slot_storage[ASYNCIO_HANDLE_RESERVED_SLOTS];
     PyObject *callback;          /* NULL once cancelled */
-    PyObject *args;              /* tuple; NULL once cancelled */
+    /* The arguments: up to HANDLE_INLINE_ARGS in inline_args, more in the
+     * tuple args (else NULL).  No tuple per call_soon: a burst of wake-ups
+     * would be a burst of GC allocations, each counting toward a collection.
+     * All NULL once cancelled. */
+    PyObject *args;
+    PyObject *inline_args[HANDLE_INLINE_ARGS];
+    Py_ssize_t nargs;
     PyObject *context;           /* contextvars.Context the callback runs in */
     LoopObject *loop;
     PyObject *source_traceback;  /* debug mode only */
@@ -167,6 +174,8 @@ HandleObject *handle_new(LoopObject *loop, PyTypeObject *type, PyObject *callbac
  * handler; returns -1 only for SystemExit/KeyboardInterrupt, which propagate. */
 int handle_run(HandleObject *handle);
 int handles_init_types(PyObject *module, ModuleState *state);
+/* Frees the handle freelist down to its idle size (a loop closed). */
+void handle_freelist_trim(void);
 
 /* ---- ready queue (ready_queue.c): FIFO ring of owned HandleObject* ---- */
 typedef struct {

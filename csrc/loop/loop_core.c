@@ -802,6 +802,7 @@ loop_close_core(LoopObject *self, PyObject *unused)
     ready_clear(&self->ready);
     timer_heap_clear(&self->timers);
     loop_close_uv(self);
+    handle_freelist_trim();
     Py_RETURN_NONE;
 }
 
