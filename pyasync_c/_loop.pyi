@@ -9,6 +9,7 @@ _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
 libuv_version: str
+_handle_freelist_max: int  # handles kept for reuse; 0 in sanitizer and debug builds
 
 class Handle(asyncio.Handle):
     def cancel(self) -> None: ...

@@ -464,5 +464,10 @@ handles_init_types(PyObject *module, ModuleState *state)
     state->TimerHandleType = state->HandleType
         ? make_handle_type(module, events, "TimerHandle", &timer_handle_spec) : NULL;
     Py_DECREF(events);
-    return state->TimerHandleType ? 0 : -1;
+    if (state->TimerHandleType == NULL) {
+        return -1;
+    }
+    /* For tests: 0 in sanitizer and debug builds, which keep no freelist. */
+    return PyModule_AddIntConstant(module, "_handle_freelist_max",
+                                   HANDLE_FREELIST_ENABLED ? HANDLE_FREELIST_MAX : 0);
 }
