@@ -133,3 +133,36 @@ def test_a_burst_of_call_soon_reuses_handles_without_counting_toward_gc(loop_nam
         pytest.skip("sanitizer or debug build: no handle freelist")
     else:
         assert counted < 500, f"{counted} GC allocations counted for 5,000 call_soon()s"
+
+
+def test_closing_a_loop_gives_the_burst_handles_back(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    """The handles kept for a burst are freed when a loop closes (all but a
+    few hundred): a burst on the next loop allocates them again."""
+    def noop(arg: object) -> None:
+        pass
+
+    async def burst() -> int:
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        gc.collect()
+        before = gc.get_count()[0]
+        for _ in range(5000):
+            loop.call_soon(noop, None, context=context)
+        counted = gc.get_count()[0] - before
+        await asyncio.sleep(0)
+        return counted
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        counts = []
+        for _ in range(2):
+            loop = loop_factory()
+            try:
+                counts.append(loop.run_until_complete(burst()))
+            finally:
+                loop.close()
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert counts[1] >= 4000, counts
