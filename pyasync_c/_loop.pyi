@@ -26,6 +26,7 @@ class LoopCore:
     _closed: bool
     _stopping: bool
     _debug: bool
+    _io_first: bool  # measurement switch, not API: I/O before the ready callbacks (uvloop's order)
     _thread_id: int | None
     _task_factory: Any
     @property

@@ -353,6 +353,9 @@ struct LoopObject {
                                   * libuv changes are queued, not made (loop_may_touch_libuv) */
     char defer_io;               /* callbacks were ready before this poll: transports queue
                                   * their I/O behind them (transport_base.c) */
+    char io_first;               /* `_io_first` (measurement switch, off by default): I/O runs
+                                  * at once, before the callbacks that were ready (uvloop's
+                                  * order), unless in debug mode */
 };
 
 /* ---- stats hooks (stats.c) ----

@@ -636,7 +636,7 @@ poll_io(LoopObject *self)
     self->may_block = (char)block;
     /* debug mode: every transport event runs as a Handle, so slow protocol
      * callbacks get asyncio's slow-callback warning */
-    self->defer_io = self->ready.count > 0 || self->debug;
+    self->defer_io = (self->ready.count > 0 && !self->io_first) || self->debug;
     uv_run(&self->uv, block ? UV_RUN_ONCE : UV_RUN_NOWAIT);
     self->may_block = 0;
     self->defer_io = 0;
@@ -1027,6 +1027,8 @@ set_flag(char *flag, PyObject *value)
 static int set_closed(LoopObject *self, PyObject *v, void *c) { return set_flag(&self->closed, v); }
 static int set_stopping(LoopObject *self, PyObject *v, void *c) { return set_flag(&self->stopping, v); }
 static int set_debug_attr(LoopObject *self, PyObject *v, void *c) { return set_flag(&self->debug, v); }
+static PyObject *get_io_first(LoopObject *self, void *c) { return PyBool_FromLong(self->io_first); }
+static int set_io_first(LoopObject *self, PyObject *v, void *c) { return set_flag(&self->io_first, v); }
 
 static int
 set_thread_id(LoopObject *self, PyObject *value, void *c)
@@ -1069,6 +1071,9 @@ static PyGetSetDef loop_getsets[] = {
     {"_transports", (getter)get_transports, NULL, "a new dict fd -> transport (a copy of the C registry)", NULL},
     {"_stopping", (getter)get_stopping, (setter)set_stopping, NULL, NULL},
     {"_debug", (getter)get_debug_attr, (setter)set_debug_attr, NULL, NULL},
+    {"_io_first", (getter)get_io_first, (setter)set_io_first,
+     "Measurement switch, not API: True runs a poll's transport I/O before the callbacks that "
+     "were ready (uvloop's order) instead of after them (asyncio's, the default).", NULL},
     {"_thread_id", (getter)get_thread_id, (setter)set_thread_id, NULL, NULL},
     {"_task_factory", (getter)get_task_factory, (setter)set_task_factory, NULL, NULL},
     {"_ready", (getter)get_ready, (setter)set_queue_view, "Snapshot of the ready handles (a list).", NULL},
