@@ -29,6 +29,8 @@
 #   make bench-apps  real frameworks/drivers (uvicorn, FastAPI, aiohttp, websockets, httpx,
 #                 asyncpg, redis-py) on stdlib/uvloop/pyasync_c/rloop under wrk, interleaved
 #                 rounds (benchmarks/apps/run.py); QUICK=1: 2 short rounds; APPS_ARGS=... more
+#   make bench-instructions  the servers' instructions per request/connection under callgrind
+#                 (benchmarks/apps/instructions.py, uvloop vs pyasync_c); INSTR_ARGS=... more
 #   make demo     deps + build (quiet unless they fail), then python -m pyasync_c.demo:
 #                 the guide's patterns on the stdlib loop, uvloop (if installed) and pyasync_c
 #   make wheel    self-contained wheel for $(PYTHON) in dist/: libuv linked statically
@@ -85,7 +87,7 @@ DBG_DIR    := build/dbg
 DBG_TMP    := build/dbg-tmp
 LEAK_ARGS  ?=
 
-.PHONY: test-deps deps build-all build test asan asan-build leaks leaks-build bench bench-apps demo \
+.PHONY: test-deps deps build-all build test asan asan-build leaks leaks-build bench bench-apps bench-instructions demo \
 	clean wheel stress stress-short soak stress-asan
 
 build:
@@ -180,6 +182,14 @@ bench-apps: deps build
 	$(PYTHON) -m pip install -q -r benchmarks/apps/requirements.txt
 	$(PYTHON) -m pip install -q rloop >/dev/null 2>&1 || echo "rloop not installable here: its cells show n/a"
 	$(PYTHON) benchmarks/apps/run.py $(if $(QUICK),--quick) $(APPS_ARGS)
+
+INSTR_ARGS ?=
+bench-instructions: deps build
+	bash .ci/integration-deps $(PYTHON)
+	command -v valgrind >/dev/null 2>&1 || apt-get install -y -qq valgrind >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
+	$(PYTHON) -m pip install -q -r benchmarks/apps/requirements.txt
+	$(PYTHON) benchmarks/apps/instructions.py $(INSTR_ARGS)
 
 # The demo's set-up (deps, then the in-place build) is quiet: its output goes
 # to $(DEMO_LOG) and is printed only if a step fails (and make then fails).

@@ -3,7 +3,9 @@
     python benchmarks/apps/clients.py KIND --loop LOOP --target T [--requests N]
                                       [--concurrency C] [--duration S]
 
-httpx and aiohttp GETs, asyncpg queries, redis-py pipelines, connection churn
+httpx and aiohttp GETs, keep-alive GETs on raw connections (rawhttp: one
+request in flight on each of `concurrency` connections, the load of
+instructions.py), asyncpg queries, redis-py pipelines, connection churn
 (asyncio streams: connect, a few checked lines, close), 10,000 connections open
 at once exchanging checked lines (conn10k) and the websockets
 echo load driver. `concurrency` workers share `requests` operations, after a
@@ -113,6 +115,29 @@ async def _echo_checked(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
             raise RuntimeError("bad echo")
 
 
+@client("rawhttp")
+async def rawhttp_client(args: argparse.Namespace) -> tuple[Op, Callable[[], Awaitable[None]]]:
+    host, port = args.target.rsplit(":", 1)
+    request = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host.encode()
+    idle = [await asyncio.open_connection(host, int(port)) for _ in range(args.concurrency)]
+
+    async def op(i: int) -> int:
+        reader, writer = idle.pop()  # one worker per connection: never empty
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        lengths = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+        if not head.startswith(b"HTTP/1.1 200") or not lengths:
+            raise RuntimeError(f"unexpected response head {head[:200]!r}")
+        await reader.readexactly(int(lengths[0].split(b":")[1]))
+        idle.append((reader, writer))
+        return 1
+
+    async def close() -> None:
+        for _, writer in idle:
+            writer.close()
+    return op, close
+
+
 @client("churn")
 async def churn_client(args: argparse.Namespace) -> tuple[Op, Callable[[], Awaitable[None]]]:
     host, port = args.target.rsplit(":", 1)
@@ -195,6 +220,11 @@ async def websockets_client(args: argparse.Namespace) -> tuple[Op, Callable[[], 
     return op, close
 
 
+def warmup_ops(requests: int, concurrency: int) -> int:
+    """Operations measure() runs untimed before the timed `requests`."""
+    return max(concurrency, requests // 10)
+
+
 async def drive(op: Op, total: int, concurrency: int, deadline: float | None) -> tuple[int, list[float]]:
     """`concurrency` workers run op until `total` are done (or the deadline passes)."""
     issued = 0
@@ -217,7 +247,7 @@ async def drive(op: Op, total: int, concurrency: int, deadline: float | None) ->
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     op, close = await CLIENTS[args.kind](args)
     try:
-        warm = max(args.concurrency, args.requests // 10)
+        warm = warmup_ops(args.requests, args.concurrency)
         await drive(op, warm, args.concurrency, time.perf_counter() + 2.0 if args.duration else None)
         emit({"phase": "start"})  # the runner samples the server's CPU at both edges
         cpu0, t0 = self_cpu_seconds(), time.perf_counter()
