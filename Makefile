@@ -87,7 +87,7 @@ DBG_DIR    := build/dbg
 DBG_TMP    := build/dbg-tmp
 LEAK_ARGS  ?=
 
-.PHONY: test-deps deps build-all build test asan asan-build leaks leaks-build bench bench-apps bench-instructions demo \
+.PHONY: test-deps deps build-all build test asan asan-build leaks leaks-build bench apps-deps bench-apps bench-instructions demo \
 	clean wheel stress stress-short soak stress-asan
 
 build:
@@ -173,22 +173,24 @@ bench: deps build
 	$(PYTHON) benchmarks/run.py
 
 # Peers (redis-server, PostgreSQL, openssl) and the frameworks come from
-# .ci/integration-deps; wrk from Debian; rloop only where it installs.
-APPS_ARGS ?=
-bench-apps: deps build
+# .ci/integration-deps; wrk and valgrind from Debian; rloop only where it installs.
+# $(call apt_tool,NAME): install Debian's NAME when the command NAME is missing.
+apt_tool = command -v $(1) >/dev/null 2>&1 || apt-get install -y -qq $(1) >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq $(1) >/dev/null; }
+
+apps-deps: deps build
 	bash .ci/integration-deps $(PYTHON)
-	command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null 2>&1 \
-	    || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(PYTHON) -m pip install -q -r benchmarks/apps/requirements.txt
+
+APPS_ARGS ?=
+bench-apps: apps-deps
+	$(call apt_tool,wrk)
 	$(PYTHON) -m pip install -q rloop >/dev/null 2>&1 || echo "rloop not installable here: its cells show n/a"
 	$(PYTHON) benchmarks/apps/run.py $(if $(QUICK),--quick) $(APPS_ARGS)
 
 INSTR_ARGS ?=
-bench-instructions: deps build
-	bash .ci/integration-deps $(PYTHON)
-	command -v valgrind >/dev/null 2>&1 || apt-get install -y -qq valgrind >/dev/null 2>&1 \
-	    || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
-	$(PYTHON) -m pip install -q -r benchmarks/apps/requirements.txt
+bench-instructions: apps-deps
+	$(call apt_tool,valgrind)
 	$(PYTHON) benchmarks/apps/instructions.py $(INSTR_ARGS)
 
 # The demo's set-up (deps, then the in-place build) is quiet: its output goes
