@@ -51,6 +51,8 @@ WORKLOADS = [
     Workload("aiohttp_web_1000", "aiohttp_web", "rawhttp", 1000, 5000, 25000, "req"),
     Workload("aiohttp_web_100", "aiohttp_web", "rawhttp", 100, 2000, 12000, "req"),
     Workload("uvicorn_raw", "uvicorn_raw", "rawhttp", 100, 2000, 12000, "req"),
+    Workload("uvicorn_fastapi", "uvicorn_fastapi", "rawhttp", 100, 1000, 6000, "req"),
+    Workload("websockets_echo", "websockets_echo", "websockets", 50, 2000, 12000, "msg"),
     Workload("protocol_http_1000", "protocol_http", "rawhttp", 1000, 5000, 25000, "req"),
     Workload("conn_churn", "streams_echo", "churn", 200, 500, 2500, "conn"),
 ]
